@@ -1,0 +1,46 @@
+# Thin wrapper over CMake. `make test` and `make demo` work on a fresh machine.
+BUILD   ?= build
+JOBS    ?= $(shell nproc)
+CMAKE_FLAGS ?=
+DEB_PKGS := cmake g++ make libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev zlib1g-dev \
+            libpng-dev python3-torch python3-numpy python3-sklearn python3-matplotlib
+
+.PHONY: deps build test bench sanitize demo data clean
+
+# Idempotent: installs only the Debian packages that are missing.
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "[deps] installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	else echo "[deps] all Debian packages present"; fi
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_FLAGS)
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake --build $(BUILD) -j $(JOBS)
+
+test: build
+	OMP_NUM_THREADS=2 ./$(BUILD)/vmoer_tests
+
+bench: build
+	./scripts/bench.sh $(BUILD)
+
+sanitize: deps
+	cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVMOER_SANITIZE=ON -DVMOER_CUDA=OFF
+	cmake --build build-sanitize -j $(JOBS)
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-sanitize/vmoer_tests
+
+data: build
+	./$(BUILD)/vmoer data fetch
+
+demo: build
+	./$(BUILD)/vmoer data fetch
+	./scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD) build-sanitize

@@ -1,0 +1,60 @@
+#include "autodiff/tape.h"
+
+#include <unordered_set>
+
+namespace vm {
+
+namespace {
+thread_local bool g_grad_enabled = true;
+}
+
+bool grad_enabled() { return g_grad_enabled; }
+NoGradGuard::NoGradGuard() : prev_(g_grad_enabled) { g_grad_enabled = false; }
+NoGradGuard::~NoGradGuard() { g_grad_enabled = prev_; }
+
+template <class T>
+void backward(const VarT<T>& root, const TensorT<T>& seed_grad) {
+  VM_CHECK(root.defined(), "backward: undefined variable");
+  VM_CHECK(seed_grad.shape() == root.shape(),
+           "backward: seed gradient " + shape_str(seed_grad.shape()) + " for output " +
+               shape_str(root.shape()));
+  if (!root.requires_grad()) return;
+  // Topological order by iterative depth-first search (graphs can be deep).
+  std::vector<Node<T>*> order;
+  std::unordered_set<Node<T>*> seen;
+  std::vector<std::pair<Node<T>*, size_t>> stack{{root.node(), 0}};
+  seen.insert(root.node());
+  while (!stack.empty()) {
+    auto& [n, i] = stack.back();
+    if (i < n->parents.size()) {
+      Node<T>* p = n->parents[i++].get();
+      if (p->requires_grad && !seen.count(p)) {
+        seen.insert(p);
+        stack.push_back({p, 0});
+      }
+    } else {
+      order.push_back(n);
+      stack.pop_back();
+    }
+  }
+  TensorT<T>& g = root.node()->grad_buffer();
+  for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed_grad[i];
+  for (auto it = order.rbegin(); it != order.rend(); ++it) {
+    Node<T>* n = *it;
+    if (n->backward && n->grad.defined()) n->backward(*n);
+  }
+}
+
+template <class T>
+void backward(const VarT<T>& root) {
+  VM_CHECK(root.numel() == 1, "backward: output of shape " + shape_str(root.shape()) +
+                                  " is not a scalar; pass a seed gradient");
+  backward(root, TensorT<T>::full(root.shape(), T(1)));
+}
+
+template void backward(const VarT<float>&);
+template void backward(const VarT<double>&);
+template void backward(const VarT<float>&, const TensorT<float>&);
+template void backward(const VarT<double>&, const TensorT<double>&);
+
+}  // namespace vm

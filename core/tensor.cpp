@@ -1,0 +1,124 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+namespace vm {
+
+const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+
+void fail(const std::string& msg) { throw Error(msg); }
+
+std::string shape_str(const Shape& s) {
+  std::ostringstream o;
+  o << "(";
+  for (size_t i = 0; i < s.size(); ++i) o << (i ? "," : "") << s[i];
+  o << ")";
+  return o.str();
+}
+
+int64_t shape_numel(const Shape& s) {
+  int64_t n = 1;
+  for (auto d : s) n *= d;
+  return n;
+}
+
+void* aligned_alloc64(size_t bytes) {
+  size_t rounded = ((bytes + 63) / 64) * 64;
+  if (rounded == 0) rounded = 64;
+  void* p = std::aligned_alloc(64, rounded);
+  if (!p) fail("out of memory allocating " + std::to_string(bytes) + " bytes");
+  return p;
+}
+void aligned_free64(void* p) { std::free(p); }
+
+int norm_axis(int axis, int ndim, const char* op) {
+  int a = axis < 0 ? axis + ndim : axis;
+  if (a < 0 || a >= ndim)
+    fail(std::string(op) + ": axis " + std::to_string(axis) + " out of range for " +
+         std::to_string(ndim) + "-d tensor");
+  return a;
+}
+
+template <class T>
+TensorT<T>::TensorT(Shape shape, Device dev) : shape_(std::move(shape)), device_(dev) {
+  VM_CHECK(shape_.size() <= 4, "tensor: at most 4 dimensions, got " + shape_str(shape_));
+  for (auto d : shape_) VM_CHECK(d >= 0, "tensor: negative dimension in " + shape_str(shape_));
+  VM_CHECK(dev == Device::CPU, "tensor: host tensors only here; device tensors live in kernels/cuda");
+  numel_ = shape_numel(shape_);
+  T* p = static_cast<T*>(aligned_alloc64(sizeof(T) * (size_t)numel_));
+  std::memset(p, 0, sizeof(T) * (size_t)numel_);
+  buf_ = std::shared_ptr<T>(p, [](T* q) { aligned_free64(q); });
+}
+
+template <class T>
+TensorT<T> TensorT<T>::full(Shape shape, T value) {
+  TensorT t(std::move(shape));
+  t.fill(value);
+  return t;
+}
+
+template <class T>
+TensorT<T> TensorT<T>::from(const std::vector<T>& values, Shape shape) {
+  TensorT t(std::move(shape));
+  VM_CHECK((int64_t)values.size() == t.numel(),
+           "tensor: " + std::to_string(values.size()) + " values for shape " + shape_str(t.shape()));
+  std::memcpy(t.data(), values.data(), sizeof(T) * values.size());
+  return t;
+}
+
+template <class T>
+int64_t TensorT<T>::size(int dim) const {
+  return shape_[norm_axis(dim, ndim(), "size")];
+}
+
+template <class T>
+T TensorT<T>::item() const {
+  VM_CHECK(numel_ == 1, "item: tensor of shape " + shape_str(shape_) + " is not a single value");
+  return data()[0];
+}
+
+template <class T>
+TensorT<T> TensorT<T>::clone() const {
+  TensorT t(shape_);
+  if (numel_) std::memcpy(t.data(), data(), sizeof(T) * (size_t)numel_);
+  return t;
+}
+
+template <class T>
+TensorT<T> TensorT<T>::reshaped(Shape s) const {
+  int infer = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      VM_CHECK(infer < 0, "reshape: more than one -1 in " + shape_str(s));
+      infer = (int)i;
+    } else {
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) {
+    VM_CHECK(known > 0 && numel_ % known == 0,
+             "reshape: cannot infer -1 in " + shape_str(s) + " from " + shape_str(shape_));
+    s[infer] = numel_ / known;
+  }
+  VM_CHECK(s.size() <= 4, "reshape: at most 4 dimensions, got " + shape_str(s));
+  VM_CHECK(shape_numel(s) == numel_,
+           "reshape: " + shape_str(shape_) + " -> " + shape_str(s) + ": element counts differ");
+  TensorT t = *this;
+  t.shape_ = std::move(s);
+  return t;
+}
+
+template <class T>
+void TensorT<T>::fill(T v) {
+  T* p = data();
+  for (int64_t i = 0; i < numel_; ++i) p[i] = v;
+}
+
+template class TensorT<float>;
+template class TensorT<double>;
+template class TensorT<int32_t>;
+
+}  // namespace vm

@@ -1,0 +1,84 @@
+// core/tensor.h — a minimal dense tensor: row-major, contiguous, up to 4 dims,
+// 64-byte aligned storage, a device tag. Templated on the scalar so the same
+// code runs in float32 (the product) and float64 (finite-difference checks).
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vm {
+
+enum class Device { CPU, CUDA };
+const char* device_name(Device d);
+
+// Every shape/argument problem in the library throws this with a message that
+// names the op and the shapes, e.g. "matmul: (4,8) x (7,3): inner dimensions differ".
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+[[noreturn]] void fail(const std::string& msg);
+#define VM_CHECK(cond, msg)              \
+  do {                                   \
+    if (!(cond)) ::vm::fail(msg);        \
+  } while (0)
+
+using Shape = std::vector<int64_t>;
+std::string shape_str(const Shape& s);  // "(4,8)"
+int64_t shape_numel(const Shape& s);
+
+// 64-byte aligned heap buffer shared between tensors that view the same data
+// (reshape shares; everything else copies).
+void* aligned_alloc64(size_t bytes);
+void aligned_free64(void* p);
+
+template <class T>
+class TensorT {
+ public:
+  TensorT() = default;
+  explicit TensorT(Shape shape, Device dev = Device::CPU);  // zero-filled
+  static TensorT zeros(Shape shape) { return TensorT(std::move(shape)); }
+  static TensorT full(Shape shape, T value);
+  static TensorT from(const std::vector<T>& values, Shape shape);
+  static TensorT scalar(T value) { return from({value}, {}); }
+
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return (int)shape_.size(); }
+  int64_t size(int dim) const;  // negative dims count from the end
+  int64_t numel() const { return numel_; }
+  bool defined() const { return (bool)buf_; }
+  Device device() const { return device_; }
+
+  T* data() { return buf_.get(); }
+  const T* data() const { return buf_.get(); }
+  T& operator[](int64_t i) { return buf_.get()[i]; }
+  const T& operator[](int64_t i) const { return buf_.get()[i]; }
+  T item() const;  // single-element tensor -> value
+
+  TensorT clone() const;
+  TensorT reshaped(Shape new_shape) const;  // shares storage; -1 infers one dim
+  void fill(T v);
+  std::vector<T> to_vector() const { return std::vector<T>(data(), data() + numel_); }
+  template <class U>
+  TensorT<U> cast() const {
+    TensorT<U> out(shape_);
+    for (int64_t i = 0; i < numel_; ++i) out[i] = (U)(*this)[i];
+    return out;
+  }
+
+ private:
+  std::shared_ptr<T> buf_;
+  Shape shape_;
+  int64_t numel_ = 0;
+  Device device_ = Device::CPU;
+};
+
+using Tensor = TensorT<float>;
+using TensorD = TensorT<double>;
+
+// Resolve a possibly negative axis against ndim, with a clear error.
+int norm_axis(int axis, int ndim, const char* op);
+
+}  // namespace vm

@@ -1,0 +1,269 @@
+#include "kernels/cpu/rowwise.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/cpu/gemm.h"
+
+namespace vm::kernels {
+
+#define VM_PAR_ROWS _Pragma("omp parallel for schedule(static) if (rows * C > 16384)")
+
+template <class T>
+void softmax_fwd(const T* x, T* y, int64_t rows, int64_t C) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T* yr = y + r * C;
+    T mx = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < C; ++c) mx = std::max(mx, xr[c]);
+    T s = 0;
+    for (int64_t c = 0; c < C; ++c) s += (yr[c] = std::exp(xr[c] - mx));
+    T inv = T(1) / s;
+    for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
+  }
+}
+
+template <class T>
+void softmax_bwd(const T* y, const T* dy, T* dx, int64_t rows, int64_t C) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *yr = y + r * C, *dyr = dy + r * C;
+    T dot = 0;
+    for (int64_t c = 0; c < C; ++c) dot += dyr[c] * yr[c];
+    for (int64_t c = 0; c < C; ++c) dx[r * C + c] += yr[c] * (dyr[c] - dot);
+  }
+}
+
+template <class T>
+void log_softmax_fwd(const T* x, T* y, int64_t rows, int64_t C) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T mx = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < C; ++c) mx = std::max(mx, xr[c]);
+    T s = 0;
+    for (int64_t c = 0; c < C; ++c) s += std::exp(xr[c] - mx);
+    T lse = mx + std::log(s);
+    for (int64_t c = 0; c < C; ++c) y[r * C + c] = xr[c] - lse;
+  }
+}
+
+template <class T>
+void log_softmax_bwd(const T* y, const T* dy, T* dx, int64_t rows, int64_t C) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *yr = y + r * C, *dyr = dy + r * C;
+    T s = 0;
+    for (int64_t c = 0; c < C; ++c) s += dyr[c];
+    for (int64_t c = 0; c < C; ++c) dx[r * C + c] += dyr[c] - std::exp(yr[c]) * s;
+  }
+}
+
+template <class T>
+void layernorm_fwd(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* rstd, int64_t rows,
+                   int64_t C, double eps) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T m = 0;
+    for (int64_t c = 0; c < C; ++c) m += xr[c];
+    m /= T(C);
+    T v = 0;
+    for (int64_t c = 0; c < C; ++c) v += (xr[c] - m) * (xr[c] - m);
+    v /= T(C);
+    T rs = T(1) / std::sqrt(v + T(eps));
+    mean[r] = m;
+    rstd[r] = rs;
+    for (int64_t c = 0; c < C; ++c) y[r * C + c] = (xr[c] - m) * rs * gamma[c] + beta[c];
+  }
+}
+
+template <class T>
+void layernorm_bwd(const T* x, const T* gamma, const T* mean, const T* rstd, const T* dy, T* dx,
+                   T* dgamma, T* dbeta, int64_t rows, int64_t C) {
+  // dx = rstd · (g − mean(g) − x̂ · mean(g ⊙ x̂)), g = dy ⊙ γ
+  if (dx) {
+    VM_PAR_ROWS
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *xr = x + r * C, *dyr = dy + r * C;
+      T m1 = 0, m2 = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        T xh = (xr[c] - mean[r]) * rstd[r];
+        T g = dyr[c] * gamma[c];
+        m1 += g;
+        m2 += g * xh;
+      }
+      m1 /= T(C);
+      m2 /= T(C);
+      for (int64_t c = 0; c < C; ++c) {
+        T xh = (xr[c] - mean[r]) * rstd[r];
+        dx[r * C + c] += rstd[r] * (dyr[c] * gamma[c] - m1 - xh * m2);
+      }
+    }
+  }
+  // parameter gradients: column sums in row order (deterministic)
+  if (dgamma || dbeta) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *xr = x + r * C, *dyr = dy + r * C;
+      for (int64_t c = 0; c < C; ++c) {
+        if (dgamma) dgamma[c] += dyr[c] * (xr[c] - mean[r]) * rstd[r];
+        if (dbeta) dbeta[c] += dyr[c];
+      }
+    }
+  }
+}
+
+template <class T>
+void rmsnorm_fwd(const T* x, const T* gamma, T* y, T* rstd, int64_t rows, int64_t C, double eps) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * C;
+    T ms = 0;
+    for (int64_t c = 0; c < C; ++c) ms += xr[c] * xr[c];
+    T rs = T(1) / std::sqrt(ms / T(C) + T(eps));
+    rstd[r] = rs;
+    for (int64_t c = 0; c < C; ++c) y[r * C + c] = xr[c] * rs * gamma[c];
+  }
+}
+
+template <class T>
+void rmsnorm_bwd(const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, T* dgamma, int64_t rows,
+                 int64_t C) {
+  // dx = rstd · (g − x̂ · mean(g ⊙ x̂)), g = dy ⊙ γ, x̂ = x · rstd
+  if (dx) {
+    VM_PAR_ROWS
+    for (int64_t r = 0; r < rows; ++r) {
+      const T *xr = x + r * C, *dyr = dy + r * C;
+      T m2 = 0;
+      for (int64_t c = 0; c < C; ++c) m2 += dyr[c] * gamma[c] * xr[c] * rstd[r];
+      m2 /= T(C);
+      for (int64_t c = 0; c < C; ++c) dx[r * C + c] += rstd[r] * (dyr[c] * gamma[c] - xr[c] * rstd[r] * m2);
+    }
+  }
+  if (dgamma) {
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < C; ++c) dgamma[c] += dy[r * C + c] * x[r * C + c] * rstd[r];
+  }
+}
+
+template <class T>
+double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                         int32_t ignore_index, int64_t* count) {
+  softmax_fwd(logits, probs, rows, C);
+  double total = 0;
+  int64_t n = 0;
+  for (int64_t r = 0; r < rows; ++r) {  // serial sum: fixed order
+    int32_t t = targets[r];
+    if (t == ignore_index) continue;
+    // −log p_t computed from the logits for accuracy: lse − x_t
+    const T* xr = logits + r * C;
+    T mx = xr[0];
+    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, xr[c]);
+    double s = 0;
+    for (int64_t c = 0; c < C; ++c) s += std::exp((double)(xr[c] - mx));
+    total += (double)mx + std::log(s) - (double)xr[t];
+    ++n;
+  }
+  *count = n;
+  return total;
+}
+
+template <class T>
+void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                       int32_t ignore_index, T scale) {
+  VM_PAR_ROWS
+  for (int64_t r = 0; r < rows; ++r) {
+    int32_t t = targets[r];
+    if (t == ignore_index) continue;
+    for (int64_t c = 0; c < C; ++c) dlogits[r * C + c] += scale * (probs[r * C + c] - (c == t ? T(1) : T(0)));
+  }
+}
+
+template <class T>
+void attention_fwd(const T* q, const T* k, const T* v, T* P, T* out, int64_t BH, int64_t Tn, int64_t D,
+                   bool causal) {
+  const T scale = T(1) / std::sqrt(T(D));
+#pragma omp parallel for schedule(static)
+  for (int64_t h = 0; h < BH; ++h) {
+    const T *qh = q + h * Tn * D, *kh = k + h * Tn * D, *vh = v + h * Tn * D;
+    T* Ph = P + h * Tn * Tn;
+    gemm(Ph, qh, kh, Tn, Tn, D, false, true, false);  // S = q kᵀ
+    for (int64_t i = 0; i < Tn; ++i) {
+      T* row = Ph + i * Tn;
+      int64_t n = causal ? i + 1 : Tn;  // keys 0..i are visible under the causal mask
+      T mx = -std::numeric_limits<T>::infinity();
+      for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j] * scale);
+      T s = 0;
+      for (int64_t j = 0; j < n; ++j) s += (row[j] = std::exp(row[j] * scale - mx));
+      T inv = T(1) / s;
+      for (int64_t j = 0; j < n; ++j) row[j] *= inv;
+      for (int64_t j = n; j < Tn; ++j) row[j] = 0;
+    }
+    gemm(out + h * Tn * D, Ph, vh, Tn, D, Tn, false, false, false);  // out = P v
+  }
+}
+
+template <class T>
+void attention_bwd(const T* q, const T* k, const T* v, const T* P, const T* dout, T* dq, T* dk, T* dv,
+                   int64_t BH, int64_t Tn, int64_t D, bool causal) {
+  const T scale = T(1) / std::sqrt(T(D));
+#pragma omp parallel
+  {
+    std::vector<T> dS((size_t)(Tn * Tn));
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < BH; ++h) {
+      const T *qh = q + h * Tn * D, *kh = k + h * Tn * D, *vh = v + h * Tn * D;
+      const T *Ph = P + h * Tn * Tn, *dO = dout + h * Tn * D;
+      if (dv) gemm(dv + h * Tn * D, Ph, dO, Tn, D, Tn, true, false, true);  // dv += Pᵀ dO
+      gemm(dS.data(), dO, vh, Tn, Tn, D, false, true, false);              // dP = dO vᵀ
+      for (int64_t i = 0; i < Tn; ++i) {                                    // dS = P ⊙ (dP − Σ dP⊙P) · scale
+        T* row = dS.data() + i * Tn;
+        const T* prow = Ph + i * Tn;
+        int64_t n = causal ? i + 1 : Tn;
+        T dot = 0;
+        for (int64_t j = 0; j < n; ++j) dot += row[j] * prow[j];
+        for (int64_t j = 0; j < n; ++j) row[j] = prow[j] * (row[j] - dot) * scale;
+        for (int64_t j = n; j < Tn; ++j) row[j] = 0;
+      }
+      if (dq) gemm(dq + h * Tn * D, dS.data(), kh, Tn, D, Tn, false, false, true);  // dq += dS k
+      if (dk) gemm(dk + h * Tn * D, dS.data(), qh, Tn, D, Tn, true, false, true);   // dk += dSᵀ q
+    }
+  }
+}
+
+void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, float lr, float beta1,
+                float beta2, float eps, float weight_decay, int64_t step) {
+  const float bc1 = 1.0f - std::pow(beta1, (float)step);
+  const float bc2 = 1.0f - std::pow(beta2, (float)step);
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    float g = grad[i];
+    m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+    v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+    float mh = m[i] / bc1, vh = v[i] / bc2;
+    param[i] -= lr * (mh / (std::sqrt(vh) + eps) + weight_decay * param[i]);
+  }
+}
+
+#define VM_INST(T)                                                                                     \
+  template void softmax_fwd(const T*, T*, int64_t, int64_t);                                          \
+  template void softmax_bwd(const T*, const T*, T*, int64_t, int64_t);                                \
+  template void log_softmax_fwd(const T*, T*, int64_t, int64_t);                                      \
+  template void log_softmax_bwd(const T*, const T*, T*, int64_t, int64_t);                            \
+  template void layernorm_fwd(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double);    \
+  template void layernorm_bwd(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
+                              int64_t);                                                               \
+  template void rmsnorm_fwd(const T*, const T*, T*, T*, int64_t, int64_t, double);                    \
+  template void rmsnorm_bwd(const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t);        \
+  template double cross_entropy_fwd(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t*); \
+  template void cross_entropy_bwd(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, T);       \
+  template void attention_fwd(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, bool); \
+  template void attention_bwd(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
+                              int64_t, int64_t, bool);
+VM_INST(float)
+VM_INST(double)
+
+}  // namespace vm::kernels
