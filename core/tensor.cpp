@@ -2,7 +2,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <sstream>
+#include <unordered_map>
 
 namespace vm {
 
@@ -24,14 +26,57 @@ int64_t shape_numel(const Shape& s) {
   return n;
 }
 
+// A small caching allocator: freed buffers are kept in per-size free lists
+// and handed out again, so the many same-sized temporaries of a training step
+// neither hit the system allocator nor fault fresh pages in every step.
+namespace {
+struct Pool {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> free_lists;
+  std::unordered_map<void*, size_t> sizes;
+  size_t cached = 0;
+  static constexpr size_t kMaxCached = size_t(4) << 30;  // keep at most 4 GiB idle
+};
+Pool& pool() {
+  static Pool* p = new Pool();  // never destroyed: tensors may outlive static destruction
+  return *p;
+}
+}  // namespace
+
 void* aligned_alloc64(size_t bytes) {
   size_t rounded = ((bytes + 63) / 64) * 64;
   if (rounded == 0) rounded = 64;
+  Pool& P = pool();
+  {
+    std::lock_guard<std::mutex> g(P.mu);
+    auto it = P.free_lists.find(rounded);
+    if (it != P.free_lists.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      P.cached -= rounded;
+      return p;
+    }
+  }
   void* p = std::aligned_alloc(64, rounded);
   if (!p) fail("out of memory allocating " + std::to_string(bytes) + " bytes");
+  std::lock_guard<std::mutex> g(P.mu);
+  P.sizes[p] = rounded;
   return p;
 }
-void aligned_free64(void* p) { std::free(p); }
+
+void aligned_free64(void* p) {
+  if (!p) return;
+  Pool& P = pool();
+  std::lock_guard<std::mutex> g(P.mu);
+  size_t n = P.sizes.at(p);
+  if (P.cached + n > Pool::kMaxCached) {
+    P.sizes.erase(p);
+    std::free(p);
+    return;
+  }
+  P.free_lists[n].push_back(p);
+  P.cached += n;
+}
 
 int norm_axis(int axis, int ndim, const char* op) {
   int a = axis < 0 ? axis + ndim : axis;

@@ -15,6 +15,10 @@ void add_runner(CLI::App* sub, Runner run) { runners()[sub] = std::move(run); }
 
 void register_all(CLI::App& app) {
   // One line per subsystem; add yours here when its register_* exists.
+  register_data_command(app);
+  register_metrics_command(app);
+  register_train_command(app);
+  register_eval_command(app);
 }
 
 int run_selected(CLI::App& app) {

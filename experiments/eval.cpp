@@ -1,0 +1,168 @@
+// experiments/eval.cpp — `vmoer eval`: ID accuracy/NLL/calibration, OOD
+// detection with every uncertainty score, routing stability, expert load and
+// FLOPs of one checkpoint. Prints one JSON object; writes it and CSVs to --out.
+#include <omp.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "experiments/datasets.h"
+#include "experiments/flops.h"
+#include "experiments/metrics.h"
+#include "experiments/trainer.h"
+#include "nn/checkpoint.h"
+
+namespace vm::exp {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+static metrics::Matrix to_matrix(const std::vector<std::vector<double>>& rows) {
+  return metrics::Matrix::from_rows(rows);
+}
+
+static std::vector<int> to_int(const std::vector<int32_t>& v) { return std::vector<int>(v.begin(), v.end()); }
+
+json id_metrics(const McEval& ev, int bins) {
+  auto P = to_matrix(ev.probs);
+  auto y = to_int(ev.labels);
+  auto cal = metrics::calibration(P, y, bins);
+  json rel = json::array();
+  for (auto& b : cal.bins)
+    rel.push_back({{"lo", b.lo}, {"hi", b.hi}, {"count", b.count}, {"confidence", b.mean_confidence},
+                   {"accuracy", b.accuracy}});
+  return json{{"n", ev.probs.size()},          {"accuracy", metrics::accuracy(P, y)},
+              {"nll", metrics::nll(P, y)},     {"brier", metrics::brier(P, y)},
+              {"ece", cal.ece},                {"mce", cal.mce},
+              {"reliability", rel}};
+}
+
+// OOD scores of one evaluation, "higher = more OOD".
+std::map<std::string, std::vector<double>> ood_scores(const McEval& ev) {
+  std::map<std::string, std::vector<double>> s;
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    double mp = *std::max_element(ev.probs[i].begin(), ev.probs[i].end());
+    s["msp"].push_back(-mp);  // negated max-softmax probability
+    s["entropy"].push_back(ev.entropy[i]);
+    s["ilv"].push_back(ev.ilv[i]);
+    s["gate_entropy"].push_back(ev.gate_entropy[i]);
+    s["temperature"].push_back(ev.temperature[i]);
+  }
+  return s;
+}
+
+json ood_metrics_json(const McEval& id, const McEval& ood) {
+  auto si = ood_scores(id), so = ood_scores(ood);
+  json out = json::object();
+  for (auto& [name, idv] : si) {
+    const auto& odv = so[name];
+    bool constant = true;
+    for (double v : idv) constant = constant && v == idv[0];
+    for (double v : odv) constant = constant && v == idv[0];
+    if (constant) continue;  // e.g. ILV of a non-Bayesian router: no information
+    auto m = metrics::ood_metrics_from_sets(idv, odv);
+    out[name] = {{"auroc", m.auroc}, {"aupr_in", m.aupr_in}, {"aupr_out", m.aupr_out}, {"fpr95", m.fpr95}};
+  }
+  return out;
+}
+
+static void write_probs_csv(const std::string& path, const McEval& ev) {
+  std::string s = "label,p0,p1,p2,p3\n";
+  char buf[128];
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    s += std::to_string(ev.labels[i]);
+    for (double p : ev.probs[i]) {
+      std::snprintf(buf, sizeof buf, ",%.9g", p);
+      s += buf;
+    }
+    s += "\n";
+  }
+  nn::atomic_write(path, s);
+}
+
+// Routing stability: Jaccard of top-K sets with and without embedding noise,
+// σ = γ · mean embedding norm, per layer and averaged (method notes §3).
+json stability_sweep(nn::Model& model, const McSet& set, const RunConfig& cfg) {
+  RoutingTrace clean;
+  evaluate_mc(model, set, cfg, 0.0, &clean);
+  double base = model.mean_embedding_norm();
+  int K = model.config().top_k;
+  json rows = json::array();
+  for (double g : cfg.gammas) {
+    RoutingTrace noisy;
+    evaluate_mc(model, set, cfg, g * base, &noisy);
+    json per_layer = json::array();
+    double tot = 0;
+    for (size_t l = 0; l < clean.experts.size(); ++l) {
+      std::vector<int> a(clean.experts[l].begin(), clean.experts[l].end());
+      std::vector<int> b(noisy.experts[l].begin(), noisy.experts[l].end());
+      double j = metrics::mean_jaccard(a, b, (size_t)K);
+      per_layer.push_back({{"layer", clean.layers[l]}, {"jaccard", j}});
+      tot += j;
+    }
+    rows.push_back({{"gamma", g}, {"sigma", g * base}, {"jaccard", clean.experts.empty() ? 1.0 : tot / clean.experts.size()},
+                    {"per_layer", per_layer}});
+  }
+  return rows;
+}
+
+json expert_load(nn::Model& model, const RoutingTrace& tr) {
+  json out = json::array();
+  int E = model.config().n_experts;
+  for (size_t l = 0; l < tr.experts.size(); ++l) {
+    std::vector<int> ix(tr.experts[l].begin(), tr.experts[l].end());
+    auto counts = metrics::expert_counts(ix, E);
+    auto ls = metrics::load_stats(counts);
+    out.push_back({{"layer", tr.layers[l]}, {"cv", ls.cv}, {"dead", ls.dead}, {"counts", counts}});
+  }
+  return out;
+}
+
+std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
+  nn::ModelConfig mc;
+  nn::RouterConfig rc;
+  read_checkpoint_configs(cfg.init, mc, rc);
+  if (cfg.samples_set) rc.samples = cfg.router.samples;
+  auto model = std::make_unique<nn::Model>(mc, rc, cfg.seed);
+  load_checkpoint(cfg.init, *model, nullptr);
+  return model;
+}
+
+int run_eval(RunConfig cfg) {
+  if (cfg.device != "cpu") cfg.validate();
+  omp_set_num_threads(cfg.threads);
+  if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
+  auto model = load_model_for_eval(cfg);
+  McTaskData task = load_mc_task(cfg);
+  McSet& set = cfg.split == "val" ? task.val : task.test;
+  if (cfg.split != "val" && cfg.split != "test") fail("--split: must be val or test, got '" + cfg.split + "'");
+  RoutingTrace trace;
+  McEval ev = evaluate_mc(*model, set, cfg, 0.0, &trace);
+  json out;
+  out["checkpoint"] = cfg.init;
+  out["router"] = model->router_config().name;
+  out["samples"] = model->router_config().samples;
+  out["bayes_layers"] = model->bayes_layer_ids();
+  out["split"] = cfg.split;
+  out["id"] = id_metrics(ev, cfg.ece_bins);
+  out["expert_load"] = expert_load(*model, trace);
+  out["flops"] = flops_json(*model, 128);
+  out["ood_convention"] = "OOD is the positive class; a higher score means more OOD (msp is the negated max probability)";
+  fs::create_directories(cfg.out);
+  write_probs_csv(cfg.out + "/probs_" + cfg.split + ".csv", ev);
+  if (cfg.ood) {
+    json o = json::object();
+    for (auto& os : load_ood_sets(cfg)) {
+      McEval oe = evaluate_mc(*model, os, cfg);
+      o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+    }
+    out["ood"] = o;
+  }
+  if (cfg.stability) out["stability"] = stability_sweep(*model, set, cfg);
+  nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
+  std::printf("%s\n", out.dump(2).c_str());
+  return 0;
+}
+
+}  // namespace vm::exp

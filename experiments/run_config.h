@@ -1,0 +1,61 @@
+// experiments/run_config.h — every flag of `vmoer train` / `vmoer eval`, with
+// its default. CLI11 binds each field (experiments/flags.cpp); a TOML/INI
+// config file given with --config supplies values that flags then override.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "nn/config.h"
+#include "nn/optim.h"
+#include "nn/router.h"
+
+namespace vm::exp {
+
+struct RunConfig {
+  // ---- what to run ----------------------------------------------------------
+  std::string stage = "pretrain";  // pretrain | finetune | router
+  std::string task = "wordnet-nouns";  // finetune/router/eval task: wordnet-nouns | wordnet-words | fashion-mnist
+  std::string data_dir;            // default: vm::data::default_cache_dir()
+  std::string out = "runs/latest";
+  std::string init;                // checkpoint to start from (finetune, router, eval)
+  bool resume = false;             // continue <out>/last.safetensors
+  uint64_t seed = 1;
+  int threads = 2;
+  std::string device = "cpu";
+  // ---- model ------------------------------------------------------------------
+  nn::ModelConfig model;
+  nn::RouterConfig router;
+  // ---- optimisation -------------------------------------------------------------
+  nn::AdamWConfig optim;
+  int64_t steps = 200;
+  int batch = 16;
+  int seq = 128;                   // pretrain context length
+  int grad_accum = 1;
+  int eval_every = 50;
+  int eval_batches = 8;            // pretrain: batches of held-out text per evaluation
+  int patience = 0;                // early stopping (evaluations without val-NLL improvement), 0 = off
+  std::vector<std::string> freeze; // regexes of parameter names to freeze
+  std::vector<std::string> train_only;  // if set, freeze everything else
+  double lb_coef = 0.01;           // Switch load-balancing coefficient
+  double z_coef = 1e-3;            // router z-loss coefficient
+  double beta = 0.01;              // L = L_task + β · KL
+  std::string kl_norm = "token-mean";  // token-mean | dataset
+  double gloss_max_bytes = 160;    // cap on the definition length in the MC prompt
+  int max_train_examples = 0;      // 0 = all
+  int max_eval_examples = 0;       // 0 = all
+  int ood_size = 1000;             // examples per OOD set in eval
+  bool progress = true;            // progress bar on stderr
+  double time_limit_s = 0;         // stop training after this wall time (0 = none)
+  // ---- evaluation ------------------------------------------------------------
+  std::string split = "test";      // val | test
+  int ece_bins = 10;
+  std::vector<double> gammas{0.001, 0.002, 0.005, 0.007, 0.01, 0.02, 0.05};
+  bool stability = false;          // run the routing-stability sweep in eval
+  bool ood = true;                 // evaluate the OOD sets in eval
+  bool samples_set = false;        // eval: --samples given (overrides the checkpoint's S)
+
+  void validate() const;  // throws vm::Error naming the flag
+};
+
+}  // namespace vm::exp

@@ -1,0 +1,572 @@
+#include "experiments/trainer.h"
+
+#include <omp.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "core/philox.h"
+#include "data/tokenizer.h"
+#include "experiments/datasets.h"
+#include "nn/checkpoint.h"
+
+namespace vm::exp {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const std::vector<int32_t>& answer_tokens() {
+  static const std::vector<int32_t> t{'A', 'B', 'C', 'D'};
+  return t;
+}
+
+McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max_seq) {
+  McBatch b;
+  b.B = (int)idx.size();
+  std::vector<std::vector<int32_t>> toks;
+  for (int64_t i : idx) {
+    std::vector<int32_t> t{data::kBos};
+    auto enc = data::encode(set.prompts[(size_t)i]);
+    t.insert(t.end(), enc.begin(), enc.end());
+    // keep the end of the prompt (options and "Answer:") if it is too long
+    if ((int)t.size() > max_seq) t.erase(t.begin() + 1, t.begin() + 1 + ((int)t.size() - max_seq));
+    b.T = std::max(b.T, (int)t.size());
+    toks.push_back(std::move(t));
+    b.labels.push_back(set.labels[(size_t)i]);
+  }
+  b.ids.assign((size_t)b.B * b.T, data::kPad);
+  b.mask.assign((size_t)b.B * b.T, 0);
+  for (int r = 0; r < b.B; ++r) {
+    for (size_t t = 0; t < toks[r].size(); ++t) {
+      b.ids[(size_t)r * b.T + t] = toks[r][t];
+      b.mask[(size_t)r * b.T + t] = 1;
+    }
+    b.last.push_back(r * b.T + (int)toks[r].size() - 1);
+  }
+  return b;
+}
+
+// ---- checkpoints -------------------------------------------------------------------
+static const char* kFormat = "vmoer-checkpoint-1";
+
+static json router_json(const nn::RouterConfig& r) {
+  return json{{"name", r.name},
+              {"jitter", r.jitter},
+              {"temp", r.temp},
+              {"dropout", r.dropout},
+              {"prior_scale", r.prior_scale},
+              {"samples", r.samples},
+              {"train_samples", r.train_samples},
+              {"temp_mode", r.temp_mode},
+              {"temp_posterior", r.temp_posterior},
+              {"temp_penalty", r.temp_penalty},
+              {"temp_prior_scale", r.temp_prior_scale},
+              {"vtsr_sampler", r.vtsr_sampler},
+              {"bayes_layers", r.bayes_layers}};
+}
+static nn::RouterConfig router_from_json(const json& j) {
+  nn::RouterConfig d, r;
+  r.name = j.value("name", d.name);
+  r.jitter = j.value("jitter", d.jitter);
+  r.temp = j.value("temp", d.temp);
+  r.dropout = j.value("dropout", d.dropout);
+  r.prior_scale = j.value("prior_scale", d.prior_scale);
+  r.samples = j.value("samples", d.samples);
+  r.train_samples = j.value("train_samples", d.train_samples);
+  r.temp_mode = j.value("temp_mode", d.temp_mode);
+  r.temp_posterior = j.value("temp_posterior", d.temp_posterior);
+  r.temp_penalty = j.value("temp_penalty", d.temp_penalty);
+  r.temp_prior_scale = j.value("temp_prior_scale", d.temp_prior_scale);
+  r.vtsr_sampler = j.value("vtsr_sampler", d.vtsr_sampler);
+  r.bayes_layers = j.value("bayes_layers", d.bayes_layers);
+  return r;
+}
+
+void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) {
+  nn::SafeTensors f;
+  f.metadata["format"] = kFormat;
+  f.metadata["model"] = json(model.config()).dump();
+  f.metadata["router"] = router_json(model.router_config()).dump();
+  f.metadata["train_state"] = json{{"stage", st.stage},
+                                   {"step", st.step},
+                                   {"best_val", st.best_val},
+                                   {"bad_evals", st.bad_evals},
+                                   {"seed", st.seed},
+                                   {"optimizer_steps", opt ? opt->steps_done() : 0}}
+                                  .dump();
+  for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
+  if (opt) {
+    auto& state = const_cast<nn::AdamW*>(opt)->state();
+    for (auto& [name, mv] : state) {
+      f.tensors.push_back({"__adam_m__." + name, mv.first});
+      f.tensors.push_back({"__adam_v__." + name, mv.second});
+    }
+  }
+  nn::save_safetensors(path, f);
+}
+
+static json meta_json(const nn::SafeTensors& f, const std::string& path, const std::string& key) {
+  auto it = f.metadata.find(key);
+  if (it == f.metadata.end()) fail(path + ": not a vmoer checkpoint (no '" + key + "' metadata)");
+  try {
+    return json::parse(it->second);
+  } catch (const std::exception& e) {
+    fail(path + ": corrupt '" + key + "' metadata (" + e.what() + ")");
+  }
+}
+
+void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
+  nn::SafeTensors f = nn::load_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != kFormat)
+    fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
+         kFormat + ")");
+  try {
+    mc = meta_json(f, path, "model").get<nn::ModelConfig>();
+    rc = router_from_json(meta_json(f, path, "router"));
+  } catch (const json::exception& e) {
+    fail(path + ": corrupt config metadata (" + e.what() + ")");
+  }
+}
+
+TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
+                           const std::string& allow_missing) {
+  nn::SafeTensors f = nn::load_safetensors(path);
+  auto fmt = f.metadata.find("format");
+  if (fmt == f.metadata.end() || fmt->second != kFormat)
+    fail(path + ": unsupported checkpoint format (want " + std::string(kFormat) + ")");
+  std::regex missing_ok(allow_missing.empty() ? "$^" : allow_missing);
+  for (auto& [name, v] : model.params().all()) {
+    const Tensor* t = f.find(name);
+    if (!t) {
+      if (std::regex_search(name, missing_ok)) continue;
+      fail(path + ": checkpoint lacks parameter '" + name + "' (does its config match the requested model?)");
+    }
+    if (t->shape() != v.shape())
+      fail(path + ": parameter '" + name + "' has shape " + shape_str(t->shape()) + " but the model expects " +
+           shape_str(v.shape()) + " (config mismatch)");
+    std::copy(t->data(), t->data() + t->numel(), v.value().data());
+  }
+  for (auto& [name, t] : f.tensors) {
+    if (name.rfind("__adam_", 0) == 0) continue;
+    if (!model.params().has(name))
+      fail(path + ": checkpoint has parameter '" + name + "' that the requested model lacks (config mismatch)");
+  }
+  json js = meta_json(f, path, "train_state");
+  TrainState st;
+  st.stage = js.value("stage", "");
+  st.step = js.value("step", (int64_t)0);
+  st.best_val = js.value("best_val", 1e300);
+  st.bad_evals = js.value("bad_evals", 0);
+  st.seed = js.value("seed", (uint64_t)0);
+  if (opt) {
+    opt->set_steps_done(js.value("optimizer_steps", (int64_t)0));
+    opt->state().clear();
+    for (auto& [name, t] : f.tensors) {
+      if (name.rfind("__adam_m__.", 0) != 0) continue;
+      std::string pn = name.substr(11);
+      const Tensor* v = f.find("__adam_v__." + pn);
+      if (!v || v->shape() != t.shape()) fail(path + ": optimizer state for '" + pn + "' is incomplete");
+      opt->state()[pn] = {t.clone(), v->clone()};
+    }
+  }
+  return st;
+}
+
+// ---- signals: SIGINT/SIGTERM finish the step, save, and exit ------------------------
+static std::atomic<int> g_signal{0};
+static void on_signal(int s) { g_signal = s; }
+
+// ---- helpers -----------------------------------------------------------------------
+static bool finite(double x) { return std::isfinite(x); }
+
+static std::string first_nonfinite_grad(nn::ParamStore& ps) {
+  for (auto& [name, v] : ps.all()) {
+    if (!v.grad().defined()) continue;
+    for (int64_t i = 0; i < v.numel(); ++i)
+      if (!std::isfinite(v.grad()[i])) return name;
+  }
+  return "";
+}
+
+static void progress_bar(int64_t step, int64_t total, double loss, double tps, double eta_s) {
+  int width = 30, filled = total ? (int)(width * step / total) : width;
+  std::string bar(filled, '#');
+  bar += std::string(width - filled, '.');
+  std::fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %02d:%02d   ", bar.c_str(),
+               (long long)step, (long long)total, loss, tps, (int)(eta_s / 60), (int)eta_s % 60);
+  std::fflush(stderr);
+}
+
+// Permutation of [0, n) for epoch `epoch`: Fisher–Yates driven by Philox.
+static std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
+  std::vector<int64_t> p((size_t)n);
+  for (int64_t i = 0; i < n; ++i) p[i] = i;
+  PhiloxStream rs{seed, nn::name_hash("epoch/" + std::to_string(epoch)), 0};
+  for (int64_t i = n - 1; i > 0; --i) {
+    uint64_t r = ((uint64_t)philox_u32(rs.seed, rs.stream, rs.offset++) << 32) | philox_u32(rs.seed, rs.stream, rs.offset++);
+    std::swap(p[i], p[(int64_t)(r % (uint64_t)(i + 1))]);
+  }
+  return p;
+}
+
+// Indices of the examples of global batch number `k` (batches walk through
+// successive epochs, each with its own permutation).
+static std::vector<int64_t> batch_indices(int64_t n, int B, int64_t k, uint64_t seed) {
+  std::vector<int64_t> idx;
+  int64_t start = k * B;
+  int64_t epoch = -1;
+  std::vector<int64_t> order;
+  for (int64_t j = start; j < start + B; ++j) {
+    int64_t e = j / n;
+    if (e != epoch) {
+      order = epoch_order(n, seed, e);
+      epoch = e;
+    }
+    idx.push_back(order[(size_t)(j % n)]);
+  }
+  return idx;
+}
+
+// LM batch: B windows of T+1 tokens at Philox-chosen offsets.
+static void lm_batch(const std::vector<int32_t>& stream, int B, int T, uint64_t seed, uint64_t key,
+                     std::vector<int32_t>& ids, std::vector<int32_t>& targets) {
+  VM_CHECK((int64_t)stream.size() > T + 1, "pretraining text has only " + std::to_string(stream.size()) +
+                                               " tokens for a context of " + std::to_string(T));
+  ids.resize((size_t)B * T);
+  targets.resize((size_t)B * T);
+  uint64_t range = stream.size() - (size_t)T - 1;
+  for (int b = 0; b < B; ++b) {
+    uint64_t r = ((uint64_t)philox_u32(seed, key, 2 * b) << 32) | philox_u32(seed, key, 2 * b + 1);
+    uint64_t o = r % range;
+    for (int t = 0; t < T; ++t) {
+      ids[(size_t)b * T + t] = stream[o + t];
+      targets[(size_t)b * T + t] = stream[o + t + 1];
+    }
+  }
+}
+
+static double entropy(const double* p, int k) {
+  double h = 0;
+  for (int i = 0; i < k; ++i)
+    if (p[i] > 0) h -= p[i] * std::log(p[i]);
+  return h;
+}
+
+McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
+                   RoutingTrace* trace) {
+  NoGradGuard ng;
+  McEval ev;
+  const auto& letters = answer_tokens();
+  int64_t n = (int64_t)set.size();
+  int E = model.config().n_experts, K = model.config().top_k;
+  auto bayes = model.bayes_layer_ids();
+  int B = std::max(1, cfg.batch);
+  for (int64_t s = 0; s < n; s += B) {
+    std::vector<int64_t> idx;
+    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
+    McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
+    nn::ForwardOptions fo;
+    fo.training = false;
+    fo.seed = cfg.seed;
+    fo.step = (uint64_t)(s / B);
+    fo.samples = model.router_config().samples;
+    fo.embed_noise = embed_noise;
+    fo.noise_seed = cfg.seed + 7919;
+    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+    const Tensor& lg = res.logits.value();  // (B, V)
+    int64_t V = lg.size(1);
+    for (int r = 0; r < mb.B; ++r) {
+      // answer distribution: softmax over the four letter logits
+      double mx = -1e300;
+      for (int32_t t : letters) mx = std::max(mx, (double)lg[r * V + t]);
+      std::vector<double> p(4);
+      double z = 0;
+      for (int j = 0; j < 4; ++j) z += (p[j] = std::exp((double)lg[r * V + letters[j]] - mx));
+      for (auto& q : p) q /= z;
+      ev.probs.push_back(p);
+      ev.labels.push_back(mb.labels[r]);
+      ev.entropy.push_back(entropy(p.data(), 4));
+      // router diagnostics at the final prompt token
+      int64_t row = mb.last[r];
+      double ilv = 0, ge = 0, temp = 0;
+      int nb = 0;
+      for (auto& a : res.moe) {
+        const Tensor& pr = a.route.probs.value();
+        std::vector<double> pd(E);
+        for (int e = 0; e < E; ++e) pd[e] = pr[row * E + e];
+        ge += entropy(pd.data(), E);
+        if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
+          if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
+          if (!a.route.temperature.empty()) temp += a.route.temperature[row];
+          ++nb;
+        }
+      }
+      ev.gate_entropy.push_back(res.moe.empty() ? 0 : ge / (double)res.moe.size());
+      ev.ilv.push_back(nb ? ilv / nb : 0);
+      ev.temperature.push_back(nb ? temp / nb : 0);
+    }
+    if (trace) {
+      if (trace->layers.empty())
+        for (auto& a : res.moe) trace->layers.push_back(a.layer);
+      trace->experts.resize(res.moe.size());
+      for (size_t l = 0; l < res.moe.size(); ++l)
+        for (int64_t row = 0; row < (int64_t)mb.mask.size(); ++row)
+          if (mb.mask[row])
+            for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
+    }
+  }
+  int64_t labelled = 0, correct = 0;
+  double nll = 0;
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    if (ev.labels[i] < 0) continue;
+    ++labelled;
+    const auto& p = ev.probs[i];
+    int am = (int)(std::max_element(p.begin(), p.end()) - p.begin());
+    correct += am == ev.labels[i];
+    nll -= std::log(std::max(p[(size_t)ev.labels[i]], 1e-12));
+  }
+  ev.nll = labelled ? nll / labelled : 0;
+  ev.accuracy = labelled ? (double)correct / labelled : 0;
+  return ev;
+}
+
+// ---- training ------------------------------------------------------------------------
+int run_train(RunConfig cfg) {
+  cfg.validate();
+  omp_set_num_threads(cfg.threads);
+  fs::create_directories(cfg.out);
+  {  // fail early, before any work, if --out is not writable
+    std::string probe = cfg.out + "/.write_test";
+    std::ofstream t(probe);
+    if (!t) fail("--out: directory '" + cfg.out + "' is not writable");
+    t.close();
+    fs::remove(probe);
+  }
+  std::string last_path = cfg.out + "/last.safetensors", best_path = cfg.out + "/best.safetensors";
+
+  // Model: from --init (fine-tune / router stage) or fresh.
+  nn::ModelConfig mc = cfg.model;
+  nn::RouterConfig rc = cfg.router;
+  if (cfg.resume) {
+    if (!fs::exists(last_path)) fail("--resume: no checkpoint at " + last_path);
+    read_checkpoint_configs(last_path, mc, rc);
+  } else if (!cfg.init.empty()) {
+    nn::RouterConfig init_rc;
+    read_checkpoint_configs(cfg.init, mc, init_rc);
+    if (cfg.stage != "router") rc = init_rc;
+  }
+  if (cfg.stage == "pretrain" || cfg.stage == "finetune") {
+    if (rc.name != "det" && rc.name != "noisy")
+      fail("--router " + rc.name + ": Bayesian routers are trained in stage 2 (--stage router)");
+  }
+  if (mc.kind == "vit" && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
+  nn::Model model(mc, rc, cfg.seed);
+  nn::AdamWConfig oc = cfg.optim;
+  oc.total_steps = cfg.steps;
+  nn::AdamW opt(oc);
+  TrainState st;
+  st.stage = cfg.stage;
+  st.seed = cfg.seed;
+  if (cfg.resume) {
+    st = load_checkpoint(last_path, model, &opt);
+    std::fprintf(stderr, "resuming %s from step %lld\n", last_path.c_str(), (long long)st.step);
+  } else if (!cfg.init.empty()) {
+    // Stage 2 adds router heads the fine-tuned checkpoint does not have.
+    load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
+  }
+
+  // Freezing: stage 2 trains only the router heads (W_r stays frozen).
+  auto& ps = model.params();
+  if (cfg.stage == "router") {
+    ps.set_trainable(".*", false);
+    int n = ps.set_trainable("\\.router\\.", true);
+    if (n == 0) fail("--stage router: router '" + rc.name + "' has no trainable parameters on the chosen layers");
+  }
+  if (!cfg.train_only.empty()) {
+    ps.set_trainable(".*", false);
+    for (auto& p : cfg.train_only) ps.set_trainable(p, true);
+  }
+  for (auto& p : cfg.freeze) ps.set_trainable(p, false);
+  if (ps.count(true) == 0) fail("no trainable parameters left after --freeze/--train-only");
+
+  // Data
+  bool lm = cfg.stage == "pretrain";
+  LmData lmd;
+  McTaskData mcd;
+  if (mc.kind == "vit") fail("--task fashion-mnist: the vision track trains with `vmoer train --model-kind vit` "
+                             "through the vision pipeline, which is not part of this build yet");
+  if (lm) lmd = load_lm_data(cfg);
+  else mcd = load_mc_task(cfg);
+  int64_t n_train = lm ? 0 : (int64_t)mcd.train.size();
+  int64_t batches_per_epoch = lm ? 1 : std::max<int64_t>(1, (n_train + cfg.batch - 1) / cfg.batch);
+
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
+  {
+    json meta{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", router_json(rc)},
+              {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
+    log << meta.dump() << "\n";
+  }
+  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.c_str(),
+               (long long)ps.count(), (long long)ps.count(true), cfg.threads);
+
+  auto t_start = std::chrono::steady_clock::now();
+  double tokens_done = 0;
+  int64_t start_step = st.step;
+  auto evaluate = [&]() -> double {
+    if (lm) {
+      NoGradGuard ng;
+      double tot = 0;
+      for (int k = 0; k < cfg.eval_batches; ++k) {
+        std::vector<int32_t> ids, tg;
+        lm_batch(lmd.val, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
+        std::vector<uint8_t> mask(ids.size(), 1);
+        nn::ForwardOptions fo;
+        fo.seed = cfg.seed;
+        auto res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
+        tot += ops::cross_entropy(res.logits, tg).item();
+      }
+      return tot / cfg.eval_batches;
+    }
+    McSet val = mcd.val;
+    return evaluate_mc(model, val, cfg).nll;
+  };
+
+  int exit_code = 0;
+  for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
+    ps.zero_grad();
+    double loss_sum = 0, task_sum = 0, kl_sum = 0, lb_sum = 0, z_sum = 0, pen_sum = 0;
+    double ntok = 0;
+    std::vector<json> layer_stats;
+    for (int micro = 0; micro < cfg.grad_accum; ++micro) {
+      uint64_t key = (uint64_t)(step - 1) * cfg.grad_accum + micro;
+      nn::ForwardOptions fo;
+      fo.training = true;
+      fo.seed = cfg.seed;
+      fo.step = key;
+      fo.samples = rc.train_samples;
+      nn::ForwardResult res;
+      Var task;
+      if (lm) {
+        std::vector<int32_t> ids, tg;
+        lm_batch(lmd.train, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("train/" + std::to_string(key)), ids, tg);
+        std::vector<uint8_t> mask(ids.size(), 1);
+        res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
+        task = ops::cross_entropy(res.logits, tg);
+        ntok += (double)ids.size();
+      } else {
+        McBatch mb = make_mc_batch(mcd.train, batch_indices(n_train, cfg.batch, (int64_t)key, cfg.seed),
+                                   model.config().max_seq);
+        res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+        std::vector<int32_t> tg;
+        for (int32_t l : mb.labels) tg.push_back(answer_tokens()[(size_t)l]);
+        task = ops::cross_entropy(res.logits, tg);  // loss on the answer token only
+        for (auto m : mb.mask) ntok += m;
+      }
+      // KL normalisation: token-mean divides the summed KL by the number of
+      // real tokens routed per layer; dataset divides it by the number of
+      // batches in an epoch (the minibatch ELBO of the whole training set).
+      Var kl = res.kl;
+      double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
+      Var kl_term = cfg.kl_norm == "token-mean" ? ops::mul_scalar(kl, 1.0 / n_real)
+                                                : ops::mul_scalar(kl, 1.0 / (double)batches_per_epoch);
+      Var loss = task;
+      if (cfg.lb_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
+      if (cfg.z_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
+      loss = ops::add(loss, ops::mul_scalar(kl_term, cfg.beta));
+      loss = ops::add(loss, res.penalty);
+      Var scaled = ops::mul_scalar(loss, 1.0 / cfg.grad_accum);
+      if (!finite(loss.item())) {
+        fail("step " + std::to_string(step) + ": loss is " + std::to_string(loss.item()) +
+             " (task " + std::to_string(task.item()) + ", KL " + std::to_string(kl.item()) +
+             "); stopped, last good checkpoint: " + (fs::exists(last_path) ? last_path : std::string("none")));
+      }
+      backward(scaled);
+      loss_sum += loss.item();
+      task_sum += task.item();
+      kl_sum += kl_term.item();
+      lb_sum += res.lb_loss.item();
+      z_sum += res.z_loss.item();
+      pen_sum += res.penalty.item();
+      if (micro == cfg.grad_accum - 1) {
+        for (auto& a : res.moe) {
+          std::vector<double> c(a.expert_counts.begin(), a.expert_counts.end());
+          double mean = 0, var = 0;
+          int dead = 0;
+          for (double x : c) mean += x;
+          mean /= (double)c.size();
+          for (double x : c) var += (x - mean) * (x - mean), dead += x == 0;
+          var /= (double)c.size();
+          layer_stats.push_back(json{{"layer", a.layer}, {"cv", mean > 0 ? std::sqrt(var) / mean : 0.0},
+                                     {"dead", dead}, {"dropped", a.dropped}});
+        }
+      }
+    }
+    std::string bad = first_nonfinite_grad(ps);
+    if (!bad.empty())
+      fail("step " + std::to_string(step) + ": non-finite gradient in '" + bad +
+           "'; stopped, last good checkpoint: " + (fs::exists(last_path) ? last_path : std::string("none")));
+    double gnorm = opt.step(ps);
+    st.step = step;
+    tokens_done += ntok;
+    double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+    double tps = tokens_done / std::max(el, 1e-9);
+    double ga = cfg.grad_accum;
+    json rec{{"step", step},         {"loss", loss_sum / ga}, {"task_loss", task_sum / ga},
+             {"kl", kl_sum / ga},    {"elbo", -(task_sum + kl_sum) / ga},
+             {"lb_loss", lb_sum / ga}, {"z_loss", z_sum / ga}, {"penalty", pen_sum / ga},
+             {"lr", opt.last_lr()},  {"grad_norm", gnorm},    {"tokens_per_s", tps},
+             {"layers", layer_stats}};
+    bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
+    bool stop = false;
+    if (do_eval) {
+      double v = evaluate();
+      rec["val_nll"] = v;
+      if (v < st.best_val) {
+        st.best_val = v;
+        st.bad_evals = 0;
+        save_checkpoint(best_path, model, nullptr, st);
+      } else if (++st.bad_evals >= cfg.patience && cfg.patience > 0) {
+        stop = true;
+        rec["early_stop"] = true;
+      }
+    }
+    log << rec.dump() << "\n";
+    log.flush();
+    if (cfg.progress) {
+      double eta = (double)(cfg.steps - step) * el / std::max<int64_t>(1, step - start_step);
+      progress_bar(step, cfg.steps, loss_sum / ga, tps, eta);
+    }
+    bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
+    if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0)
+      save_checkpoint(last_path, model, &opt, st);
+    if (g_signal) {
+      std::fprintf(stderr, "\nsignal %d: saved %s at step %lld\n", (int)g_signal, last_path.c_str(), (long long)step);
+      exit_code = 128 + g_signal;
+      break;
+    }
+    if (stop) {
+      std::fprintf(stderr, "\nearly stop at step %lld (best val NLL %.4f)\n", (long long)step, st.best_val);
+      break;
+    }
+    if (timed_out) {
+      std::fprintf(stderr, "\ntime limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
+      break;
+    }
+  }
+  if (cfg.progress) std::fprintf(stderr, "\n");
+  if (!fs::exists(best_path)) save_checkpoint(best_path, model, nullptr, st);
+  std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
+  std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.c_str(),
+               (long long)st.step, best.c_str(), cfg.out.c_str());
+  return exit_code;
+}
+
+}  // namespace vm::exp

@@ -1,0 +1,75 @@
+// experiments/trainer.h — training and evaluation pipelines behind
+// `vmoer train` and `vmoer eval`.
+#pragma once
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "experiments/run_config.h"
+#include "nn/transformer.h"
+
+namespace vm::exp {
+
+// A multiple-choice set: prompts and labels (label -1 for unlabelled OOD sets).
+struct McSet {
+  std::string name;
+  std::vector<std::string> prompts;
+  std::vector<int32_t> labels;
+  size_t size() const { return prompts.size(); }
+};
+
+// One padded batch of prompts for the causal LM.
+struct McBatch {
+  int B = 0, T = 0;
+  std::vector<int32_t> ids;        // (B*T), PAD after each prompt
+  std::vector<uint8_t> mask;       // (B*T), 1 = real token
+  std::vector<int32_t> last;       // (B) row b*T + len_b − 1: where the answer is predicted
+  std::vector<int32_t> labels;     // (B)
+};
+McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max_seq);
+
+// The four answer-letter tokens (bytes 'A'..'D').
+const std::vector<int32_t>& answer_tokens();
+
+// ---- checkpoints -------------------------------------------------------------------
+struct TrainState {
+  std::string stage;
+  int64_t step = 0;
+  double best_val = 1e300;
+  int bad_evals = 0;
+  uint64_t seed = 0;
+};
+void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st);
+// Loads parameters into `model` (every tensor in the file must match a
+// parameter by name and shape unless allow_missing lists a regex of model
+// parameters the file may lack, e.g. new router heads in stage 2).
+TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
+                           const std::string& allow_missing = "");
+// Read the model and router configs stored in a checkpoint.
+void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
+
+int run_train(RunConfig cfg);
+int run_eval(RunConfig cfg);
+
+// Evaluate a model on an MC set: probs over the 4 letters (N x 4) and per-example
+// uncertainty scores. Used by eval, reproduce and the tests.
+struct McEval {
+  std::vector<std::vector<double>> probs;  // (N, 4)
+  std::vector<int32_t> labels;
+  std::vector<double> entropy;             // predictive entropy of the 4-way answer distribution
+  std::vector<double> ilv;                 // tr Σ at the final token, averaged over Bayesian layers (0 if none)
+  std::vector<double> gate_entropy;        // entropy of the routing distribution at the final token, mean over MoE layers
+  std::vector<double> temperature;         // vtsr mean temperature at the final token (0 if none)
+  double nll = 0, accuracy = 0;
+};
+// The experts every real token chose, per MoE layer (flattened (tokens, K)), in
+// a fixed token order; used for routing stability and expert load.
+struct RoutingTrace {
+  std::vector<int> layers;
+  std::vector<std::vector<int32_t>> experts;  // per MoE layer
+};
+McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise = 0.0,
+                   RoutingTrace* trace = nullptr);
+
+}  // namespace vm::exp

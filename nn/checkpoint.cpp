@@ -1,0 +1,123 @@
+#include "nn/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace vm::nn {
+
+const Tensor* SafeTensors::find(const std::string& name) const {
+  for (auto& [n, t] : tensors)
+    if (n == name) return &t;
+  return nullptr;
+}
+
+void atomic_write(const std::string& path, const std::string& bytes) {
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) fail(path + ": cannot write (" + std::strerror(errno) + ")");
+  size_t done = 0;
+  while (done < bytes.size()) {
+    ssize_t w = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      int e = errno;
+      ::close(fd);
+      ::unlink(tmp.c_str());
+      fail(path + ": write failed (" + std::strerror(e) + "); the previous file is untouched");
+    }
+    done += (size_t)w;
+  }
+  if (::fsync(fd) != 0 || ::close(fd) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    fail(path + ": write failed (" + std::strerror(e) + "); the previous file is untouched");
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    int e = errno;
+    ::unlink(tmp.c_str());
+    fail(path + ": cannot rename into place (" + std::strerror(e) + ")");
+  }
+}
+
+void save_safetensors(const std::string& path, const SafeTensors& st) {
+  nlohmann::json header = nlohmann::json::object();
+  if (!st.metadata.empty()) header["__metadata__"] = st.metadata;
+  size_t off = 0;
+  for (auto& [name, t] : st.tensors) {
+    size_t n = sizeof(float) * (size_t)t.numel();
+    header[name] = {{"dtype", "F32"}, {"shape", t.shape()}, {"data_offsets", {off, off + n}}};
+    off += n;
+  }
+  std::string h = header.dump();
+  while ((8 + h.size()) % 8) h.push_back(' ');  // align the data section to 8 bytes
+  std::string bytes;
+  bytes.reserve(8 + h.size() + off);
+  uint64_t hl = h.size();
+  for (int i = 0; i < 8; ++i) bytes.push_back((char)((hl >> (8 * i)) & 0xff));
+  bytes += h;
+  for (auto& [name, t] : st.tensors)
+    bytes.append(reinterpret_cast<const char*>(t.data()), sizeof(float) * (size_t)t.numel());
+  atomic_write(path, bytes);
+}
+
+SafeTensors load_safetensors(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) fail(path + ": cannot open checkpoint");
+  std::stringstream ss;
+  ss << f.rdbuf();
+  std::string bytes = ss.str();
+  if (bytes.size() < 8) fail(path + ": truncated safetensors file (" + std::to_string(bytes.size()) + " bytes)");
+  uint64_t hl = 0;
+  for (int i = 0; i < 8; ++i) hl |= (uint64_t)(unsigned char)bytes[i] << (8 * i);
+  if (hl > bytes.size() - 8) fail(path + ": header length " + std::to_string(hl) + " exceeds file size");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes.substr(8, hl));
+  } catch (const std::exception& e) {
+    fail(path + ": corrupt safetensors header (" + e.what() + ")");
+  }
+  if (!header.is_object()) fail(path + ": corrupt safetensors header (not an object)");
+  size_t data0 = 8 + hl, data_size = bytes.size() - data0;
+  SafeTensors st;
+  std::vector<std::pair<size_t, std::pair<std::string, Tensor>>> items;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    if (it.key() == "__metadata__") {
+      if (!it.value().is_object()) fail(path + ": __metadata__ is not an object");
+      for (auto m = it.value().begin(); m != it.value().end(); ++m) {
+        if (!m.value().is_string()) fail(path + ": metadata '" + m.key() + "' is not a string");
+        st.metadata[m.key()] = m.value().get<std::string>();
+      }
+      continue;
+    }
+    const auto& e = it.value();
+    try {
+      std::string dtype = e.at("dtype").get<std::string>();
+      if (dtype != "F32") fail(path + ": tensor '" + it.key() + "' has dtype " + dtype + " (only F32 is supported)");
+      Shape shape = e.at("shape").get<Shape>();
+      auto offs = e.at("data_offsets").get<std::vector<uint64_t>>();
+      if (offs.size() != 2 || offs[0] > offs[1] || offs[1] > data_size)
+        fail(path + ": tensor '" + it.key() + "' lies outside the file (truncated?)");
+      if (shape.size() > 4) fail(path + ": tensor '" + it.key() + "' has more than 4 dimensions");
+      for (auto d : shape)
+        if (d < 0) fail(path + ": tensor '" + it.key() + "' has a negative dimension");
+      if ((offs[1] - offs[0]) != sizeof(float) * (uint64_t)shape_numel(shape))
+        fail(path + ": tensor '" + it.key() + "' byte size does not match its shape " + shape_str(shape));
+      Tensor t(shape);
+      std::memcpy(t.data(), bytes.data() + data0 + offs[0], offs[1] - offs[0]);
+      items.push_back({offs[0], {it.key(), std::move(t)}});
+    } catch (const nlohmann::json::exception& ex) {
+      fail(path + ": tensor '" + it.key() + "': malformed entry (" + ex.what() + ")");
+    }
+  }
+  std::sort(items.begin(), items.end(), [](auto& a, auto& b) { return a.first < b.first; });
+  for (auto& it : items) st.tensors.push_back(std::move(it.second));
+  return st;
+}
+
+}  // namespace vm::nn

@@ -1,0 +1,128 @@
+#include "nn/moe.h"
+
+#include <cmath>
+
+#include "core/philox.h"
+
+namespace vm::nn {
+
+DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                           const std::vector<uint8_t>& mask, double capacity_factor) {
+  DispatchPlan p;
+  p.wanted.assign(E, 0);
+  int64_t n_real = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    if (!mask[n]) continue;
+    ++n_real;
+    for (int j = 0; j < K; ++j) ++p.wanted[experts[n * K + j]];
+  }
+  int64_t cap = capacity_factor > 0 ? (int64_t)std::ceil(capacity_factor * (double)(n_real * K) / E) : INT64_MAX;
+  p.counts.assign(E, 0);
+  for (int e = 0; e < E; ++e) p.counts[e] = std::min(p.wanted[e], cap);
+  p.offsets.assign(E + 1, 0);
+  for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
+  int64_t M = p.offsets[E];
+  p.token.resize(M);
+  p.slot.resize(M);
+  // Counting sort, stable in token order; the first `cap` tokens of an expert are kept.
+  std::vector<int64_t> fill(p.offsets.begin(), p.offsets.end() - 1);
+  for (int64_t n = 0; n < N; ++n) {
+    if (!mask[n]) continue;
+    for (int j = 0; j < K; ++j) {
+      int e = experts[n * K + j];
+      if (fill[e] == p.offsets[e + 1]) {
+        ++p.dropped;
+        continue;
+      }
+      p.token[fill[e]] = (int32_t)n;
+      p.slot[fill[e]] = (int32_t)(n * K + j);
+      ++fill[e];
+    }
+  }
+  return p;
+}
+
+MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,
+                   const std::string& prefix, uint64_t seed)
+    : cfg_(cfg), rcfg_(rcfg) {
+  int C = cfg.d_model, E = cfg.n_experts, F = cfg.d_expert;
+  double std_in = 0.02, std_out = 0.02 / std::sqrt(2.0 * cfg.n_layers);  // GPT-2 style residual scaling
+  w_router_ = params.normal(prefix + "w_router", {C, E}, std_in, seed);
+  w1_ = params.normal(prefix + "experts.w1", {E, C, F}, std_in, seed);
+  if (cfg.act == "swiglu") w_up_ = params.normal(prefix + "experts.w_up", {E, C, F}, std_in, seed);
+  w2_ = params.normal(prefix + "experts.w2", {E, F, C}, std_out, seed);
+  if (cfg.shared_expert) {
+    s_w1_ = params.normal(prefix + "shared.w1", {C, F}, std_in, seed);
+    if (cfg.act == "swiglu") s_up_ = params.normal(prefix + "shared.w_up", {C, F}, std_in, seed);
+    s_w2_ = params.normal(prefix + "shared.w2", {F, C}, std_out, seed);
+  }
+  router_ = make_router(rcfg, bayes_layer, params, prefix + "router.", C, E, seed);
+}
+
+Var MoELayer::experts_ffn(const Var& xs, const std::vector<int64_t>& offsets) {
+  // GELU:   y = gelu(x W1_e) W2_e
+  // SwiGLU: y = (silu(x W1_e) ⊙ (x Wup_e)) W2_e
+  Var h = ops::grouped_matmul(xs, w1_, offsets);
+  if (cfg_.act == "swiglu") h = ops::mul(ops::silu(h), ops::grouped_matmul(xs, w_up_, offsets));
+  else h = ops::gelu(h);
+  return ops::grouped_matmul(h, w2_, offsets);
+}
+
+Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const RouteCtx& ctx, MoEAux& aux) {
+  // x: (N, C)
+  int64_t N = x.size(0), C = x.size(1);
+  int E = cfg_.n_experts, K = cfg_.top_k;
+  VM_CHECK((int64_t)mask.size() == N, "moe: mask of " + std::to_string(mask.size()) + " for " +
+                                          std::to_string(N) + " tokens");
+  aux.layer = ctx.layer;
+  // Router jitter (Switch): u = x ⊙ U(1−j, 1+j), training only.
+  Var u = x;
+  if (ctx.training && rcfg_.jitter > 0) {
+    Tensor noise({N, C});
+    uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "jitter");
+    for (int64_t i = 0; i < noise.numel(); ++i)
+      noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, (uint64_t)i) - 1.0f);
+    u = ops::mul(x, ops::constant(std::move(noise)));
+  }
+  aux.route = router_->route(u, w_router_, K, mask, ctx);
+  const RouterOut& r = aux.route;
+
+  // ---- dispatch: group (token, slot) assignments by expert -------------------------
+  DispatchPlan plan = plan_dispatch(r.experts, N, K, E, mask, cfg_.capacity_factor);
+  aux.expert_counts = plan.counts;
+  aux.dropped = plan.dropped;
+  Var xs = ops::gather_rows(x, plan.token);                                  // (M, C)
+  Var ys = experts_ffn(xs, plan.offsets);                                    // (M, C)
+  Var g = ops::gather_rows(ops::reshape(r.gates, {N * K, 1}), plan.slot);    // (M, 1)
+  Var out = ops::scatter_add_rows(ops::mul(ys, g), plan.token, N);           // (N, C): Σ_k g_k E_k(x)
+  if (cfg_.shared_expert) {
+    Var h = ops::matmul(x, s_w1_);
+    h = cfg_.act == "swiglu" ? ops::mul(ops::silu(h), ops::matmul(x, s_up_)) : ops::gelu(h);
+    out = ops::add(out, ops::matmul(h, s_w2_));
+  }
+
+  // ---- auxiliary losses over real tokens ------------------------------------------
+  float n_real = count_real(mask);
+  aux.n_real = (int64_t)n_real;
+  Tensor mrow({1, N});
+  for (int64_t n = 0; n < N; ++n) mrow[n] = mask[n] ? 1.0f : 0.0f;
+  Var mask_row = ops::constant(mrow);
+  if (n_real > 0) {
+    // Switch load balancing: L_lb = E Σ_e f_e P_e, f_e = share of the N_real·K
+    // assignments routed to e (before capacity, no gradient), P_e = mean
+    // router probability over real tokens (softmax of the deterministic logits).
+    Tensor f({1, (int64_t)E});
+    for (int e = 0; e < E; ++e) f[e] = (float)plan.wanted[e] / (n_real * (float)K);
+    Var p_mean = ops::mul_scalar(ops::matmul(mask_row, ops::softmax(r.logits)), 1.0 / n_real);  // (1, E)
+    aux.lb_loss = ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f))), (double)E);
+    // z-loss: mean over real tokens of logsumexp(l)²
+    Var lse = ops::reshape(ops::logsumexp(r.logits), {1, N});
+    aux.z_loss = ops::mul_scalar(ops::sum_all(ops::mul(ops::square(lse), mask_row)), 1.0 / n_real);
+  } else {
+    aux.lb_loss = ops::constant(Tensor::scalar(0));
+    aux.z_loss = ops::constant(Tensor::scalar(0));
+  }
+  return out;
+}
+
+}  // namespace vm::nn

@@ -1,0 +1,58 @@
+// nn/moe.h — the Mixture-of-Experts feed-forward layer, written in full:
+// router -> top-K -> dispatch grouped by expert (counting sort, gather,
+// per-expert matmul) -> weighted scatter-add back to tokens, with capacity,
+// dropped-token count, optional shared expert, Switch load-balancing loss and
+// router z-loss computed over real (non-padding) tokens of this layer only.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "nn/config.h"
+#include "nn/router.h"
+
+namespace vm::nn {
+
+// Everything one MoE layer reports about one forward pass.
+struct MoEAux {
+  int layer = -1;
+  Var lb_loss;  // () Switch load balancing: E Σ_e f_e P_e (minimum 1 at uniform routing)
+  Var z_loss;   // () mean over real tokens of logsumexp(l)²
+  RouterOut route;
+  std::vector<int64_t> expert_counts;  // tokens assigned per expert (after capacity)
+  int64_t dropped = 0;                 // assignments dropped by the capacity limit
+  int64_t n_real = 0;                  // real tokens routed
+};
+
+// Dispatch plan: assignments (token, slot) sorted by expert, stable in token order.
+struct DispatchPlan {
+  std::vector<int32_t> token;    // (M) token row of each kept assignment, grouped by expert
+  std::vector<int32_t> slot;     // (M) index n*K + j into the (N, K) gates
+  std::vector<int64_t> offsets;  // (E+1) group boundaries
+  std::vector<int64_t> counts;   // (E) kept per expert
+  std::vector<int64_t> wanted;   // (E) assigned per expert before capacity
+  int64_t dropped = 0;
+};
+// experts: (N, K); only rows with mask[n] != 0 are dispatched; capacity 0 = dropless.
+DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                           const std::vector<uint8_t>& mask, double capacity_factor);
+
+class MoELayer {
+ public:
+  MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,
+           const std::string& prefix, uint64_t seed);
+  // x: (N, C) -> (N, C)
+  Var forward(const Var& x, const std::vector<uint8_t>& mask, const RouteCtx& ctx, MoEAux& aux);
+  Router& router() { return *router_; }
+
+ private:
+  Var experts_ffn(const Var& xs, const std::vector<int64_t>& offsets);  // (M, C) grouped -> (M, C)
+  const ModelConfig& cfg_;
+  RouterConfig rcfg_;
+  std::unique_ptr<Router> router_;
+  Var w_router_;                 // (C, E)
+  Var w1_, w2_, w_up_;           // (E, C, F), (E, F, C), swiglu: (E, C, F)
+  Var s_w1_, s_w2_, s_up_;       // shared expert (C, F), (F, C), (C, F)
+};
+
+}  // namespace vm::nn

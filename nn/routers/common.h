@@ -1,0 +1,53 @@
+// nn/routers/common.h — pieces shared by the stochastic routers.
+#pragma once
+#include <vector>
+
+#include "core/philox.h"
+#include "nn/router.h"
+
+namespace vm::nn::routers {
+
+// Σ_n mask[n] · v[n] for a per-token vector v: (N) -> ()
+inline Var masked_sum(const Var& v, const std::vector<uint8_t>& mask) {
+  int64_t N = v.numel();
+  Tensor m({1, N});
+  for (int64_t n = 0; n < N; ++n) m[n] = mask[n] ? 1.0f : 0.0f;
+  return ops::sum_all(ops::mul(ops::reshape(v, {1, N}), ops::constant(std::move(m))));
+}
+
+// A constant (rows, cols) tensor of i.i.d. standard normals from one stream.
+inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {
+  Tensor t({rows, cols});
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = philox_normal(seed, stream, (uint64_t)i);
+  return t;
+}
+inline Tensor gumbels(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {
+  Tensor t({rows, cols});
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = philox_gumbel(seed, stream, (uint64_t)i);
+  return t;
+}
+
+// Mean over S stacked samples: x (S*N, E) -> (N, E)
+inline Var mean_over_samples(const Var& x, int S, int64_t N) {
+  if (S == 1) return x;
+  int64_t E = x.size(1);
+  return ops::mean(ops::reshape(x, {(int64_t)S, N, E}), 0);
+}
+
+// Repeat x (N, E) S times along rows -> (S*N, E), as a differentiable op.
+inline Var tile_rows(const Var& x, int S) {
+  if (S == 1) return x;
+  std::vector<Var> xs((size_t)S, x);
+  return ops::concat(xs, 0);
+}
+
+// Row-wise entropy-free helpers for diagnostics.
+inline std::vector<float> row_sums(const Tensor& x) {
+  int64_t N = x.size(0), E = x.size(1);
+  std::vector<float> s((size_t)N, 0.f);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t e = 0; e < E; ++e) s[n] += x[n * E + e];
+  return s;
+}
+
+}  // namespace vm::nn::routers

@@ -1,0 +1,45 @@
+#include "nn/routers/selection.h"
+
+#include <algorithm>
+#include <numeric>
+
+namespace vm::nn::routers {
+
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out) {
+#pragma omp parallel for schedule(static) if (N * E > 16384)
+  for (int64_t n = 0; n < N; ++n) {
+    std::vector<float> key((size_t)E);
+    for (int e = 0; e < E; ++e) key[e] = z[n * E + e] + philox_gumbel(seed, stream, (uint64_t)(n * E + e));
+    std::vector<int32_t> order((size_t)E);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                      [&](int32_t a, int32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
+    std::copy(order.begin(), order.begin() + K, out + n * K);
+  }
+}
+
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out) {
+#pragma omp parallel for schedule(static) if (N * E > 16384)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* zr = z + n * E;
+    float mx = *std::max_element(zr, zr + E);
+    std::vector<double> w((size_t)E);
+    for (int e = 0; e < E; ++e) w[e] = std::exp((double)zr[e] - mx);
+    for (int j = 0; j < K; ++j) {
+      double total = 0;
+      for (int e = 0; e < E; ++e) total += w[e];
+      double u = philox_uniform(seed, stream, (uint64_t)(n * E + j)) * total;
+      int pick = -1;
+      for (int e = 0; e < E; ++e) {
+        if (w[e] <= 0) continue;
+        pick = e;  // last positive weight catches rounding at the top end
+        if (u < w[e]) break;
+        u -= w[e];
+      }
+      out[n * K + j] = pick;
+      w[pick] = 0;  // without replacement
+    }
+  }
+}
+
+}  // namespace vm::nn::routers

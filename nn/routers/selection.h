@@ -1,0 +1,23 @@
+// nn/routers/selection.h — drawing K experts without replacement from
+// softmax(z) for a row of scaled logits z = l / T.
+//
+// Gumbel-top-K: keep the K largest of z + G, G ~ Gumbel(0, 1) i.i.d. This
+// draws exactly the Plackett–Luce (sequential sampling without replacement)
+// distribution in one pass. The "authors" variant draws the same distribution
+// sequentially: sample one expert from the renormalised softmax by inverse CDF,
+// remove it, repeat K times.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "core/philox.h"
+
+namespace vm::nn::routers {
+
+// z: (N, E) row-major; writes (N, K) indices. Noise for row n, expert e (or
+// draw j) comes from offset n*E + e of `stream`.
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+
+}  // namespace vm::nn::routers

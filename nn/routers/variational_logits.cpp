@@ -1,0 +1,115 @@
+// nn/routers/variational_logits.cpp — amortised variational inference over
+// the router logits (docs/vmoer.md §2; method notes §1a). Two families:
+//
+//   prior       p(l | u) = N(l_det(u), s² I),        l_det = u W_r (frozen)
+//   posterior   q(l | u) = N(l_det + Δμ(u), Σ(u))
+//   trunk       h = ReLU(u W_t)                       W_t: (C, C/4), no bias
+//   mean head   Δμ = h W_μ + b_μ
+//   MFVR        log σ² = h W_σ + b_σ,  Σ = diag(σ²)
+//   FCVR        v = h W_L + b_L ∈ R^{E(E+1)/2} -> L lower triangular, L_ee = exp(v_ee), Σ = L Lᵀ
+//   sample      l* = l_det + Δμ + σ ⊙ ε   |   l* = l_det + Δμ + L ε,   ε ~ N(0, I)
+//   KL (MF)     ½ Σ_e (σ_e²/s² + Δμ_e²/s² − 1 − log σ_e² + log s²)
+//   KL (FC)     ½ (tr(L Lᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ_e log L_ee)
+//   routing     p̄ = (1/S) Σ_s softmax(l*_s);  top-K of p̄;  g = p̄_K / Σ p̄_K
+// The last layer of each head starts at std 1e-3 (bias 0), so q starts at
+// N(l_det, I), the prior when s = 1.
+#include <cmath>
+
+#include "nn/routers/common.h"
+
+namespace vm::nn {
+
+class VariationalLogitRouter : public Router {
+ public:
+  VariationalLogitRouter(bool full_cov, const RouterConfig& cfg, ParamStore& ps, const std::string& prefix, int C,
+                         int E, uint64_t seed)
+      : full_(full_cov), s_(cfg.prior_scale), E_(E) {
+    int H = std::max(1, C / 4);
+    w_t_ = ps.normal(prefix + "trunk.w", {C, H}, 1.0 / std::sqrt((double)C), seed);
+    w_mu_ = ps.normal(prefix + "mu.w", {H, E}, 1e-3, seed);
+    b_mu_ = ps.constant(prefix + "mu.b", {E}, 0.0f);
+    int P = full_ ? E * (E + 1) / 2 : E;
+    w_cov_ = ps.normal(prefix + (full_ ? "chol.w" : "logvar.w"), {H, P}, 1e-3, seed);
+    b_cov_ = ps.constant(prefix + (full_ ? "chol.b" : "logvar.b"), {P}, 0.0f);
+  }
+  std::string name() const override { return full_ ? "fcvr" : "mfvr"; }
+  bool bayesian() const override { return true; }
+
+  RouterOut route(const Var& u, const Var& w_router, int K, const std::vector<uint8_t>& mask,
+                  const RouteCtx& ctx) override {
+    int64_t N = u.size(0);
+    int E = E_, S = std::max(1, ctx.samples);
+    RouterOut out;
+    out.logits = ops::matmul(u, w_router);                                    // l_det: (N, E)
+    Var h = ops::relu(ops::matmul(u, w_t_));                                  // (N, H)
+    Var dmu = ops::add(ops::matmul(h, w_mu_), b_mu_);                         // Δμ: (N, E)
+    Var mean = ops::add(out.logits, dmu);                                     // posterior mean
+    Var raw = ops::add(ops::matmul(h, w_cov_), b_cov_);                       // (N, E) or (N, E(E+1)/2)
+    // ε: (S*N, E), one stream per (layer, step): fixed for a given call, so
+    // finite differences through the router see the same noise.
+    Tensor eps = routers::normals((int64_t)S * N, E, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps"));
+    Var noise;                                                                // (S*N, E)
+    Var kl_tok;                                                               // (N)
+    double s2 = s_ * s_, logs2 = std::log(s2);
+    Var L, sigma, logvar;
+    if (!full_) {
+      logvar = raw;                                                           // log σ²
+      sigma = ops::exp(ops::mul_scalar(logvar, 0.5));                         // σ
+      noise = ops::mul(routers::tile_rows(sigma, S), ops::constant(std::move(eps)));
+      // KL_MF = ½ Σ_e (σ²/s² + Δμ²/s² − 1 − log σ² + log s²)
+      Var t = ops::add(ops::mul_scalar(ops::add(ops::exp(logvar), ops::square(dmu)), 1.0 / s2), ops::neg(logvar));
+      kl_tok = ops::mul_scalar(ops::add_scalar(ops::sum(t, 1), (double)E * (logs2 - 1.0)), 0.5);
+    } else {
+      L = ops::fill_tril_expdiag(raw, E);                                     // (N, E, E)
+      Var Ls = S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0);   // (S*N, E, E)
+      noise = ops::tril_matvec(Ls, ops::constant(std::move(eps)));            // L ε
+      // KL_FC = ½ (tr(LLᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ log L_ee)
+      Var trace = ops::sum(ops::reshape(ops::square(L), {N, (int64_t)E * E}), 1);  // tr(LLᵀ) = Σ_ij L_ij²
+      Var t = ops::mul_scalar(ops::add(trace, ops::sum(ops::square(dmu), 1)), 1.0 / s2);
+      t = ops::sub(t, ops::mul_scalar(ops::sum_log_diag(L), 2.0));
+      kl_tok = ops::mul_scalar(ops::add_scalar(t, (double)E * (logs2 - 1.0)), 0.5);
+    }
+    Var lstar = ops::add(routers::tile_rows(mean, S), noise);                 // l*: (S*N, E)
+    out.probs = routers::mean_over_samples(ops::softmax(lstar), S, N);        // p̄: (N, E)
+    auto tk = topk_renormalised(out.probs, K);
+    out.experts = std::move(tk.experts);
+    out.gates = tk.gates;
+    out.kl = routers::masked_sum(kl_tok, mask);
+    // Diagnostics: ILV = tr Σ, posterior mean and per-logit std.
+    out.post_mean = mean.value().to_vector();
+    out.post_std.resize((size_t)N * E);
+    out.ilv.assign((size_t)N, 0.f);
+    for (int64_t n = 0; n < N; ++n)
+      for (int e = 0; e < E; ++e) {
+        double var = 0;
+        if (!full_) {
+          var = std::exp((double)logvar.value()[n * E + e]);
+        } else {
+          for (int j = 0; j <= e; ++j) {
+            double l = L.value()[(n * E + e) * E + j];
+            var += l * l;  // Σ_ee = Σ_j L_ej²
+          }
+        }
+        out.post_std[(size_t)(n * E + e)] = (float)std::sqrt(var);
+        out.ilv[(size_t)n] += (float)var;
+      }
+    return out;
+  }
+
+ private:
+  bool full_;
+  double s_;
+  int E_;
+  Var w_t_, w_mu_, b_mu_, w_cov_, b_cov_;
+};
+
+std::unique_ptr<Router> make_mfvr_router(const RouterConfig& cfg, ParamStore& ps, const std::string& prefix, int C,
+                                         int E, uint64_t seed) {
+  return std::make_unique<VariationalLogitRouter>(false, cfg, ps, prefix, C, E, seed);
+}
+std::unique_ptr<Router> make_fcvr_router(const RouterConfig& cfg, ParamStore& ps, const std::string& prefix, int C,
+                                         int E, uint64_t seed) {
+  return std::make_unique<VariationalLogitRouter>(true, cfg, ps, prefix, C, E, seed);
+}
+
+}  // namespace vm::nn
