@@ -15,7 +15,8 @@ void add_runner(CLI::App* sub, Runner run);
 void register_data_command(CLI::App& app);     // data/cli.cpp
 void register_metrics_command(CLI::App& app);  // experiments/metrics_cli.cpp
 void register_train_command(CLI::App& app);    // experiments/train_cli.cpp
-void register_eval_command(CLI::App& app);     // experiments/eval_cli.cpp
+void register_eval_command(CLI::App& app);     // experiments/flags.cpp
+void register_reproduce_command(CLI::App& app);  // experiments/reproduce.cpp
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "experiments/datasets.h"
+#include "experiments/evaluation.h"
 #include "experiments/flops.h"
 #include "experiments/metrics.h"
 #include "experiments/trainer.h"
@@ -83,28 +84,75 @@ static void write_probs_csv(const std::string& path, const McEval& ev) {
 
 // Routing stability: Jaccard of top-K sets with and without embedding noise,
 // σ = γ · mean embedding norm, per layer and averaged (method notes §3).
-json stability_sweep(nn::Model& model, const McSet& set, const RunConfig& cfg) {
-  RoutingTrace clean;
+// Stochastic routers draw the same random numbers in the clean and the noisy
+// pass (same seed and batch index), so the Jaccard measures the effect of
+// the input noise alone.
+std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const McSet& set, const RunConfig& cfg,
+                                                    double gamma) {
+  RoutingTrace clean, noisy;
   evaluate_mc(model, set, cfg, 0.0, &clean);
-  double base = model.mean_embedding_norm();
+  evaluate_mc(model, set, cfg, gamma * model.mean_embedding_norm(), &noisy);
   int K = model.config().top_k;
+  std::vector<std::pair<int, double>> out;
+  for (size_t l = 0; l < clean.experts.size(); ++l) {
+    std::vector<int> a(clean.experts[l].begin(), clean.experts[l].end());
+    std::vector<int> b(noisy.experts[l].begin(), noisy.experts[l].end());
+    out.push_back({clean.layers[l], metrics::mean_jaccard(a, b, (size_t)K)});
+  }
+  return out;
+}
+
+json stability_sweep(nn::Model& model, const McSet& set, const RunConfig& cfg) {
+  double base = model.mean_embedding_norm();
   json rows = json::array();
   for (double g : cfg.gammas) {
-    RoutingTrace noisy;
-    evaluate_mc(model, set, cfg, g * base, &noisy);
+    auto ls = layer_stability(model, set, cfg, g);
     json per_layer = json::array();
     double tot = 0;
-    for (size_t l = 0; l < clean.experts.size(); ++l) {
-      std::vector<int> a(clean.experts[l].begin(), clean.experts[l].end());
-      std::vector<int> b(noisy.experts[l].begin(), noisy.experts[l].end());
-      double j = metrics::mean_jaccard(a, b, (size_t)K);
-      per_layer.push_back({{"layer", clean.layers[l]}, {"jaccard", j}});
+    for (auto& [layer, j] : ls) {
+      per_layer.push_back({{"layer", layer}, {"jaccard", j}});
       tot += j;
     }
-    rows.push_back({{"gamma", g}, {"sigma", g * base}, {"jaccard", clean.experts.empty() ? 1.0 : tot / clean.experts.size()},
+    rows.push_back({{"gamma", g}, {"sigma", g * base}, {"jaccard", ls.empty() ? 1.0 : tot / (double)ls.size()},
                     {"per_layer", per_layer}});
   }
   return rows;
+}
+
+std::vector<int> susceptible_layers(nn::Model& model, const McSet& set, const RunConfig& cfg, int n, double gamma) {
+  auto ls = layer_stability(model, set, cfg, gamma);
+  if (n < 1 || n > (int)ls.size())
+    fail("--bayes-layers auto:" + std::to_string(n) + ": the model has " + std::to_string(ls.size()) + " MoE layers");
+  std::stable_sort(ls.begin(), ls.end(), [](auto& a, auto& b) { return a.second < b.second; });
+  std::vector<int> out;
+  for (int i = 0; i < n; ++i) out.push_back(ls[(size_t)i].first);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+McEval temperature_scaled(const McEval& ev, double T) {
+  McEval o = ev;
+  int64_t correct = 0, labelled = 0;
+  double nll = 0;
+  for (size_t i = 0; i < o.probs.size(); ++i) {
+    auto& p = o.probs[i];
+    double z = 0;
+    for (auto& q : p) z += (q = std::pow(std::max(q, 1e-300), 1.0 / T));  // softmax(log p / T)
+    double h = 0;
+    for (auto& q : p) {
+      q /= z;
+      if (q > 0) h -= q * std::log(q);
+    }
+    o.entropy[i] = h;
+    if (o.labels[i] >= 0) {
+      ++labelled;
+      correct += (int)(std::max_element(p.begin(), p.end()) - p.begin()) == o.labels[i];
+      nll -= std::log(std::max(p[(size_t)o.labels[i]], 1e-12));
+    }
+  }
+  o.accuracy = labelled ? (double)correct / labelled : 0;
+  o.nll = labelled ? nll / labelled : 0;
+  return o;
 }
 
 json expert_load(nn::Model& model, const RoutingTrace& tr) {

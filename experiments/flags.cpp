@@ -46,6 +46,38 @@ void RunConfig::validate() const {
   router.validate(model.n_layers, model.n_experts, model.top_k);
 }
 
+void parse_bayes_spec(RunConfig& c) {
+  const std::string& s = c.bayes_spec;
+  c.router.bayes_layers.clear();
+  if (s.empty() || s.rfind("auto:", 0) == 0) {
+    if (!s.empty()) {
+      try {
+        size_t pos = 0;
+        int n = std::stoi(s.substr(5), &pos);
+        if (pos != s.size() - 5 || n < 1) throw std::invalid_argument(s);
+      } catch (const std::exception&) {
+        fail("--bayes-layers: '" + s + "' is not auto:N with N >= 1");
+      }
+    }
+    return;
+  }
+  size_t i = 0;
+  while (i <= s.size()) {
+    size_t j = s.find(',', i);
+    if (j == std::string::npos) j = s.size();
+    std::string tok = s.substr(i, j - i);
+    try {
+      size_t pos = 0;
+      int v = std::stoi(tok, &pos);
+      if (pos != tok.size()) throw std::invalid_argument(tok);
+      c.router.bayes_layers.push_back(v);
+    } catch (const std::exception&) {
+      fail("--bayes-layers: '" + tok + "' is not a layer index (use a list like 2,3 or auto:N)");
+    }
+    i = j + 1;
+  }
+}
+
 // Flags shared by train and eval.
 static void add_common(CLI::App* s, RunConfig& c) {
   s->set_config("--config", "", "TOML/INI file with flag values (flags on the command line win)");
@@ -118,11 +150,15 @@ void register_train(CLI::App& app) {
   s->add_option("--z-coef", c->z_coef, "router z-loss coefficient")->capture_default_str();
   s->add_option("--beta", c->beta, "β in L = L_task + β KL")->capture_default_str();
   s->add_option("--kl-norm", c->kl_norm, "token-mean | dataset")->capture_default_str();
-  s->add_option("--bayes-layers", c->router.bayes_layers, "MoE layers with the Bayesian router (default: all)")
-      ->delimiter(',');
+  s->add_option("--bayes-layers", c->bayes_spec,
+                 "MoE layers with the Bayesian router: a list like 2,3, or auto:N for the N layers whose routing is "
+                 "least stable under input noise (default: all)");
   s->add_option("--max-train-examples", c->max_train_examples, "0 = all")->capture_default_str();
   s->add_option("--time-limit", c->time_limit_s, "stop after this many seconds (0 = none)")->capture_default_str();
-  cli::add_runner(s, [c] { return run_train(*c); });
+  cli::add_runner(s, [c] {
+    parse_bayes_spec(*c);
+    return run_train(*c);
+  });
 }
 
 void register_eval(CLI::App& app) {

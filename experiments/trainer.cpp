@@ -14,6 +14,7 @@
 #include "core/philox.h"
 #include "data/tokenizer.h"
 #include "experiments/datasets.h"
+#include "experiments/evaluation.h"
 #include "nn/checkpoint.h"
 
 namespace vm::exp {
@@ -366,6 +367,26 @@ int run_train(RunConfig cfg) {
       fail("--router " + rc.name + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
   if (mc.kind == "vit" && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
+  if (cfg.stage == "router" && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
+    // --bayes-layers auto:N: rank the MoE layers of the fine-tuned (det) model
+    // by routing stability under input noise; the N least stable get the router.
+    int n = std::stoi(cfg.bayes_spec.substr(5));
+    nn::RouterConfig det;
+    nn::Model probe(mc, det, cfg.seed);
+    load_checkpoint(cfg.init, probe, nullptr);
+    RunConfig pc = cfg;
+    pc.max_eval_examples = 0;
+    McTaskData d = load_mc_task(pc);
+    McSet sub = d.val;
+    if (sub.size() > 256) {
+      sub.prompts.resize(256);
+      sub.labels.resize(256);
+    }
+    rc.bayes_layers = susceptible_layers(probe, sub, cfg, n, cfg.auto_gamma);
+    std::string ls;
+    for (int l : rc.bayes_layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
+    std::fprintf(stderr, "--bayes-layers auto:%d -> %s (least stable at gamma %.3g)\n", n, ls.c_str(), cfg.auto_gamma);
+  }
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;
   oc.total_steps = cfg.steps;

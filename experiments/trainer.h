@@ -50,6 +50,8 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
 
 int run_train(RunConfig cfg);
+// Fill cfg.router.bayes_layers from cfg.bayes_spec ("2,3"); "auto:N" is resolved in run_train.
+void parse_bayes_spec(RunConfig& cfg);
 int run_eval(RunConfig cfg);
 
 // Evaluate a model on an MC set: probs over the 4 letters (N x 4) and per-example

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Figures for `vmoer reproduce`, drawn from the CSVs it writes.
+
+usage: /usr/bin/python3 scripts/plot.py RESULTS_DIR
+
+Writes RESULTS_DIR/fig_reliability.png, fig_stability.png, fig_roc.png and
+fig_expert_load.png. Needs matplotlib (Debian python3-matplotlib).
+"""
+import csv
+import os
+import sys
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def reliability(d):
+    data = defaultdict(list)
+    for r in rows(os.path.join(d, "reliability.csv")):
+        data[r["method"]].append(r)
+    methods = list(data)
+    n = len(methods)
+    cols = min(4, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 3.2 * nrows), squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        # pool seeds: weighted by counts
+        bins = defaultdict(lambda: [0, 0.0, 0.0])
+        for r in data[m]:
+            key = (float(r["bin_lo"]), float(r["bin_hi"]))
+            c = int(r["count"])
+            bins[key][0] += c
+            bins[key][1] += c * float(r["confidence"])
+            bins[key][2] += c * float(r["accuracy"])
+        keys = sorted(bins)
+        mids = [(lo + hi) / 2 for lo, hi in keys]
+        width = [hi - lo for lo, hi in keys]
+        acc = [bins[k][2] / bins[k][0] if bins[k][0] else 0 for k in keys]
+        ax.bar(mids, acc, width=width, edgecolor="k", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+        ax.set_title(m)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "fig_reliability.png"), dpi=110)
+    plt.close(fig)
+
+
+def stability(d):
+    data = defaultdict(lambda: defaultdict(list))
+    for r in rows(os.path.join(d, "stability.csv")):
+        if r["layer"] == "mean":
+            data[r["method"]][float(r["gamma"])].append(float(r["jaccard"]))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for m, g in data.items():
+        xs = sorted(g)
+        ax.plot(xs, [sum(g[x]) / len(g[x]) for x in xs], marker="o", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("noise level γ (σ = γ · mean embedding norm)")
+    ax.set_ylabel("Jaccard of top-K sets (clean vs noisy)")
+    ax.set_title("Routing stability")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "fig_stability.png"), dpi=110)
+    plt.close(fig)
+
+
+def roc(d):
+    data = defaultdict(lambda: defaultdict(lambda: ([], [])))
+    for r in rows(os.path.join(d, "roc.csv")):
+        key = (r["method"], r["seed"])
+        xs, ys = data[r["ood_set"]][key]
+        xs.append(float(r["fpr"]))
+        ys.append(float(r["tpr"]))
+    sets = sorted(data)
+    fig, axes = plt.subplots(1, len(sets), figsize=(3.4 * len(sets), 3.4), squeeze=False)
+    for ax, s in zip(axes.flat, sets):
+        seen = set()
+        for (m, seed), (xs, ys) in data[s].items():
+            ax.plot(xs, ys, lw=1, label=m if m not in seen else None)
+            seen.add(m)
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_title(f"{s} (entropy score)")
+        ax.set_xlabel("FPR")
+        ax.set_ylabel("TPR")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(d, "fig_roc.png"), dpi=110)
+    plt.close(fig)
+
+
+def expert_load(d):
+    data = defaultdict(lambda: defaultdict(float))
+    layers, experts = set(), set()
+    for r in rows(os.path.join(d, "expert_load.csv")):
+        l, e = int(r["layer"]), int(r["expert"])
+        data[r["method"]][(l, e)] += float(r["count"])
+        layers.add(l)
+        experts.add(e)
+    methods = list(data)
+    L, E = sorted(layers), sorted(experts)
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods), 2.8), squeeze=False)
+    for ax, m in zip(axes.flat, methods):
+        grid = []
+        for l in L:
+            tot = sum(data[m][(l, e)] for e in E) or 1.0
+            grid.append([data[m][(l, e)] / tot for e in E])
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0)
+        ax.set_title(m, fontsize=9)
+        ax.set_xlabel("expert")
+        ax.set_ylabel("layer")
+        ax.set_yticks(range(len(L)), [str(l) for l in L])
+    fig.colorbar(im, ax=list(axes.flat), shrink=0.8, label="share of assignments")
+    fig.savefig(os.path.join(d, "fig_expert_load.png"), dpi=110)
+    plt.close(fig)
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    d = sys.argv[1]
+    for name, fn in [("reliability.csv", reliability), ("stability.csv", stability), ("roc.csv", roc),
+                     ("expert_load.csv", expert_load)]:
+        if not os.path.exists(os.path.join(d, name)):
+            sys.exit(f"plot.py: {os.path.join(d, name)} is missing (run vmoer reproduce first)")
+        fn(d)
+    print(f"plot.py: figures written to {d}")
+
+
+if __name__ == "__main__":
+    main()
