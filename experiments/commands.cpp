@@ -20,6 +20,7 @@ void register_all(CLI::App& app) {
   register_train_command(app);
   register_eval_command(app);
   register_reproduce_command(app);
+  register_inspect_command(app);
 }
 
 int run_selected(CLI::App& app) {

@@ -17,6 +17,7 @@ void register_metrics_command(CLI::App& app);  // experiments/metrics_cli.cpp
 void register_train_command(CLI::App& app);    // experiments/train_cli.cpp
 void register_eval_command(CLI::App& app);     // experiments/flags.cpp
 void register_reproduce_command(CLI::App& app);  // experiments/reproduce.cpp
+void register_inspect_command(CLI::App& app);    // experiments/inspect.cpp
 
 void register_all(CLI::App& app);
 int run_selected(CLI::App& app);
