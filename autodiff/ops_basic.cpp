@@ -93,7 +93,7 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
   }
   Shape so(sa.begin(), sa.end() - 1);
   so.push_back(N);
-  TensorT<T> out(so);
+  TensorT<T> out = K == 0 ? TensorT<T>(so) : TensorT<T>::empty(so);  // every element written by the GEMM
   if (shared_b) {  // one GEMM over all rows: (batch*M, K) x (K, N)
     kernels::gemm(out.data(), a.value().data(), b.value().data(), batch * M, N, K, false, false, false);
   } else {
@@ -152,7 +152,7 @@ void broadcast_loop(const Shape& so, const Shape& sa, const Shape& sb, F f) {
 template <class T>
 VarT<T> binary(const VarT<T>& a, const VarT<T>& b, Bin op, const char* name) {
   Shape so = broadcast_shape(a.shape(), b.shape(), name);
-  TensorT<T> out(so);
+  TensorT<T> out = TensorT<T>::empty(so);
   const T* pa = a.value().data();
   const T* pb = b.value().data();
   T* po = out.data();
@@ -178,7 +178,7 @@ VarT<T> binary(const VarT<T>& a, const VarT<T>& b, Bin op, const char* name) {
         continue;
       }
       // full-size local gradient, then reduce over broadcast dims
-      TensorT<T> full(so);
+      TensorT<T> full = TensorT<T>::empty(so);
       T* pf = full.data();
       broadcast_loop<T>(so, sa, sb, [&](int64_t i, int64_t ia, int64_t ib) {
         T x = pa[ia], y = pb[ib];
@@ -203,7 +203,7 @@ template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) { return bina
 namespace {
 template <class T, class F, class D>
 VarT<T> unary(const VarT<T>& a, const char* name, F f, D dfdx) {
-  TensorT<T> out(a.shape());
+  TensorT<T> out = TensorT<T>::empty(a.shape());
   const T* px = a.value().data();
   T* py = out.data();
   int64_t n = out.numel();

@@ -64,7 +64,7 @@ VarT<T> gather_rows(const VarT<T>& x, const std::vector<int32_t>& rows) {
   for (int64_t m = 0; m < M; ++m)
     VM_CHECK(rows[m] >= 0 && rows[m] < N, "gather_rows: row " + std::to_string(rows[m]) + " outside [0, " +
                                               std::to_string(N) + ")");
-  TensorT<T> out({M, C});
+  TensorT<T> out = TensorT<T>::empty({M, C});
   const T* px = x.value().data();
 #pragma omp parallel for schedule(static) if (M * C > 32768)
   for (int64_t m = 0; m < M; ++m) std::memcpy(out.data() + m * C, px + (int64_t)rows[m] * C, sizeof(T) * C);

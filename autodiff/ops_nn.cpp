@@ -15,7 +15,7 @@ template <class T>
 VarT<T> softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  TensorT<T> y(a.shape());
+  TensorT<T> y = TensorT<T>::empty(a.shape());
   kernels::softmax_fwd(a.value().data(), y.data(), rows, C);
   return make_result<T>(std::move(y), "softmax", {a}, [rows, C](Node<T>& self) {
     if (auto* g = grad_of(self, 0)) kernels::softmax_bwd(self.value.data(), self.grad.data(), g->data(), rows, C);
@@ -26,7 +26,7 @@ template <class T>
 VarT<T> log_softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  TensorT<T> y(a.shape());
+  TensorT<T> y = TensorT<T>::empty(a.shape());
   kernels::log_softmax_fwd(a.value().data(), y.data(), rows, C);
   return make_result<T>(std::move(y), "log_softmax", {a}, [rows, C](Node<T>& self) {
     if (auto* g = grad_of(self, 0))
@@ -64,7 +64,7 @@ VarT<T> layernorm(const VarT<T>& x, const VarT<T>& gamma, const VarT<T>& beta, d
   VM_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
            "layernorm: x " + shape_str(x.shape()) + " needs gamma and beta of shape (" + std::to_string(C) +
                "), got " + shape_str(gamma.shape()) + " and " + shape_str(beta.shape()));
-  TensorT<T> y(x.shape());
+  TensorT<T> y = TensorT<T>::empty(x.shape());
   auto stats = std::make_shared<std::pair<TensorT<T>, TensorT<T>>>(TensorT<T>({rows}), TensorT<T>({rows}));
   kernels::layernorm_fwd(x.value().data(), gamma.value().data(), beta.value().data(), y.data(),
                          stats->first.data(), stats->second.data(), rows, C, eps);
@@ -82,7 +82,7 @@ VarT<T> rmsnorm(const VarT<T>& x, const VarT<T>& gamma, double eps) {
   rows_cols(x.shape(), rows, C);
   VM_CHECK(gamma.shape() == Shape{C}, "rmsnorm: x " + shape_str(x.shape()) + " needs gamma of shape (" +
                                           std::to_string(C) + "), got " + shape_str(gamma.shape()));
-  TensorT<T> y(x.shape());
+  TensorT<T> y = TensorT<T>::empty(x.shape());
   auto rstd = std::make_shared<TensorT<T>>(Shape{rows});
   kernels::rmsnorm_fwd(x.value().data(), gamma.value().data(), y.data(), rstd->data(), rows, C, eps);
   return make_result<T>(std::move(y), "rmsnorm", {x, gamma}, [rows, C, rstd](Node<T>& self) {
@@ -103,7 +103,7 @@ VarT<T> embedding(const VarT<T>& table, const std::vector<int32_t>& ids, Shape o
                                             std::to_string(i) + " outside vocabulary of " + std::to_string(V));
   Shape so = out_shape;
   so.push_back(C);
-  TensorT<T> out(so);
+  TensorT<T> out = TensorT<T>::empty(so);
   const T* w = table.value().data();
   int64_t n = (int64_t)ids.size();
 #pragma omp parallel for schedule(static) if (n * C > 32768)
@@ -157,7 +157,7 @@ VarT<T> transpose(const VarT<T>& a, int d0, int d1) {
           }
         }
   };
-  TensorT<T> out(so);
+  TensorT<T> out = TensorT<T>::empty(so);
   run(a.value().data(), out.data(), true);
   return make_result<T>(std::move(out), "transpose", {a}, [run](Node<T>& self) {
     if (auto* g = grad_of(self, 0)) run(self.grad.data(), g->data(), false);
@@ -247,8 +247,8 @@ VarT<T> attention(const VarT<T>& q, const VarT<T>& k, const VarT<T>& v, bool cau
            "attention: q, k, v must share a (B, H, T, D) shape, got " + shape_str(q.shape()) + ", " +
                shape_str(k.shape()) + ", " + shape_str(v.shape()));
   int64_t B = q.size(0), H = q.size(1), Tn = q.size(2), D = q.size(3);
-  auto P = std::make_shared<TensorT<T>>(Shape{B, H, Tn, Tn});  // softmax weights, kept for backward
-  TensorT<T> out(q.shape());
+  auto P = std::make_shared<TensorT<T>>(TensorT<T>::empty(Shape{B, H, Tn, Tn}));  // softmax weights, kept for backward
+  TensorT<T> out = TensorT<T>::empty(q.shape());
   kernels::attention_fwd(q.value().data(), k.value().data(), v.value().data(), P->data(), out.data(), B * H, Tn,
                          D, causal);
   return make_result<T>(std::move(out), "attention", {q, k, v}, [P, B, H, Tn, D, causal](Node<T>& self) {

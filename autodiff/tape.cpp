@@ -47,6 +47,7 @@ void backward(const VarT<T>& root, const TensorT<T>& seed_grad) {
 
 template <class T>
 void backward(const VarT<T>& root) {
+  VM_CHECK(root.defined(), "backward: undefined variable");
   VM_CHECK(root.numel() == 1, "backward: output of shape " + shape_str(root.shape()) +
                                   " is not a scalar; pass a seed gradient");
   backward(root, TensorT<T>::full(root.shape(), T(1)));

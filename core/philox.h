@@ -58,10 +58,12 @@ VM_HD uint32_t philox_u32(uint64_t seed, uint64_t stream, uint64_t offset) {
   return r.v[offset & 3];
 }
 
-// Uniform in the open interval (0, 1): the top 24 bits, centred in their cell,
-// so log(u) and log(-log(u)) are always finite in float32.
+// Uniform in the open interval (0, 1): the top 23 bits, centred in their cell.
+// Every step is exact in float32 ((2^23 − 1) + 0.5 still fits the 24-bit
+// significand), so u ∈ [2^-24, 1 − 2^-24]: never 0 or 1, and log(u),
+// log(−log(u)) are always finite.
 VM_HD float philox_uniform(uint64_t seed, uint64_t stream, uint64_t offset) {
-  return ((float)(philox_u32(seed, stream, offset) >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return ((float)(philox_u32(seed, stream, offset) >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // Standard normal by Box-Muller. Normal number i uses the uniforms at offsets

@@ -87,13 +87,13 @@ int norm_axis(int axis, int ndim, const char* op) {
 }
 
 template <class T>
-TensorT<T>::TensorT(Shape shape, Device dev) : shape_(std::move(shape)), device_(dev) {
+TensorT<T>::TensorT(Shape shape, Device dev, bool zero) : shape_(std::move(shape)), device_(dev) {
   VM_CHECK(shape_.size() <= 4, "tensor: at most 4 dimensions, got " + shape_str(shape_));
   for (auto d : shape_) VM_CHECK(d >= 0, "tensor: negative dimension in " + shape_str(shape_));
   VM_CHECK(dev == Device::CPU, "tensor: host tensors only here; device tensors live in kernels/cuda");
   numel_ = shape_numel(shape_);
   T* p = static_cast<T*>(aligned_alloc64(sizeof(T) * (size_t)numel_));
-  std::memset(p, 0, sizeof(T) * (size_t)numel_);
+  if (zero) std::memset(p, 0, sizeof(T) * (size_t)numel_);
   buf_ = std::shared_ptr<T>(p, [](T* q) { aligned_free64(q); });
 }
 

@@ -38,8 +38,10 @@ template <class T>
 class TensorT {
  public:
   TensorT() = default;
-  explicit TensorT(Shape shape, Device dev = Device::CPU);  // zero-filled
+  explicit TensorT(Shape shape, Device dev = Device::CPU, bool zero = true);  // zero-filled unless zero=false
   static TensorT zeros(Shape shape) { return TensorT(std::move(shape)); }
+  // Uninitialised storage, for outputs an op overwrites completely.
+  static TensorT empty(Shape shape) { return TensorT(std::move(shape), Device::CPU, false); }
   static TensorT full(Shape shape, T value);
   static TensorT from(const std::vector<T>& values, Shape shape);
   static TensorT scalar(T value) { return from({value}, {}); }

@@ -22,12 +22,21 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
 #pragma omp parallel for schedule(static) if (N * E > 16384)
   for (int64_t n = 0; n < N; ++n) {
     const float* zr = z + n * E;
-    float mx = *std::max_element(zr, zr + E);
     std::vector<double> w((size_t)E);
-    for (int e = 0; e < E; ++e) w[e] = std::exp((double)zr[e] - mx);
+    std::vector<char> taken((size_t)E, 0);
     for (int j = 0; j < K; ++j) {
+      // Weights relative to the largest *remaining* z: that one has weight 1,
+      // so total >= 1 even when every other weight underflows (T -> 0); with
+      // the max over all E, the remaining weights could all be 0 after the
+      // first draw and `pick` stayed -1 (out-of-bounds write w[-1]).
+      float mx = -INFINITY;
+      for (int e = 0; e < E; ++e)
+        if (!taken[e]) mx = std::max(mx, zr[e]);
       double total = 0;
-      for (int e = 0; e < E; ++e) total += w[e];
+      for (int e = 0; e < E; ++e) {
+        w[e] = taken[e] ? 0.0 : std::exp((double)zr[e] - mx);
+        total += w[e];
+      }
       double u = philox_uniform(seed, stream, (uint64_t)(n * E + j)) * total;
       int pick = -1;
       for (int e = 0; e < E; ++e) {
@@ -37,7 +46,7 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
         u -= w[e];
       }
       out[n * K + j] = pick;
-      w[pick] = 0;  // without replacement
+      taken[pick] = 1;  // without replacement
     }
   }
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""reference/bench_twin.py — time the PyTorch twin on the standard training config.
+
+One training step = forward + cross-entropy + 0.01 lb + 0.001 z + backward +
+global-norm clip (1.0) + AdamW (lr 3e-4, betas 0.9/0.95, wd 0.1, no decay on
+norms), exactly the work bench/bench_train.cpp times for ours. Inference =
+forward of the same batch under torch.inference_mode() (all B*T logits).
+Prints one JSON object.
+
+Usage: bench_twin.py [--threads 2] [--warmup 1] [--steps 3] [--infer-steps 3] [sizes...]
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vmoer_twin import ModelConfig, VmoerTwin  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--experts", type=int, default=8)
+    ap.add_argument("--d-expert", type=int, default=1024)
+    ap.add_argument("--top-k", type=int, default=2)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=259)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--infer-steps", type=int, default=3)
+    ap.add_argument("--foreach", type=int, default=1, help="AdamW foreach implementation (1) or per-tensor loop (0)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab=a.vocab, max_seq=a.seq, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
+                      n_experts=a.experts, top_k=a.top_k, d_expert=a.d_expert)
+    model = VmoerTwin(cfg)
+    opt = torch.optim.AdamW(model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
+                            foreach=bool(a.foreach))
+    B, T = a.batch, a.seq
+    ids = torch.randint(0, a.vocab, (B, T))
+    targets = torch.randint(0, a.vocab, (B * T,))
+
+    def train_step():
+        opt.zero_grad(set_to_none=True)
+        total, _, _, _ = model.loss_lm(ids, targets, None)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+
+    model.train()
+    times = []
+    for i in range(a.warmup + a.steps):
+        t0 = time.perf_counter()
+        train_step()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t0)
+    model.eval()
+    itimes = []
+    with torch.inference_mode():
+        model.forward_lm(ids)  # warm-up
+        for _ in range(a.infer_steps):
+            t0 = time.perf_counter()
+            model.forward_lm(ids)
+            itimes.append(time.perf_counter() - t0)
+    blas = []
+    try:
+        from threadpoolctl import threadpool_info
+        blas = [{k: d.get(k) for k in ("internal_api", "architecture", "num_threads", "filepath")}
+                for d in threadpool_info()]
+    except Exception as e:  # noqa: BLE001
+        blas = [str(e)]
+    tr, inf = statistics.median(times), statistics.median(itimes)
+    print(json.dumps({
+        "impl": "twin", "torch": torch.__version__, "threads": a.threads, "foreach": a.foreach,
+        "tokens_per_step": B * T, "train_ms": tr * 1e3, "train_tokens_per_s": B * T / tr,
+        "train_ms_all": [t * 1e3 for t in times], "infer_ms": inf * 1e3, "infer_tokens_per_s": B * T / inf,
+        "params": sum(p.numel() for p in model.parameters()), "blas": blas}))
+
+
+if __name__ == "__main__":
+    main()
