@@ -2,7 +2,10 @@
 
 #include "data/io.h"
 #include "data/lm.h"
+#include "data/shuffle.h"
 #include "data/tasks.h"
+#include "data/vision.h"
+#include "nn/params.h"
 
 namespace vm::exp {
 
@@ -46,6 +49,57 @@ std::vector<McSet> load_ood_sets(const RunConfig& cfg) {
   std::vector<McSet> out;
   for (auto& [name, xs] : data::load_ood_sets(cache(cfg), o)) out.push_back(to_set(name, xs, 0));
   return out;
+}
+
+ImgTaskData load_image_task(const RunConfig& cfg) {
+  auto train = std::make_shared<const data::ImageSet>(data::load_fashion_mnist(cache(cfg), true));
+  auto test = std::make_shared<const data::ImageSet>(data::load_fashion_mnist(cache(cfg), false));
+  PhiloxStream rng{cfg.seed, nn::name_hash("fashion-mnist/val-split"), 0};
+  std::vector<size_t> perm = data::permutation((size_t)train->n, rng);
+  size_t n_val = std::min<size_t>(5000, (size_t)train->n / 10);
+  ImgTaskData d;
+  d.train.name = "train";
+  d.val.name = "val";
+  d.test.name = "test";
+  d.train.src = d.val.src = train;
+  d.test.src = test;
+  for (size_t i = 0; i < perm.size(); ++i) {
+    ImgSet& s = i < n_val ? d.val : d.train;
+    s.idx.push_back((int32_t)perm[i]);
+    s.labels.push_back(train->labels[perm[i]]);
+  }
+  std::sort(d.val.idx.begin(), d.val.idx.end());
+  d.val.labels.clear();
+  for (int32_t i : d.val.idx) d.val.labels.push_back(train->labels[(size_t)i]);
+  int n_test = cfg.max_eval_examples > 0 ? std::min(cfg.max_eval_examples, test->n) : test->n;
+  for (int i = 0; i < n_test; ++i) {
+    d.test.idx.push_back(i);
+    d.test.labels.push_back(test->labels[(size_t)i]);
+  }
+  if (cfg.max_eval_examples > 0 && (int)d.val.idx.size() > cfg.max_eval_examples) {
+    d.val.idx.resize((size_t)cfg.max_eval_examples);
+    d.val.labels.resize((size_t)cfg.max_eval_examples);
+  }
+  if (cfg.max_train_examples > 0 && (int)d.train.idx.size() > cfg.max_train_examples) {
+    d.train.idx.resize((size_t)cfg.max_train_examples);
+    d.train.labels.resize((size_t)cfg.max_train_examples);
+  }
+  return d;
+}
+
+std::vector<ImgSet> load_image_ood_sets(const RunConfig& cfg) {
+  auto digits = std::make_shared<const data::ImageSet>(data::load_digits(cache(cfg)));
+  PhiloxStream rng{cfg.seed, nn::name_hash("digits/ood-subsample"), 0};
+  std::vector<size_t> perm = data::permutation((size_t)digits->n, rng);
+  ImgSet s;
+  s.name = "far-digits";
+  s.src = digits;
+  size_t n = cfg.ood_size > 0 ? std::min<size_t>((size_t)cfg.ood_size, perm.size()) : perm.size();
+  for (size_t i = 0; i < n; ++i) {
+    s.idx.push_back((int32_t)perm[i]);
+    s.labels.push_back(-1);
+  }
+  return {s};
 }
 
 std::string ood_kind(const std::string& set_name) { return set_name.rfind("near", 0) == 0 ? "near" : "far"; }

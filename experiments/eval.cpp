@@ -69,7 +69,9 @@ json ood_metrics_json(const McEval& id, const McEval& ood) {
 }
 
 static void write_probs_csv(const std::string& path, const McEval& ev) {
-  std::string s = "label,p0,p1,p2,p3\n";
+  std::string s = "label";
+  for (size_t c = 0; c < (ev.probs.empty() ? 0 : ev.probs[0].size()); ++c) s += ",p" + std::to_string(c);
+  s += "\n";
   char buf[128];
   for (size_t i = 0; i < ev.probs.size(); ++i) {
     s += std::to_string(ev.labels[i]);
@@ -87,11 +89,21 @@ static void write_probs_csv(const std::string& path, const McEval& ev) {
 // Stochastic routers draw the same random numbers in the clean and the noisy
 // pass (same seed and batch index), so the Jaccard measures the effect of
 // the input noise alone.
-std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const McSet& set, const RunConfig& cfg,
-                                                    double gamma) {
+EvalFn mc_evaluator(nn::Model& model, const McSet& set, const RunConfig& cfg) {
+  return {[&model, &set, &cfg](double noise, RoutingTrace* tr) { return evaluate_mc(model, set, cfg, noise, tr); },
+          model.mean_embedding_norm()};
+}
+EvalFn image_evaluator(nn::Model& model, const ImgSet& set, const RunConfig& cfg) {
+  std::vector<int64_t> first;
+  for (int64_t i = 0; i < std::min<int64_t>(256, (int64_t)set.size()); ++i) first.push_back(i);
+  return {[&model, &set, &cfg](double noise, RoutingTrace* tr) { return evaluate_images(model, set, cfg, noise, tr); },
+          model.mean_patch_embedding_norm(image_batch(set, first))};
+}
+
+std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const EvalFn& eval, double gamma) {
   RoutingTrace clean, noisy;
-  evaluate_mc(model, set, cfg, 0.0, &clean);
-  evaluate_mc(model, set, cfg, gamma * model.mean_embedding_norm(), &noisy);
+  eval.run(0.0, &clean);
+  eval.run(gamma * eval.embed_norm, &noisy);
   int K = model.config().top_k;
   std::vector<std::pair<int, double>> out;
   for (size_t l = 0; l < clean.experts.size(); ++l) {
@@ -102,11 +114,11 @@ std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const McSe
   return out;
 }
 
-json stability_sweep(nn::Model& model, const McSet& set, const RunConfig& cfg) {
-  double base = model.mean_embedding_norm();
+json stability_sweep(nn::Model& model, const EvalFn& eval, const std::vector<double>& gammas) {
+  double base = eval.embed_norm;
   json rows = json::array();
-  for (double g : cfg.gammas) {
-    auto ls = layer_stability(model, set, cfg, g);
+  for (double g : gammas) {
+    auto ls = layer_stability(model, eval, g);
     json per_layer = json::array();
     double tot = 0;
     for (auto& [layer, j] : ls) {
@@ -119,8 +131,8 @@ json stability_sweep(nn::Model& model, const McSet& set, const RunConfig& cfg) {
   return rows;
 }
 
-std::vector<int> susceptible_layers(nn::Model& model, const McSet& set, const RunConfig& cfg, int n, double gamma) {
-  auto ls = layer_stability(model, set, cfg, gamma);
+std::vector<int> susceptible_layers(nn::Model& model, const EvalFn& eval, int n, double gamma) {
+  auto ls = layer_stability(model, eval, gamma);
   if (n < 1 || n > (int)ls.size())
     fail("--bayes-layers auto:" + std::to_string(n) + ": the model has " + std::to_string(ls.size()) + " MoE layers");
   std::stable_sort(ls.begin(), ls.end(), [](auto& a, auto& b) { return a.second < b.second; });
@@ -182,11 +194,17 @@ int run_eval(RunConfig cfg) {
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);
-  McTaskData task = load_mc_task(cfg);
-  McSet& set = cfg.split == "val" ? task.val : task.test;
   if (cfg.split != "val" && cfg.split != "test") fail("--split: must be val or test, got '" + cfg.split + "'");
+  bool vit = model->config().kind == "vit";
+  McTaskData task;
+  ImgTaskData itask;
+  if (vit) itask = load_image_task(cfg);
+  else task = load_mc_task(cfg);
+  McSet& set = cfg.split == "val" ? task.val : task.test;
+  ImgSet& iset = cfg.split == "val" ? itask.val : itask.test;
+  EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
-  McEval ev = evaluate_mc(*model, set, cfg, 0.0, &trace);
+  McEval ev = evaluator.run(0.0, &trace);
   json out;
   out["checkpoint"] = cfg.init;
   out["router"] = model->router_config().name;
@@ -195,19 +213,26 @@ int run_eval(RunConfig cfg) {
   out["split"] = cfg.split;
   out["id"] = id_metrics(ev, cfg.ece_bins);
   out["expert_load"] = expert_load(*model, trace);
-  out["flops"] = flops_json(*model, 128);
+  out["flops"] = flops_json(*model, vit ? model->config().seq_len_vit() : 128);
   out["ood_convention"] = "OOD is the positive class; a higher score means more OOD (msp is the negated max probability)";
   fs::create_directories(cfg.out);
   write_probs_csv(cfg.out + "/probs_" + cfg.split + ".csv", ev);
   if (cfg.ood) {
     json o = json::object();
-    for (auto& os : load_ood_sets(cfg)) {
-      McEval oe = evaluate_mc(*model, os, cfg);
-      o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+    if (vit) {
+      for (auto& os : load_image_ood_sets(cfg)) {
+        McEval oe = evaluate_images(*model, os, cfg);
+        o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+      }
+    } else {
+      for (auto& os : load_ood_sets(cfg)) {
+        McEval oe = evaluate_mc(*model, os, cfg);
+        o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+      }
     }
     out["ood"] = o;
   }
-  if (cfg.stability) out["stability"] = stability_sweep(*model, set, cfg);
+  if (cfg.stability) out["stability"] = stability_sweep(*model, evaluator, cfg.gammas);
   nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

@@ -30,7 +30,7 @@ void RunConfig::validate() const {
   need(steps >= 1, "--steps: must be >= 1, got " + std::to_string(steps));
   need(batch >= 1, "--batch: must be >= 1, got " + std::to_string(batch));
   need(seq >= 2, "--seq: must be >= 2, got " + std::to_string(seq));
-  need(seq <= model.max_seq, "--seq " + std::to_string(seq) + " exceeds --max-seq " + std::to_string(model.max_seq));
+  if (model.kind == "lm") need(seq <= model.max_seq, "--seq " + std::to_string(seq) + " exceeds --max-seq " + std::to_string(model.max_seq));
   need(grad_accum >= 1, "--grad-accum: must be >= 1, got " + std::to_string(grad_accum));
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));
   need(lb_coef >= 0 && z_coef >= 0, "--lb-coef and --z-coef must be >= 0");

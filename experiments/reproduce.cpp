@@ -98,6 +98,24 @@ static RunConfig preset(const ReproConfig& r) {
   return c;
 }
 
+// The vision track's model: a ViT-MoE over 4×4 patches of 28×28 images.
+static RunConfig vision_config(const RunConfig& text, const ReproConfig& r) {
+  RunConfig c = text;
+  c.task = "fashion-mnist";
+  auto& m = c.model;
+  m.kind = "vit";
+  m.max_seq = 64;
+  if (r.smoke) {
+    m.d_model = 32;
+    m.n_layers = 2;
+  } else {
+    m.d_model = r.quick ? 64 : 96;
+    m.n_layers = 4;
+    m.d_expert = r.quick ? 128 : 192;
+  }
+  return c;
+}
+
 struct StagePlan {
   int64_t steps;
   double time_limit;
@@ -108,6 +126,7 @@ struct StagePlan {
 };
 static StagePlan plan_for(const std::string& stage, bool quick, bool smoke = false) {
   if (smoke) return stage == "router" ? StagePlan{3, 30, 8, 1e-3, 3, 0} : StagePlan{4, 30, 8, 1e-3, 0, 0};
+  if (stage == "vision") return quick ? StagePlan{1500, 150, 64, 2e-3, 100, 0} : StagePlan{6000, 1800, 64, 2e-3, 250, 0};
   if (stage == "pretrain") return quick ? StagePlan{3000, 200, 16, 2e-3, 0, 0} : StagePlan{20000, 1800, 16, 2e-3, 500, 0};
   if (stage == "finetune") return quick ? StagePlan{3000, 240, 32, 1e-3, 100, 0} : StagePlan{6000, 1800, 32, 1e-3, 250, 0};
   return quick ? StagePlan{120, 45, 32, 3e-3, 30, 3} : StagePlan{600, 600, 32, 2e-3, 50, 4};
@@ -165,10 +184,21 @@ static double std_of(const std::vector<double>& v) {
   return std::sqrt(s / (double)(v.size() - 1));
 }
 
+// The evaluation data of one track.
+struct TrackData {
+  bool vit = false;
+  McTaskData text;
+  std::vector<McSet> text_ood;
+  ImgTaskData img;
+  std::vector<ImgSet> img_ood;
+  McSet text_sub;  // stability subsets
+  ImgSet img_sub;
+};
+
 // One method on one seed: returns the metrics record.
 static json run_method(const std::string& method, const RunConfig& base, const std::string& root,
-                       const std::string& finetuned, const McTaskData& task, const std::vector<McSet>& ood,
-                       const std::vector<int>& bayes, std::map<std::string, std::string>& csvs) {
+                       const std::string& finetuned, const TrackData& td, const std::vector<int>& bayes,
+                       std::map<std::string, std::string>& csvs) {
   RunConfig c = base;
   c.router.bayes_layers = bayes;
   std::string router = method == "det+ts" ? "det" : method;
@@ -192,7 +222,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
     s.eval_every = p.eval_every;
     s.patience = p.patience;
     s.max_eval_examples = std::min(base.max_eval_examples > 0 ? base.max_eval_examples : 100000, 300);
-    ckpt = train_stage(s, root, "router-" + router + "-seed" + std::to_string(c.seed));
+    ckpt = train_stage(s, root, std::string(td.vit ? "vision-" : "") + "router-" + router + "-seed" + std::to_string(c.seed));
   }
   // Model for evaluation: the finetuned weights with the method's router on the chosen layers.
   nn::ModelConfig mc;
@@ -202,11 +232,11 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   nn::Model model(mc, rc, c.seed);
   load_checkpoint(ckpt, model, nullptr);
   auto t0 = std::chrono::steady_clock::now();
-  McEval test = evaluate_mc(model, task.test, c);
+  McEval test = td.vit ? evaluate_images(model, td.img.test, c) : evaluate_mc(model, td.text.test, c);
   double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double T = 1.0;
   if (method == "det+ts") {
-    McEval val = evaluate_mc(model, task.val, c);
+    McEval val = td.vit ? evaluate_images(model, td.img.val, c) : evaluate_mc(model, td.text.val, c);
     metrics::Matrix logits = metrics::Matrix::from_rows(val.probs);
     for (auto& x : logits.data) x = std::log(std::max(x, 1e-300));
     T = metrics::fit_temperature(logits, std::vector<int>(val.labels.begin(), val.labels.end())).temperature;
@@ -222,8 +252,16 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   rec["eval_seconds"] = eval_s;
   json o = json::object();
   std::map<std::string, std::vector<double>> by_kind;  // entropy AUROC per near/far
-  for (const McSet& os : ood) {
-    McEval oe = evaluate_mc(model, os, c);
+  std::vector<std::pair<std::string, size_t>> ood_names;
+  for (auto& os : td.text_ood) ood_names.push_back({os.name, os.size()});
+  for (auto& os : td.img_ood) ood_names.push_back({os.name, os.size()});
+  for (size_t oi = 0; oi < ood_names.size(); ++oi) {
+    struct {
+      std::string name;
+      size_t n;
+      size_t size() const { return n; }
+    } os{ood_names[oi].first, ood_names[oi].second};
+    McEval oe = td.vit ? evaluate_images(model, td.img_ood[oi], c) : evaluate_mc(model, td.text_ood[oi], c);
     if (method == "det+ts") oe = temperature_scaled(oe, T);
     json m = ood_metrics_json(test, oe);
     o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", m}};
@@ -253,17 +291,12 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   for (auto& [k, v] : by_kind) summary[k] = mean_of(v);
   rec["auroc_mean"] = summary;
   // stability on a subset of the test split
-  McSet sub = task.test;
-  size_t ns = base.steps == -2 ? 16 : base.steps == -1 ? 150 : 500;
-  if (sub.size() > ns) {
-    sub.prompts.resize(ns);
-    sub.labels.resize(ns);
-  }
-  rec["stability"] = stability_sweep(model, sub, c);
+  EvalFn ev = td.vit ? image_evaluator(model, td.img_sub, c) : mc_evaluator(model, td.text_sub, c);
+  rec["stability"] = stability_sweep(model, ev, c.gammas);
   RoutingTrace tr;
-  evaluate_mc(model, sub, c, 0.0, &tr);
+  ev.run(0.0, &tr);
   rec["expert_load"] = expert_load(model, tr);
-  rec["flops"] = flops_json(model, 128);
+  rec["flops"] = flops_json(model, td.vit ? model.config().seq_len_vit() : 128);
   // reliability diagram rows
   std::string& rel = csvs["reliability.csv"];
   if (rel.empty()) rel = "method,seed,bin_lo,bin_hi,count,confidence,accuracy\n";
@@ -303,7 +336,7 @@ static double jaccard_at(const json& rec, double gamma) {
 
 // table.md: rows = methods, the paper's columns, mean ± std over seeds.
 static std::string make_table(const std::vector<json>& recs, const std::vector<std::string>& methods, int seeds,
-                              const std::string& title) {
+                              const std::string& title, bool vision) {
   struct Col {
     std::string name;
     std::function<double(const json&)> get;
@@ -335,7 +368,8 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
     s += "| " + m + " |";
     for (size_t i = 0; i < cols.size(); ++i) {
       auto& v = vals[m][i];
-      if (cols[i].name == "FLOPs overhead") std::snprintf(buf, sizeof buf, " %+.2f%% |", 100 * mean_of(v));
+      if (std::isnan(mean_of(v))) std::snprintf(buf, sizeof buf, " — |");
+      else if (cols[i].name == "FLOPs overhead") std::snprintf(buf, sizeof buf, " %+.2f%% |", 100 * mean_of(v));
       else if (seeds > 1) std::snprintf(buf, sizeof buf, " %.3f ± %.3f |", mean_of(v), std_of(v));
       else std::snprintf(buf, sizeof buf, " %.3f |", mean_of(v));
       s += buf;
@@ -349,26 +383,32 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
          "|---|---|---|---|---|---|\n";
     auto rel = [&](const std::string& m, size_t i) {
       double a = mean_of(vals[m][i]), b = mean_of(vals["det"][i]);
-      return 100.0 * (a - b) / b;
+      char out[32];
+      if (std::isnan(a) || std::isnan(b) || b == 0) return std::string("—");
+      std::snprintf(out, sizeof out, "%+.1f%%", 100.0 * (a - b) / b);
+      return std::string(out);
     };
     for (auto& m : methods) {
       if (m == "det" || !vals.count(m)) continue;
-      std::snprintf(buf, sizeof buf, "| %s | %+.1f%% | %+.1f%% | %+.1f%% | %+.1f%% | %+.2f%% |\n", m.c_str(), rel(m, 6),
-                    rel(m, 2), rel(m, 4), rel(m, 5), 100 * mean_of(vals[m][7]));
+      std::snprintf(buf, sizeof buf, "| %s | %s | %s | %s | %s | %+.2f%% |\n", m.c_str(), rel(m, 6).c_str(),
+                    rel(m, 2).c_str(), rel(m, 4).c_str(), rel(m, 5).c_str(), 100 * mean_of(vals[m][7]));
       s += buf;
     }
   }
-  s += "\nAUROC: predictive entropy of the 4-way answer distribution as the OOD score (OOD = positive class, "
-       "higher score = more OOD), averaged over the near sets (near-nouns, near-verbs) and far sets (far-devil, "
-       "far-jargon). Other scores (ILV, gate entropy, MSP) are in results.json.\n";
+  if (vision)
+    s += "\nAUROC: predictive entropy of the 10-class distribution as the OOD score (OOD = positive class, higher "
+         "score = more OOD); far set: OpenCV handwritten digits; no near set. Other scores (ILV, gate entropy, MSP) "
+         "are in results.json.\n";
+  else
+    s += "\nAUROC: predictive entropy of the 4-way answer distribution as the OOD score (OOD = positive class, "
+         "higher score = more OOD), averaged over the near sets (near-nouns, near-verbs) and far sets (far-devil, "
+         "far-jargon). Other scores (ILV, gate entropy, MSP) are in results.json.\n";
   return s;
 }
 
 static int run_reproduce(ReproConfig r) {
-  if (r.track != "text") {
-    fail("--track " + r.track + ": the vision track (Fashion-MNIST vs OpenCV digits) is not part of this build yet; "
-         "use --track text");
-  }
+  if (r.track != "text" && r.track != "vision" && r.track != "both")
+    fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
   omp_set_num_threads(r.threads);
   if (r.out.empty()) {
@@ -441,68 +481,135 @@ static int run_reproduce(ReproConfig r) {
       if (ab_key == "bayes_layers") spec = av;
       if (ab_key == "router") methods = {"det", av};
     }
-    std::vector<json> recs;
-    for (int si = 0; si < r.seeds; ++si) {
-      cfg.seed = r.seed0 + (uint64_t)si;
-      // ---- stage 0: pretrain on Brown ------------------------------------------------
-      RunConfig p = cfg;
-      p.stage = "pretrain";
-      p.router = nn::RouterConfig{};
-      StagePlan pp = plan_for("pretrain", r.quick, r.smoke);
-      p.steps = pp.steps;
-      p.time_limit_s = pp.time_limit;
-      p.batch = pp.batch;
-      p.optim.lr = pp.lr;
-      p.optim.warmup = pp.steps / 20;
-      p.eval_every = pp.eval_every;
-      p.eval_batches = 4;
-      std::string pre = train_stage(p, r.out, "pretrain-seed" + std::to_string(cfg.seed));
-      // ---- stage 1: fine-tune on the WordNet task ---------------------------------------
-      RunConfig f = p;
-      f.stage = "finetune";
-      f.init = pre;
-      StagePlan fp = plan_for("finetune", r.quick, r.smoke);
-      f.steps = fp.steps;
-      f.time_limit_s = fp.time_limit;
-      f.batch = fp.batch;
-      f.optim.lr = fp.lr;
-      f.optim.warmup = fp.steps / 20;
-      f.eval_every = fp.eval_every;
-      f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
-      std::string fin = train_stage(f, r.out, "finetune-seed" + std::to_string(cfg.seed));
-      // ---- data for evaluation ------------------------------------------------------------
-      RunConfig ec = cfg;
-      McTaskData task = load_mc_task(ec);
-      std::vector<McSet> ood = load_ood_sets(ec);
-      // ---- which layers are Bayesian ------------------------------------------------------
-      std::vector<int> bayes;
-      nn::ModelConfig mc;
-      nn::RouterConfig rc0;
-      read_checkpoint_configs(fin, mc, rc0);
-      if (spec.rfind("auto:", 0) == 0) {
-        nn::Model probe(mc, nn::RouterConfig{}, cfg.seed);
-        load_checkpoint(fin, probe, nullptr);
-        McSet sub = task.val;
-        if (sub.size() > 200) {
-          sub.prompts.resize(200);
-          sub.labels.resize(200);
+    std::vector<std::string> tracks;
+    if (r.track == "text" || r.track == "both") tracks.push_back("text");
+    if (r.track == "vision" || r.track == "both") tracks.push_back("vision");
+    std::map<std::string, std::vector<json>> track_recs;
+    for (const std::string& track : tracks) {
+      bool vit = track == "vision";
+      for (int si = 0; si < r.seeds; ++si) {
+        RunConfig tc = vit ? vision_config(cfg, r) : cfg;
+        tc.seed = r.seed0 + (uint64_t)si;
+        std::string sfx = "-seed" + std::to_string(tc.seed);
+        std::string fin;
+        if (!vit) {
+          // ---- stage 0: pretrain on Brown ----------------------------------------------
+          RunConfig p = tc;
+          p.stage = "pretrain";
+          p.router = nn::RouterConfig{};
+          StagePlan pp = plan_for("pretrain", r.quick, r.smoke);
+          p.steps = pp.steps;
+          p.time_limit_s = pp.time_limit;
+          p.batch = pp.batch;
+          p.optim.lr = pp.lr;
+          p.optim.warmup = pp.steps / 20;
+          p.eval_every = pp.eval_every;
+          p.eval_batches = 4;
+          std::string pre = train_stage(p, r.out, "pretrain" + sfx);
+          // ---- stage 1: fine-tune on the WordNet task ---------------------------------
+          RunConfig f = p;
+          f.stage = "finetune";
+          f.init = pre;
+          StagePlan fp = plan_for("finetune", r.quick, r.smoke);
+          f.steps = fp.steps;
+          f.time_limit_s = fp.time_limit;
+          f.batch = fp.batch;
+          f.optim.lr = fp.lr;
+          f.optim.warmup = fp.steps / 20;
+          f.eval_every = fp.eval_every;
+          f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
+          fin = train_stage(f, r.out, "finetune" + sfx);
+        } else {
+          // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
+          RunConfig f = tc;
+          f.stage = "finetune";
+          f.router = nn::RouterConfig{};
+          StagePlan fp = plan_for("vision", r.quick, r.smoke);
+          f.steps = fp.steps;
+          f.time_limit_s = fp.time_limit;
+          f.batch = fp.batch;
+          f.optim.lr = fp.lr;
+          f.optim.warmup = fp.steps / 20;
+          f.eval_every = fp.eval_every;
+          f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
+          fin = train_stage(f, r.out, "vision-train" + sfx);
         }
-        bayes = susceptible_layers(probe, sub, ec, std::stoi(spec.substr(5)), 0.01);
-      } else {
-        RunConfig tmp;
-        tmp.bayes_spec = spec;
-        parse_bayes_spec(tmp);
-        bayes = tmp.router.bayes_layers;
-      }
-      for (const auto& m : methods) {
-        json rec = run_method(m, ec, r.out, fin, task, ood, bayes, csvs);
-        if (!ab_key.empty()) rec["ablation"] = {{ab_key, av}};
-        recs.push_back(rec);
-        results["runs"].push_back(rec);
+        // ---- data for evaluation ----------------------------------------------------------
+        TrackData td;
+        td.vit = vit;
+        size_t ns = r.smoke ? 16 : r.quick ? 150 : 500;
+        if (vit) {
+          td.img = load_image_task(tc);
+          td.img_ood = load_image_ood_sets(tc);
+          td.img_sub = td.img.test;
+          td.img_sub.idx.resize(std::min(ns, td.img_sub.size()));
+          td.img_sub.labels.resize(td.img_sub.idx.size());
+        } else {
+          td.text = load_mc_task(tc);
+          td.text_ood = load_ood_sets(tc);
+          td.text_sub = td.text.test;
+          td.text_sub.prompts.resize(std::min(ns, td.text_sub.size()));
+          td.text_sub.labels.resize(td.text_sub.prompts.size());
+        }
+        // ---- which layers are Bayesian --------------------------------------------------
+        std::vector<int> bayes;
+        nn::ModelConfig mc;
+        nn::RouterConfig rc0;
+        read_checkpoint_configs(fin, mc, rc0);
+        if (spec.rfind("auto:", 0) == 0) {
+          nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
+          load_checkpoint(fin, probe, nullptr);
+          RunConfig pc = tc;
+          pc.max_eval_examples = 200;
+          int n = std::stoi(spec.substr(5));
+          if (vit) {
+            ImgTaskData d = load_image_task(pc);
+            bayes = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, 0.01);
+          } else {
+            McSet sub = td.text.val;
+            sub.prompts.resize(std::min<size_t>(200, sub.size()));
+            sub.labels.resize(sub.prompts.size());
+            bayes = susceptible_layers(probe, mc_evaluator(probe, sub, pc), n, 0.01);
+          }
+        } else {
+          RunConfig tmp;
+          tmp.bayes_spec = spec;
+          parse_bayes_spec(tmp);
+          bayes = tmp.router.bayes_layers;
+        }
+        std::map<std::string, std::string> track_csvs;
+        for (const auto& m : methods) {
+          json rec = run_method(m, tc, r.out, fin, td, bayes, track_csvs);
+          rec["track"] = track;
+          if (!ab_key.empty()) rec["ablation"] = {{ab_key, av}};
+          track_recs[track].push_back(rec);
+          results["runs"].push_back(rec);
+        }
+        // Merge this seed's CSV rows; the vision track's methods carry a "vision:" prefix.
+        for (auto& [name, csv] : track_csvs) {
+          size_t nl = csv.find('\n');
+          std::string header = csv.substr(0, nl + 1), body = csv.substr(nl + 1);
+          if (vit) {
+            std::string pre;
+            size_t i = 0;
+            while (i < body.size()) {
+              size_t j = body.find('\n', i);
+              pre += "vision:" + body.substr(i, j - i + 1);
+              i = j + 1;
+            }
+            body = pre;
+          }
+          if (csvs[name].empty()) csvs[name] = header;
+          csvs[name] += body;
+        }
       }
     }
-    std::string title = ab_key.empty() ? "Results" : "Ablation " + ab_key + " = " + av;
-    table += make_table(recs, methods, r.seeds, title) + "\n";
+    for (auto& [track, recs] : track_recs) {
+      std::string title = std::string(track == "vision" ? "Vision track (Fashion-MNIST; OOD: OpenCV digits)"
+                                                        : "Text track (WordNet nouns; near/far OOD)") +
+                          (ab_key.empty() ? "" : ", ablation " + ab_key + " = " + av);
+      table += make_table(recs, methods, r.seeds, title, track == "vision") + "\n";
+    }
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count();
   results["seconds"] = total_s;

@@ -259,6 +259,66 @@ static double entropy(const double* p, int k) {
   return h;
 }
 
+// Append one example: its class distribution and the router diagnostics at `row`.
+static void append_example(McEval& ev, std::vector<double> p, int32_t label, const nn::ForwardResult& res, int64_t row,
+                           int E, const std::vector<int>& bayes) {
+  ev.entropy.push_back(entropy(p.data(), (int)p.size()));
+  ev.probs.push_back(std::move(p));
+  ev.labels.push_back(label);
+  double ilv = 0, ge = 0, temp = 0;
+  int nb = 0;
+  for (auto& a : res.moe) {
+    const Tensor& pr = a.route.probs.value();
+    ge += entropy(std::vector<double>(pr.data() + row * E, pr.data() + (row + 1) * E).data(), E);
+    if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
+      if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
+      if (!a.route.temperature.empty()) temp += a.route.temperature[row];
+      ++nb;
+    }
+  }
+  ev.gate_entropy.push_back(res.moe.empty() ? 0 : ge / (double)res.moe.size());
+  ev.ilv.push_back(nb ? ilv / nb : 0);
+  ev.temperature.push_back(nb ? temp / nb : 0);
+}
+
+static void append_trace(RoutingTrace* trace, const nn::ForwardResult& res, const std::vector<uint8_t>& mask, int K) {
+  if (!trace) return;
+  if (trace->layers.empty())
+    for (auto& a : res.moe) trace->layers.push_back(a.layer);
+  trace->experts.resize(res.moe.size());
+  for (size_t l = 0; l < res.moe.size(); ++l)
+    for (int64_t row = 0; row < (int64_t)mask.size(); ++row)
+      if (mask[row])
+        for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
+}
+
+// Accuracy and NLL over the labelled examples.
+static void finish_eval(McEval& ev) {
+  int64_t labelled = 0, correct = 0;
+  double nll = 0;
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    if (ev.labels[i] < 0) continue;
+    ++labelled;
+    const auto& p = ev.probs[i];
+    int am = (int)(std::max_element(p.begin(), p.end()) - p.begin());
+    correct += am == ev.labels[i];
+    nll -= std::log(std::max(p[(size_t)ev.labels[i]], 1e-12));
+  }
+  ev.nll = labelled ? nll / labelled : 0;
+  ev.accuracy = labelled ? (double)correct / labelled : 0;
+}
+
+static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise) {
+  nn::ForwardOptions fo;
+  fo.training = false;
+  fo.seed = cfg.seed;
+  fo.step = batch_index;
+  fo.samples = model.router_config().samples;
+  fo.embed_noise = noise;
+  fo.noise_seed = cfg.seed + 7919;
+  return fo;
+}
+
 McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
                    RoutingTrace* trace) {
   NoGradGuard ng;
@@ -272,14 +332,7 @@ McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, dou
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
-    nn::ForwardOptions fo;
-    fo.training = false;
-    fo.seed = cfg.seed;
-    fo.step = (uint64_t)(s / B);
-    fo.samples = model.router_config().samples;
-    fo.embed_noise = embed_noise;
-    fo.noise_seed = cfg.seed + 7919;
-    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, eval_options(model, cfg, s / B, embed_noise));
     const Tensor& lg = res.logits.value();  // (B, V)
     int64_t V = lg.size(1);
     for (int r = 0; r < mb.B; ++r) {
@@ -290,50 +343,51 @@ McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, dou
       double z = 0;
       for (int j = 0; j < 4; ++j) z += (p[j] = std::exp((double)lg[r * V + letters[j]] - mx));
       for (auto& q : p) q /= z;
-      ev.probs.push_back(p);
-      ev.labels.push_back(mb.labels[r]);
-      ev.entropy.push_back(entropy(p.data(), 4));
-      // router diagnostics at the final prompt token
-      int64_t row = mb.last[r];
-      double ilv = 0, ge = 0, temp = 0;
-      int nb = 0;
-      for (auto& a : res.moe) {
-        const Tensor& pr = a.route.probs.value();
-        std::vector<double> pd(E);
-        for (int e = 0; e < E; ++e) pd[e] = pr[row * E + e];
-        ge += entropy(pd.data(), E);
-        if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
-          if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
-          if (!a.route.temperature.empty()) temp += a.route.temperature[row];
-          ++nb;
-        }
-      }
-      ev.gate_entropy.push_back(res.moe.empty() ? 0 : ge / (double)res.moe.size());
-      ev.ilv.push_back(nb ? ilv / nb : 0);
-      ev.temperature.push_back(nb ? temp / nb : 0);
+      append_example(ev, std::move(p), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
     }
-    if (trace) {
-      if (trace->layers.empty())
-        for (auto& a : res.moe) trace->layers.push_back(a.layer);
-      trace->experts.resize(res.moe.size());
-      for (size_t l = 0; l < res.moe.size(); ++l)
-        for (int64_t row = 0; row < (int64_t)mb.mask.size(); ++row)
-          if (mb.mask[row])
-            for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
+    append_trace(trace, res, mb.mask, K);
+  }
+  finish_eval(ev);
+  return ev;
+}
+
+Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx) {
+  const data::ImageSet& src = *set.src;
+  int64_t P = (int64_t)src.h * src.w;
+  Tensor x({(int64_t)idx.size(), P});
+  for (size_t i = 0; i < idx.size(); ++i) {
+    const float* im = src.image(set.idx[(size_t)idx[i]]);
+    std::copy(im, im + P, x.data() + (int64_t)i * P);
+  }
+  return x;
+}
+
+McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                       RoutingTrace* trace) {
+  NoGradGuard ng;
+  McEval ev;
+  int64_t n = (int64_t)set.size();
+  int E = model.config().n_experts, K = model.config().top_k, C = model.config().n_classes;
+  int T = model.config().seq_len_vit();
+  auto bayes = model.bayes_layer_ids();
+  int B = std::max(1, cfg.batch);
+  for (int64_t s = 0; s < n; s += B) {
+    std::vector<int64_t> idx;
+    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
+    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise));
+    const Tensor& lg = res.logits.value();  // (B, classes)
+    for (size_t r = 0; r < idx.size(); ++r) {
+      double mx = -1e300;
+      for (int c = 0; c < C; ++c) mx = std::max(mx, (double)lg[(int64_t)r * C + c]);
+      std::vector<double> p((size_t)C);
+      double z = 0;
+      for (int c = 0; c < C; ++c) z += (p[c] = std::exp((double)lg[(int64_t)r * C + c] - mx));
+      for (auto& q : p) q /= z;
+      append_example(ev, std::move(p), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
     }
+    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K);
   }
-  int64_t labelled = 0, correct = 0;
-  double nll = 0;
-  for (size_t i = 0; i < ev.probs.size(); ++i) {
-    if (ev.labels[i] < 0) continue;
-    ++labelled;
-    const auto& p = ev.probs[i];
-    int am = (int)(std::max_element(p.begin(), p.end()) - p.begin());
-    correct += am == ev.labels[i];
-    nll -= std::log(std::max(p[(size_t)ev.labels[i]], 1e-12));
-  }
-  ev.nll = labelled ? nll / labelled : 0;
-  ev.accuracy = labelled ? (double)correct / labelled : 0;
+  finish_eval(ev);
   return ev;
 }
 
@@ -375,14 +429,14 @@ int run_train(RunConfig cfg) {
     nn::Model probe(mc, det, cfg.seed);
     load_checkpoint(cfg.init, probe, nullptr);
     RunConfig pc = cfg;
-    pc.max_eval_examples = 0;
-    McTaskData d = load_mc_task(pc);
-    McSet sub = d.val;
-    if (sub.size() > 256) {
-      sub.prompts.resize(256);
-      sub.labels.resize(256);
+    pc.max_eval_examples = 256;
+    if (mc.kind == "vit") {
+      ImgTaskData d = load_image_task(pc);
+      rc.bayes_layers = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
+    } else {
+      McTaskData d = load_mc_task(pc);
+      rc.bayes_layers = susceptible_layers(probe, mc_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
     }
-    rc.bayes_layers = susceptible_layers(probe, sub, cfg, n, cfg.auto_gamma);
     std::string ls;
     for (int l : rc.bayes_layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
     std::fprintf(stderr, "--bayes-layers auto:%d -> %s (least stable at gamma %.3g)\n", n, ls.c_str(), cfg.auto_gamma);
@@ -417,14 +471,17 @@ int run_train(RunConfig cfg) {
   if (ps.count(true) == 0) fail("no trainable parameters left after --freeze/--train-only");
 
   // Data
+  bool vit = mc.kind == "vit";
+  if (vit && cfg.stage == "pretrain")
+    fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
   bool lm = cfg.stage == "pretrain";
   LmData lmd;
   McTaskData mcd;
-  if (mc.kind == "vit") fail("--task fashion-mnist: the vision track trains with `vmoer train --model-kind vit` "
-                             "through the vision pipeline, which is not part of this build yet");
-  if (lm) lmd = load_lm_data(cfg);
+  ImgTaskData imd;
+  if (vit) imd = load_image_task(cfg);
+  else if (lm) lmd = load_lm_data(cfg);
   else mcd = load_mc_task(cfg);
-  int64_t n_train = lm ? 0 : (int64_t)mcd.train.size();
+  int64_t n_train = vit ? (int64_t)imd.train.size() : lm ? 0 : (int64_t)mcd.train.size();
   int64_t batches_per_epoch = lm ? 1 : std::max<int64_t>(1, (n_train + cfg.batch - 1) / cfg.batch);
 
   std::signal(SIGINT, on_signal);
@@ -456,8 +513,8 @@ int run_train(RunConfig cfg) {
       }
       return tot / cfg.eval_batches;
     }
-    McSet val = mcd.val;
-    return evaluate_mc(model, val, cfg).nll;
+    if (vit) return evaluate_images(model, imd.val, cfg).nll;
+    return evaluate_mc(model, mcd.val, cfg).nll;
   };
 
   int exit_code = 0;
@@ -475,7 +532,14 @@ int run_train(RunConfig cfg) {
       fo.samples = rc.train_samples;
       nn::ForwardResult res;
       Var task;
-      if (lm) {
+      if (vit) {
+        std::vector<int64_t> idx = batch_indices(n_train, cfg.batch, (int64_t)key, cfg.seed);
+        res = model.forward_vit(image_batch(imd.train, idx), fo);
+        std::vector<int32_t> tg;
+        for (int64_t i : idx) tg.push_back(imd.train.labels[(size_t)i]);
+        task = ops::cross_entropy(res.logits, tg);
+        ntok += (double)idx.size() * model.config().seq_len_vit();
+      } else if (lm) {
         std::vector<int32_t> ids, tg;
         lm_batch(lmd.train, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("train/" + std::to_string(key)), ids, tg);
         std::vector<uint8_t> mask(ids.size(), 1);

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "experiments/run_config.h"
+#include "data/vision.h"
 #include "nn/transformer.h"
 
 namespace vm::exp {
@@ -57,9 +58,9 @@ int run_eval(RunConfig cfg);
 // Evaluate a model on an MC set: probs over the 4 letters (N x 4) and per-example
 // uncertainty scores. Used by eval, reproduce and the tests.
 struct McEval {
-  std::vector<std::vector<double>> probs;  // (N, 4)
+  std::vector<std::vector<double>> probs;  // (N, classes): 4 answer letters, or 10 image classes
   std::vector<int32_t> labels;
-  std::vector<double> entropy;             // predictive entropy of the 4-way answer distribution
+  std::vector<double> entropy;             // predictive entropy of the class distribution
   std::vector<double> ilv;                 // tr Σ at the final token, averaged over Bayesian layers (0 if none)
   std::vector<double> gate_entropy;        // entropy of the routing distribution at the final token, mean over MoE layers
   std::vector<double> temperature;         // vtsr mean temperature at the final token (0 if none)
@@ -73,5 +74,19 @@ struct RoutingTrace {
 };
 McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise = 0.0,
                    RoutingTrace* trace = nullptr);
+
+// ---- vision track ---------------------------------------------------------------
+// A view of an image set: which images, with which labels (−1 for OOD).
+struct ImgSet {
+  std::string name;
+  std::shared_ptr<const data::ImageSet> src;
+  std::vector<int32_t> idx;
+  std::vector<int32_t> labels;
+  size_t size() const { return idx.size(); }
+};
+Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx);  // (B, H*W)
+// Class distributions (N, classes) and diagnostics at the class token.
+McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise = 0.0,
+                       RoutingTrace* trace = nullptr);
 
 }  // namespace vm::exp

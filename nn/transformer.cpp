@@ -159,23 +159,43 @@ ForwardResult Model::forward_lm(const std::vector<int32_t>& ids, int B, int T, c
   return res;
 }
 
+// Patches of B images: (B*NP, P*P), row-major inside each patch.
+static Tensor extract_patches(const Tensor& pixels, int S, int P) {
+  int G = S / P, NP = G * G;
+  int64_t B = pixels.size(0);
+  Tensor patches({B * NP, (int64_t)P * P});
+  for (int64_t b = 0; b < B; ++b)
+    for (int gy = 0; gy < G; ++gy)
+      for (int gx = 0; gx < G; ++gx)
+        for (int py = 0; py < P; ++py)
+          for (int px = 0; px < P; ++px)
+            patches[(b * NP + gy * G + gx) * P * P + py * P + px] = pixels[b * S * S + (gy * P + py) * S + gx * P + px];
+  return patches;
+}
+
+double Model::mean_patch_embedding_norm(const Tensor& pixels) {
+  VM_CHECK(cfg_.kind == "vit", "mean_patch_embedding_norm: model kind is " + cfg_.kind);
+  NoGradGuard ng;
+  Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, cfg_.image_size, cfg_.patch)), patch_w_), patch_b_);
+  const Tensor& v = e.value();
+  int64_t R = v.size(0), C = v.size(1);
+  double s = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    double q = 0;
+    for (int64_t c = 0; c < C; ++c) q += (double)v[r * C + c] * v[r * C + c];
+    s += std::sqrt(q);
+  }
+  return R ? s / (double)R : 0.0;
+}
+
 ForwardResult Model::forward_vit(const Tensor& pixels, const ForwardOptions& opt) {
   VM_CHECK(cfg_.kind == "vit", "forward_vit: model kind is " + cfg_.kind);
   int S = cfg_.image_size, P = cfg_.patch, G = S / P, C = cfg_.d_model;
   VM_CHECK(pixels.ndim() == 2 && pixels.size(1) == (int64_t)S * S,
            "forward_vit: pixels must be (B, " + std::to_string(S * S) + "), got " + shape_str(pixels.shape()));
   int B = (int)pixels.size(0), NP = G * G, T = NP + 1;
-  // Patches: (B*NP, P*P), row-major inside each patch.
-  Tensor patches({(int64_t)B * NP, (int64_t)P * P});
-  for (int b = 0; b < B; ++b)
-    for (int gy = 0; gy < G; ++gy)
-      for (int gx = 0; gx < G; ++gx)
-        for (int py = 0; py < P; ++py)
-          for (int px = 0; px < P; ++px)
-            patches[((int64_t)(b * NP + gy * G + gx)) * P * P + py * P + px] =
-                pixels[(int64_t)b * S * S + (gy * P + py) * S + gx * P + px];
   ForwardResult res;
-  Var e = ops::add(ops::matmul(ops::constant(std::move(patches)), patch_w_), patch_b_);  // (B*NP, C)
+  Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, S, P)), patch_w_), patch_b_);  // (B*NP, C)
   e = ops::reshape(e, {B, NP, C});
   if (opt.embed_noise > 0) {
     Tensor n({(int64_t)B, (int64_t)NP, (int64_t)C});

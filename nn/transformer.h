@@ -49,6 +49,8 @@ class Model {
 
   // Mean L2 norm of the token embeddings (σ = γ · this, for the stability protocol).
   double mean_embedding_norm() const;
+  // vit: mean L2 norm of the patch embeddings of these images (B, H*W).
+  double mean_patch_embedding_norm(const Tensor& pixels);
   int n_moe_layers() const;
   std::vector<int> moe_layer_ids() const;
   // Layers whose router is the configured (Bayesian) one.
