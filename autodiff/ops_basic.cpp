@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "autodiff/ops_common.h"
+#include "kernels/cpu/fastmath.h"
 #include "kernels/cpu/gemm.h"
 
 namespace vm::ops {
@@ -239,7 +240,7 @@ template <class T> VarT<T> pow_scalar(const VarT<T>& a, double p) {
                [p](T x, T) { return T(p) * (T)std::pow(x, T(p - 1)); });
 }
 template <class T> VarT<T> exp(const VarT<T>& a) {
-  return unary(a, "exp", [](T x) { return std::exp(x); }, [](T, T y) { return y; });
+  return unary(a, "exp", [](T x) { return kernels::exp_(x); }, [](T, T y) { return y; });
 }
 template <class T> VarT<T> log(const VarT<T>& a) {
   return unary(a, "log", [](T x) { return std::log(x); }, [](T x, T) { return T(1) / x; });
@@ -253,7 +254,7 @@ template <class T> VarT<T> softplus(const VarT<T>& a) {
                [](T x, T) { return T(1) / (T(1) + std::exp(-x)); });
 }
 template <class T> VarT<T> sigmoid(const VarT<T>& a) {
-  return unary(a, "sigmoid", [](T x) { return T(1) / (T(1) + std::exp(-x)); },
+  return unary(a, "sigmoid", [](T x) { return kernels::sigmoid_(x); },
                [](T, T y) { return y * (T(1) - y); });
 }
 template <class T> VarT<T> relu(const VarT<T>& a) {
@@ -261,17 +262,17 @@ template <class T> VarT<T> relu(const VarT<T>& a) {
 }
 template <class T> VarT<T> gelu(const VarT<T>& a) {
   // y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715 x^3)
-  return unary(a, "gelu", [](T x) { return T(0.5) * x * (T(1) + std::tanh(gelu_inner(x))); },
+  return unary(a, "gelu", [](T x) { return T(0.5) * x * (T(1) + kernels::tanh_gelu(gelu_inner(x))); },
                [](T x, T) {
-                 T t = std::tanh(gelu_inner(x));
+                 T t = kernels::tanh_gelu(gelu_inner(x));
                  T du = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x * x);
                  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
                });
 }
 template <class T> VarT<T> silu(const VarT<T>& a) {
-  return unary(a, "silu", [](T x) { return x / (T(1) + std::exp(-x)); },
+  return unary(a, "silu", [](T x) { return x * kernels::sigmoid_(x); },
                [](T x, T) {
-                 T s = T(1) / (T(1) + std::exp(-x));
+                 T s = kernels::sigmoid_(x);
                  return s * (T(1) + x * (T(1) - s));
                });
 }
@@ -293,9 +294,16 @@ VarT<T> sum(const VarT<T>& a, int axis, bool keepdim) {
   const T* px = a.value().data();
   T* po = out.data();
 #pragma omp parallel for schedule(static) if (outer * n * inner > 32768)
-  for (int64_t o = 0; o < outer; ++o)
+  for (int64_t o = 0; o < outer; ++o) {
+    if (inner == 1) {  // reduce a contiguous row in a register
+      T acc = 0;
+      for (int64_t j = 0; j < n; ++j) acc += px[o * n + j];
+      po[o] = acc;
+      continue;
+    }
     for (int64_t j = 0; j < n; ++j)
       for (int64_t i = 0; i < inner; ++i) po[o * inner + i] += px[(o * n + j) * inner + i];
+  }
   return make_result<T>(std::move(out), "sum", {a}, [outer, n, inner](Node<T>& self) {
     TensorT<T>* gp = grad_of(self, 0);
     if (!gp) return;

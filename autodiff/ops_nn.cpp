@@ -292,6 +292,7 @@ VarT<T> dropout(const VarT<T>& a, double p, uint64_t seed, uint64_t stream, uint
   auto mask = std::make_shared<TensorT<T>>(a.shape());  // 0 or 1/(1-p)
   TensorT<T> out(a.shape());
   const T keep = T(1) / T(1 - p);
+#pragma omp parallel for schedule(static) if (n > 32768)
   for (int64_t i = 0; i < n; ++i) {
     (*mask)[i] = philox_uniform(seed, stream, offset + (uint64_t)i) >= (float)p ? keep : T(0);
     out[i] = a.value()[i] * (*mask)[i];

@@ -2,7 +2,9 @@
 // RunConfig is a flag; --config FILE (TOML/INI) supplies defaults that flags
 // on the command line override.
 #include <CLI/CLI.hpp>
+#include <filesystem>
 #include <memory>
+#include <nlohmann/json.hpp>
 
 #include "experiments/commands.h"
 #include "experiments/run_config.h"
@@ -42,6 +44,20 @@ void RunConfig::validate() const {
        "--stage router needs --init CKPT (the fine-tuned model)");
   if (stage == "router") need(!init.empty() || resume, "--stage router needs --init CKPT (the fine-tuned model)");
   for (double g : gammas) need(g >= 0, "--gammas: values must be >= 0");
+  // The architecture checks of model.validate(), phrased with the flag names.
+  need(model.n_layers >= 1, "--layers: must be >= 1, got " + std::to_string(model.n_layers));
+  need(model.n_experts >= 1, "--experts: must be >= 1, got " + std::to_string(model.n_experts));
+  need(model.top_k >= 1, "--top-k: must be >= 1, got " + std::to_string(model.top_k));
+  need(model.top_k <= model.n_experts, "--top-k: K = " + std::to_string(model.top_k) +
+                                           " exceeds the number of experts E = " + std::to_string(model.n_experts) +
+                                           " (--experts)");
+  need(model.n_heads >= 1 && model.d_model >= 1 && model.d_model % model.n_heads == 0,
+       "--d-model " + std::to_string(model.d_model) + " must be a positive multiple of --heads " +
+           std::to_string(model.n_heads));
+  for (int l : model.moe_layers)
+    need(l >= 0 && l < model.n_layers, "--moe-layers: layer " + std::to_string(l) + " outside [0, " +
+                                           std::to_string(model.n_layers) + ") (--layers " +
+                                           std::to_string(model.n_layers) + ")");
   model.validate();
   router.validate(model.n_layers, model.n_experts, model.top_k);
 }
@@ -76,6 +92,37 @@ void parse_bayes_spec(RunConfig& c) {
     }
     i = j + 1;
   }
+}
+
+// With --resume (or --init outside stage 2) the architecture comes from the
+// checkpoint. A model flag given explicitly on the command line that disagrees
+// with the checkpoint is an error rather than silently ignored.
+static void check_flags_against_checkpoint(CLI::App* s, const RunConfig& c) {
+  std::string path;
+  if (c.resume) path = c.out + "/last.safetensors";
+  else if (!c.init.empty()) path = c.init;
+  else return;
+  if (!std::filesystem::exists(path)) return;  // run_train reports the missing file
+  nn::ModelConfig mc;
+  nn::RouterConfig rc;
+  read_checkpoint_configs(path, mc, rc);
+  nlohmann::json want = c.model, have = mc;
+  static const std::pair<const char*, const char*> kModelFlags[] = {
+      {"--model-kind", "kind"},   {"--d-model", "d_model"},     {"--layers", "n_layers"},
+      {"--heads", "n_heads"},     {"--max-seq", "max_seq"},     {"--norm", "norm"},
+      {"--tied-head", "tied_head"}, {"--experts", "n_experts"}, {"--top-k", "top_k"},
+      {"--d-expert", "d_expert"}, {"--act", "act"},             {"--shared-expert", "shared_expert"},
+      {"--moe-layers", "moe_layers"}, {"--capacity-factor", "capacity_factor"}};
+  const char* why = c.resume ? "--resume" : "--init";
+  for (auto& [flag, key] : kModelFlags) {
+    if (s->count(flag) == 0 || want.value(key, nlohmann::json()) == have.value(key, nlohmann::json())) continue;
+    fail(std::string(flag) + " " + want[key].dump() + " does not match the checkpoint " + path + " (" + key + " = " +
+         have[key].dump() + "); with " + why + " the architecture comes from the checkpoint: drop the flag" +
+         (c.resume ? " or use a new --out" : ""));
+  }
+  if ((c.resume || c.stage != "router") && s->count("--router") && c.router.name != rc.name)
+    fail("--router " + c.router.name + " does not match the checkpoint " + path + " (router " + rc.name + "); with " +
+         why + " the router comes from the checkpoint" + (c.resume ? "" : " (use --stage router to change it)"));
 }
 
 // Flags shared by train and eval.
@@ -155,8 +202,9 @@ void register_train(CLI::App& app) {
                  "least stable under input noise (default: all)");
   s->add_option("--max-train-examples", c->max_train_examples, "0 = all")->capture_default_str();
   s->add_option("--time-limit", c->time_limit_s, "stop after this many seconds (0 = none)")->capture_default_str();
-  cli::add_runner(s, [c] {
+  cli::add_runner(s, [c, s] {
     parse_bayes_spec(*c);
+    check_flags_against_checkpoint(s, *c);
     return run_train(*c);
   });
 }

@@ -1,12 +1,16 @@
 #include "experiments/trainer.h"
 
+#include <fcntl.h>
 #include <omp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -140,7 +144,8 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
   nn::SafeTensors f = nn::load_safetensors(path);
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kFormat)
-    fail(path + ": unsupported checkpoint format (want " + std::string(kFormat) + ")");
+    fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
+         kFormat + ")");
   std::regex missing_ok(allow_missing.empty() ? "$^" : allow_missing);
   for (auto& [name, v] : model.params().all()) {
     const Tensor* t = f.find(name);
@@ -186,6 +191,14 @@ static void on_signal(int s) { g_signal = s; }
 // ---- helpers -----------------------------------------------------------------------
 static bool finite(double x) { return std::isfinite(x); }
 
+// "'layers.2.moe.w_router' (layer 2)": a parameter name and the block it lives in.
+static std::string tensor_and_layer(const std::string& name) {
+  static const std::regex layer_re("(^|\\.)layers\\.([0-9]+)\\.");
+  std::smatch m;
+  std::string where = std::regex_search(name, m, layer_re) ? " (layer " + m[2].str() + ")" : " (not in a layer)";
+  return "'" + name + "'" + where;
+}
+
 static std::string first_nonfinite_grad(nn::ParamStore& ps) {
   for (auto& [name, v] : ps.all()) {
     if (!v.grad().defined()) continue;
@@ -193,6 +206,97 @@ static std::string first_nonfinite_grad(nn::ParamStore& ps) {
       if (!std::isfinite(v.grad()[i])) return name;
   }
   return "";
+}
+
+static std::string first_nonfinite_param(nn::ParamStore& ps) {
+  for (auto& [name, v] : ps.all()) {
+    const Tensor& t = v.value();
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(t[i])) return name;
+  }
+  return "";
+}
+
+// Where a non-finite loss comes from: a parameter, else the first MoE layer
+// whose router probabilities are non-finite, else the forward pass at large.
+static std::string locate_nonfinite(nn::ParamStore& ps, const nn::ForwardResult& res) {
+  std::string p = first_nonfinite_param(ps);
+  if (!p.empty()) return "parameter " + tensor_and_layer(p) + " holds a non-finite value";
+  for (auto& a : res.moe) {
+    const Tensor& pr = a.route.probs.value();
+    for (int64_t i = 0; i < pr.numel(); ++i)
+      if (!std::isfinite(pr[i]))
+        return "router probabilities of layer " + std::to_string(a.layer) + " are non-finite (parameters are finite)";
+  }
+  return "parameters and router probabilities are finite (the overflow is in the forward pass)";
+}
+
+// Test hook, documented in docs/RELIABILITY.md (not a user feature):
+//   VMOER_TEST_INJECT_NAN=STEP[:param|:grad][:NAME]
+// poisons element 0 of parameter NAME (default: the first trainable router
+// weight, else the first trainable parameter) with NaN at the start of step
+// STEP (param), or its gradient after the backward pass of step STEP (grad).
+struct NanInjection {
+  int64_t step = -1;
+  bool grad = false;
+  std::string param;
+};
+static NanInjection nan_injection(nn::ParamStore& ps) {
+  NanInjection inj;
+  const char* env = std::getenv("VMOER_TEST_INJECT_NAN");
+  if (!env || !*env) return inj;
+  std::string s = env;
+  std::vector<std::string> parts;
+  for (size_t i = 0, j; i <= s.size(); i = j + 1) {
+    j = s.find(':', i);
+    if (j == std::string::npos) j = s.size();
+    parts.push_back(s.substr(i, j - i));
+  }
+  try {
+    size_t pos = 0;
+    inj.step = std::stoll(parts[0], &pos);
+    if (pos != parts[0].size() || inj.step < 1) throw std::invalid_argument(s);
+  } catch (const std::exception&) {
+    fail("VMOER_TEST_INJECT_NAN: '" + s + "' is not STEP[:param|:grad][:NAME] with STEP >= 1");
+  }
+  if (parts.size() > 1) {
+    if (parts[1] != "param" && parts[1] != "grad")
+      fail("VMOER_TEST_INJECT_NAN: '" + parts[1] + "' is not param or grad");
+    inj.grad = parts[1] == "grad";
+  }
+  if (parts.size() > 2) {
+    inj.param = parts[2];
+    if (!ps.has(inj.param)) fail("VMOER_TEST_INJECT_NAN: the model has no parameter '" + inj.param + "'");
+  } else {
+    for (auto& [name, v] : ps.all())
+      if (v.requires_grad() && inj.param.empty()) inj.param = name;
+    for (auto& [name, v] : ps.all())
+      if (v.requires_grad() && name.find("w_router") != std::string::npos) {
+        inj.param = name;
+        break;
+      }
+  }
+  std::fprintf(stderr, "VMOER_TEST_INJECT_NAN: NaN into the %s of '%s' at step %lld\n", inj.grad ? "gradient" : "value",
+               inj.param.c_str(), (long long)inj.step);
+  return inj;
+}
+
+// Free space for the checkpoints, claimed up front (posix_fallocate of a
+// probe file the size of last + best) so that a full disk or a file-size
+// limit stops the run before any training, not at its first checkpoint.
+static void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps) {
+  int64_t all = ps.count(), trainable = ps.count(true);
+  // last = parameters + AdamW m and v of the trainable ones; best = parameters; + headers.
+  int64_t bytes = 4 * (all + 2 * trainable) + 4 * all + (int64_t)ps.all().size() * 400 + (1 << 16);
+  std::string probe = out + "/.space_probe." + std::to_string(::getpid());
+  int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  if (fd < 0) fail("--out: cannot create files in '" + out + "' (" + std::strerror(errno) + ")");
+  int rc = ::posix_fallocate(fd, 0, (off_t)bytes);
+  ::close(fd);
+  ::unlink(probe.c_str());
+  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL)
+    fail("--out: cannot reserve " + std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB for checkpoints in '" +
+         out + "' (" + std::strerror(rc) + "); free some space or choose another --out");
 }
 
 static void progress_bar(int64_t step, int64_t total, double loss, double tps, double eta_s) {
@@ -394,12 +498,19 @@ McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg
 // ---- training ------------------------------------------------------------------------
 int run_train(RunConfig cfg) {
   cfg.validate();
+  g_signal = 0;  // a previous in-process run may have been interrupted
   omp_set_num_threads(cfg.threads);
-  fs::create_directories(cfg.out);
+  {
+    std::error_code ec;
+    fs::create_directories(cfg.out, ec);
+    if (ec || !fs::is_directory(cfg.out))
+      fail("--out: cannot create directory '" + cfg.out + "' (" +
+           (ec ? ec.message() : std::string("exists and is not a directory")) + ")");
+  }
   {  // fail early, before any work, if --out is not writable
     std::string probe = cfg.out + "/.write_test";
     std::ofstream t(probe);
-    if (!t) fail("--out: directory '" + cfg.out + "' is not writable");
+    if (!t) fail("--out: directory '" + cfg.out + "' is not writable (" + std::strerror(errno) + ")");
     t.close();
     fs::remove(probe);
   }
@@ -469,6 +580,8 @@ int run_train(RunConfig cfg) {
   }
   for (auto& p : cfg.freeze) ps.set_trainable(p, false);
   if (ps.count(true) == 0) fail("no trainable parameters left after --freeze/--train-only");
+  reserve_checkpoint_space(cfg.out, ps);
+  NanInjection inject = nan_injection(ps);
 
   // Data
   bool vit = mc.kind == "vit";
@@ -518,8 +631,28 @@ int run_train(RunConfig cfg) {
   };
 
   int exit_code = 0;
+  int64_t saved_step = cfg.resume ? st.step : -1;  // step of the checkpoint in last_path (-1: none of this run)
+  auto last_good = [&]() {
+    if (saved_step < 0 || !fs::exists(last_path)) return std::string("none");
+    return last_path + " (step " + std::to_string(saved_step) + ")";
+  };
+  // A checkpoint is written only from finite parameters; a failed write (disk
+  // full, I/O error) leaves the previous file in place and names it.
+  auto save_or_fail = [&](const std::string& path, const nn::AdamW* o) {
+    std::string bad = first_nonfinite_param(ps);
+    if (!bad.empty())
+      fail("step " + std::to_string(st.step) + ": the update made parameter " + tensor_and_layer(bad) +
+           " non-finite; not saving " + path + "; last good checkpoint: " + last_good());
+    try {
+      save_checkpoint(path, model, o, st);
+    } catch (const Error& e) {
+      fail("step " + std::to_string(st.step) + ": cannot save checkpoint: " + e.what() +
+           "; last good checkpoint: " + last_good());
+    }
+  };
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
     ps.zero_grad();
+    if (step == inject.step && !inject.grad) ps.get(inject.param).value()[0] = std::nanf("");
     double loss_sum = 0, task_sum = 0, kl_sum = 0, lb_sum = 0, z_sum = 0, pen_sum = 0;
     double ntok = 0;
     std::vector<json> layer_stats;
@@ -569,11 +702,15 @@ int run_train(RunConfig cfg) {
       loss = ops::add(loss, res.penalty);
       Var scaled = ops::mul_scalar(loss, 1.0 / cfg.grad_accum);
       if (!finite(loss.item())) {
-        fail("step " + std::to_string(step) + ": loss is " + std::to_string(loss.item()) +
-             " (task " + std::to_string(task.item()) + ", KL " + std::to_string(kl.item()) +
-             "); stopped, last good checkpoint: " + (fs::exists(last_path) ? last_path : std::string("none")));
+        fail("step " + std::to_string(step) + ": loss is " + std::to_string(loss.item()) + " (task " +
+             std::to_string(task.item()) + ", KL " + std::to_string(kl.item()) + "): " + locate_nonfinite(ps, res) +
+             "; stopped, last good checkpoint: " + last_good());
       }
       backward(scaled);
+      if (step == inject.step && inject.grad && micro == cfg.grad_accum - 1) {
+        Var& v = ps.get(inject.param);
+        if (v.grad().defined()) v.grad()[0] = std::nanf("");
+      }
       loss_sum += loss.item();
       task_sum += task.item();
       kl_sum += kl_term.item();
@@ -596,8 +733,8 @@ int run_train(RunConfig cfg) {
     }
     std::string bad = first_nonfinite_grad(ps);
     if (!bad.empty())
-      fail("step " + std::to_string(step) + ": non-finite gradient in '" + bad +
-           "'; stopped, last good checkpoint: " + (fs::exists(last_path) ? last_path : std::string("none")));
+      fail("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
+           "; stopped, last good checkpoint: " + last_good());
     double gnorm = opt.step(ps);
     st.step = step;
     tokens_done += ntok;
@@ -617,7 +754,7 @@ int run_train(RunConfig cfg) {
       if (v < st.best_val) {
         st.best_val = v;
         st.bad_evals = 0;
-        save_checkpoint(best_path, model, nullptr, st);
+        save_or_fail(best_path, nullptr);
       } else if (++st.bad_evals >= cfg.patience && cfg.patience > 0) {
         stop = true;
         rec["early_stop"] = true;
@@ -630,8 +767,10 @@ int run_train(RunConfig cfg) {
       progress_bar(step, cfg.steps, loss_sum / ga, tps, eta);
     }
     bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
-    if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0)
-      save_checkpoint(last_path, model, &opt, st);
+    if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0) {
+      save_or_fail(last_path, &opt);
+      saved_step = step;
+    }
     if (g_signal) {
       std::fprintf(stderr, "\nsignal %d: saved %s at step %lld\n", (int)g_signal, last_path.c_str(), (long long)step);
       exit_code = 128 + g_signal;

@@ -43,6 +43,14 @@ void atomic_write(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     fail(path + ": cannot rename into place (" + std::strerror(e) + ")");
   }
+  // Make the rename itself durable (a power cut must not resurrect the old file).
+  size_t slash = path.find_last_of('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
 }
 
 void save_safetensors(const std::string& path, const SafeTensors& st) {
@@ -97,16 +105,38 @@ SafeTensors load_safetensors(const std::string& path) {
     }
     const auto& e = it.value();
     try {
+      if (!e.is_object()) fail(path + ": tensor '" + it.key() + "': malformed entry (not an object)");
       std::string dtype = e.at("dtype").get<std::string>();
       if (dtype != "F32") fail(path + ": tensor '" + it.key() + "' has dtype " + dtype + " (only F32 is supported)");
-      Shape shape = e.at("shape").get<Shape>();
-      auto offs = e.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offs.size() != 2 || offs[0] > offs[1] || offs[1] > data_size)
+      // Integers only: nlohmann would silently truncate 2.5 and convert 1e30 with UB.
+      const auto& js = e.at("shape");
+      const auto& jo = e.at("data_offsets");
+      if (!js.is_array() || !jo.is_array() || jo.size() != 2)
+        fail(path + ": tensor '" + it.key() + "': malformed entry (shape and data_offsets must be arrays)");
+      for (const auto& v : js)
+        if (!v.is_number_integer()) fail(path + ": tensor '" + it.key() + "': shape holds a non-integer");
+      for (const auto& v : jo)
+        if (!v.is_number_unsigned()) fail(path + ": tensor '" + it.key() + "': data_offsets holds a non-integer or negative value");
+      Shape shape = js.get<Shape>();
+      auto offs = jo.get<std::vector<uint64_t>>();
+      if (offs[0] > offs[1] || offs[1] > data_size)
         fail(path + ": tensor '" + it.key() + "' lies outside the file (truncated?)");
       if (shape.size() > 4) fail(path + ": tensor '" + it.key() + "' has more than 4 dimensions");
       for (auto d : shape)
         if (d < 0) fail(path + ": tensor '" + it.key() + "' has a negative dimension");
-      if ((offs[1] - offs[0]) != sizeof(float) * (uint64_t)shape_numel(shape))
+      // Element count without overflow: stop as soon as it exceeds what the byte range holds.
+      uint64_t numel = 1, cap = (offs[1] - offs[0]) / sizeof(float);
+      bool fits = true;
+      for (auto d : shape) {
+        if (d == 0) {
+          numel = 0;
+          fits = true;
+          break;
+        }
+        if (numel > cap / (uint64_t)d) fits = false;
+        else numel *= (uint64_t)d;
+      }
+      if (!fits || (offs[1] - offs[0]) != sizeof(float) * numel)
         fail(path + ": tensor '" + it.key() + "' byte size does not match its shape " + shape_str(shape));
       Tensor t(shape);
       std::memcpy(t.data(), bytes.data() + data0 + offs[0], offs[1] - offs[0]);

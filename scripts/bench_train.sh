@@ -5,7 +5,8 @@
 # batch 16, MoE in every layer, vocab 259. Both run on 2 threads, in this run.
 #
 # Usage: scripts/bench_train.sh [BUILD_DIR]   (default: build)
-#   STEPS=5 TWIN_STEPS=3 to change the timed steps (each after 1 warm-up step).
+#   STEPS=5 TWIN_STEPS=3 to change the timed steps (each after 1 warm-up step);
+#   BENCH_TRAIN_BIN=path/to/bench_train to use a prebuilt binary.
 #
 # The twin gets its best, in its own commands only (never in tests or CI):
 #   * OpenBLAS instead of Debian's default reference BLAS when it is installed
@@ -22,16 +23,21 @@ STEPS="${STEPS:-5}"
 TWIN_STEPS="${TWIN_STEPS:-3}"
 THREADS=2
 
-if [ ! -f "$BUILD/CMakeCache.txt" ]; then
-  cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+BIN="${BENCH_TRAIN_BIN:-}"  # a prebuilt bench_train skips the build
+if [ -z "$BIN" ]; then
+  if [ ! -f "$BUILD/CMakeCache.txt" ]; then
+    cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  fi
+  cmake --build "$BUILD" -j "$THREADS" --target bench_train >/dev/null
+  BIN="$BUILD/bench_train"
 fi
-cmake --build "$BUILD" -j "$THREADS" --target bench_train >/dev/null
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the 2 cores skews both sides)"
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
 
 echo "== ours (OMP_NUM_THREADS=$THREADS) =="
-OMP_NUM_THREADS=$THREADS "$BUILD/bench_train" --steps "$STEPS" --json | tee "$TMP/ours.json"
+OMP_NUM_THREADS=$THREADS "$BIN" --steps "$STEPS" --json | tee "$TMP/ours.json"
 
 BLASDIR=""
 for d in /usr/lib/x86_64-linux-gnu/openblas-pthread /usr/lib/x86_64-linux-gnu/openblas-openmp; do
@@ -54,6 +60,7 @@ for tt in 1 2; do
     "$PY" "$ROOT/reference/bench_twin.py" --threads "$tt" --steps "$TWIN_STEPS" | tee "$TMP/twin_$tt.json"
 done
 
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$PY" - "$TMP" <<'EOF'
 import json, sys, os
 d = sys.argv[1]

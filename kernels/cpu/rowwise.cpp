@@ -5,6 +5,7 @@
 #include <limits>
 #include <vector>
 
+#include "kernels/cpu/fastmath.h"
 #include "kernels/cpu/gemm.h"
 
 namespace vm::kernels {
@@ -20,7 +21,8 @@ void softmax_fwd(const T* x, T* y, int64_t rows, int64_t C) {
     T mx = -std::numeric_limits<T>::infinity();
     for (int64_t c = 0; c < C; ++c) mx = std::max(mx, xr[c]);
     T s = 0;
-    for (int64_t c = 0; c < C; ++c) s += (yr[c] = std::exp(xr[c] - mx));
+    for (int64_t c = 0; c < C; ++c) yr[c] = exp_(xr[c] - mx);
+    for (int64_t c = 0; c < C; ++c) s += yr[c];
     T inv = T(1) / s;
     for (int64_t c = 0; c < C; ++c) yr[c] *= inv;
   }
@@ -197,7 +199,8 @@ void attention_fwd(const T* q, const T* k, const T* v, T* P, T* out, int64_t BH,
       T mx = -std::numeric_limits<T>::infinity();
       for (int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j] * scale);
       T s = 0;
-      for (int64_t j = 0; j < n; ++j) s += (row[j] = std::exp(row[j] * scale - mx));
+      for (int64_t j = 0; j < n; ++j) row[j] = exp_(row[j] * scale - mx);
+      for (int64_t j = 0; j < n; ++j) s += row[j];
       T inv = T(1) / s;
       for (int64_t j = 0; j < n; ++j) row[j] *= inv;
       for (int64_t j = n; j < Tn; ++j) row[j] = 0;

@@ -1,0 +1,52 @@
+// kernels/cpu/fastmath.h — vectorisable float32 exp (and what builds on it) for
+// the hot element-wise loops. glibc's expf/tanhf are scalar calls the compiler
+// cannot vectorise without -ffast-math; this exp is Cephes' expf polynomial
+// (range reduction by ln 2, degree-6 polynomial, exponent bits set directly):
+// relative error below 2e-7 on [-87, 88], inputs clamped to that range (so
+// exp of a very negative number is ~1e-38, not 0). Double precision always
+// uses the standard library: the finite-difference checks run in double.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace vm::kernels {
+
+inline float fast_expf(float x) {
+  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  float n = std::floor(x * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
+  float r = x - n * 0.693359375f + n * 2.12194440e-4f;    // x − n ln 2, ln 2 split in two
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  float y = p * r * r + r + 1.0f;
+  int32_t bits = ((int32_t)n + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+template <class T>
+inline T exp_(T x) {
+  if constexpr (std::is_same_v<T, float>) return fast_expf(x);
+  else return std::exp(x);
+}
+
+// tanh for GELU: 1 − 2 / (e^{2u} + 1). Absolute error ~1e-7 (relative error is
+// larger only where |tanh u| itself is tiny, which GELU's 1 + tanh absorbs).
+template <class T>
+inline T tanh_gelu(T u) {
+  if constexpr (std::is_same_v<T, float>) return 1.0f - 2.0f / (fast_expf(2.0f * u) + 1.0f);
+  else return std::tanh(u);
+}
+
+template <class T>
+inline T sigmoid_(T x) {
+  return T(1) / (T(1) + exp_(-x));
+}
+
+}  // namespace vm::kernels

@@ -1,0 +1,206 @@
+// kernels/cuda/device.cu — error reporting, device discovery, the per-thread
+// context (stream + cuBLAS handle) and the stream-ordered caching allocator.
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "kernels/cuda/device.cuh"
+
+namespace vm::kernels::cuda {
+namespace detail {
+
+namespace {
+std::string where(const char* expr, const char* file, int line) {
+  return std::string(file) + ":" + std::to_string(line) + ": " + expr + ": ";
+}
+const char* curand_status_name(curandStatus_t s) {
+  switch (s) {
+    case CURAND_STATUS_VERSION_MISMATCH: return "CURAND_STATUS_VERSION_MISMATCH";
+    case CURAND_STATUS_NOT_INITIALIZED: return "CURAND_STATUS_NOT_INITIALIZED";
+    case CURAND_STATUS_ALLOCATION_FAILED: return "CURAND_STATUS_ALLOCATION_FAILED";
+    case CURAND_STATUS_TYPE_ERROR: return "CURAND_STATUS_TYPE_ERROR";
+    case CURAND_STATUS_OUT_OF_RANGE: return "CURAND_STATUS_OUT_OF_RANGE";
+    case CURAND_STATUS_LENGTH_NOT_MULTIPLE: return "CURAND_STATUS_LENGTH_NOT_MULTIPLE";
+    case CURAND_STATUS_DOUBLE_PRECISION_REQUIRED: return "CURAND_STATUS_DOUBLE_PRECISION_REQUIRED";
+    case CURAND_STATUS_LAUNCH_FAILURE: return "CURAND_STATUS_LAUNCH_FAILURE";
+    case CURAND_STATUS_PREEXISTING_FAILURE: return "CURAND_STATUS_PREEXISTING_FAILURE";
+    case CURAND_STATUS_INITIALIZATION_FAILED: return "CURAND_STATUS_INITIALIZATION_FAILED";
+    case CURAND_STATUS_ARCH_MISMATCH: return "CURAND_STATUS_ARCH_MISMATCH";
+    case CURAND_STATUS_INTERNAL_ERROR: return "CURAND_STATUS_INTERNAL_ERROR";
+    default: return "CURAND_STATUS_UNKNOWN";
+  }
+}
+}  // namespace
+
+void cuda_fail(cudaError_t e, const char* expr, const char* file, int line) {
+  throw vm::Error(where(expr, file, line) + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+}
+void cublas_fail(cublasStatus_t s, const char* expr, const char* file, int line) {
+  throw vm::Error(where(expr, file, line) + cublasGetStatusName(s) + ": " + cublasGetStatusString(s));
+}
+void curand_fail(curandStatus_t s, const char* expr, const char* file, int line) {
+  throw vm::Error(where(expr, file, line) + curand_status_name(s) + " (" + std::to_string((int)s) + ")");
+}
+
+int to_int(int64_t v, const char* what) {
+  if (v < 0 || v > INT32_MAX)
+    throw vm::Error(std::string("cuda: ") + what + " = " + std::to_string(v) + " does not fit a 32-bit int");
+  return (int)v;
+}
+
+}  // namespace detail
+
+// ---- discovery --------------------------------------------------------------------
+int cuda_device_count() {
+  static const int count = [] {
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();  // clear the sticky-free error (no driver / no device)
+      return 0;
+    }
+    return n;
+  }();
+  return count;
+}
+
+bool cuda_device_available() { return cuda_device_count() > 0; }
+
+std::string cuda_device_name() {
+  if (!cuda_device_available()) return "no CUDA device";
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return "no CUDA device";
+  cudaDeviceProp prop{};
+  if (cudaGetDeviceProperties(&prop, dev) != cudaSuccess) return "no CUDA device";
+  return std::string(prop.name) + " (sm_" + std::to_string(prop.major) + std::to_string(prop.minor) + ", " +
+         std::to_string(prop.multiProcessorCount) + " SMs, " +
+         std::to_string((unsigned long long)(prop.totalGlobalMem >> 20)) + " MiB)";
+}
+
+// ---- context ----------------------------------------------------------------------
+namespace {
+struct ContextOwner {
+  Context c;
+  ~ContextOwner() {
+    // Best effort at thread exit; errors here cannot be reported.
+    if (c.blas) cublasDestroy(c.blas);
+    if (c.stream) {
+      cudaStreamSynchronize(c.stream);
+      cudaStreamDestroy(c.stream);
+    }
+  }
+};
+
+std::once_flag g_pool_once;
+
+void configure_pool(int dev) {
+  // Keep freed memory cached in the pool (release threshold = max): the
+  // caching-allocator behaviour, ordered by the stream.
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, dev) == cudaSuccess) {
+    uint64_t thr = UINT64_MAX;
+    (void)cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &thr);
+  }
+  (void)cudaGetLastError();
+}
+}  // namespace
+
+Context& context() {
+  thread_local std::unique_ptr<ContextOwner> owner;
+  if (!owner) {
+    if (!cuda_device_available()) throw vm::Error("cuda: no CUDA device (cudaGetDeviceCount found none)");
+    auto o = std::make_unique<ContextOwner>();
+    CUDA_CHECK(cudaGetDevice(&o->c.device));
+    CUDA_CHECK(cudaDeviceGetAttribute(&o->c.sm_count, cudaDevAttrMultiProcessorCount, o->c.device));
+    int pools = 0;
+    CUDA_CHECK(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, o->c.device));
+    o->c.pool = pools != 0;
+    if (o->c.pool) std::call_once(g_pool_once, configure_pool, o->c.device);
+    CUDA_CHECK(cudaStreamCreate(&o->c.stream));
+    CUBLAS_CHECK(cublasCreate(&o->c.blas));
+    CUBLAS_CHECK(cublasSetStream(o->c.blas, o->c.stream));
+    owner = std::move(o);
+  }
+  return owner->c;
+}
+
+// ---- memory -----------------------------------------------------------------------
+void* device_malloc(size_t bytes) {
+  if (bytes == 0) return nullptr;
+  Context& c = context();
+  void* p = nullptr;
+  if (c.pool) {
+    cudaError_t e = cudaMallocAsync(&p, bytes, c.stream);
+    if (e == cudaErrorMemoryAllocation) {  // give cached blocks back and retry once
+      (void)cudaGetLastError();
+      CUDA_CHECK(cudaStreamSynchronize(c.stream));
+      trim_pool();
+      e = cudaMallocAsync(&p, bytes, c.stream);
+    }
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      throw vm::Error("cuda: cannot allocate " + std::to_string(bytes) + " bytes: " + cudaGetErrorString(e));
+    }
+  } else {
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+  }
+  return p;
+}
+
+void device_free(void* p) noexcept {
+  if (!p) return;
+  try {
+    Context& c = context();
+    cudaError_t e = c.pool ? cudaFreeAsync(p, c.stream) : cudaFree(p);
+    if (e != cudaSuccess) {
+      std::fprintf(stderr, "vmoer cuda: free failed: %s\n", cudaGetErrorString(e));
+      (void)cudaGetLastError();
+    }
+  } catch (...) {
+  }
+}
+
+void copy_h2d(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  Context& c = context();
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c.stream));
+  CUDA_CHECK(cudaStreamSynchronize(c.stream));
+}
+void copy_d2h(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  Context& c = context();
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c.stream));
+  CUDA_CHECK(cudaStreamSynchronize(c.stream));
+}
+void copy_d2d(void* dst, const void* src, size_t bytes) {
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream()));
+}
+void fill_bytes(void* dst, int value, size_t bytes) {
+  if (!bytes) return;
+  CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
+}
+void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+PoolStats pool_stats() {
+  PoolStats s;
+  Context& c = context();
+  if (!c.pool) return s;
+  cudaMemPool_t pool;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, c.device));
+  CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &s.reserved));
+  CUDA_CHECK(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &s.used));
+  return s;
+}
+
+void trim_pool() {
+  Context& c = context();
+  if (!c.pool) return;
+  cudaMemPool_t pool;
+  CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, c.device));
+  CUDA_CHECK(cudaMemPoolTrimTo(pool, 0));
+}
+
+}  // namespace vm::kernels::cuda
