@@ -49,6 +49,7 @@ std::map<std::string, std::vector<double>> ood_scores(const McEval& ev) {
     s["ilv"].push_back(ev.ilv[i]);
     s["gate_entropy"].push_back(ev.gate_entropy[i]);
     s["temperature"].push_back(ev.temperature[i]);
+    s["mutual_info"].push_back(ev.mutual_info.empty() ? 0.0 : ev.mutual_info[i]);
   }
   return s;
 }
@@ -150,6 +151,7 @@ McEval temperature_scaled(const McEval& ev, double T) {
     auto& p = o.probs[i];
     double z = 0;
     for (auto& q : p) z += (q = std::pow(std::max(q, 1e-300), 1.0 / T));  // softmax(log p / T)
+    // (mutual information is left as measured: it describes the router, not the calibration map)
     double h = 0;
     for (auto& q : p) {
       q /= z;

@@ -219,6 +219,9 @@ void register_eval(CLI::App& app) {
   s->add_option("--ood-size", c->ood_size, "examples per OOD set")->capture_default_str();
   s->add_flag("!--no-ood", c->ood, "skip the OOD sets");
   s->add_flag("--stability", c->stability, "routing-stability sweep over --gammas");
+  s->add_option("--mi-samples", c->mi_samples,
+                "extra passes with one router sample each, for the mutual-information score (0 = off)")
+      ->capture_default_str();
   s->add_option("--gammas", c->gammas, "noise levels γ (σ = γ · mean embedding norm)")->delimiter(',');
   cli::add_runner(s, [c, s] {
     c->samples_set = s->count("--samples") > 0;

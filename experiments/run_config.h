@@ -54,6 +54,7 @@ struct RunConfig {
   bool stability = false;          // run the routing-stability sweep in eval
   bool ood = true;                 // evaluate the OOD sets in eval
   bool samples_set = false;
+  int mi_samples = 0;              // eval: passes with one router sample each, for mutual information (0 = off)
   std::string bayes_spec;          // --bayes-layers: "2,3" or "auto:N" (N least stable MoE layers)
   double auto_gamma = 0.01;        // γ used to rank layers for auto:N        // eval: --samples given (overrides the checkpoint's S)
 

@@ -314,7 +314,12 @@ static std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch)
   for (int64_t i = 0; i < n; ++i) p[i] = i;
   PhiloxStream rs{seed, nn::name_hash("epoch/" + std::to_string(epoch)), 0};
   for (int64_t i = n - 1; i > 0; --i) {
-    uint64_t r = ((uint64_t)philox_u32(rs.seed, rs.stream, rs.offset++) << 32) | philox_u32(rs.seed, rs.stream, rs.offset++);
+    // Two draws in a fixed order (high word first): `f(o++) << 32 | f(o++)` in
+    // one expression is unsequenced (undefined behaviour; the order could differ
+    // between compilers).
+    uint64_t hi = philox_u32(rs.seed, rs.stream, rs.offset++);
+    uint64_t lo = philox_u32(rs.seed, rs.stream, rs.offset++);
+    uint64_t r = hi << 32 | lo;
     std::swap(p[i], p[(int64_t)(r % (uint64_t)(i + 1))]);
   }
   return p;
@@ -412,19 +417,53 @@ static void finish_eval(McEval& ev) {
   ev.accuracy = labelled ? (double)correct / labelled : 0;
 }
 
-static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise) {
+static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise,
+                                       int samples = 0, uint64_t seed_shift = 0) {
   nn::ForwardOptions fo;
   fo.training = false;
-  fo.seed = cfg.seed;
+  fo.seed = cfg.seed + seed_shift;
   fo.step = batch_index;
-  fo.samples = model.router_config().samples;
+  fo.samples = samples > 0 ? samples : model.router_config().samples;
   fo.embed_noise = noise;
   fo.noise_seed = cfg.seed + 7919;
   return fo;
 }
 
+// Mutual information between the prediction and the router's randomness,
+// I = H(mean_m p_m) − mean_m H(p_m), from M passes that each route every
+// token with a single fresh router sample (--mi-samples M).
+static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes) {
+  ev.mutual_info.assign(ev.probs.size(), 0.0);
+  if (passes.empty()) return;
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    size_t C = passes[0].probs[i].size();
+    std::vector<double> mean(C, 0.0);
+    double mean_h = 0;
+    for (auto& p : passes) {
+      for (size_t c = 0; c < C; ++c) mean[c] += p.probs[i][c] / (double)passes.size();
+      mean_h += p.entropy[i] / (double)passes.size();
+    }
+    ev.mutual_info[i] = std::max(0.0, entropy(mean.data(), (int)C) - mean_h);
+  }
+}
+
+static bool stochastic_router(nn::Model& model) { return model.router_config().name != "det" && !model.bayes_layer_ids().empty(); }
+
+static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
+                      int samples, uint64_t seed_shift);
+
 McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
                    RoutingTrace* trace) {
+  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, 0);
+  std::vector<McEval> passes;
+  if (cfg.mi_samples > 0 && stochastic_router(model))
+    for (int m = 0; m < cfg.mi_samples; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
+  add_mutual_information(ev, passes);
+  return ev;
+}
+
+static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
+                      int samples, uint64_t seed_shift) {
   NoGradGuard ng;
   McEval ev;
   const auto& letters = answer_tokens();
@@ -436,7 +475,8 @@ McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, dou
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
-    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, eval_options(model, cfg, s / B, embed_noise));
+    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
+                                eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
     const Tensor& lg = res.logits.value();  // (B, V)
     int64_t V = lg.size(1);
     for (int r = 0; r < mb.B; ++r) {
@@ -466,8 +506,22 @@ Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx) {
   return x;
 }
 
+static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                         RoutingTrace* trace, int samples, uint64_t seed_shift);
+
 McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
                        RoutingTrace* trace) {
+  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, 0);
+  std::vector<McEval> passes;
+  if (cfg.mi_samples > 0 && stochastic_router(model))
+    for (int m = 0; m < cfg.mi_samples; ++m)
+      passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
+  add_mutual_information(ev, passes);
+  return ev;
+}
+
+static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                         RoutingTrace* trace, int samples, uint64_t seed_shift) {
   NoGradGuard ng;
   McEval ev;
   int64_t n = (int64_t)set.size();
@@ -478,7 +532,7 @@ McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg
   for (int64_t s = 0; s < n; s += B) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
-    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise));
+    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
     const Tensor& lg = res.logits.value();  // (B, classes)
     for (size_t r = 0; r < idx.size(); ++r) {
       double mx = -1e300;

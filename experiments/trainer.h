@@ -64,6 +64,7 @@ struct McEval {
   std::vector<double> ilv;                 // tr Σ at the final token, averaged over Bayesian layers (0 if none)
   std::vector<double> gate_entropy;        // entropy of the routing distribution at the final token, mean over MoE layers
   std::vector<double> temperature;         // vtsr mean temperature at the final token (0 if none)
+  std::vector<double> mutual_info;         // I(y; router noise) from --mi-samples passes (0 when off)
   double nll = 0, accuracy = 0;
 };
 // The experts every real token chose, per MoE layer (flattened (tokens, K)), in
