@@ -835,6 +835,8 @@ int run_train(RunConfig cfg) {
       break;
     }
     if (timed_out) {
+      log << json{{"event", "time_limit"}, {"step", step}, {"seconds", el}}.dump() << "\n";
+      log.flush();
       std::fprintf(stderr, "\ntime limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
       break;
     }
