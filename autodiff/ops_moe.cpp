@@ -120,7 +120,7 @@ VarT<T> grouped_matmul(const VarT<T>& x, const VarT<T>& w, const std::vector<int
                std::to_string(M));
   for (int64_t e = 0; e < E; ++e)
     VM_CHECK(offsets[e] <= offsets[e + 1], "grouped_matmul: offsets must not decrease");
-  TensorT<T> out({M, F});
+  TensorT<T> out = TensorT<T>::empty({M, F});  // the groups cover every row exactly once
   // One expert after another; each GEMM uses the whole OpenMP pool (Eigen).
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[e], m = offsets[e + 1] - r0;

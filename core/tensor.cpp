@@ -1,12 +1,27 @@
 #include "core/tensor.h"
 
+#include <algorithm>
 #include <cstdlib>
+#include <malloc.h>
 #include <cstring>
 #include <mutex>
 #include <sstream>
 #include <unordered_map>
 
 namespace vm {
+
+// glibc returns large blocks (above a 128 KiB..32 MiB dynamic threshold) to the
+// kernel on free and maps fresh zero pages on the next malloc, so Eigen's
+// per-GEMM workspaces and other large temporaries paid a page fault per 4 KiB
+// on every call. Keep freed memory in the heap instead.
+namespace {
+struct MallocTuning {
+  MallocTuning() {
+    mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, 512 << 20);
+  }
+} g_malloc_tuning;
+}  // namespace
 
 const char* device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
 
@@ -43,9 +58,20 @@ Pool& pool() {
 }
 }  // namespace
 
-void* aligned_alloc64(size_t bytes) {
+// Size classes: round up to a multiple of a quarter of the largest power of
+// two below the size (at most 25% slack), so the buffers of batches whose
+// sequence length varies (padded prompts) are reused instead of faulting in
+// fresh pages every step.
+static size_t size_class(size_t bytes) {
   size_t rounded = ((bytes + 63) / 64) * 64;
-  if (rounded == 0) rounded = 64;
+  if (rounded <= 4096) return rounded == 0 ? 64 : rounded;
+  size_t p = size_t(1) << (63 - __builtin_clzll(rounded));
+  size_t q = p / 4;
+  return (rounded + q - 1) / q * q;
+}
+
+void* aligned_alloc64(size_t bytes) {
+  size_t rounded = size_class(bytes);
   Pool& P = pool();
   {
     std::lock_guard<std::mutex> g(P.mu);
@@ -93,7 +119,19 @@ TensorT<T>::TensorT(Shape shape, Device dev, bool zero) : shape_(std::move(shape
   VM_CHECK(dev == Device::CPU, "tensor: host tensors only here; device tensors live in kernels/cuda");
   numel_ = shape_numel(shape_);
   T* p = static_cast<T*>(aligned_alloc64(sizeof(T) * (size_t)numel_));
-  if (zero) std::memset(p, 0, sizeof(T) * (size_t)numel_);
+  if (zero) {
+    size_t bytes = sizeof(T) * (size_t)numel_;
+    if (bytes < (size_t(1) << 20)) {
+      std::memset(p, 0, bytes);
+    } else {  // large buffers: zero in parallel chunks
+      const int64_t chunk = int64_t(1) << 18;
+      int64_t nchunks = ((int64_t)bytes + chunk - 1) / chunk;
+      char* base = reinterpret_cast<char*>(p);
+#pragma omp parallel for schedule(static)
+      for (int64_t c = 0; c < nchunks; ++c)
+        std::memset(base + c * chunk, 0, (size_t)std::min<int64_t>(chunk, (int64_t)bytes - c * chunk));
+    }
+  }
   buf_ = std::shared_ptr<T>(p, [](T* q) { aligned_free64(q); });
 }
 

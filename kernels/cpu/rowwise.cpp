@@ -215,7 +215,10 @@ void attention_bwd(const T* q, const T* k, const T* v, const T* P, const T* dout
   const T scale = T(1) / std::sqrt(T(D));
 #pragma omp parallel
   {
-    std::vector<T> dS((size_t)(Tn * Tn));
+    // per-thread scratch for dS, kept between calls (no allocation, no zeroing:
+    // every element is written before it is read)
+    thread_local std::vector<T> dS;
+    if (dS.size() < (size_t)(Tn * Tn)) dS.resize((size_t)(Tn * Tn));
 #pragma omp for schedule(static)
     for (int64_t h = 0; h < BH; ++h) {
       const T *qh = q + h * Tn * D, *kh = k + h * Tn * D, *vh = v + h * Tn * D;
