@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEB_PKGS := cmake g++ make libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev zlib1g-dev \
-            libpng-dev python3-torch python3-numpy python3-sklearn python3-matplotlib
+            libpng-dev python3-torch python3-numpy python3-sklearn python3-matplotlib libopenblas0-pthread
 
 .PHONY: deps build test bench sanitize demo data clean
 
@@ -44,3 +44,13 @@ demo: build
 
 clean:
 	rm -rf $(BUILD) build-sanitize
+
+# Reliability (docs/RELIABILITY.md): libFuzzer targets (clang), FUZZ_SECONDS each;
+# valgrind memcheck on short training runs (its own non-AVX-512 build).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz valgrind
+fuzz:
+	./scripts/fuzz.sh $(FUZZ_SECONDS)
+
+valgrind: deps
+	./scripts/valgrind.sh build-valgrind

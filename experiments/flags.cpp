@@ -25,7 +25,7 @@ void RunConfig::validate() const {
 #ifdef VMOER_HAVE_CUDA
     fail("--device cuda: the CUDA training path is not part of this build yet; use --device cpu");
 #else
-    fail("--device cuda: this build has no CUDA backend (nvcc was not found at configure time)");
+    fail("--device cuda: this build has no CUDA backend (configured with -DVMOER_CUDA=OFF or without nvcc)");
 #endif
   }
   need(threads >= 1, "--threads: must be >= 1, got " + std::to_string(threads));

@@ -552,7 +552,6 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
 // ---- training ------------------------------------------------------------------------
 int run_train(RunConfig cfg) {
   cfg.validate();
-  g_signal = 0;  // a previous in-process run may have been interrupted
   omp_set_num_threads(cfg.threads);
   {
     std::error_code ec;

@@ -2,8 +2,10 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -53,9 +55,23 @@ void atomic_write(const std::string& path, const std::string& bytes) {
   }
 }
 
+// CRC-32 (zlib) of the data section, stored as metadata so that a bit flip in
+// the tensor bytes is detected on load (the JSON header is checked by parsing).
+static const char* kCrcKey = "vmoer_data_crc32";
+static std::string crc_hex(unsigned long crc) {
+  char buf[16];
+  std::snprintf(buf, sizeof buf, "%08lx", crc & 0xffffffffUL);
+  return buf;
+}
+
 void save_safetensors(const std::string& path, const SafeTensors& st) {
   nlohmann::json header = nlohmann::json::object();
-  if (!st.metadata.empty()) header["__metadata__"] = st.metadata;
+  std::map<std::string, std::string> meta = st.metadata;
+  uLong crc = crc32_z(0L, Z_NULL, 0);
+  for (auto& [name, t] : st.tensors)
+    crc = crc32_z(crc, reinterpret_cast<const Bytef*>(t.data()), sizeof(float) * (size_t)t.numel());
+  meta[kCrcKey] = crc_hex(crc);
+  header["__metadata__"] = meta;
   size_t off = 0;
   for (auto& [name, t] : st.tensors) {
     size_t n = sizeof(float) * (size_t)t.numel();
@@ -144,6 +160,13 @@ SafeTensors load_safetensors(const std::string& path) {
     } catch (const nlohmann::json::exception& ex) {
       fail(path + ": tensor '" + it.key() + "': malformed entry (" + ex.what() + ")");
     }
+  }
+  auto crc_it = st.metadata.find(kCrcKey);
+  if (crc_it != st.metadata.end()) {
+    std::string got = crc_hex(crc32_z(crc32_z(0L, Z_NULL, 0), reinterpret_cast<const Bytef*>(bytes.data() + data0), data_size));
+    if (got != crc_it->second)
+      fail(path + ": data checksum mismatch (crc32 " + got + ", header says " + crc_it->second +
+           "): the file is corrupt");
   }
   std::sort(items.begin(), items.end(), [](auto& a, auto& b) { return a.first < b.first; });
   for (auto& it : items) st.tensors.push_back(std::move(it.second));

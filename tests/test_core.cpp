@@ -287,3 +287,12 @@ TEST_CASE("tape: deep chains do not overflow the stack") {
   backward(ops::sum_all(y));
   CHECK(x.grad()[0] == 1.0f);
 }
+
+TEST_CASE("philox: bulk normals equal the per-index normals at any start and length") {
+  for (uint64_t first : {0ull, 1ull, 2ull, 3ull, 5ull, 1021ull})
+    for (uint64_t n : {1ull, 2ull, 3ull, 7ull, 64ull}) {
+      std::vector<float> bulk(n);
+      vm::philox_normals(11, 7, first, n, bulk.data());
+      for (uint64_t j = 0; j < n; ++j) REQUIRE(bulk[j] == vm::philox_normal(11, 7, first + j));
+    }
+}

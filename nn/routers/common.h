@@ -1,5 +1,6 @@
 // nn/routers/common.h — pieces shared by the stochastic routers.
 #pragma once
+#include <algorithm>
 #include <vector>
 
 #include "core/philox.h"
@@ -17,8 +18,11 @@ inline Var masked_sum(const Var& v, const std::vector<uint8_t>& mask) {
 
 // A constant (rows, cols) tensor of i.i.d. standard normals from one stream.
 inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {
-  Tensor t({rows, cols});
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = philox_normal(seed, stream, (uint64_t)i);
+  Tensor t = Tensor::empty({rows, cols});
+  int64_t n = t.numel(), chunk = 4096;  // chunks of whole Philox blocks, filled in parallel
+#pragma omp parallel for schedule(static) if (n > 65536)
+  for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
+    philox_normals(seed, stream, (uint64_t)(c * chunk), (uint64_t)std::min(chunk, n - c * chunk), t.data() + c * chunk);
   return t;
 }
 inline Tensor gumbels(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {

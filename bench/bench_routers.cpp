@@ -1,0 +1,80 @@
+// bench/bench_routers.cpp — cost of Bayesian routing at evaluation: analytic
+// FLOPs per token and measured wall time of a forward pass for each router at
+// S samples, against `det`, in the same run (issue: "FLOPs and wall-time
+// overhead of each router at S = 35 against det").
+//
+// usage: bench_routers [--d 128] [--layers 4] [--experts 8] [--samples 35] [--reps 5]
+#include <omp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/philox.h"
+#include "experiments/flops.h"
+#include "nn/transformer.h"
+
+using namespace vm;
+
+static double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+int main(int argc, char** argv) {
+  int d = 128, layers = 4, experts = 8, samples = 35, reps = 5, B = 16, T = 128;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string a = argv[i];
+    int v = std::atoi(argv[i + 1]);
+    if (a == "--d") d = v;
+    else if (a == "--layers") layers = v;
+    else if (a == "--experts") experts = v;
+    else if (a == "--samples") samples = v;
+    else if (a == "--reps") reps = v;
+    else { std::fprintf(stderr, "bench_routers: unknown flag %s\n", a.c_str()); return 2; }
+  }
+  nn::ModelConfig mc;
+  mc.d_model = d;
+  mc.n_layers = layers;
+  mc.n_heads = 4;
+  mc.n_experts = experts;
+  mc.top_k = 2;
+  mc.d_expert = 2 * d;
+  mc.max_seq = T;
+  std::vector<int32_t> ids((size_t)B * T);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = (int32_t)(philox_u32(7, 0, i) % 256);
+  std::vector<uint8_t> mask(ids.size(), 1);
+  std::vector<int32_t> last;
+  for (int b = 0; b < B; ++b) last.push_back(b * T + T - 1);
+  std::printf("bench_routers: d=%d layers=%d E=%d K=2 B=%d T=%d S=%d threads=%d; Bayesian layers {1, 2}\n", d, layers,
+              experts, B, T, samples, omp_get_max_threads());
+  std::printf("%-11s %12s %10s %12s %10s\n", "router", "FLOPs/token", "vs det", "forward ms", "vs det");
+  double det_ms = 0, det_flops = 0;
+  for (std::string name : {"det", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"}) {
+    nn::RouterConfig rc;
+    rc.name = name;
+    rc.samples = samples;
+    rc.bayes_layers = {1, 2};
+    nn::Model model(mc, rc, 1);
+    NoGradGuard ng;
+    nn::ForwardOptions fo;
+    fo.samples = samples;
+    std::vector<double> ms;
+    for (int r = 0; r < reps + 1; ++r) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto res = model.forward_lm(ids, B, T, mask, last, fo);
+      double el = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (r > 0) ms.push_back(el);  // first pass is warm-up
+    }
+    double m = median(ms);
+    double flops = exp::flops_json(model, T)["per_token"].get<double>();
+    if (name == "det") det_ms = m, det_flops = flops;
+    std::printf("%-11s %12.0f %+9.2f%% %12.2f %+9.2f%%\n", name.c_str(), flops, 100 * (flops / det_flops - 1), m,
+                100 * (m / det_ms - 1));
+  }
+  return 0;
+}

