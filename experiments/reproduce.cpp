@@ -135,6 +135,17 @@ static StagePlan plan_for(const std::string& stage, bool quick, bool smoke = fal
   return quick ? StagePlan{50, 300, 32, 3e-3, 25, 2} : StagePlan{400, 3600, 32, 2e-3, 50, 4};
 }
 
+// Copy a stage plan into a run configuration (5% linear warm-up).
+static void apply_plan(RunConfig& c, const StagePlan& p) {
+  c.steps = p.steps;
+  c.time_limit_s = p.time_limit;
+  c.batch = p.batch;
+  c.optim.lr = p.lr;
+  c.optim.warmup = p.steps / 20;
+  c.eval_every = p.eval_every;
+  c.patience = p.patience;
+}
+
 // A stage directory is reused when its inputs.json (config + parent) matches.
 static std::string stage_dir(const std::string& root, const std::string& name, const json& inputs) {
   uint64_t h = nn::name_hash(inputs.dump());
@@ -226,15 +237,9 @@ static json run_method(const std::string& method, const RunConfig& base, const s
     std::string bl;
     for (int l : bayes) bl += (bl.empty() ? "" : ",") + std::to_string(l);
     s.bayes_spec = bl;
-    StagePlan p = plan_for("router", base.steps < 0, base.steps == -2);
-    s.steps = p.steps;
-    s.time_limit_s = p.time_limit;
-    s.batch = p.batch;
-    s.optim.lr = p.lr;
-    s.optim.warmup = std::max<int64_t>(1, p.steps / 20);  // 5% warm-up
+    apply_plan(s, plan_for("router", base.steps < 0, base.steps == -2));
+    s.optim.warmup = std::max<int64_t>(1, s.steps / 20);
     s.optim.weight_decay = 0.0;
-    s.eval_every = p.eval_every;
-    s.patience = p.patience;
     s.max_eval_examples = std::min(base.max_eval_examples > 0 ? base.max_eval_examples : 100000, 300);
     ckpt = train_stage(s, root, std::string(td.vit ? "vision-" : "") + "router-" + router + "-seed" + std::to_string(c.seed));
   }
@@ -511,26 +516,14 @@ static int run_reproduce(ReproConfig r) {
           RunConfig p = tc;
           p.stage = "pretrain";
           p.router = nn::RouterConfig{};
-          StagePlan pp = plan_for("pretrain", r.quick, r.smoke);
-          p.steps = pp.steps;
-          p.time_limit_s = pp.time_limit;
-          p.batch = pp.batch;
-          p.optim.lr = pp.lr;
-          p.optim.warmup = pp.steps / 20;
-          p.eval_every = pp.eval_every;
+          apply_plan(p, plan_for("pretrain", r.quick, r.smoke));
           p.eval_batches = 4;
           std::string pre = train_stage(p, r.out, "pretrain" + sfx);
           // ---- stage 1: fine-tune on the WordNet task ---------------------------------
           RunConfig f = p;
           f.stage = "finetune";
           f.init = pre;
-          StagePlan fp = plan_for("finetune", r.quick, r.smoke);
-          f.steps = fp.steps;
-          f.time_limit_s = fp.time_limit;
-          f.batch = fp.batch;
-          f.optim.lr = fp.lr;
-          f.optim.warmup = fp.steps / 20;
-          f.eval_every = fp.eval_every;
+          apply_plan(f, plan_for("finetune", r.quick, r.smoke));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
           fin = train_stage(f, r.out, "finetune" + sfx);
         } else {
@@ -538,13 +531,7 @@ static int run_reproduce(ReproConfig r) {
           RunConfig f = tc;
           f.stage = "finetune";
           f.router = nn::RouterConfig{};
-          StagePlan fp = plan_for("vision", r.quick, r.smoke);
-          f.steps = fp.steps;
-          f.time_limit_s = fp.time_limit;
-          f.batch = fp.batch;
-          f.optim.lr = fp.lr;
-          f.optim.warmup = fp.steps / 20;
-          f.eval_every = fp.eval_every;
+          apply_plan(f, plan_for("vision", r.quick, r.smoke));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
           fin = train_stage(f, r.out, "vision-train" + sfx);
         }
