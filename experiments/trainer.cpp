@@ -115,14 +115,45 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
   nn::save_safetensors(path, f);
 }
 
+// Numbers in the config objects fill int and double fields; nlohmann converts
+// an out-of-range float to int with undefined behaviour, so every number must
+// be finite and within +-(2^31 - 1) (found by fuzz/fuzz_checkpoint.cpp).
+static void check_config_numbers(const json& j, const std::string& path, const std::string& key) {
+  if (j.is_structured()) {
+    for (const auto& v : j) check_config_numbers(v, path, key);
+  } else if (j.is_number()) {
+    double v = j.get<double>();
+    if (!std::isfinite(v) || std::fabs(v) > 2147483647.0)
+      fail(path + ": corrupt '" + key + "' metadata (number " + j.dump() + " out of range)");
+  }
+}
+
 static json meta_json(const nn::SafeTensors& f, const std::string& path, const std::string& key) {
   auto it = f.metadata.find(key);
   if (it == f.metadata.end()) fail(path + ": not a vmoer checkpoint (no '" + key + "' metadata)");
+  json j;
   try {
-    return json::parse(it->second);
+    j = json::parse(it->second);
   } catch (const std::exception& e) {
     fail(path + ": corrupt '" + key + "' metadata (" + e.what() + ")");
   }
+  if (!j.is_object()) fail(path + ": corrupt '" + key + "' metadata (not a JSON object)");
+  if (key == "model" || key == "router") check_config_numbers(j, path, key);
+  if (key == "train_state") {
+    // Counters must be non-negative integers (a float 1e30 into int64 is UB).
+    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed"}) {
+      if (!j.contains(k)) continue;
+      const json& v = j[k];
+      bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
+      if (ok && std::string(k) != "seed") ok = v.get<uint64_t>() <= (std::string(k) == "bad_evals" ? 2147483647ULL : 1ULL << 53);
+      if (!ok) fail(path + ": corrupt 'train_state' metadata (" + k + " = " + v.dump() + " is not a valid count)");
+    }
+    if (j.contains("best_val") && !j["best_val"].is_number())
+      fail(path + ": corrupt 'train_state' metadata (best_val = " + j["best_val"].dump() + ")");
+    if (j.contains("stage") && !j["stage"].is_string())
+      fail(path + ": corrupt 'train_state' metadata (stage = " + j["stage"].dump() + ")");
+  }
+  return j;
 }
 
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
@@ -694,8 +725,8 @@ int run_train(RunConfig cfg) {
   auto save_or_fail = [&](const std::string& path, const nn::AdamW* o) {
     std::string bad = first_nonfinite_param(ps);
     if (!bad.empty())
-      fail("step " + std::to_string(st.step) + ": the update made parameter " + tensor_and_layer(bad) +
-           " non-finite; not saving " + path + "; last good checkpoint: " + last_good());
+      fail("step " + std::to_string(st.step) + ": parameter " + tensor_and_layer(bad) +
+           " is non-finite after the update; not saving " + path + "; last good checkpoint: " + last_good());
     try {
       save_checkpoint(path, model, o, st);
     } catch (const Error& e) {
@@ -785,9 +816,12 @@ int run_train(RunConfig cfg) {
       }
     }
     std::string bad = first_nonfinite_grad(ps);
-    if (!bad.empty())
+    if (!bad.empty()) {
+      std::string bad_value = first_nonfinite_param(ps);  // the likely origin, if a value is already bad
       fail("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
+           (bad_value.empty() ? std::string() : " (parameter " + tensor_and_layer(bad_value) + " holds a non-finite value)") +
            "; stopped, last good checkpoint: " + last_good());
+    }
     double gnorm = opt.step(ps);
     st.step = step;
     tokens_done += ntok;

@@ -1,12 +1,11 @@
-// fuzz/fuzz_safetensors.cpp — nn::load_safetensors on arbitrary bytes, then the
-// checkpoint metadata the trainer reads (model config JSON -> ModelConfig).
+// fuzz/fuzz_safetensors.cpp — nn::load_safetensors on arbitrary bytes (header
+// JSON, offsets, shapes, dtype, the data CRC), touching every tensor element.
+// The checkpoint metadata (model/router/train_state JSON) is fuzzed through
+// the trainer's own path in fuzz_checkpoint.cpp.
 // Contract: either a value or a vm::Error; never a crash, a hang or UB.
-#include <nlohmann/json.hpp>
-
 #include "core/tensor.h"
 #include "fuzz/fuzz_common.h"
 #include "nn/checkpoint.h"
-#include "nn/config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = fuzz::scratch_path("safetensors");
@@ -14,17 +13,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     vm::nn::SafeTensors st = vm::nn::load_safetensors(path);
     for (auto& [name, t] : st.tensors) {
+      if (t.numel() < 0) __builtin_trap();
       volatile float sink = 0;
       for (int64_t i = 0; i < t.numel(); ++i) sink = sink + t[i];  // touch every element
       (void)sink;
-    }
-    auto it = st.metadata.find("model");
-    if (it != st.metadata.end()) {
-      try {
-        vm::nn::ModelConfig mc = nlohmann::json::parse(it->second).get<vm::nn::ModelConfig>();
-        mc.validate();
-      } catch (const nlohmann::json::exception&) {
-      }
     }
   } catch (const vm::Error&) {
   }

@@ -3,8 +3,12 @@
 # with clang (-fsanitize=fuzzer,address,undefined) against the project's own
 # parser sources, then run each for SECONDS (default 60, or $FUZZ_SECONDS).
 #
-#   targets: safetensors idx wordnet dict metrics_csv   (default: all)
-#   seeds:   fuzz/corpus/<target>/ (checked in, a few KB each)
+#   targets: safetensors idx wordnet dict metrics_csv checkpoint  (default: all)
+#            checkpoint links the whole library (the trainer's checkpoint path):
+#            its first build compiles vmoer_lib with clang into build-fuzz/lib
+#            (several minutes on 2 cores; incremental afterwards)
+#   seeds:   fuzz/corpus/<target>/ (checked in, a few KB each);
+#            fuzz/<target>.dict is passed as -dict= when present
 #   output:  build-fuzz/<target> (binary), build-fuzz/corpus/<target>/ (the
 #            grown corpus, seeded from fuzz/corpus), build-fuzz/<target>.log,
 #            crash-*/leak-*/timeout-* reproducers in build-fuzz/artifacts/<target>/
@@ -19,7 +23,7 @@ REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$REPO"
 SECONDS_PER_TARGET="${1:-${FUZZ_SECONDS:-60}}"
 shift || true
-ALL_TARGETS=(safetensors idx wordnet dict metrics_csv)
+ALL_TARGETS=(safetensors idx wordnet dict metrics_csv checkpoint)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL_TARGETS[@]}")
 CXX="${CXX_FUZZ:-clang++}"
@@ -32,11 +36,12 @@ command -v "$CXX" >/dev/null || die "$CXX: not found (apt-get install clang libc
 # Project sources each target links (only the parser under test and what it needs).
 sources_of() {
   case "$1" in
-    safetensors) echo "nn/checkpoint.cpp nn/config.cpp" ;;
+    safetensors) echo "nn/checkpoint.cpp" ;;
     idx)         echo "data/io.cpp data/vision.cpp" ;;
     wordnet)     echo "data/io.cpp data/wordnet.cpp" ;;
     dict)        echo "data/io.cpp data/dict.cpp" ;;
     metrics_csv) echo "experiments/metrics.cpp" ;;
+    checkpoint)  echo "" ;;  # links build-fuzz/lib/libvmoer_lib.a
     *) die "unknown target '$1' (known: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -46,10 +51,29 @@ FLAGS=(-std=c++20 -O1 -g -fno-omit-frame-pointer -I"$REPO"
        -DVMOER_SOURCE_DIR="\"$REPO\"")
 mkdir -p "$OUT"
 
+# The whole library, instrumented for fuzzing, through the project's CMake.
+build_lib() {
+  echo "[fuzz] building vmoer_lib with $CXX (build-fuzz/lib)"
+  cmake -S "$REPO" -B "$OUT/lib" -DCMAKE_CXX_COMPILER="$(command -v "$CXX")" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DVMOER_CUDA=OFF -DVMOER_NATIVE=OFF \
+    -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
+    >"$OUT/lib.configure.log" 2>&1 || { tail -n 20 "$OUT/lib.configure.log" >&2; die "cmake configure failed"; }
+  cmake --build "$OUT/lib" -j "${JOBS:-$(nproc)}" --target vmoer_lib >"$OUT/lib.build.log" 2>&1 ||
+    { tail -n 20 "$OUT/lib.build.log" >&2; die "vmoer_lib build failed (see $OUT/lib.build.log)"; }
+}
+
 status=0
 for t in "${TARGETS[@]}"; do
   srcs="$(sources_of "$t")"
   bin="$OUT/$t"
+  if [ "$t" = checkpoint ]; then
+    build_lib
+    echo "[fuzz] building $t"
+    "$CXX" "${FLAGS[@]}" -fopenmp -isystem /usr/include/eigen3 "fuzz/fuzz_$t.cpp" "$OUT/lib/libvmoer_lib.a" \
+      -lz -lpng -o "$bin" 2>"$OUT/$t.build.log" ||
+      { tail -n 20 "$OUT/$t.build.log" >&2; die "$t: build failed (see $OUT/$t.build.log)"; }
+    continue
+  fi
   echo "[fuzz] building $t"
   # shellcheck disable=SC2086
   "$CXX" "${FLAGS[@]}" "fuzz/fuzz_$t.cpp" core/tensor.cpp $srcs -lz -lpng -o "$bin" 2>"$OUT/$t.build.log" ||
@@ -61,10 +85,12 @@ for t in "${TARGETS[@]}"; do
   art="$OUT/artifacts/$t"
   mkdir -p "$corpus" "$art"
   [ -d "fuzz/corpus/$t" ] && cp -n fuzz/corpus/"$t"/* "$corpus"/ 2>/dev/null
+  dict=()
+  [ -f "fuzz/$t.dict" ] && dict=(-dict="fuzz/$t.dict")
   echo "[fuzz] running $t for ${SECONDS_PER_TARGET}s"
-  ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" UBSAN_OPTIONS="print_stacktrace=1" \
-    "$OUT/$t" "$corpus" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
-      -print_final_stats=1 -artifact_prefix="$art/" >"$OUT/$t.log" 2>&1
+  ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1" UBSAN_OPTIONS="print_stacktrace=1" OMP_NUM_THREADS=1 \
+    "$OUT/$t" "$corpus" "${dict[@]}" -max_total_time="$SECONDS_PER_TARGET" -max_len=65536 -timeout=10 \
+      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix="$art/" >"$OUT/$t.log" 2>&1
   rc=$?
   execs="$(grep -m1 'stat::number_of_executed_units' "$OUT/$t.log" | awk '{print $2}')"
   cov="$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$OUT/$t.log" | tail -n1 | grep -o 'cov: [0-9]*' || true)"

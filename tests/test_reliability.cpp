@@ -402,6 +402,25 @@ TEST_CASE("reliability: NaN stops the run naming step, layer and tensor; resumin
   CHECK(slurp(d / "run/last.safetensors") == slurp(d / "ref/last.safetensors"));
 }
 
+TEST_CASE("reliability: a NaN the loss hides (router softmax) is caught in the gradients") {
+  // With the load-balancing and z-losses off, a NaN router weight only reaches
+  // the router softmax, whose fast exp clamps NaN to exp(-87): the loss stays
+  // finite. The gradient check still stops the step, naming both tensors.
+  require_binary();
+  Scratch d;
+  std::string out;
+  int rc = sh("VMOER_TEST_INJECT_NAN=3 " + kBin + " train" + kTiny +
+                  " --steps 8 --eval-every 2 --lb-coef 0 --z-coef 0 --threads 1 --out " + d / "run",
+              &out);
+  INFO(out);
+  CHECK(rc == 1);
+  std::string e = last_error_line(out);
+  CHECK(has(e, "step 3: non-finite gradient in parameter 'tok_emb' (not in a layer) (parameter "
+               "'layers.0.moe.w_router' (layer 0) holds a non-finite value)"));
+  CHECK(has(e, "last good checkpoint: " + d / "run/last.safetensors" + " (step 2)"));
+  CHECK(all_finite(d / "run/last.safetensors"));
+}
+
 // ---- 3. atomic writes ----------------------------------------------------------------
 
 TEST_CASE("reliability: atomic_write keeps the old file when the write fails (disk full)") {
@@ -514,6 +533,14 @@ TEST_CASE("reliability: truncated, corrupted and wrong-version checkpoints give 
       {"huge shape", with_header(replace(header, "\"shape\":[", "\"shape\":[4611686018427387904,4,")),
        "byte size does not match its shape"},
       {"float shape", with_header(replace(header, "\"shape\":[", "\"shape\":[1.5,")), "shape holds a non-integer"},
+      // Found by fuzz/fuzz_checkpoint.cpp: a float out of int range in the model
+      // config reached nlohmann's float->int conversion (undefined behaviour).
+      {"model number out of range", with_header(replace(header, "\\\"patch\\\":4", "\\\"patch\\\":4.9e19")),
+       "corrupt 'model' metadata (number 4.9e+19 out of range)"},
+      {"router number out of range", with_header(replace(header, "\\\"samples\\\":35", "\\\"samples\\\":-1e300")),
+       "corrupt 'router' metadata (number -1e+300 out of range)"},
+      {"step not a count", with_header(replace(header, "\\\"step\\\":2", "\\\"step\\\":1e30")),
+       "corrupt 'train_state' metadata (step = 1e+30 is not a valid count)"},
   };
   for (auto& c : cases) {
     CAPTURE(c.name);
