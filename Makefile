@@ -30,10 +30,12 @@ test: build
 bench: build
 	./scripts/bench.sh $(BUILD)
 
+# The whole unit suite (and the vmoer binary its pipeline tests run) under
+# AddressSanitizer + UndefinedBehaviorSanitizer; benchmarks are not built.
 sanitize: deps
-	cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVMOER_SANITIZE=ON -DVMOER_CUDA=OFF
-	cmake --build build-sanitize -j $(JOBS)
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./build-sanitize/vmoer_tests
+	cmake -S . -B build-sanitize -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVMOER_SANITIZE=ON -DVMOER_CUDA=OFF >/dev/null
+	cmake --build build-sanitize -j $(JOBS) --target vmoer vmoer_tests
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 OMP_NUM_THREADS=2 ./build-sanitize/vmoer_tests
 
 data: build
 	./$(BUILD)/vmoer data fetch
@@ -48,9 +50,17 @@ clean:
 # Reliability (docs/RELIABILITY.md): libFuzzer targets (clang), FUZZ_SECONDS each;
 # valgrind memcheck on short training runs (its own non-AVX-512 build).
 FUZZ_SECONDS ?= 60
-.PHONY: fuzz valgrind
-fuzz:
+FUZZ_PKGS := clang libclang-rt-14-dev
+.PHONY: fuzz fuzz-ci fuzz-deps valgrind
+fuzz-deps:
+	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_PKGS)"
+fuzz: fuzz-deps
 	./scripts/fuzz.sh $(FUZZ_SECONDS)
+# CI: the five parser targets (each links only its parser); the checkpoint
+# target rebuilds the whole library with clang and runs in `make fuzz` only.
+fuzz-ci: fuzz-deps
+	./scripts/fuzz.sh $(FUZZ_SECONDS) safetensors idx wordnet dict metrics_csv
 
 valgrind: deps
+	@$(MAKE) --no-print-directory deps DEB_PKGS=valgrind
 	./scripts/valgrind.sh build-valgrind
