@@ -130,9 +130,9 @@ struct StagePlan {
 static StagePlan plan_for(const std::string& stage, bool quick, bool smoke = false) {
   if (smoke) return stage == "router" ? StagePlan{3, 0, 8, 1e-3, 3, 0} : StagePlan{4, 0, 8, 1e-3, 0, 0};
   if (stage == "vision") return quick ? StagePlan{300, 450, 64, 2e-3, 100, 0} : StagePlan{4000, 7200, 64, 2e-3, 250, 0};
-  if (stage == "pretrain") return quick ? StagePlan{300, 500, 16, 2e-3, 0, 0} : StagePlan{8000, 10800, 16, 2e-3, 500, 0};
-  if (stage == "finetune") return quick ? StagePlan{250, 700, 32, 1e-3, 125, 0} : StagePlan{3000, 10800, 32, 1e-3, 250, 0};
-  return quick ? StagePlan{50, 300, 32, 3e-3, 25, 2} : StagePlan{400, 3600, 32, 2e-3, 50, 4};
+  if (stage == "pretrain") return quick ? StagePlan{900, 600, 16, 2e-3, 0, 0} : StagePlan{8000, 10800, 16, 2e-3, 500, 0};
+  if (stage == "finetune") return quick ? StagePlan{500, 900, 32, 1e-3, 125, 0} : StagePlan{3000, 10800, 32, 1e-3, 250, 0};
+  return quick ? StagePlan{150, 300, 32, 3e-3, 50, 2} : StagePlan{400, 3600, 32, 2e-3, 50, 4};
 }
 
 // Copy a stage plan into a run configuration (5% linear warm-up).
