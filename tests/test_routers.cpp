@@ -567,6 +567,42 @@ TEST_CASE("router MFVR/FCVR: p̄ converges to E_q[softmax(l)] as S grows") {
   }
 }
 
+TEST_CASE("router MFVR/FCVR: the no-graph evaluation loop equals the differentiable S-sample path") {
+  // Evaluation (NoGradGuard, S > 1) computes p̄ token by token without the
+  // (S·N, E) graph; it must draw the same ε and give the same p̄ and routing.
+  for (bool full : {false, true}) {
+    CAPTURE(full);
+    const int N = 37, C = 24, E = 7, K = 2, S = 35;  // odd sizes: E·N not a multiple of Philox's 4
+    Fix f(rcfg(full ? "fcvr" : "mfvr"), N, C, E, K, 71 + full, 1.0, 0.8);
+    Rng rng(72);
+    f.randomise("mu.w", 0.5, rng);
+    f.randomise(full ? "chol.w" : "logvar.w", 0.3, rng);
+    f.randomise(full ? "chol.b" : "logvar.b", 0.3, rng);
+    RouterOut graph = f.route(ctx_of(false, S));  // grad enabled: the graph path
+    RouterOut fused;
+    {
+      NoGradGuard ng;
+      fused = f.route(ctx_of(false, S));
+    }
+    double worst = 0;
+    for (int64_t i = 0; i < graph.probs.numel(); ++i)
+      worst = std::max(worst, (double)std::fabs(graph.probs.value()[i] - fused.probs.value()[i]));
+    RT_REPORT("  no-graph p̄ %s: max |Δ| %.2e\n", full ? "fcvr" : "mfvr", worst);
+    CHECK(worst <= 2e-7);  // float rounding (FMA contraction may differ between the two loops)
+    CHECK(graph.experts == fused.experts);
+    for (int64_t i = 0; i < graph.gates.numel(); ++i)
+      CHECK(fused.gates.value()[i] == doctest::Approx(graph.gates.value()[i]).epsilon(1e-6));
+    CHECK(fused.kl.value()[0] == graph.kl.value()[0]);  // same ops: bit-identical
+    // A different step draws different noise (the comparison is not vacuous).
+    NoGradGuard ng;
+    RouterOut other = f.route(ctx_of(false, S, 5, 4));
+    double moved = 0;
+    for (int64_t i = 0; i < graph.probs.numel(); ++i)
+      moved = std::max(moved, (double)std::fabs(other.probs.value()[i] - fused.probs.value()[i]));
+    CHECK(moved > 1e-4);
+  }
+}
+
 namespace {
 // Deterministic top-K sets of l = u W_r, plus the gap between the K-th and (K+1)-th logit.
 std::vector<std::set<int>> det_sets(Fix& f, std::vector<double>& gap) {

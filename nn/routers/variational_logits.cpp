@@ -13,11 +13,64 @@
 //   routing     p̄ = (1/S) Σ_s softmax(l*_s);  top-K of p̄;  g = p̄_K / Σ p̄_K
 // The last layer of each head starts at std 1e-3 (bias 0), so q starts at
 // N(l_det, I), the prior when s = 1.
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
+#include "kernels/cpu/fastmath.h"
 #include "nn/routers/common.h"
 
 namespace vm::nn {
+
+// Evaluation without a graph: p̄ = (1/S) Σ_s softmax(mean + noise_s) token by
+// token, with the S samples of a token in a small buffer instead of the
+// (S·N, E) tensors (and S copies of L) the differentiable path builds. Same
+// noise (ε row s·N + n of the "logit-eps" stream) and the same arithmetic as
+// that path, up to the compiler's FMA contraction (tests/test_routers.cpp
+// compares the two). scale: σ (N, E) for MFVR, L (N, E, E) for FCVR.
+static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, int S, uint64_t seed,
+                            uint64_t stream) {
+  const int64_t N = mean.size(0);
+  const int E = (int)mean.size(1);
+  Tensor pbar = Tensor::empty({N, (int64_t)E});
+  const float inv_s = (float)(1.0 / S);
+#pragma omp parallel if (N * S * E > 32768)
+  {
+    std::vector<float> eps((size_t)E), l((size_t)E), acc((size_t)E);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const float* mu = mean.data() + n * E;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int s = 0; s < S; ++s) {
+        philox_normals(seed, stream, (uint64_t)(((int64_t)s * N + n) * E), (uint64_t)E, eps.data());
+        if (!full) {
+          const float* sg = scale.data() + n * E;
+          for (int e = 0; e < E; ++e) l[e] = sg[e] * eps[e];  // σ ⊙ ε
+        } else {
+          const float* Ln = scale.data() + n * E * E;
+          for (int i = 0; i < E; ++i) {  // L ε, lower triangle only
+            float t = 0;
+            for (int j = 0; j <= i; ++j) t += Ln[i * E + j] * eps[j];
+            l[i] = t;
+          }
+        }
+        float mx = -std::numeric_limits<float>::infinity();
+        for (int e = 0; e < E; ++e) {
+          l[e] = mu[e] + l[e];  // l* = mean + noise
+          mx = std::max(mx, l[e]);
+        }
+        float z = 0;
+        for (int e = 0; e < E; ++e) l[e] = kernels::exp_(l[e] - mx);
+        for (int e = 0; e < E; ++e) z += l[e];
+        const float inv = 1.0f / z;
+        for (int e = 0; e < E; ++e) acc[e] += l[e] * inv;
+      }
+      for (int e = 0; e < E; ++e) pbar[n * E + e] = acc[e] * inv_s;
+    }
+  }
+  return pbar;
+}
 
 class VariationalLogitRouter : public Router {
  public:
@@ -47,30 +100,34 @@ class VariationalLogitRouter : public Router {
     Var raw = ops::add(ops::matmul(h, w_cov_), b_cov_);                       // (N, E) or (N, E(E+1)/2)
     // ε: (S*N, E), one stream per (layer, step): fixed for a given call, so
     // finite differences through the router see the same noise.
-    Tensor eps = routers::normals((int64_t)S * N, E, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps"));
-    Var noise;                                                                // (S*N, E)
-    Var kl_tok;                                                               // (N)
+    const uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps");
+    const bool no_graph = !grad_enabled() && S > 1;  // evaluation: the fused loop above
     double s2 = s_ * s_, logs2 = std::log(s2);
-    Var L, sigma, logvar;
+    Var L, sigma, logvar, kl_tok;                                             // kl_tok: (N)
     if (!full_) {
       logvar = raw;                                                           // log σ²
       sigma = ops::exp(ops::mul_scalar(logvar, 0.5));                         // σ
-      noise = ops::mul(routers::tile_rows(sigma, S), ops::constant(std::move(eps)));
       // KL_MF = ½ Σ_e (σ²/s² + Δμ²/s² − 1 − log σ² + log s²)
       Var t = ops::add(ops::mul_scalar(ops::add(ops::exp(logvar), ops::square(dmu)), 1.0 / s2), ops::neg(logvar));
       kl_tok = ops::mul_scalar(ops::add_scalar(ops::sum(t, 1), (double)E * (logs2 - 1.0)), 0.5);
     } else {
       L = ops::fill_tril_expdiag(raw, E);                                     // (N, E, E)
-      Var Ls = S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0);   // (S*N, E, E)
-      noise = ops::tril_matvec(Ls, ops::constant(std::move(eps)));            // L ε
       // KL_FC = ½ (tr(LLᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ log L_ee)
       Var trace = ops::sum(ops::reshape(ops::square(L), {N, (int64_t)E * E}), 1);  // tr(LLᵀ) = Σ_ij L_ij²
       Var t = ops::mul_scalar(ops::add(trace, ops::sum(ops::square(dmu), 1)), 1.0 / s2);
       t = ops::sub(t, ops::mul_scalar(ops::sum_log_diag(L), 2.0));
       kl_tok = ops::mul_scalar(ops::add_scalar(t, (double)E * (logs2 - 1.0)), 0.5);
     }
-    Var lstar = ops::add(routers::tile_rows(mean, S), noise);                 // l*: (S*N, E)
-    out.probs = routers::mean_over_samples(ops::softmax(lstar), S, N);        // p̄: (N, E)
+    if (no_graph) {
+      out.probs = ops::constant(mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream));
+    } else {
+      Tensor eps = routers::normals((int64_t)S * N, E, ctx.seed, stream);
+      Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), ops::constant(std::move(eps)))  // σ ⊙ ε
+                         : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0),
+                                            ops::constant(std::move(eps)));                     // L ε
+      Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)
+      out.probs = routers::mean_over_samples(ops::softmax(lstar), S, N);      // p̄: (N, E)
+    }
     auto tk = topk_renormalised(out.probs, K);
     out.experts = std::move(tk.experts);
     out.gates = tk.gates;
