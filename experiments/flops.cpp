@@ -24,11 +24,13 @@ RouterFlops router_flops(const nn::ModelConfig& mc, const nn::RouterConfig& rc) 
   if (n == "vtsr") {
     double out = rc.temp_mode == "per-expert" ? E : 1;
     f.heads = 2 * C * H + H + 2 * H * out + 3 * out;  // MLP + softplus
-    f.sampling = S * (E /*scale l/T*/ + 2 * E /*Gumbel noise add*/ + topk + 3 * K);
+    // One selection per token per forward pass, in training and evaluation
+    // alike (the experts run once, on the sampled set): S does not apply.
+    f.sampling = E /*scale l/T*/ + 2 * E /*Gumbel noise add*/ + topk + 3 * K /*gate softmax*/;
     return f;
   }
   if (n == "sample-k") {
-    f.sampling = S * (E + 2 * E + topk + 3 * K);
+    f.sampling = E + 2 * E + topk + 3 * K;  // one selection per token, as vtsr
     return f;
   }
   if (n == "mc-dropout") {
