@@ -7,9 +7,11 @@ Reads
   DIR/model.safetensors   a vmoer checkpoint (weights; metadata "model", "router")
   DIR/batch.safetensors   lm: ids (B, T), targets (B*T, -100 = ignored), mask (B, T);
                           vit: pixels (B, S*S), targets (B); all F32;
-                          metadata lb_coef, z_coef, training ("0"/"1")
+                          metadata lb_coef, z_coef, training ("0"/"1"), seed and step
+                          (the router noise streams, default 0)
 and writes DIR/twin.safetensors (F32) with, for tag in f64, f32:
-  {tag}.logits (B*T, V) or (B, classes), {tag}.loss, {tag}.ce, {tag}.lb, {tag}.z  (scalars as (1,))
+  {tag}.logits (B*T, V) or (B, classes), {tag}.loss, {tag}.ce, {tag}.lb, {tag}.z, and
+  {tag}.kl, .kl_term, .penalty (0 for det and noisy)  (scalars as (1,))
   {tag}.experts.{i}   (B*T, K) experts chosen in the i-th MoE layer
   {tag}.grad.{name}   d loss / d parameter (omitted when the parameter gets none)
 loss = ce + lb_coef * lb + z_coef * z, as vmoer's trainer computes it.
@@ -35,12 +37,13 @@ def run(model_path, batch, meta, dtype):
     model.train(meta.get("training", "0") == "1")
     targets = batch["targets"].round().long().reshape(-1)
     coefs = float(meta.get("lb_coef", 0.01)), float(meta.get("z_coef", 0.001))
+    keys = {"seed": int(meta.get("seed", 0)), "step": int(meta.get("step", 0))}
     if model.cfg.kind == "vit":
-        total, parts, logits, aux = model.loss_vit(batch["pixels"].to(dtype), targets, *coefs)
+        total, parts, logits, aux = model.loss_vit(batch["pixels"].to(dtype), targets, *coefs, **keys)
     else:
         ids = batch["ids"].round().long()
         mask = batch["mask"].reshape(ids.shape)
-        total, parts, logits, aux = model.loss_lm(ids, targets, mask, *coefs)
+        total, parts, logits, aux = model.loss_lm(ids, targets, mask, *coefs, **keys)
     total.backward()
     out = {"logits": logits.detach(), "loss": total.detach().reshape(1)}
     for k, v in parts.items():
