@@ -3,7 +3,9 @@
 // S samples, against `det`, in the same run (issue: "FLOPs and wall-time
 // overhead of each router at S = 35 against det").
 //
-// usage: bench_routers [--d 128] [--layers 4] [--experts 8] [--samples 35] [--reps 5]
+// usage: bench_routers [--d 128] [--d-expert 256] [--layers 4] [--experts 8] [--samples 35] [--reps 5]
+//   --d-expert defaults to 2·d; the FLOPs overhead depends on d_expert/d and
+//   on the share of Bayesian layers, hardly on d itself.
 #include <omp.h>
 
 #include <algorithm>
@@ -26,11 +28,12 @@ static double median(std::vector<double> v) {
 }
 
 int main(int argc, char** argv) {
-  int d = 128, layers = 4, experts = 8, samples = 35, reps = 5, B = 16, T = 128;
+  int d = 128, d_expert = 0, layers = 4, experts = 8, samples = 35, reps = 5, B = 16, T = 128;
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
     int v = std::atoi(argv[i + 1]);
     if (a == "--d") d = v;
+    else if (a == "--d-expert") d_expert = v;
     else if (a == "--layers") layers = v;
     else if (a == "--experts") experts = v;
     else if (a == "--samples") samples = v;
@@ -43,15 +46,15 @@ int main(int argc, char** argv) {
   mc.n_heads = 4;
   mc.n_experts = experts;
   mc.top_k = 2;
-  mc.d_expert = 2 * d;
+  mc.d_expert = d_expert > 0 ? d_expert : 2 * d;
   mc.max_seq = T;
   std::vector<int32_t> ids((size_t)B * T);
   for (size_t i = 0; i < ids.size(); ++i) ids[i] = (int32_t)(philox_u32(7, 0, i) % 256);
   std::vector<uint8_t> mask(ids.size(), 1);
   std::vector<int32_t> last;
   for (int b = 0; b < B; ++b) last.push_back(b * T + T - 1);
-  std::printf("bench_routers: d=%d layers=%d E=%d K=2 B=%d T=%d S=%d threads=%d; Bayesian layers {1, 2}\n", d, layers,
-              experts, B, T, samples, omp_get_max_threads());
+  std::printf("bench_routers: d=%d d_expert=%d layers=%d E=%d K=2 B=%d T=%d S=%d threads=%d; Bayesian layers {1, 2}\n", d,
+              mc.d_expert, layers, experts, B, T, samples, omp_get_max_threads());
   std::printf("%-11s %12s %10s %12s %10s\n", "router", "FLOPs/token", "vs det", "forward ms", "vs det");
   double det_ms = 0, det_flops = 0;
   for (std::string name : {"det", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"}) {
