@@ -67,11 +67,12 @@ def group_of(key):
     return "grad other"
 
 
-def compare(ours, ref, other):
-    """max |a - ref| / max(max|ref|, tiny) per group, for ours and the f32 twin."""
+def compare(ours, ref, other, group_of=group_of, skip=lambda k: k.startswith("experts.")):
+    """max |a - ref| / max(max|ref|, tiny) per group, for ours and the f32 twin.
+    Shared with parity_routers.py, which passes its own grouping and skip rule."""
     groups = {}
     for k, r in ref.items():
-        if k.startswith("experts."):
+        if skip(k):
             continue
         r = r.double()
         scale = max(r.abs().max().item(), 1e-30)

@@ -48,6 +48,7 @@ import torch
 import torch.distributions as D
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import parity  # noqa: E402
 import safetensors_io  # noqa: E402
 import vmoer_twin as vt  # noqa: E402
 
@@ -157,17 +158,8 @@ def group_of(key):
 
 
 def compare(ours, ref, other):
-    groups = {}
-    for k, r in ref.items():
-        if k.endswith("experts") or k in ("margin", "kl_dist_err"):
-            continue
-        r = r.double()
-        scale = max(r.abs().max().item(), 1e-30)
-        g = groups.setdefault(group_of(k), {"ours": 0.0, "twin_f32": 0.0})
-        if k in ours:
-            g["ours"] = max(g["ours"], (ours[k].double().reshape(r.shape) - r).abs().max().item() / scale)
-        g["twin_f32"] = max(g["twin_f32"], (other[k].double() - r).abs().max().item() / scale)
-    return groups
+    return parity.compare(ours, ref, other, group_of=group_of,
+                          skip=lambda k: k.endswith("experts") or k in ("margin", "kl_dist_err"))
 
 
 def main():

@@ -40,6 +40,13 @@ namespace {
 
 const std::string kPython = "/usr/bin/python3";
 const std::string kParity = std::string(VMOER_SOURCE_DIR) + "/reference/parity.py";
+
+// One tensor the twin wrote, or a failed REQUIRE naming it.
+const Tensor& twin_output(const nn::SafeTensors& tw, const std::string& k) {
+  const Tensor* t = tw.find(k);
+  REQUIRE_MESSAGE(t != nullptr, "twin output lacks ", k);
+  return *t;
+}
 constexpr int kThreads = 2;  // torch threads = ours (make test runs with OMP_NUM_THREADS=2)
 constexpr double kLbCoef = 0.01, kZCoef = 0.001;
 
@@ -148,6 +155,17 @@ Batch make_batch() {
   for (int64_t i = 0; i < b.pixels.numel(); ++i) b.pixels[i] = philox_uniform(7, 12, (uint64_t)i);
   b.labels = {3, 8};
   return b;
+}
+
+// The token batch as float tensors for the twin: ids (B, T), targets (B*T), mask (B, T).
+std::vector<std::pair<std::string, Tensor>> lm_batch_tensors(const Batch& batch) {
+  Tensor ids({batch.B, batch.T}), tg({batch.B * batch.T}), mk({batch.B, batch.T});
+  for (int i = 0; i < batch.B * batch.T; ++i) {
+    ids[i] = (float)batch.ids[i];
+    tg[i] = (float)batch.targets[i];
+    mk[i] = batch.mask[i] ? 1.0f : 0.0f;
+  }
+  return {{"ids", ids}, {"targets", tg}, {"mask", mk}};
 }
 
 struct Ours {
@@ -309,13 +327,7 @@ TEST_CASE("reference: logits, losses, routing and gradients match the PyTorch tw
     nn::SafeTensors bt;
     bt.metadata = {{"lb_coef", std::to_string(kLbCoef)}, {"z_coef", std::to_string(kZCoef)},
                    {"training", c.training ? "1" : "0"}, {"seed", "5"}, {"step", "0"}};  // forward_backward's keys
-    Tensor ids({batch.B, batch.T}), tg({batch.B * batch.T}), mk({batch.B, batch.T});
-    for (int i = 0; i < batch.B * batch.T; ++i) {
-      ids[i] = (float)batch.ids[i];
-      tg[i] = (float)batch.targets[i];
-      mk[i] = batch.mask[i] ? 1.0f : 0.0f;
-    }
-    bt.tensors = {{"ids", ids}, {"targets", tg}, {"mask", mk}};
+    bt.tensors = lm_batch_tensors(batch);
     if (c.mc.kind == "vit") {
       Tensor lab({batch.B});
       for (int i = 0; i < batch.B; ++i) lab[i] = (float)batch.labels[i];
@@ -340,11 +352,7 @@ TEST_CASE("reference: logits, losses, routing and gradients match the PyTorch tw
     const Case& c = cases[ci];
     INFO("case ", c.name);
     nn::SafeTensors tw = nn::load_safetensors((root.path / c.name / "twin.safetensors").string());
-    auto T = [&](const std::string& k) -> const Tensor& {
-      const Tensor* t = tw.find(k);
-      REQUIRE_MESSAGE(t != nullptr, "twin output lacks ", k);
-      return *t;
-    };
+    auto T = [&](const std::string& k) -> const Tensor& { return twin_output(tw, k); };
     const Ours& o = ours[ci];
     nn::Model& m = *models[ci];
     std::map<std::string, double> worst;  // per group: ours vs twin f64
@@ -689,13 +697,7 @@ TEST_CASE("reference: stochastic and Bayesian routers match the PyTorch twin wit
                    {"kl_norm", c.kl_norm},
                    {"batches_per_epoch", std::to_string(c.batches_per_epoch)},
                    {"trainable", c.stage2 ? "\\.router\\." : ".*"}};
-    Tensor ids({batch.B, batch.T}), tg({batch.B * batch.T}), mk({batch.B, batch.T});
-    for (int i = 0; i < batch.B * batch.T; ++i) {
-      ids[i] = (float)batch.ids[i];
-      tg[i] = (float)batch.targets[i];
-      mk[i] = batch.mask[i] ? 1.0f : 0.0f;
-    }
-    bt.tensors = {{"ids", ids}, {"targets", tg}, {"mask", mk}};
+    bt.tensors = lm_batch_tensors(batch);
     nn::save_safetensors((dir / "batch.safetensors").string(), bt);
     const RoutedOurs& o = ours.back();
     nn::SafeTensors os;
@@ -761,11 +763,7 @@ TEST_CASE("reference: stochastic and Bayesian routers match the PyTorch twin wit
     const RouterCase& c = cases[ci];
     INFO("case ", c.name);
     nn::SafeTensors tw = nn::load_safetensors((root.path / c.name / "twin.safetensors").string());
-    auto T = [&](const std::string& k) -> const Tensor& {
-      const Tensor* t = tw.find(k);
-      REQUIRE_MESSAGE(t != nullptr, "twin output lacks ", k);
-      return *t;
-    };
+    auto T = [&](const std::string& k) -> const Tensor& { return twin_output(tw, k); };
     const RoutedOurs& o = ours[ci];
     nn::Model& m = *models[ci];
     // The expert choices are discrete: equal choices are a fair requirement only when no
