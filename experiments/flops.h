@@ -11,7 +11,7 @@ namespace vm::exp {
 struct RouterFlops {
   double det = 0;       // l = u W_r, softmax, top-K
   double heads = 0;     // variational heads / temperature net / dropout mask
-  double sampling = 0;  // S samples: noise transform, softmax, averaging
+  double sampling = 0;  // mfvr/fcvr/mc-dropout: S samples (noise, softmax, averaging); sample-k/vtsr: one selection
   double total() const { return det + heads + sampling; }
 };
 // Router FLOPs per token for the router `rc` (with S = rc.samples at evaluation).
