@@ -45,7 +45,7 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-sanitize
+	rm -rf $(BUILD) build-sanitize build-fuzz build-valgrind
 
 # Reliability (docs/RELIABILITY.md): libFuzzer targets (clang), FUZZ_SECONDS each;
 # valgrind memcheck on short training runs (its own non-AVX-512 build).
