@@ -36,6 +36,9 @@ struct ReproConfig {
   bool smoke = false;  // tiny end-to-end run for tests (seconds, meaningless numbers)
   int seeds = 3;
   uint64_t seed0 = 1;
+  // The first stage that each seed re-runs; the stages before it are trained
+  // once, with the first seed, and shared (see the --reseed-from help).
+  std::string reseed_from = "finetune";
   std::string track = "text";
   std::string out;
   std::string data_dir;
@@ -177,7 +180,11 @@ static std::string train_stage(RunConfig c, const std::string& root, const std::
   }
   fs::create_directories(dir);
   c.out = dir;
-  std::fprintf(stderr, "[reproduce] %s -> %s\n", name.c_str(), dir.c_str());
+  // A stage that was stopped (Ctrl-C, time out, a killed session) left its
+  // last checkpoint here: continue it. Resuming reproduces the uninterrupted
+  // run (tests/test_reliability.cpp), so the cache stays a function of inputs.
+  c.resume = fs::exists(dir + "/last.safetensors");
+  std::fprintf(stderr, "[reproduce] %s %s %s\n", name.c_str(), c.resume ? "resuming in" : "->", dir.c_str());
   auto t0 = std::chrono::steady_clock::now();
   int rc = run_train(c);
   if (rc != 0) fail("reproduce: stage " + name + " stopped with exit code " + std::to_string(rc));
@@ -429,6 +436,8 @@ static int run_reproduce(ReproConfig r) {
   if (r.track != "text" && r.track != "vision" && r.track != "both")
     fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
+  if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
+    fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
   omp_set_num_threads(r.threads);
   if (r.out.empty()) {
     auto t = std::time(nullptr);
@@ -474,6 +483,7 @@ static int run_reproduce(ReproConfig r) {
   json results;
   results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "");
   results["seeds"] = r.seeds;
+  results["reseed_from"] = r.reseed_from;
   results["threads"] = r.threads;
   results["track"] = r.track;
   results["methods"] = r.methods;
@@ -509,31 +519,33 @@ static int run_reproduce(ReproConfig r) {
       for (int si = 0; si < r.seeds; ++si) {
         RunConfig tc = vit ? vision_config(cfg, r) : cfg;
         tc.seed = r.seed0 + (uint64_t)si;
-        std::string sfx = "-seed" + std::to_string(tc.seed);
         std::string fin;
         if (!vit) {
           // ---- stage 0: pretrain on Brown ----------------------------------------------
           RunConfig p = tc;
+          p.seed = r.reseed_from == "pretrain" ? tc.seed : r.seed0;  // shared unless re-seeded
           p.stage = "pretrain";
           p.router = nn::RouterConfig{};
           apply_plan(p, plan_for("pretrain", r.quick, r.smoke));
           p.eval_batches = 4;
-          std::string pre = train_stage(p, r.out, "pretrain" + sfx);
+          std::string pre = train_stage(p, r.out, "pretrain-seed" + std::to_string(p.seed));
           // ---- stage 1: fine-tune on the WordNet task ---------------------------------
           RunConfig f = p;
+          f.seed = r.reseed_from == "router" ? r.seed0 : tc.seed;
           f.stage = "finetune";
           f.init = pre;
           apply_plan(f, plan_for("finetune", r.quick, r.smoke));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
-          fin = train_stage(f, r.out, "finetune" + sfx);
+          fin = train_stage(f, r.out, "finetune-seed" + std::to_string(f.seed));
         } else {
           // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
           RunConfig f = tc;
+          f.seed = r.reseed_from == "router" ? r.seed0 : tc.seed;
           f.stage = "finetune";
           f.router = nn::RouterConfig{};
           apply_plan(f, plan_for("vision", r.quick, r.smoke));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
-          fin = train_stage(f, r.out, "vision-train" + sfx);
+          fin = train_stage(f, r.out, "vision-train-seed" + std::to_string(f.seed));
         }
         // ---- data for evaluation ----------------------------------------------------------
         TrackData td;
@@ -618,6 +630,10 @@ static int run_reproduce(ReproConfig r) {
   std::snprintf(buf, sizeof buf, "\nSeeds: %d (from %llu). Threads: %d. Wall time: %.1f min.\n", r.seeds,
                 (unsigned long long)r.seed0, r.threads, total_s / 60);
   table += buf;
+  if (r.seeds > 1 && r.reseed_from != "pretrain")
+    table += std::string("Shared across seeds (trained once with seed ") + std::to_string(r.seed0) + "): " +
+             (r.reseed_from == "finetune" ? "the pretrained model" : "the pretrained and the fine-tuned model") +
+             " (`--reseed-from " + r.reseed_from + "`); the ± is over what each seed re-runs.\n";
   nn::atomic_write(r.out + "/results.json", results.dump(2) + "\n");
   nn::atomic_write(r.out + "/table.md", table);
   for (auto& [name, csv] : csvs) nn::atomic_write(r.out + "/" + name, csv);
@@ -644,6 +660,11 @@ void register_reproduce(CLI::App& app) {
       ->group("");  // hidden: for tests
   s->add_option("--seeds", r->seeds, "seeds (mean ± std)")->capture_default_str();
   s->add_option("--seed", r->seed0, "first seed")->capture_default_str();
+  s->add_option("--reseed-from", r->reseed_from,
+                "first stage each seed re-runs: pretrain (every stage per seed), finetune (one pretrained "
+                "model, trained with the first seed, stands in for the paper's downloaded LLM), or router "
+                "(one fine-tuned model too; seeds vary stage 2 and the evaluation's sampling)")
+      ->capture_default_str();
   s->add_option("--track", r->track, "text | vision | both")->capture_default_str();
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
   s->add_option("--data-dir", r->data_dir, "dataset cache");

@@ -131,3 +131,46 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   for (auto& L : ins["tokens"][1]["layers"]) any_posterior = any_posterior || L.contains("posterior_std");
   CHECK(any_posterior);
 }
+
+// --reseed-from decides which stages each seed re-runs; the rest are trained
+// once with the first seed and shared (their stage directories say which).
+TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from") {
+  PipelineDirs d;
+  std::string log;
+  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
+                          d.cache, &log) == 0, log);
+  auto count = [&](const std::string& out, const std::string& prefix) {
+    int n = 0;
+    for (auto& e : fs::directory_iterator(out + "/stages")) n += e.path().filename().string().rfind(prefix, 0) == 0;
+    return n;
+  };
+  std::string base = d.bin + " reproduce --smoke --seeds 2 --methods det,sample-k --data-dir " + d.cache;
+  struct Case {
+    const char* from;
+    int pretrain, finetune;
+  };
+  for (Case c : {Case{"pretrain", 2, 2}, Case{"finetune", 1, 2}, Case{"router", 1, 1}}) {
+    INFO("--reseed-from " << c.from);
+    std::string out = d.root + "/reseed-" + c.from;
+    REQUIRE_MESSAGE(run(base + " --reseed-from " + c.from + " --out " + out, &log) == 0, log);
+    CHECK(count(out, "pretrain-seed") == c.pretrain);
+    CHECK(count(out, "finetune-seed") == c.finetune);
+    auto res = nlohmann::json::parse(slurp(out + "/results.json"));
+    CHECK(res["reseed_from"] == c.from);
+    CHECK(res["runs"].size() == 4);  // 2 methods x 2 seeds
+    std::string table = slurp(out + "/table.md");
+    CHECK((table.find("Shared across seeds") != std::string::npos) == (std::string(c.from) != "pretrain"));
+  }
+  // A stage without done.json (stopped part-way) is resumed from its last checkpoint, not restarted.
+  std::string out = d.root + "/reseed-router";
+  std::string table = slurp(out + "/table.md");
+  for (auto& e : fs::directory_iterator(out + "/stages"))
+    if (e.path().filename().string().rfind("finetune-seed", 0) == 0) fs::remove(e.path() / "done.json");
+  REQUIRE_MESSAGE(run(base + " --reseed-from router --out " + out, &log) == 0, log);
+  CHECK(log.find("finetune-seed1 resuming in") != std::string::npos);
+  auto strip_time = [](std::string t) { return t.substr(0, t.find("Wall time")); };
+  CHECK(strip_time(slurp(out + "/table.md")) == strip_time(table));
+
+  CHECK(run(base + " --reseed-from stage2 --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--reseed-from") != std::string::npos);
+}
