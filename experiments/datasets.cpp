@@ -14,7 +14,7 @@ static std::string cache(const RunConfig& cfg) {
 }
 
 LmData load_lm_data(const RunConfig& cfg) {
-  data::LmCorpus c = data::load_brown_lm(cache(cfg), cfg.seed);
+  data::LmCorpus c = data::load_brown_lm(cache(cfg), cfg.split_seed);
   return LmData{std::move(c.train), std::move(c.val)};
 }
 
@@ -31,7 +31,7 @@ static McSet to_set(const std::string& name, const std::vector<data::McExample>&
 
 McTaskData load_mc_task(const RunConfig& cfg) {
   data::McTaskOptions o;
-  o.seed = cfg.seed;
+  o.seed = cfg.split_seed;
   o.max_gloss_bytes = (size_t)cfg.gloss_max_bytes;
   data::McTask t = data::load_mc_task(cfg.task, cache(cfg), o);
   McTaskData d;
@@ -43,7 +43,7 @@ McTaskData load_mc_task(const RunConfig& cfg) {
 
 std::vector<McSet> load_ood_sets(const RunConfig& cfg) {
   data::OodOptions o;
-  o.seed = cfg.seed;
+  o.seed = cfg.split_seed;
   o.size = (size_t)cfg.ood_size;
   o.max_gloss_bytes = (size_t)cfg.gloss_max_bytes;
   std::vector<McSet> out;
@@ -54,7 +54,7 @@ std::vector<McSet> load_ood_sets(const RunConfig& cfg) {
 ImgTaskData load_image_task(const RunConfig& cfg) {
   auto train = std::make_shared<const data::ImageSet>(data::load_fashion_mnist(cache(cfg), true));
   auto test = std::make_shared<const data::ImageSet>(data::load_fashion_mnist(cache(cfg), false));
-  PhiloxStream rng{cfg.seed, nn::name_hash("fashion-mnist/val-split"), 0};
+  PhiloxStream rng{cfg.split_seed, nn::name_hash("fashion-mnist/val-split"), 0};
   std::vector<size_t> perm = data::permutation((size_t)train->n, rng);
   size_t n_val = std::min<size_t>(5000, (size_t)train->n / 10);
   ImgTaskData d;
@@ -89,7 +89,7 @@ ImgTaskData load_image_task(const RunConfig& cfg) {
 
 std::vector<ImgSet> load_image_ood_sets(const RunConfig& cfg) {
   auto digits = std::make_shared<const data::ImageSet>(data::load_digits(cache(cfg)));
-  PhiloxStream rng{cfg.seed, nn::name_hash("digits/ood-subsample"), 0};
+  PhiloxStream rng{cfg.split_seed, nn::name_hash("digits/ood-subsample"), 0};
   std::vector<size_t> perm = data::permutation((size_t)digits->n, rng);
   ImgSet s;
   s.name = "far-digits";

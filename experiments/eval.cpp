@@ -196,6 +196,7 @@ int run_eval(RunConfig cfg) {
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);
+  inherit_split_seed(cfg, cfg.init);
   if (cfg.split != "val" && cfg.split != "test") fail("--split: must be val or test, got '" + cfg.split + "'");
   bool vit = model->config().kind == "vit";
   McTaskData task;
@@ -213,6 +214,8 @@ int run_eval(RunConfig cfg) {
   out["samples"] = model->router_config().samples;
   out["bayes_layers"] = model->bayes_layer_ids();
   out["split"] = cfg.split;
+  out["seed"] = cfg.seed;
+  out["split_seed"] = cfg.split_seed;
   out["id"] = id_metrics(ev, cfg.ece_bins);
   out["expert_load"] = expert_load(*model, trace);
   out["flops"] = flops_json(*model, vit ? model->config().seq_len_vit() : 128);

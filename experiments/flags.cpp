@@ -128,7 +128,11 @@ static void check_flags_against_checkpoint(CLI::App* s, const RunConfig& c) {
 // Flags shared by train and eval.
 static void add_common(CLI::App* s, RunConfig& c) {
   s->set_config("--config", "", "TOML/INI file with flag values (flags on the command line win)");
-  s->add_option("--seed", c.seed, "random seed")->capture_default_str();
+  s->add_option("--seed", c.seed, "random seed: initialisation, batch order, router and dropout noise")
+      ->capture_default_str();
+  s->add_option("--split-seed", c.split_seed,
+                "seed of the data splits and OOD subsamples (fixed by default: every --seed sees the same sets)")
+      ->capture_default_str();
   s->add_option("--threads", c.threads, "OpenMP threads")->capture_default_str();
   s->add_option("--device", c.device, "cpu | cuda")->capture_default_str();
   s->add_option("--out", c.out, "output directory")->capture_default_str();
@@ -203,6 +207,7 @@ void register_train(CLI::App& app) {
   s->add_option("--max-train-examples", c->max_train_examples, "0 = all")->capture_default_str();
   s->add_option("--time-limit", c->time_limit_s, "stop after this many seconds (0 = none)")->capture_default_str();
   cli::add_runner(s, [c, s] {
+    c->split_seed_set = s->count("--split-seed") > 0;
     parse_bayes_spec(*c);
     check_flags_against_checkpoint(s, *c);
     return run_train(*c);
@@ -225,6 +230,7 @@ void register_eval(CLI::App& app) {
   s->add_option("--gammas", c->gammas, "noise levels γ (σ = γ · mean embedding norm)")->delimiter(',');
   cli::add_runner(s, [c, s] {
     c->samples_set = s->count("--samples") > 0;
+    c->split_seed_set = s->count("--split-seed") > 0;
     return run_eval(*c);
   });
 }

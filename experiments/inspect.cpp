@@ -43,6 +43,7 @@ static int run_inspect(InspectConfig ic) {
   RunConfig& cfg = ic.run;
   omp_set_num_threads(cfg.threads);
   auto model = load_model_for_eval(cfg);
+  inherit_split_seed(cfg, cfg.init);
   std::string prompt = ic.text;
   int label = -1;
   if (prompt.empty()) {
@@ -156,12 +157,14 @@ void register_inspect(CLI::App& app) {
   s->add_option("--samples", ic->run.router.samples, "S router samples");
   s->add_option("--last", ic->max_tokens, "show only the last N tokens (0 = all)")->capture_default_str();
   s->add_option("--seed", ic->run.seed, "seed")->capture_default_str();
+  s->add_option("--split-seed", ic->run.split_seed, "seed of the data split --index reads")->capture_default_str();
   s->add_option("--threads", ic->run.threads, "threads")->capture_default_str();
   s->add_option("--data-dir", ic->run.data_dir, "dataset cache");
   s->add_option("--gloss-max-bytes", ic->run.gloss_max_bytes, "as in training")->capture_default_str();
   s->add_flag("--json", ic->as_json, "machine-readable output");
   cli::add_runner(s, [ic, s] {
     ic->run.samples_set = s->count("--samples") > 0;
+    ic->run.split_seed_set = s->count("--split-seed") > 0;
     return run_inspect(*ic);
   });
 }

@@ -38,7 +38,8 @@ struct ReproConfig {
   uint64_t seed0 = 1;
   // The first stage that each seed re-runs; the stages before it are trained
   // once, with the first seed, and shared (see the --reseed-from help).
-  std::string reseed_from = "finetune";
+  std::string reseed_from = "router";
+  uint64_t split_seed = 1;  // data splits and OOD subsamples: the same for every seed
   std::string track = "text";
   std::string out;
   std::string data_dir;
@@ -158,7 +159,7 @@ static std::string stage_dir(const std::string& root, const std::string& name, c
 }
 
 static json run_json(const RunConfig& c) {
-  return json{{"stage", c.stage},         {"model", c.model},       {"seed", c.seed},
+  json j{{"stage", c.stage},         {"model", c.model},       {"seed", c.seed},
               {"steps", c.steps},         {"batch", c.batch},       {"seq", c.seq},
               {"lr", c.optim.lr},         {"warmup", c.optim.warmup}, {"time_limit", c.time_limit_s},
               {"router", c.router.name},  {"bayes", c.bayes_spec},  {"beta", c.beta},
@@ -166,6 +167,8 @@ static json run_json(const RunConfig& c) {
               {"temp_mode", c.router.temp_mode}, {"train_samples", c.router.train_samples},
               {"gloss", c.gloss_max_bytes}, {"init", c.init},       {"patience", c.patience},
               {"eval_every", c.eval_every}};
+  if (c.split_seed != 1) j["split_seed"] = c.split_seed;  // omitted at its default: older stage caches stay valid
+  return j;
 }
 
 // Train one stage unless a finished copy with the same inputs exists. Returns the best checkpoint.
@@ -447,6 +450,8 @@ static int run_reproduce(ReproConfig r) {
   }
   fs::create_directories(r.out);
   RunConfig base = preset(r);
+  base.split_seed = r.split_seed;
+  base.split_seed_set = true;
   if (r.quick) base.steps = -1;  // markers used by run_method for the stage-2 plan
   if (r.smoke) base.steps = -2;
   if (r.beta >= 0) base.beta = r.beta;
@@ -484,6 +489,7 @@ static int run_reproduce(ReproConfig r) {
   results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "");
   results["seeds"] = r.seeds;
   results["reseed_from"] = r.reseed_from;
+  results["split_seed"] = r.split_seed;
   results["threads"] = r.threads;
   results["track"] = r.track;
   results["methods"] = r.methods;
@@ -664,6 +670,9 @@ void register_reproduce(CLI::App& app) {
                 "first stage each seed re-runs: pretrain (every stage per seed), finetune (one pretrained "
                 "model, trained with the first seed, stands in for the paper's downloaded LLM), or router "
                 "(one fine-tuned model too; seeds vary stage 2 and the evaluation's sampling)")
+      ->capture_default_str();
+  s->add_option("--split-seed", r->split_seed,
+                "seed of the data splits and OOD subsamples, the same for every seed")
       ->capture_default_str();
   s->add_option("--track", r->track, "text | vision | both")->capture_default_str();
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");

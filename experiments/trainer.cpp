@@ -102,6 +102,7 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
                                    {"best_val", st.best_val},
                                    {"bad_evals", st.bad_evals},
                                    {"seed", st.seed},
+                                   {"split_seed", st.split_seed},
                                    {"optimizer_steps", opt ? opt->steps_done() : 0}}
                                   .dump();
   for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
@@ -141,11 +142,11 @@ static json meta_json(const nn::SafeTensors& f, const std::string& path, const s
   if (key == "model" || key == "router") check_config_numbers(j, path, key);
   if (key == "train_state") {
     // Counters must be non-negative integers (a float 1e30 into int64 is UB).
-    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed"}) {
+    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed", "split_seed"}) {
       if (!j.contains(k)) continue;
       const json& v = j[k];
       bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
-      if (ok && std::string(k) != "seed") ok = v.get<uint64_t>() <= (std::string(k) == "bad_evals" ? 2147483647ULL : 1ULL << 53);
+      if (ok && std::string(k) != "seed" && std::string(k) != "split_seed") ok = v.get<uint64_t>() <= (std::string(k) == "bad_evals" ? 2147483647ULL : 1ULL << 53);
       if (!ok) fail(path + ": corrupt 'train_state' metadata (" + k + " = " + v.dump() + " is not a valid count)");
     }
     if (j.contains("best_val") && !j["best_val"].is_number())
@@ -167,6 +168,29 @@ void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::R
     rc = router_from_json(meta_json(f, path, "router"));
   } catch (const json::exception& e) {
     fail(path + ": corrupt config metadata (" + e.what() + ")");
+  }
+}
+
+TrainState read_checkpoint_state(const std::string& path) {
+  nn::SafeTensors f = nn::load_safetensors(path);
+  json js = meta_json(f, path, "train_state");
+  TrainState st;
+  st.stage = js.value("stage", "");
+  st.seed = js.value("seed", (uint64_t)0);
+  st.split_seed = js.value("split_seed", (uint64_t)1);
+  return st;
+}
+
+void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
+  TrainState st = read_checkpoint_state(ckpt);
+  if (st.stage != "finetune" && st.stage != "router") return;  // pretraining: another corpus
+  if (!cfg.split_seed_set) {
+    cfg.split_seed = st.split_seed;
+  } else if (cfg.split_seed != st.split_seed) {
+    std::fprintf(stderr,
+                 "warning: %s was trained on the split of --split-seed %llu; --split-seed %llu gives other "
+                 "val/test sets, which overlap its training data\n",
+                 ckpt.c_str(), (unsigned long long)st.split_seed, (unsigned long long)cfg.split_seed);
   }
 }
 
@@ -201,6 +225,7 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
   st.best_val = js.value("best_val", 1e300);
   st.bad_evals = js.value("bad_evals", 0);
   st.seed = js.value("seed", (uint64_t)0);
+  st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
   if (opt) {
     opt->set_steps_done(js.value("optimizer_steps", (int64_t)0));
     opt->state().clear();
@@ -606,7 +631,9 @@ int run_train(RunConfig cfg) {
   if (cfg.resume) {
     if (!fs::exists(last_path)) fail("--resume: no checkpoint at " + last_path);
     read_checkpoint_configs(last_path, mc, rc);
+    inherit_split_seed(cfg, last_path);
   } else if (!cfg.init.empty()) {
+    if (cfg.stage == "router") inherit_split_seed(cfg, cfg.init);
     nn::RouterConfig init_rc;
     read_checkpoint_configs(cfg.init, mc, init_rc);
     if (cfg.stage != "router") rc = init_rc;
@@ -643,6 +670,7 @@ int run_train(RunConfig cfg) {
   TrainState st;
   st.stage = cfg.stage;
   st.seed = cfg.seed;
+  st.split_seed = cfg.split_seed;
   if (cfg.resume) {
     st = load_checkpoint(last_path, model, &opt);
     std::fprintf(stderr, "resuming %s from step %lld\n", last_path.c_str(), (long long)st.step);
@@ -701,7 +729,7 @@ int run_train(RunConfig cfg) {
       double tot = 0;
       for (int k = 0; k < cfg.eval_batches; ++k) {
         std::vector<int32_t> ids, tg;
-        lm_batch(lmd.val, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
+        lm_batch(lmd.val, cfg.batch, cfg.seq, cfg.split_seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
         std::vector<uint8_t> mask(ids.size(), 1);
         nn::ForwardOptions fo;
         fo.seed = cfg.seed;

@@ -40,6 +40,7 @@ struct TrainState {
   double best_val = 1e300;
   int bad_evals = 0;
   uint64_t seed = 0;
+  uint64_t split_seed = 1;  // the data split it was trained on (RunConfig::split_seed)
 };
 void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st);
 // Loads parameters into `model` (every tensor in the file must match a
@@ -47,6 +48,12 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
 // parameters the file may lack, e.g. new router heads in stage 2).
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
                            const std::string& allow_missing = "");
+// The training state stored in a checkpoint (stage, step, seeds), without loading a model.
+TrainState read_checkpoint_state(const std::string& path);
+// A model fine-tuned (or router-trained) on one data split must be scored on
+// that split's test set: take the checkpoint's split seed unless --split-seed
+// was given, and warn when it was given and differs (the sets then overlap).
+void inherit_split_seed(RunConfig& cfg, const std::string& ckpt);
 // Read the model and router configs stored in a checkpoint.
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
 

@@ -174,3 +174,41 @@ TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from"
   CHECK(run(base + " --reseed-from stage2 --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--reseed-from") != std::string::npos);
 }
+
+// --seed varies training and sampling, never the data: the WordNet split comes
+// from --split-seed (default 1). A checkpoint remembers its split; eval takes
+// it from there and warns when told to score on another split's test set.
+TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows the checkpoint's split") {
+  PipelineDirs d;
+  std::string log;
+  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
+                          d.cache, &log) == 0, log);
+  std::string arch = " --data-dir " + d.cache + " --layers 2 --heads 2 --experts 4 --top-k 2 --d-expert 16 "
+                     "--d-model 16 --max-seq 160 --batch 4 --no-progress";
+  REQUIRE_MESSAGE(run(d.bin + " train --stage finetune --steps 2 --eval-every 0 --seed 3 --split-seed 2" + arch +
+                          " --out " + d.root + "/ft", &log) == 0, log);
+  std::string ckpt = d.root + "/ft/last.safetensors";
+  auto labels = [&](const std::string& dir) {  // the label column of probs_test.csv
+    std::ifstream f(dir + "/probs_test.csv");
+    std::string line, out;
+    std::getline(f, line);
+    while (std::getline(f, line)) out += line.substr(0, line.find(',')) + " ";
+    return out;
+  };
+  std::string ev = d.bin + " eval --no-progress --ood-size 4 --max-eval-examples 40 --data-dir " + d.cache +
+                   " --ckpt " + ckpt;
+  // No --split-seed: the checkpoint's (2), whatever --seed says.
+  REQUIRE_MESSAGE(run(ev + " --seed 1 --out " + d.root + "/e1", &log) == 0, log);
+  CHECK(log.find("warning") == std::string::npos);
+  REQUIRE_MESSAGE(run(ev + " --seed 5 --out " + d.root + "/e5", &log) == 0, log);
+  auto e1 = nlohmann::json::parse(slurp(d.root + "/e1/eval.json"));
+  CHECK(e1["split_seed"] == 2);
+  CHECK(e1["seed"] == 1);
+  CHECK(!labels(d.root + "/e1").empty());
+  CHECK(labels(d.root + "/e1") == labels(d.root + "/e5"));
+  // Another split: a one-line warning, and (on this fixture) other test items.
+  REQUIRE_MESSAGE(run(ev + " --seed 1 --split-seed 1 --out " + d.root + "/s1", &log) == 0, log);
+  CHECK(log.find("warning: " + ckpt + " was trained on the split of --split-seed 2") != std::string::npos);
+  CHECK(nlohmann::json::parse(slurp(d.root + "/s1/eval.json"))["split_seed"] == 1);
+  CHECK(labels(d.root + "/s1") != labels(d.root + "/e1"));
+}
