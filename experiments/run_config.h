@@ -58,11 +58,11 @@ struct RunConfig {
   std::vector<double> gammas{0.001, 0.002, 0.005, 0.007, 0.01, 0.02, 0.05};
   bool stability = false;          // run the routing-stability sweep in eval
   bool ood = true;                 // evaluate the OOD sets in eval
-  bool samples_set = false;
+  bool samples_set = false;        // eval: --samples given (overrides the checkpoint's S)
   bool split_seed_set = false;     // --split-seed given (else taken from the checkpoint where it matters)
   int mi_samples = 0;              // eval: passes with one router sample each, for mutual information (0 = off)
   std::string bayes_spec;          // --bayes-layers: "2,3" or "auto:N" (N least stable MoE layers)
-  double auto_gamma = 0.01;        // γ used to rank layers for auto:N        // eval: --samples given (overrides the checkpoint's S)
+  double auto_gamma = 0.01;        // γ used to rank layers for auto:N
 
   void validate() const;  // throws vm::Error naming the flag
 };
