@@ -186,6 +186,29 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   nn::RouterConfig rc;
   read_checkpoint_configs(cfg.init, mc, rc);
   if (cfg.samples_set) rc.samples = cfg.router.samples;
+  // Router flags given on the command line override the checkpoint's settings
+  // (e.g. a det checkpoint evaluated with sample-k or mc-dropout). Routers with
+  // trained heads (mfvr, fcvr, vtsr) need a stage-2 checkpoint of their own.
+  auto given = [&](const char* f) {
+    return std::find(cfg.router_flags.begin(), cfg.router_flags.end(), f) != cfg.router_flags.end();
+  };
+  const nn::RouterConfig& want = cfg.router;
+  if (given("--router") && want.name != rc.name) {
+    if (want.name == "mfvr" || want.name == "fcvr" || want.name == "vtsr")
+      fail("--router " + want.name + ": its heads are trained in stage 2, and " + cfg.init + " has router " + rc.name +
+           " (vmoer train --stage router --router " + want.name + " --init " + cfg.init + ")");
+    rc.name = want.name;
+  }
+  if (given("--router-temp")) rc.temp = want.temp;
+  if (given("--router-dropout")) rc.dropout = want.dropout;
+  if (given("--prior-scale")) rc.prior_scale = want.prior_scale;
+  if (given("--temp-mode")) rc.temp_mode = want.temp_mode;
+  if (given("--temp-posterior")) rc.temp_posterior = want.temp_posterior;
+  if (given("--temp-penalty")) rc.temp_penalty = want.temp_penalty;
+  if (given("--temp-prior-scale")) rc.temp_prior_scale = want.temp_prior_scale;
+  if (given("--vtsr-sampler")) rc.vtsr_sampler = want.vtsr_sampler;
+  if (given("--bayes-layers")) rc.bayes_layers = want.bayes_layers;
+  if (!cfg.router_flags.empty()) rc.validate(mc.n_layers, mc.n_experts, mc.top_k);
   auto model = std::make_unique<nn::Model>(mc, rc, cfg.seed);
   load_checkpoint(cfg.init, *model, nullptr);
   return model;

@@ -228,9 +228,19 @@ void register_eval(CLI::App& app) {
                 "extra passes with one router sample each, for the mutual-information score (0 = off)")
       ->capture_default_str();
   s->add_option("--gammas", c->gammas, "noise levels γ (σ = γ · mean embedding norm)")->delimiter(',');
+  s->add_option("--bayes-layers", c->bayes_spec,
+                "with --router: the MoE layers that get it, a list like 2,3 (default: the checkpoint's, or all)");
   cli::add_runner(s, [c, s] {
     c->samples_set = s->count("--samples") > 0;
     c->split_seed_set = s->count("--split-seed") > 0;
+    for (const char* f : {"--router", "--router-temp", "--router-dropout", "--prior-scale", "--temp-mode",
+                          "--temp-posterior", "--temp-penalty", "--temp-prior-scale", "--vtsr-sampler", "--bayes-layers"})
+      if (s->count(f)) c->router_flags.push_back(f);
+    if (s->count("--bayes-layers")) {
+      if (c->bayes_spec.rfind("auto:", 0) == 0)
+        fail("--bayes-layers: auto:N ranks layers while training (vmoer train --stage router); give a list like 2,3");
+      parse_bayes_spec(*c);
+    }
     return run_eval(*c);
   });
 }

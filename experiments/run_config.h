@@ -60,6 +60,7 @@ struct RunConfig {
   bool ood = true;                 // evaluate the OOD sets in eval
   bool samples_set = false;        // eval: --samples given (overrides the checkpoint's S)
   bool split_seed_set = false;     // --split-seed given (else taken from the checkpoint where it matters)
+  std::vector<std::string> router_flags;  // eval: router flags given explicitly (they override the checkpoint's)
   int mi_samples = 0;              // eval: passes with one router sample each, for mutual information (0 = off)
   std::string bayes_spec;          // --bayes-layers: "2,3" or "auto:N" (N least stable MoE layers)
   double auto_gamma = 0.01;        // γ used to rank layers for auto:N

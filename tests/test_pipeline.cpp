@@ -211,4 +211,20 @@ TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows
   CHECK(log.find("warning: " + ckpt + " was trained on the split of --split-seed 2") != std::string::npos);
   CHECK(nlohmann::json::parse(slurp(d.root + "/s1/eval.json"))["split_seed"] == 1);
   CHECK(labels(d.root + "/s1") != labels(d.root + "/e1"));
+
+  // Router flags override the checkpoint's router: the det model evaluated with
+  // sample-k on layer 1; --seed changes its samples (so the seeds of reproduce
+  // mean something); a router with trained heads is refused with one line.
+  for (const char* seed : {"1", "2"})
+    REQUIRE_MESSAGE(run(ev + " --router sample-k --router-temp 2 --bayes-layers 1 --seed " + seed + " --out " + d.root +
+                            "/sk" + seed, &log) == 0, log);
+  auto sk = nlohmann::json::parse(slurp(d.root + "/sk1/eval.json"));
+  CHECK(sk["router"] == "sample-k");
+  CHECK(sk["bayes_layers"] == nlohmann::json::array({1}));
+  CHECK(slurp(d.root + "/sk1/probs_test.csv") != slurp(d.root + "/sk2/probs_test.csv"));
+  CHECK(slurp(d.root + "/sk1/probs_test.csv") != slurp(d.root + "/e1/probs_test.csv"));
+  CHECK(run(ev + " --router fcvr --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--router fcvr: its heads are trained in stage 2") != std::string::npos);
+  CHECK(run(ev + " --router sample-k --bayes-layers auto:1 --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--bayes-layers") != std::string::npos);
 }
