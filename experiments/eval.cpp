@@ -215,7 +215,7 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
 }
 
 int run_eval(RunConfig cfg) {
-  if (cfg.device != "cpu") cfg.validate();
+  require_device(cfg.device);
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);

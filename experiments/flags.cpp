@@ -9,8 +9,23 @@
 #include "experiments/commands.h"
 #include "experiments/run_config.h"
 #include "experiments/trainer.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 namespace vm::exp {
+
+void require_device(const std::string& device) {
+  if (device == "cpu") return;
+  if (device != "cuda") fail("--device: must be cpu or cuda, got '" + device + "'");
+#ifdef VMOER_HAVE_CUDA
+  if (!kernels::cuda::cuda_device_available()) fail("--device cuda: no CUDA device on this machine; use --device cpu");
+  fail("--device cuda: " + kernels::cuda::cuda_device_name() +
+       " found, but the model does not run on the CUDA kernels yet (kernels/cuda/README.md); use --device cpu");
+#else
+  fail("--device cuda: this build has no CUDA backend (configured with -DVMOER_CUDA=OFF or without nvcc)");
+#endif
+}
 
 void RunConfig::validate() const {
   auto need = [](bool ok, const std::string& m) {
@@ -20,14 +35,7 @@ void RunConfig::validate() const {
        "--stage: must be pretrain, finetune or router, got '" + stage + "'");
   need(task == "wordnet-nouns" || task == "wordnet-words" || task == "fashion-mnist",
        "--task: must be wordnet-nouns, wordnet-words or fashion-mnist, got '" + task + "'");
-  need(device == "cpu" || device == "cuda", "--device: must be cpu or cuda, got '" + device + "'");
-  if (device == "cuda") {
-#ifdef VMOER_HAVE_CUDA
-    fail("--device cuda: the CUDA training path is not part of this build yet; use --device cpu");
-#else
-    fail("--device cuda: this build has no CUDA backend (configured with -DVMOER_CUDA=OFF or without nvcc)");
-#endif
-  }
+  require_device(device);
   need(threads >= 1, "--threads: must be >= 1, got " + std::to_string(threads));
   need(steps >= 1, "--steps: must be >= 1, got " + std::to_string(steps));
   need(batch >= 1, "--batch: must be >= 1, got " + std::to_string(batch));

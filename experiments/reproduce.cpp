@@ -36,6 +36,7 @@ struct ReproConfig {
   bool smoke = false;  // tiny end-to-end run for tests (seconds, meaningless numbers)
   int seeds = 3;
   uint64_t seed0 = 1;
+  std::string device = "cpu";
   // The first stage that each seed re-runs; the stages before it are trained
   // once, with the first seed, and shared (see the --reseed-from help).
   std::string reseed_from = "router";
@@ -439,6 +440,7 @@ static int run_reproduce(ReproConfig r) {
   if (r.track != "text" && r.track != "vision" && r.track != "both")
     fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
+  require_device(r.device);
   if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
     fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
   omp_set_num_threads(r.threads);
@@ -678,6 +680,7 @@ void register_reproduce(CLI::App& app) {
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
   s->add_option("--data-dir", r->data_dir, "dataset cache");
   s->add_option("--threads", r->threads, "OpenMP threads")->capture_default_str();
+  s->add_option("--device", r->device, "cpu | cuda")->capture_default_str();
   s->add_option("--methods", r->methods, "methods to run")->delimiter(',');
   s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (beta, samples, top_k, experts, prior_scale, "
                                        "temp_mode, kl_norm, bayes_layers, router)");

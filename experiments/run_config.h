@@ -68,4 +68,8 @@ struct RunConfig {
   void validate() const;  // throws vm::Error naming the flag
 };
 
+// --device: "cpu" passes; "cuda" fails with one line saying why (no CUDA
+// backend in this build, no device, or the model not yet on the GPU kernels).
+void require_device(const std::string& device);
+
 }  // namespace vm::exp

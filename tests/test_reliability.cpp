@@ -772,6 +772,14 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
   }
   CHECK(!fs::exists(d / "run"));  // nothing was created
   std::string out;
+  // --device on every subcommand that computes: one line, before any work.
+  for (std::string sub : {"reproduce --smoke --out " + d / "repro", "eval --ckpt " + d / "none.safetensors",
+                          "inspect --ckpt " + d / "none.safetensors" + " --text hi"}) {
+    CAPTURE(sub);
+    check_one_line_error(vmoer(sub + " --device cuda", &out), out, 1, {"--device cuda: "});
+    check_one_line_error(vmoer(sub + " --device tpu", &out), out, 1, {"--device: must be cpu or cuda, got 'tpu'"});
+  }
+  CHECK(!fs::exists(d / "repro"));
   check_one_line_error(vmoer("metrics --probs x.csv --bins 0", &out), out, 2, {"--bins"});
   check_one_line_error(vmoer("frobnicate", &out), out, 2, {"A subcommand is required"});
   check_one_line_error(vmoer(base + " --steps 2 --steps 3", &out), out, 2, {"--steps: At Most 1 required but received 2"});
