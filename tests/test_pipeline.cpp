@@ -12,6 +12,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <set>
 #include <string>
 
 namespace fs = std::filesystem;
@@ -227,4 +228,31 @@ TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows
   CHECK(log.find("--router fcvr: its heads are trained in stage 2") != std::string::npos);
   CHECK(run(ev + " --router sample-k --bayes-layers auto:1 --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--bayes-layers") != std::string::npos);
+}
+
+// --ablate key=v1,v2: a full run of the methods per value, one table each, and
+// separate stage-2 trainings (the value is part of each stage's inputs).
+TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
+  PipelineDirs d;
+  std::string log;
+  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
+                          d.cache, &log) == 0, log);
+  std::string base = d.bin + " reproduce --smoke --seeds 1 --methods det,mfvr --data-dir " + d.cache;
+  REQUIRE_MESSAGE(run(base + " --ablate beta=0,0.5 --out " + d.out, &log) == 0, log);
+  std::string table = slurp(d.out + "/table.md");
+  CHECK(table.find("ablation beta = 0\n") != std::string::npos);
+  CHECK(table.find("ablation beta = 0.5\n") != std::string::npos);
+  auto res = nlohmann::json::parse(slurp(d.out + "/results.json"));
+  REQUIRE(res["runs"].size() == 4);  // 2 values x 2 methods
+  std::set<std::string> values;
+  for (auto& r : res["runs"]) values.insert(r["ablation"]["beta"].get<std::string>());
+  CHECK(values == std::set<std::string>{"0", "0.5"});
+  int mfvr_stages = 0;
+  for (auto& e : fs::directory_iterator(d.out + "/stages"))
+    mfvr_stages += e.path().filename().string().rfind("router-mfvr", 0) == 0;
+  CHECK(mfvr_stages == 2);
+  CHECK(run(base + " --ablate gamma=1 --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--ablate: unknown key 'gamma'") != std::string::npos);
+  CHECK(run(base + " --ablate beta=x --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--ablate: value 'x' for beta is not a number") != std::string::npos);
 }
