@@ -171,14 +171,21 @@ void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::R
   }
 }
 
-TrainState read_checkpoint_state(const std::string& path) {
-  nn::SafeTensors f = nn::load_safetensors(path);
+// The train_state metadata of a checkpoint (validated by meta_json).
+static TrainState train_state_of(const nn::SafeTensors& f, const std::string& path) {
   json js = meta_json(f, path, "train_state");
   TrainState st;
   st.stage = js.value("stage", "");
+  st.step = js.value("step", (int64_t)0);
+  st.best_val = js.value("best_val", 1e300);
+  st.bad_evals = js.value("bad_evals", 0);
   st.seed = js.value("seed", (uint64_t)0);
-  st.split_seed = js.value("split_seed", (uint64_t)1);
+  st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
   return st;
+}
+
+TrainState read_checkpoint_state(const std::string& path) {
+  return train_state_of(nn::load_safetensors(path), path);
 }
 
 void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
@@ -218,16 +225,9 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
     if (!model.params().has(name))
       fail(path + ": checkpoint has parameter '" + name + "' that the requested model lacks (config mismatch)");
   }
-  json js = meta_json(f, path, "train_state");
-  TrainState st;
-  st.stage = js.value("stage", "");
-  st.step = js.value("step", (int64_t)0);
-  st.best_val = js.value("best_val", 1e300);
-  st.bad_evals = js.value("bad_evals", 0);
-  st.seed = js.value("seed", (uint64_t)0);
-  st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
+  TrainState st = train_state_of(f, path);
   if (opt) {
-    opt->set_steps_done(js.value("optimizer_steps", (int64_t)0));
+    opt->set_steps_done(meta_json(f, path, "train_state").value("optimizer_steps", (int64_t)0));
     opt->state().clear();
     for (auto& [name, t] : f.tensors) {
       if (name.rfind("__adam_m__.", 0) != 0) continue;

@@ -51,13 +51,29 @@ struct PipelineDirs {
   ~PipelineDirs() { fs::remove_all(root); }
 };
 
+// The synthetic data cache of tests/fixtures/pipeline, written into d.cache.
+void make_cache(const PipelineDirs& d) {
+  std::string log;
+  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
+                          d.cache, &log) == 0, log);
+}
+
+// Stage directories under out/stages whose name starts with prefix.
+int count_stages(const std::string& out, const std::string& prefix) {
+  int n = 0;
+  for (auto& e : fs::directory_iterator(out + "/stages")) n += e.path().filename().string().rfind(prefix, 0) == 0;
+  return n;
+}
+
+// table.md without its wall-time line, which differs between identical runs.
+std::string strip_time(const std::string& t) { return t.substr(0, t.find("Wall time")); }
+
 }  // namespace
 
 TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and metrics") {
   PipelineDirs d;
   std::string log;
-  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
-                          d.cache, &log) == 0, log);
+  make_cache(d);
   std::string cmd = d.bin + " reproduce --smoke --track both --data-dir " + d.cache + " --out " + d.out;
   int rc = run(cmd, &log);
   REQUIRE_MESSAGE(rc == 0, log);
@@ -93,7 +109,6 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(log2.find("reusing") != std::string::npos);
   CHECK(log2.find("router done") == std::string::npos);  // nothing retrained
   std::string table2 = slurp(d.out + "/table.md");
-  auto strip_time = [](std::string t) { return t.substr(0, t.find("Wall time")); };
   CHECK(strip_time(table2) == strip_time(table));
 
   // vmoer eval on the fcvr stage-2 checkpoint: JSON with ID, OOD, stability and FLOPs.
@@ -138,13 +153,7 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
 TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from") {
   PipelineDirs d;
   std::string log;
-  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
-                          d.cache, &log) == 0, log);
-  auto count = [&](const std::string& out, const std::string& prefix) {
-    int n = 0;
-    for (auto& e : fs::directory_iterator(out + "/stages")) n += e.path().filename().string().rfind(prefix, 0) == 0;
-    return n;
-  };
+  make_cache(d);
   std::string base = d.bin + " reproduce --smoke --seeds 2 --methods det,sample-k --data-dir " + d.cache;
   struct Case {
     const char* from;
@@ -154,8 +163,8 @@ TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from"
     INFO("--reseed-from " << c.from);
     std::string out = d.root + "/reseed-" + c.from;
     REQUIRE_MESSAGE(run(base + " --reseed-from " + c.from + " --out " + out, &log) == 0, log);
-    CHECK(count(out, "pretrain-seed") == c.pretrain);
-    CHECK(count(out, "finetune-seed") == c.finetune);
+    CHECK(count_stages(out, "pretrain-seed") == c.pretrain);
+    CHECK(count_stages(out, "finetune-seed") == c.finetune);
     auto res = nlohmann::json::parse(slurp(out + "/results.json"));
     CHECK(res["reseed_from"] == c.from);
     CHECK(res["runs"].size() == 4);  // 2 methods x 2 seeds
@@ -169,7 +178,6 @@ TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from"
     if (e.path().filename().string().rfind("finetune-seed", 0) == 0) fs::remove(e.path() / "done.json");
   REQUIRE_MESSAGE(run(base + " --reseed-from router --out " + out, &log) == 0, log);
   CHECK(log.find("finetune-seed1 resuming in") != std::string::npos);
-  auto strip_time = [](std::string t) { return t.substr(0, t.find("Wall time")); };
   CHECK(strip_time(slurp(out + "/table.md")) == strip_time(table));
 
   CHECK(run(base + " --reseed-from stage2 --out " + d.root + "/bad", &log) != 0);
@@ -182,8 +190,7 @@ TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from"
 TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows the checkpoint's split") {
   PipelineDirs d;
   std::string log;
-  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
-                          d.cache, &log) == 0, log);
+  make_cache(d);
   std::string arch = " --data-dir " + d.cache + " --layers 2 --heads 2 --experts 4 --top-k 2 --d-expert 16 "
                      "--d-model 16 --max-seq 160 --batch 4 --no-progress";
   REQUIRE_MESSAGE(run(d.bin + " train --stage finetune --steps 2 --eval-every 0 --seed 3 --split-seed 2" + arch +
@@ -235,8 +242,7 @@ TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows
 TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
   PipelineDirs d;
   std::string log;
-  REQUIRE_MESSAGE(run("/usr/bin/python3 " + std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/pipeline/make_cache.py " +
-                          d.cache, &log) == 0, log);
+  make_cache(d);
   std::string base = d.bin + " reproduce --smoke --seeds 1 --methods det,mfvr --data-dir " + d.cache;
   REQUIRE_MESSAGE(run(base + " --ablate beta=0,0.5 --out " + d.out, &log) == 0, log);
   std::string table = slurp(d.out + "/table.md");
@@ -247,10 +253,7 @@ TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
   std::set<std::string> values;
   for (auto& r : res["runs"]) values.insert(r["ablation"]["beta"].get<std::string>());
   CHECK(values == std::set<std::string>{"0", "0.5"});
-  int mfvr_stages = 0;
-  for (auto& e : fs::directory_iterator(d.out + "/stages"))
-    mfvr_stages += e.path().filename().string().rfind("router-mfvr", 0) == 0;
-  CHECK(mfvr_stages == 2);
+  CHECK(count_stages(d.out, "router-mfvr") == 2);
   CHECK(run(base + " --ablate gamma=1 --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--ablate: unknown key 'gamma'") != std::string::npos);
   CHECK(run(base + " --ablate beta=x --out " + d.root + "/bad", &log) != 0);
