@@ -62,6 +62,12 @@ TensorT<T> reduce_to(const TensorT<T>& g, const Shape& to) {
 
 template <class T>
 void accumulate(TensorT<T>& x, const TensorT<T>& y) {
+  VM_CHECK(x.numel() == y.numel() && x.device() == y.device(),
+           "accumulate: " + shape_str(x.shape()) + " on " + device_name(x.device()) + " += " +
+               shape_str(y.shape()) + " on " + device_name(y.device()));
+#ifdef VMOER_HAVE_CUDA
+  if (x.is_cuda()) return cuda_ops::accumulate(x, y);
+#endif
   T* px = x.data();
   const T* py = y.data();
   int64_t n = x.numel();
@@ -92,6 +98,7 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
     VM_CHECK(Shape(sa.begin(), sa.end() - 2) == Shape(sb.begin(), sb.end() - 2),
              "matmul: " + shape_str(sa) + " x " + shape_str(sb) + ": batch dimensions differ");
   }
+  VM_CUDA_DISPATCH(on_cuda("matmul", a, b), cuda_ops::matmul(a, b));
   Shape so(sa.begin(), sa.end() - 1);
   so.push_back(N);
   TensorT<T> out = K == 0 ? TensorT<T>(so) : TensorT<T>::empty(so);  // every element written by the GEMM
@@ -195,15 +202,29 @@ VarT<T> binary(const VarT<T>& a, const VarT<T>& b, Bin op, const char* name) {
 }
 }  // namespace
 
-template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Add, "add"); }
-template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Sub, "sub"); }
-template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Mul, "mul"); }
-template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Div, "div"); }
+template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b) {
+  VM_CUDA_DISPATCH(on_cuda("add", a, b), cuda_ops::add(a, b));
+  return binary(a, b, Bin::Add, "add");
+}
+template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b) {
+  VM_CUDA_DISPATCH(on_cuda("sub", a, b), cuda_ops::sub(a, b));
+  return binary(a, b, Bin::Sub, "sub");
+}
+template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b) {
+  VM_CUDA_DISPATCH(on_cuda("mul", a, b), cuda_ops::mul(a, b));
+  return binary(a, b, Bin::Mul, "mul");
+}
+template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) {
+  VM_CUDA_DISPATCH(on_cuda("div", a, b), cuda_ops::div(a, b));
+  return binary(a, b, Bin::Div, "div");
+}
 
 // ---- unary ops: y = f(x), dy/dx from (x, y) --------------------------------------
 namespace {
+// cuda_op / alpha: the same op for the GPU half (kernels/cuda/elementwise.h).
 template <class T, class F, class D>
-VarT<T> unary(const VarT<T>& a, const char* name, F f, D dfdx) {
+VarT<T> unary(const VarT<T>& a, const char* name, F f, D dfdx, kernels::cuda::Unary cuda_op, double alpha = 0.0) {
+  VM_CUDA_DISPATCH(on_cuda(name, a), cuda_ops::unary(a, cuda_op, alpha, name));
   TensorT<T> out = TensorT<T>::empty(a.shape());
   const T* px = a.value().data();
   T* py = out.data();
@@ -223,6 +244,8 @@ VarT<T> unary(const VarT<T>& a, const char* name, F f, D dfdx) {
   });
 }
 
+using U = kernels::cuda::Unary;
+
 template <class T>
 T gelu_inner(T x) {  // sqrt(2/pi) (x + 0.044715 x^3)
   return T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
@@ -230,35 +253,35 @@ T gelu_inner(T x) {  // sqrt(2/pi) (x + 0.044715 x^3)
 }  // namespace
 
 template <class T> VarT<T> add_scalar(const VarT<T>& a, double s) {
-  return unary(a, "add_scalar", [s](T x) { return x + T(s); }, [](T, T) { return T(1); });
+  return unary(a, "add_scalar", [s](T x) { return x + T(s); }, [](T, T) { return T(1); }, U::AddScalar, s);
 }
 template <class T> VarT<T> mul_scalar(const VarT<T>& a, double s) {
-  return unary(a, "mul_scalar", [s](T x) { return x * T(s); }, [s](T, T) { return T(s); });
+  return unary(a, "mul_scalar", [s](T x) { return x * T(s); }, [s](T, T) { return T(s); }, U::MulScalar, s);
 }
 template <class T> VarT<T> pow_scalar(const VarT<T>& a, double p) {
   return unary(a, "pow_scalar", [p](T x) { return (T)std::pow(x, T(p)); },
-               [p](T x, T) { return T(p) * (T)std::pow(x, T(p - 1)); });
+               [p](T x, T) { return T(p) * (T)std::pow(x, T(p - 1)); }, U::PowScalar, p);
 }
 template <class T> VarT<T> exp(const VarT<T>& a) {
-  return unary(a, "exp", [](T x) { return kernels::exp_(x); }, [](T, T y) { return y; });
+  return unary(a, "exp", [](T x) { return kernels::exp_(x); }, [](T, T y) { return y; }, U::Exp);
 }
 template <class T> VarT<T> log(const VarT<T>& a) {
-  return unary(a, "log", [](T x) { return std::log(x); }, [](T x, T) { return T(1) / x; });
+  return unary(a, "log", [](T x) { return std::log(x); }, [](T x, T) { return T(1) / x; }, U::Log);
 }
 template <class T> VarT<T> sqrt(const VarT<T>& a) {
-  return unary(a, "sqrt", [](T x) { return std::sqrt(x); }, [](T, T y) { return T(0.5) / y; });
+  return unary(a, "sqrt", [](T x) { return std::sqrt(x); }, [](T, T y) { return T(0.5) / y; }, U::Sqrt);
 }
 template <class T> VarT<T> softplus(const VarT<T>& a) {
   // log(1+e^x) = max(x,0) + log1p(e^-|x|); d/dx = sigmoid(x)
   return unary(a, "softplus", [](T x) { return std::max(x, T(0)) + std::log1p(std::exp(-std::abs(x))); },
-               [](T x, T) { return T(1) / (T(1) + std::exp(-x)); });
+               [](T x, T) { return T(1) / (T(1) + std::exp(-x)); }, U::Softplus);
 }
 template <class T> VarT<T> sigmoid(const VarT<T>& a) {
   return unary(a, "sigmoid", [](T x) { return kernels::sigmoid_(x); },
-               [](T, T y) { return y * (T(1) - y); });
+               [](T, T y) { return y * (T(1) - y); }, U::Sigmoid);
 }
 template <class T> VarT<T> relu(const VarT<T>& a) {
-  return unary(a, "relu", [](T x) { return x > 0 ? x : T(0); }, [](T x, T) { return x > 0 ? T(1) : T(0); });
+  return unary(a, "relu", [](T x) { return x > 0 ? x : T(0); }, [](T x, T) { return x > 0 ? T(1) : T(0); }, U::Relu);
 }
 template <class T> VarT<T> gelu(const VarT<T>& a) {
   // y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi)(x + 0.044715 x^3)
@@ -267,17 +290,17 @@ template <class T> VarT<T> gelu(const VarT<T>& a) {
                  T t = kernels::tanh_gelu(gelu_inner(x));
                  T du = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x * x);
                  return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
-               });
+               }, U::Gelu);
 }
 template <class T> VarT<T> silu(const VarT<T>& a) {
   return unary(a, "silu", [](T x) { return x * kernels::sigmoid_(x); },
                [](T x, T) {
                  T s = kernels::sigmoid_(x);
                  return s * (T(1) + x * (T(1) - s));
-               });
+               }, U::Silu);
 }
 template <class T> VarT<T> tanh(const VarT<T>& a) {
-  return unary(a, "tanh", [](T x) { return std::tanh(x); }, [](T, T y) { return T(1) - y * y; });
+  return unary(a, "tanh", [](T x) { return std::tanh(x); }, [](T, T y) { return T(1) - y * y; }, U::Tanh);
 }
 
 // ---- reductions -------------------------------------------------------------------
@@ -288,6 +311,7 @@ VarT<T> sum(const VarT<T>& a, int axis, bool keepdim) {
   int64_t outer = 1, n = s[ax], inner = 1;
   for (int i = 0; i < ax; ++i) outer *= s[i];
   for (int i = ax + 1; i < (int)s.size(); ++i) inner *= s[i];
+  VM_CUDA_DISPATCH(on_cuda("sum", a), cuda_ops::sum(a, axis, keepdim));
   Shape so = s;
   if (keepdim) so[ax] = 1; else so.erase(so.begin() + ax);
   TensorT<T> out(so);
@@ -325,6 +349,7 @@ VarT<T> mean(const VarT<T>& a, int axis, bool keepdim) {
 
 template <class T>
 VarT<T> sum_all(const VarT<T>& a) {
+  VM_CUDA_DISPATCH(on_cuda("sum_all", a), cuda_ops::sum_all(a));
   TensorT<T> out(Shape{});
   const T* px = a.value().data();
   T s = 0;

@@ -3,8 +3,42 @@
 #include <array>
 
 #include "autodiff/ops.h"
+#include "autodiff/ops_cuda.h"
+
+// Device dispatch: every op calls VM_CUDA_DISPATCH(on_cuda("op", inputs...),
+// cuda_ops::op(...)) after validating its arguments. When the inputs are
+// device tensors the op's GPU half (autodiff/ops_cuda.cpp) runs instead of
+// the CPU code below it; without the CUDA backend the line compiles away (no
+// device tensor can exist then).
+#ifdef VMOER_HAVE_CUDA
+#define VM_CUDA_DISPATCH(cond, call) \
+  if (cond) return call
+#else
+#define VM_CUDA_DISPATCH(cond, call) (void)0
+#endif
 
 namespace vm::ops::detail {
+
+// True when the op's inputs are device tensors; inputs on different devices
+// fail with "<op>: inputs on cpu and cuda" (no implicit copies).
+template <class T, class... Rest>
+bool on_cuda(const char* op, const VarT<T>& a, const Rest&... rest) {
+  Device d = a.value().device();
+  auto same = [&](const VarT<T>& v) {
+    if (v.value().device() != d)
+      fail(std::string(op) + ": inputs on " + device_name(d) + " and " + device_name(v.value().device()) +
+           " (move them with Tensor::to first)");
+  };
+  (same(rest), ...);
+  (void)same;  // single-input ops
+  return d == Device::CUDA;
+}
+template <class T>
+bool on_cuda(const char* op, const std::vector<VarT<T>>& xs) {
+  if (xs.empty()) return false;
+  for (auto& x : xs) on_cuda(op, xs[0], x);
+  return xs[0].value().device() == Device::CUDA;
+}
 
 // A shape left-padded with 1s to 4 dims, and its row-major strides.
 struct Dims4 {

@@ -21,6 +21,7 @@ VarT<T> take_cols(const VarT<T>& x, const std::vector<int32_t>& idx, int k) {
   for (size_t i = 0; i < idx.size(); ++i)
     VM_CHECK(idx[i] >= 0 && idx[i] < E, "take_cols: index " + std::to_string(idx[i]) + " outside [0, " +
                                             std::to_string(E) + ")");
+  VM_CUDA_DISPATCH(on_cuda("take_cols", x), cuda_ops::take_cols(x, idx, k));
   TensorT<T> out({N, (int64_t)k});
   for (int64_t n = 0; n < N; ++n)
     for (int j = 0; j < k; ++j) out[n * k + j] = x.value()[n * E + idx[n * k + j]];
@@ -38,6 +39,7 @@ TopK<T> topk(const VarT<T>& x, int k) {
   VM_CHECK(x.ndim() == 2, "topk: x must be (N, E), got " + shape_str(x.shape()));
   int64_t N = x.size(0), E = x.size(1);
   VM_CHECK(k >= 1 && k <= E, "topk: k = " + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
+  VM_CUDA_DISPATCH(on_cuda("topk", x), cuda_ops::topk(x, k));
   std::vector<int32_t> idx((size_t)(N * k));
   const T* px = x.value().data();
 #pragma omp parallel for schedule(static) if (N * E > 16384)
@@ -64,6 +66,7 @@ VarT<T> gather_rows(const VarT<T>& x, const std::vector<int32_t>& rows) {
   for (int64_t m = 0; m < M; ++m)
     VM_CHECK(rows[m] >= 0 && rows[m] < N, "gather_rows: row " + std::to_string(rows[m]) + " outside [0, " +
                                               std::to_string(N) + ")");
+  VM_CUDA_DISPATCH(on_cuda("gather_rows", x), cuda_ops::gather_rows(x, rows));
   TensorT<T> out = TensorT<T>::empty({M, C});
   const T* px = x.value().data();
 #pragma omp parallel for schedule(static) if (M * C > 32768)
@@ -89,6 +92,7 @@ VarT<T> scatter_add_rows(const VarT<T>& src, const std::vector<int32_t>& rows, i
   for (int64_t m = 0; m < M; ++m)
     VM_CHECK(rows[m] >= 0 && rows[m] < n_rows, "scatter_add_rows: row " + std::to_string(rows[m]) +
                                                    " outside [0, " + std::to_string(n_rows) + ")");
+  VM_CUDA_DISPATCH(on_cuda("scatter_add_rows", src), cuda_ops::scatter_add_rows(src, rows, n_rows));
   TensorT<T> out({n_rows, C});
   const T* ps = src.value().data();
   for (int64_t m = 0; m < M; ++m) {  // in order: deterministic accumulation
@@ -120,6 +124,7 @@ VarT<T> grouped_matmul(const VarT<T>& x, const VarT<T>& w, const std::vector<int
                std::to_string(M));
   for (int64_t e = 0; e < E; ++e)
     VM_CHECK(offsets[e] <= offsets[e + 1], "grouped_matmul: offsets must not decrease");
+  VM_CUDA_DISPATCH(on_cuda("grouped_matmul", x, w), cuda_ops::grouped_matmul(x, w, offsets));
   TensorT<T> out = TensorT<T>::empty({M, F});  // the groups cover every row exactly once
   // One expert after another; each GEMM uses the whole OpenMP pool (Eigen).
   for (int64_t e = 0; e < E; ++e) {
@@ -145,6 +150,7 @@ VarT<T> fill_tril_expdiag(const VarT<T>& v, int E) {
   int64_t P = (int64_t)E * (E + 1) / 2;
   VM_CHECK(v.ndim() == 2 && v.size(1) == P, "fill_tril_expdiag: v must be (N, " + std::to_string(P) +
                                                 ") for E = " + std::to_string(E) + ", got " + shape_str(v.shape()));
+  VM_CUDA_DISPATCH(on_cuda("fill_tril_expdiag", v), cuda_ops::fill_tril_expdiag(v, E));
   int64_t N = v.size(0);
   TensorT<T> L({N, (int64_t)E, (int64_t)E});
   for (int64_t n = 0; n < N; ++n) {
@@ -174,6 +180,7 @@ VarT<T> tril_matvec(const VarT<T>& L, const VarT<T>& eps) {
                eps.size(1) == L.size(1),
            "tril_matvec: L must be (N, E, E) and eps (N, E), got " + shape_str(L.shape()) + " and " +
                shape_str(eps.shape()));
+  VM_CUDA_DISPATCH(on_cuda("tril_matvec", L, eps), cuda_ops::tril_matvec(L, eps));
   int64_t N = L.size(0), E = L.size(1);
   TensorT<T> out({N, E});
   const T *pl = L.value().data(), *pe = eps.value().data();
@@ -202,6 +209,7 @@ template <class T>
 VarT<T> sum_log_diag(const VarT<T>& L) {
   VM_CHECK(L.ndim() == 3 && L.size(1) == L.size(2),
            "sum_log_diag: L must be (N, E, E), got " + shape_str(L.shape()));
+  VM_CUDA_DISPATCH(on_cuda("sum_log_diag", L), cuda_ops::sum_log_diag(L));
   int64_t N = L.size(0), E = L.size(1);
   TensorT<T> out({N});
   for (int64_t n = 0; n < N; ++n) {
@@ -222,6 +230,7 @@ template <class T>
 VarT<T> straight_through(const VarT<T>& hard, const VarT<T>& soft) {
   VM_CHECK(hard.shape() == soft.shape(), "straight_through: hard " + shape_str(hard.shape()) + " and soft " +
                                              shape_str(soft.shape()) + " differ");
+  on_cuda("straight_through", hard, soft);  // same device (clone and accumulate work on either)
   return make_result<T>(hard.value().clone(), "straight_through", {hard, soft}, [](Node<T>& self) {
     if (auto* g = grad_of(self, 1)) accumulate(*g, self.grad);
   });

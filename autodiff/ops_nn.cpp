@@ -15,6 +15,7 @@ template <class T>
 VarT<T> softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
+  VM_CUDA_DISPATCH(on_cuda("softmax", a), cuda_ops::softmax(a));
   TensorT<T> y = TensorT<T>::empty(a.shape());
   kernels::softmax_fwd(a.value().data(), y.data(), rows, C);
   return make_result<T>(std::move(y), "softmax", {a}, [rows, C](Node<T>& self) {
@@ -26,6 +27,7 @@ template <class T>
 VarT<T> log_softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
+  VM_CUDA_DISPATCH(on_cuda("log_softmax", a), cuda_ops::log_softmax(a));
   TensorT<T> y = TensorT<T>::empty(a.shape());
   kernels::log_softmax_fwd(a.value().data(), y.data(), rows, C);
   return make_result<T>(std::move(y), "log_softmax", {a}, [rows, C](Node<T>& self) {
@@ -38,6 +40,7 @@ template <class T>
 VarT<T> logsumexp(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
+  VM_CUDA_DISPATCH(on_cuda("logsumexp", a), cuda_ops::logsumexp(a));
   Shape so(a.shape().begin(), a.shape().end() - (a.ndim() ? 1 : 0));
   TensorT<T> out(so);
   const T* x = a.value().data();
@@ -64,6 +67,7 @@ VarT<T> layernorm(const VarT<T>& x, const VarT<T>& gamma, const VarT<T>& beta, d
   VM_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
            "layernorm: x " + shape_str(x.shape()) + " needs gamma and beta of shape (" + std::to_string(C) +
                "), got " + shape_str(gamma.shape()) + " and " + shape_str(beta.shape()));
+  VM_CUDA_DISPATCH(on_cuda("layernorm", x, gamma, beta), cuda_ops::layernorm(x, gamma, beta, eps));
   TensorT<T> y = TensorT<T>::empty(x.shape());
   auto stats = std::make_shared<std::pair<TensorT<T>, TensorT<T>>>(TensorT<T>({rows}), TensorT<T>({rows}));
   kernels::layernorm_fwd(x.value().data(), gamma.value().data(), beta.value().data(), y.data(),
@@ -82,6 +86,7 @@ VarT<T> rmsnorm(const VarT<T>& x, const VarT<T>& gamma, double eps) {
   rows_cols(x.shape(), rows, C);
   VM_CHECK(gamma.shape() == Shape{C}, "rmsnorm: x " + shape_str(x.shape()) + " needs gamma of shape (" +
                                           std::to_string(C) + "), got " + shape_str(gamma.shape()));
+  VM_CUDA_DISPATCH(on_cuda("rmsnorm", x, gamma), cuda_ops::rmsnorm(x, gamma, eps));
   TensorT<T> y = TensorT<T>::empty(x.shape());
   auto rstd = std::make_shared<TensorT<T>>(Shape{rows});
   kernels::rmsnorm_fwd(x.value().data(), gamma.value().data(), y.data(), rstd->data(), rows, C, eps);
@@ -101,6 +106,7 @@ VarT<T> embedding(const VarT<T>& table, const std::vector<int32_t>& ids, Shape o
   for (size_t i = 0; i < ids.size(); ++i)
     VM_CHECK(ids[i] >= 0 && ids[i] < V, "embedding: id " + std::to_string(ids[i]) + " at position " +
                                             std::to_string(i) + " outside vocabulary of " + std::to_string(V));
+  VM_CUDA_DISPATCH(on_cuda("embedding", table), cuda_ops::embedding(table, ids, out_shape));
   Shape so = out_shape;
   so.push_back(C);
   TensorT<T> out = TensorT<T>::empty(so);
@@ -133,6 +139,7 @@ template <class T>
 VarT<T> transpose(const VarT<T>& a, int d0, int d1) {
   int nd = a.ndim();
   int x0 = norm_axis(d0, nd, "transpose"), x1 = norm_axis(d1, nd, "transpose");
+  VM_CUDA_DISPATCH(on_cuda("transpose", a), cuda_ops::transpose(a, d0, d1));
   Shape si = a.shape();
   Shape so = si;
   std::swap(so[x0], so[x1]);
@@ -183,6 +190,7 @@ VarT<T> slice(const VarT<T>& a, int axis, int64_t start, int64_t stop) {
   VM_CHECK(0 <= start && start <= stop && stop <= n,
            "slice: [" + std::to_string(start) + ", " + std::to_string(stop) + ") out of range for axis " +
                std::to_string(axis) + " of " + shape_str(a.shape()));
+  VM_CUDA_DISPATCH(on_cuda("slice", a), cuda_ops::slice(a, axis, start, stop));
   Shape so = a.shape();
   so[ax] = stop - start;
   TensorT<T> out(so);
@@ -214,6 +222,7 @@ VarT<T> concat(const std::vector<VarT<T>>& xs, int axis) {
                          " differ outside axis " + std::to_string(axis));
     so[ax] += x.shape()[ax];
   }
+  VM_CUDA_DISPATCH(on_cuda("concat", xs), cuda_ops::concat(xs, axis));
   int64_t outer, ntot, inner;
   split_axis(so, ax, outer, ntot, inner);
   TensorT<T> out(so);
@@ -246,6 +255,7 @@ VarT<T> attention(const VarT<T>& q, const VarT<T>& k, const VarT<T>& v, bool cau
   VM_CHECK(q.ndim() == 4 && q.shape() == k.shape() && q.shape() == v.shape(),
            "attention: q, k, v must share a (B, H, T, D) shape, got " + shape_str(q.shape()) + ", " +
                shape_str(k.shape()) + ", " + shape_str(v.shape()));
+  VM_CUDA_DISPATCH(on_cuda("attention", q, k, v), cuda_ops::attention(q, k, v, causal));
   int64_t B = q.size(0), H = q.size(1), Tn = q.size(2), D = q.size(3);
   auto P = std::make_shared<TensorT<T>>(TensorT<T>::empty(Shape{B, H, Tn, Tn}));  // softmax weights, kept for backward
   TensorT<T> out = TensorT<T>::empty(q.shape());
@@ -269,6 +279,7 @@ VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets
     VM_CHECK(targets[i] == ignore_index || (targets[i] >= 0 && targets[i] < C),
              "cross_entropy: target " + std::to_string(targets[i]) + " at row " + std::to_string(i) +
                  " outside [0, " + std::to_string(C) + ")");
+  VM_CUDA_DISPATCH(on_cuda("cross_entropy", logits), cuda_ops::cross_entropy(logits, targets, ignore_index));
   auto probs = std::make_shared<TensorT<T>>(logits.shape());
   int64_t count = 0;
   double total = kernels::cross_entropy_fwd(logits.value().data(), targets.data(), probs->data(), N, C,
@@ -288,6 +299,7 @@ template <class T>
 VarT<T> dropout(const VarT<T>& a, double p, uint64_t seed, uint64_t stream, uint64_t offset) {
   VM_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got " + std::to_string(p));
   if (p == 0) return a;
+  VM_CUDA_DISPATCH(on_cuda("dropout", a), cuda_ops::dropout(a, p, seed, stream, offset));
   int64_t n = a.numel();
   auto mask = std::make_shared<TensorT<T>>(a.shape());  // 0 or 1/(1-p)
   TensorT<T> out(a.shape());

@@ -1,5 +1,7 @@
 #include "autodiff/tape.h"
 
+#include "autodiff/ops_common.h"  // accumulate (either device)
+
 #include <unordered_set>
 
 namespace vm {
@@ -38,7 +40,7 @@ void backward(const VarT<T>& root, const TensorT<T>& seed_grad) {
     }
   }
   TensorT<T>& g = root.node()->grad_buffer();
-  for (int64_t i = 0; i < g.numel(); ++i) g[i] += seed_grad[i];
+  ops::detail::accumulate(g, seed_grad.to(g.device()));  // the seed may come from the host
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
     Node<T>* n = *it;
     if (n->backward && n->grad.defined()) n->backward(*n);

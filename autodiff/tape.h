@@ -25,9 +25,9 @@ struct Node {
   const char* op = "leaf";
   std::string name;  // parameters carry their name (for errors and freezing)
 
-  // grad += g, allocating it on first use.
+  // grad += g, allocating it (zeroed, on the value's device) on first use.
   TensorT<T>& grad_buffer() {
-    if (!grad.defined()) grad = TensorT<T>(value.shape());
+    if (!grad.defined()) grad = TensorT<T>(value.shape(), value.device());
     return grad;
   }
 };

@@ -8,6 +8,11 @@
 #include <sstream>
 #include <unordered_map>
 
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/layout.h"
+#endif
+
 namespace vm {
 
 // glibc returns large blocks (above a 128 KiB..32 MiB dynamic threshold) to the
@@ -112,12 +117,33 @@ int norm_axis(int axis, int ndim, const char* op) {
   return a;
 }
 
+// Device storage: at least one element, so that an empty device tensor is
+// still defined(), as an empty host tensor is.
+template <class T>
+static std::shared_ptr<T> device_storage(int64_t numel, bool zero) {
+#ifdef VMOER_HAVE_CUDA
+  size_t bytes = sizeof(T) * (size_t)std::max<int64_t>(numel, 1);
+  T* p = static_cast<T*>(kernels::cuda::device_malloc(bytes));
+  std::shared_ptr<T> buf(p, [](T* q) { kernels::cuda::device_free(q); });
+  if (zero) kernels::cuda::fill_bytes(p, 0, bytes);
+  return buf;
+#else
+  (void)numel;
+  (void)zero;
+  fail("tensor: --device cuda needs the CUDA backend, and this build has none (configure with -DVMOER_CUDA=ON "
+       "where nvcc is installed)");
+#endif
+}
+
 template <class T>
 TensorT<T>::TensorT(Shape shape, Device dev, bool zero) : shape_(std::move(shape)), device_(dev) {
   VM_CHECK(shape_.size() <= 4, "tensor: at most 4 dimensions, got " + shape_str(shape_));
   for (auto d : shape_) VM_CHECK(d >= 0, "tensor: negative dimension in " + shape_str(shape_));
-  VM_CHECK(dev == Device::CPU, "tensor: host tensors only here; device tensors live in kernels/cuda");
   numel_ = shape_numel(shape_);
+  if (dev == Device::CUDA) {
+    buf_ = device_storage<T>(numel_, zero);
+    return;
+  }
   T* p = static_cast<T*>(aligned_alloc64(sizeof(T) * (size_t)numel_));
   if (zero) {
     size_t bytes = sizeof(T) * (size_t)numel_;
@@ -159,14 +185,45 @@ int64_t TensorT<T>::size(int dim) const {
 template <class T>
 T TensorT<T>::item() const {
   VM_CHECK(numel_ == 1, "item: tensor of shape " + shape_str(shape_) + " is not a single value");
+  if (device_ == Device::CUDA) return to_vector()[0];
   return data()[0];
 }
 
 template <class T>
 TensorT<T> TensorT<T>::clone() const {
-  TensorT t(shape_);
-  if (numel_) std::memcpy(t.data(), data(), sizeof(T) * (size_t)numel_);
+  TensorT t(shape_, device_, false);
+  if (!numel_) return t;
+#ifdef VMOER_HAVE_CUDA
+  if (device_ == Device::CUDA) {
+    kernels::cuda::copy_d2d(t.data(), data(), sizeof(T) * (size_t)numel_);
+    return t;
+  }
+#endif
+  std::memcpy(t.data(), data(), sizeof(T) * (size_t)numel_);
   return t;
+}
+
+template <class T>
+TensorT<T> TensorT<T>::to(Device dev) const {
+  if (dev == device_) return *this;
+  TensorT t(shape_, dev, false);
+  if (!numel_) return t;
+#ifdef VMOER_HAVE_CUDA
+  size_t bytes = sizeof(T) * (size_t)numel_;
+  if (dev == Device::CUDA) kernels::cuda::copy_h2d(t.data(), data(), bytes);
+  else kernels::cuda::copy_d2h(t.data(), data(), bytes);
+#endif
+  return t;
+}
+
+template <class T>
+std::vector<T> TensorT<T>::to_vector() const {
+  if (device_ == Device::CPU) return std::vector<T>(data(), data() + numel_);
+  std::vector<T> v((size_t)numel_);
+#ifdef VMOER_HAVE_CUDA
+  if (numel_) kernels::cuda::copy_d2h(v.data(), data(), sizeof(T) * (size_t)numel_);
+#endif
+  return v;
 }
 
 template <class T>
@@ -196,6 +253,12 @@ TensorT<T> TensorT<T>::reshaped(Shape s) const {
 
 template <class T>
 void TensorT<T>::fill(T v) {
+#ifdef VMOER_HAVE_CUDA
+  if (device_ == Device::CUDA) {
+    kernels::cuda::fill_value(data(), numel_, v);
+    return;
+  }
+#endif
   T* p = data();
   for (int64_t i = 0; i < numel_; ++i) p[i] = v;
 }

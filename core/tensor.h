@@ -1,6 +1,14 @@
 // core/tensor.h — a minimal dense tensor: row-major, contiguous, up to 4 dims,
-// 64-byte aligned storage, a device tag. Templated on the scalar so the same
-// code runs in float32 (the product) and float64 (finite-difference checks).
+// 64-byte aligned storage on the host or device storage on the GPU (the
+// CUDA backend's stream-ordered pool, kernels/cuda/device.h). Templated on the
+// scalar so the same code runs in float32 (the product) and float64
+// (finite-difference checks).
+//
+// Device tensors: data() is then a device pointer, to be passed to the CUDA
+// kernels only; operator[] and the loops that use it are for host tensors.
+// to(Device) copies across; clone, fill, item, to_vector and cast work on
+// either device. Building a CUDA tensor without the CUDA backend, or on a
+// machine without a GPU, throws vm::Error saying which.
 #pragma once
 #include <cstdint>
 #include <initializer_list>
@@ -45,6 +53,8 @@ class TensorT {
   static TensorT full(Shape shape, T value);
   static TensorT from(const std::vector<T>& values, Shape shape);
   static TensorT scalar(T value) { return from({value}, {}); }
+  // Uninitialised / zero storage on a given device.
+  static TensorT empty(Shape shape, Device dev) { return TensorT(std::move(shape), dev, false); }
 
   const Shape& shape() const { return shape_; }
   int ndim() const { return (int)shape_.size(); }
@@ -59,12 +69,15 @@ class TensorT {
   const T& operator[](int64_t i) const { return buf_.get()[i]; }
   T item() const;  // single-element tensor -> value
 
-  TensorT clone() const;
+  TensorT clone() const;                 // same device
+  TensorT to(Device dev) const;          // copy to dev (a shallow copy when already there)
+  bool is_cuda() const { return device_ == Device::CUDA; }
   TensorT reshaped(Shape new_shape) const;  // shares storage; -1 infers one dim
   void fill(T v);
-  std::vector<T> to_vector() const { return std::vector<T>(data(), data() + numel_); }
+  std::vector<T> to_vector() const;  // host copy of the values (either device)
   template <class U>
   TensorT<U> cast() const {
+    if (device_ != Device::CPU) return to(Device::CPU).template cast<U>().to(device_);
     TensorT<U> out(shape_);
     for (int64_t i = 0; i < numel_; ++i) out[i] = (U)(*this)[i];
     return out;

@@ -64,7 +64,9 @@ static std::string crc_hex(unsigned long crc) {
   return buf;
 }
 
-void save_safetensors(const std::string& path, const SafeTensors& st) {
+void save_safetensors(const std::string& path, const SafeTensors& st_any_device) {
+  SafeTensors st = st_any_device;  // shallow copies; device tensors are brought to the host
+  for (auto& [name, t] : st.tensors) t = t.to(Device::CPU);
   nlohmann::json header = nlohmann::json::object();
   std::map<std::string, std::string> meta = st.metadata;
   uLong crc = crc32_z(0L, Z_NULL, 0);

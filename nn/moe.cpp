@@ -82,7 +82,7 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "jitter");
     for (int64_t i = 0; i < noise.numel(); ++i)
       noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, (uint64_t)i) - 1.0f);
-    u = ops::mul(x, ops::constant(std::move(noise)));
+    u = ops::mul(x, ops::constant(noise.to(x.value().device())));
   }
   aux.route = router_->route(u, w_router_, K, mask, ctx);
   const RouterOut& r = aux.route;
@@ -106,7 +106,8 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   aux.n_real = (int64_t)n_real;
   Tensor mrow({1, N});
   for (int64_t n = 0; n < N; ++n) mrow[n] = mask[n] ? 1.0f : 0.0f;
-  Var mask_row = ops::constant(mrow);
+  Device dev = x.value().device();
+  Var mask_row = ops::constant(mrow.to(dev));
   if (n_real > 0) {
     // Switch load balancing: L_lb = E Σ_e f_e P_e, f_e = share of the N_real·K
     // assignments routed to e (before capacity, no gradient), P_e = mean
@@ -114,13 +115,13 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
     Tensor f({1, (int64_t)E});
     for (int e = 0; e < E; ++e) f[e] = (float)plan.wanted[e] / (n_real * (float)K);
     Var p_mean = ops::mul_scalar(ops::matmul(mask_row, ops::softmax(r.logits)), 1.0 / n_real);  // (1, E)
-    aux.lb_loss = ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f))), (double)E);
+    aux.lb_loss = ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f.to(dev)))), (double)E);
     // z-loss: mean over real tokens of logsumexp(l)²
     Var lse = ops::reshape(ops::logsumexp(r.logits), {1, N});
     aux.z_loss = ops::mul_scalar(ops::sum_all(ops::mul(ops::square(lse), mask_row)), 1.0 / n_real);
   } else {
-    aux.lb_loss = ops::constant(Tensor::scalar(0));
-    aux.z_loss = ops::constant(Tensor::scalar(0));
+    aux.lb_loss = ops::constant(Tensor::scalar(0).to(dev));
+    aux.z_loss = ops::constant(Tensor::scalar(0).to(dev));
   }
   return out;
 }

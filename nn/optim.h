@@ -24,7 +24,10 @@ class AdamW {
   explicit AdamW(AdamWConfig cfg) : cfg_(cfg) {}
   // Update every parameter that requires grad; returns the pre-clip grad norm.
   // Parameters whose name matches no_decay_pattern (norm gains, biases) skip weight decay.
+  // Device parameters are updated on the GPU (kernels/cuda adamw_step), with
+  // the state kept beside them.
   double step(ParamStore& params);
+  void to(Device dev);  // move the (m, v) state, e.g. after ParamStore::to
   int64_t steps_done() const { return t_; }
   void set_steps_done(int64_t t) { t_ = t; }
   std::map<std::string, std::pair<Tensor, Tensor>>& state() { return state_; }  // name -> (m, v)

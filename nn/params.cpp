@@ -72,4 +72,13 @@ void ParamStore::zero_grad() {
   for (auto& [name, v] : params_) v.zero_grad();
 }
 
+void ParamStore::to(Device dev) {
+  for (auto& [name, v] : params_) {
+    v.value() = v.value().to(dev);
+    v.zero_grad();
+  }
+}
+
+Device ParamStore::device() const { return params_.empty() ? Device::CPU : params_.front().second.value().device(); }
+
 }  // namespace vm::nn

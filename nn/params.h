@@ -31,6 +31,11 @@ class ParamStore {
   int set_trainable(const std::string& pattern, bool trainable);
   int64_t count(bool only_trainable = false) const;
   void zero_grad();
+  // Move every parameter to `dev` in place (the Vars the model holds see the
+  // move: they share the nodes); gradients are dropped. Device of the first
+  // parameter (cpu when there is none).
+  void to(Device dev);
+  Device device() const;
 
  private:
   std::vector<std::pair<std::string, Var>> params_;

@@ -70,8 +70,19 @@ std::vector<int> Model::bayes_layer_ids() const {
   return ids;
 }
 
+Device Model::device() const { return params_.device(); }
+
+void Model::to(Device dev) {
+  if (dev == Device::CUDA)
+    for (int l : moe_layer_ids())
+      VM_CHECK(blocks_[l].moe->router().name() == "det",
+               "model: the " + blocks_[l].moe->router().name() + " router (layer " + std::to_string(l) +
+                   ") does not run on the GPU yet; only det routing and dense layers do (CUDA part 2)");
+  params_.to(dev);
+}
+
 double Model::mean_embedding_norm() const {
-  const Tensor& w = tok_emb_.defined() ? tok_emb_.value() : patch_w_.value();
+  Tensor w = (tok_emb_.defined() ? tok_emb_.value() : patch_w_.value()).to(Device::CPU);
   int64_t V = w.size(0), C = w.size(1);
   double s = 0;
   for (int64_t v = 0; v < V; ++v) {
@@ -127,7 +138,7 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
     res.penalty = add_opt(res.penalty, a.route.penalty);
   }
   for (Var* v : {&res.lb_loss, &res.z_loss, &res.kl, &res.penalty})
-    if (!v->defined()) *v = ops::constant(Tensor::scalar(0));
+    if (!v->defined()) *v = ops::constant(Tensor::scalar(0).to(device()));
   return norm(x, lnf_g_, lnf_b_);
 }
 
@@ -146,7 +157,7 @@ ForwardResult Model::forward_lm(const std::vector<int32_t>& ids, int B, int T, c
     uint64_t stream = name_hash("embed_noise");
     for (int64_t i = 0; i < n.numel(); ++i)
       n[i] = (float)opt.embed_noise * philox_normal(opt.noise_seed, stream, (uint64_t)i);
-    x = ops::add(x, ops::constant(std::move(n)));
+    x = ops::add(x, ops::constant(n.to(device())));
   }
   std::vector<int32_t> pos((size_t)T);
   for (int t = 0; t < T; ++t) pos[t] = t;
@@ -176,8 +187,9 @@ static Tensor extract_patches(const Tensor& pixels, int S, int P) {
 double Model::mean_patch_embedding_norm(const Tensor& pixels) {
   VM_CHECK(cfg_.kind == "vit", "mean_patch_embedding_norm: model kind is " + cfg_.kind);
   NoGradGuard ng;
-  Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, cfg_.image_size, cfg_.patch)), patch_w_), patch_b_);
-  const Tensor& v = e.value();
+  Var e = ops::add(
+      ops::matmul(ops::constant(extract_patches(pixels, cfg_.image_size, cfg_.patch).to(device())), patch_w_), patch_b_);
+  Tensor v = e.value().to(Device::CPU);
   int64_t R = v.size(0), C = v.size(1);
   double s = 0;
   for (int64_t r = 0; r < R; ++r) {
@@ -195,16 +207,16 @@ ForwardResult Model::forward_vit(const Tensor& pixels, const ForwardOptions& opt
            "forward_vit: pixels must be (B, " + std::to_string(S * S) + "), got " + shape_str(pixels.shape()));
   int B = (int)pixels.size(0), NP = G * G, T = NP + 1;
   ForwardResult res;
-  Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, S, P)), patch_w_), patch_b_);  // (B*NP, C)
+  Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, S, P).to(device())), patch_w_), patch_b_);  // (B*NP, C)
   e = ops::reshape(e, {B, NP, C});
   if (opt.embed_noise > 0) {
     Tensor n({(int64_t)B, (int64_t)NP, (int64_t)C});
     uint64_t stream = name_hash("embed_noise");
     for (int64_t i = 0; i < n.numel(); ++i)
       n[i] = (float)opt.embed_noise * philox_normal(opt.noise_seed, stream, (uint64_t)i);
-    e = ops::add(e, ops::constant(std::move(n)));
+    e = ops::add(e, ops::constant(n.to(device())));
   }
-  Var cls = ops::add(ops::constant(Tensor({(int64_t)B, 1, (int64_t)C})), cls_tok_);  // (B, 1, C)
+  Var cls = ops::add(ops::constant(Tensor({(int64_t)B, 1, (int64_t)C}, device())), cls_tok_);  // (B, 1, C)
   Var x = ops::concat<float>({cls, e}, 1);                                            // (B, T, C)
   std::vector<int32_t> pos((size_t)T);
   for (int t = 0; t < T; ++t) pos[t] = t;

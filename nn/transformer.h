@@ -39,6 +39,11 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const RouterConfig& router_config() const { return rcfg_; }
   ParamStore& params() { return params_; }
+  // Where the parameters live; forward() then runs there (constants it builds
+  // follow). to(cuda) needs every MoE layer on det routing (the other routers
+  // run on the CPU only, for now) and fails in one line otherwise.
+  Device device() const;
+  void to(Device dev);
 
   // lm: ids (B*T), mask (B*T) 1 = real token; positions: rows (b*T + t) whose
   // logits are wanted (empty = all rows).

@@ -40,7 +40,8 @@ Gen ids(int ignore_every = 0, bool all_ignored = false);
 
 // An id input converted for an op: id % n (negative ids -> `negative`).
 template <class T>
-std::vector<int32_t> ids_of(const TensorT<T>& t, int64_t n, int32_t negative = -1) {
+std::vector<int32_t> ids_of(const TensorT<T>& t_any_device, int64_t n, int32_t negative = -1) {
+  const TensorT<T> t = t_any_device.to(Device::CPU);  // the CUDA column moves id inputs to the GPU too
   std::vector<int32_t> out((size_t)t.numel());
   for (int64_t i = 0; i < t.numel(); ++i)
     out[i] = t[i] < 0 ? negative : (int32_t)((int64_t)t[i] % n);

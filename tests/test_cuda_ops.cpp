@@ -1,0 +1,279 @@
+// tests/test_cuda_ops.cpp — device tensors and the GPU half of the autodiff
+// (core/tensor.h, autodiff/ops_cuda.cpp):
+//   (a) the op-case table's CUDA column: every case of tests/op_cases.cpp run
+//       with its inputs on the GPU against the same case on the CPU — the
+//       forward value and the gradient of every input, in float64 (only the
+//       summation order and 1-ulp libm differences separate them, so the
+//       tolerance is tight and any indexing slip shows) and in float32;
+//   (b) one training step of the transformer (a dense block and a det-routed
+//       MoE block, two configurations): loss, every parameter's gradient and
+//       the parameters after one AdamW step, GPU vs CPU, same weights and batch;
+//   (c) everywhere, with or without a GPU: a device tensor without a GPU (or
+//       without the CUDA backend) fails in one line, and Model::to(cuda)
+//       refuses routers that have no GPU path yet.
+// (a) and (b) need a GPU; without one each prints one "no CUDA device" line.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "autodiff/ops.h"
+#include "core/philox.h"
+#include "nn/optim.h"
+#include "nn/transformer.h"
+#include "tests/op_cases.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
+
+using namespace vm;
+using namespace vm::testing;
+
+namespace {
+
+bool have_device() {
+#ifdef VMOER_HAVE_CUDA
+  return kernels::cuda::cuda_device_available();
+#else
+  return false;
+#endif
+}
+
+bool skip_without_device(const std::string& name) {
+  if (have_device()) return false;
+#ifdef VMOER_HAVE_CUDA
+  MESSAGE("no CUDA device: " << name << " skipped");
+#else
+  MESSAGE("no CUDA device (this build has no CUDA backend): " << name << " skipped");
+#endif
+  return true;
+}
+
+// |got − want| / max(|want|, floor), NaN-aware
+double rel_err(double got, double want, double floor) {
+  if (std::isnan(got) || std::isnan(want)) return std::isnan(got) && std::isnan(want) ? 0.0 : INFINITY;
+  if (got == want) return 0.0;
+  return std::abs(got - want) / std::max(std::abs(want), floor);
+}
+double max_rel_err(const TensorD& got, const TensorD& want, double floor) {
+  REQUIRE(got.shape() == want.shape());
+  double e = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) e = std::max(e, rel_err(got[i], want[i], floor));
+  return e;
+}
+
+struct CaseRun {
+  TensorD y;
+  std::vector<TensorD> grads;
+  std::vector<bool> arrived;
+};
+
+// One case on one device: forward, then backward of Σ w ⊙ y with a fixed random w.
+template <class T>
+CaseRun run_case(const OpCase& c, const std::vector<TensorD>& x, Device dev) {
+  std::vector<VarT<T>> v;
+  for (size_t i = 0; i < x.size(); ++i) v.emplace_back(x[i].cast<T>().to(dev), c.inputs[i].grad);
+  VarT<T> y;
+  if constexpr (std::is_same_v<T, float>) y = c.build_f(v);
+  else y = c.build_d(v);
+  CaseRun r;
+  r.y = y.value().to(Device::CPU).template cast<double>();
+  if (y.requires_grad()) {
+    TensorD w(y.shape());
+    normal()(w, hash_name(c.name) ^ 0x5eed);
+    backward(y, w.cast<T>().to(dev));
+  }
+  for (auto& vi : v) {
+    r.arrived.push_back(vi.grad().defined());
+    r.grads.push_back(vi.grad().defined() ? vi.grad().to(Device::CPU).template cast<double>() : TensorD(vi.shape()));
+  }
+  return r;
+}
+
+template <class T>
+void check_case_on_gpu(const OpCase& c, double tol_y, double tol_g) {
+  auto x = make_inputs(c, false);
+  CaseRun cpu = run_case<T>(c, x, Device::CPU);
+  CaseRun gpu = run_case<T>(c, x, Device::CUDA);
+  const char* prec = std::is_same_v<T, float> ? "float32" : "float64";
+  INFO("case " << c.name << " (" << prec << ")");
+  CHECK(max_rel_err(gpu.y, cpu.y, 1.0) <= tol_y);
+  REQUIRE(gpu.grads.size() == cpu.grads.size());
+  for (size_t i = 0; i < cpu.grads.size(); ++i) {
+    INFO("gradient of input " << i);
+    CHECK(gpu.arrived[i] == cpu.arrived[i]);
+    CHECK(max_rel_err(gpu.grads[i], cpu.grads[i], 1.0) <= tol_g);
+  }
+}
+
+}  // namespace
+
+// ---- (a) the op table's CUDA column -------------------------------------------------------
+TEST_CASE("cuda ops: every op-table case on the GPU matches the CPU, forward and gradients (float64, float32)") {
+  if (skip_without_device("op-table CUDA column (" + std::to_string(op_cases().size()) + " cases)")) return;
+  for (const OpCase& c : op_cases()) {
+    // float64: the same formulas in a different summation order (trees on the
+    // GPU, loops on the CPU) and CUDA's libm within 1 ulp of glibc's.
+    check_case_on_gpu<double>(c, 1e-10, 1e-10);
+    // float32: the same, at float precision; twice the case's own
+    // float-vs-double tolerance (both sides carry float rounding), at least 1e-4.
+    check_case_on_gpu<float>(c, std::max(2 * c.f32_tol, 1e-4), std::max(2 * c.f32_grad_tol, 1e-4));
+  }
+}
+
+// ---- (b) one training step, GPU vs CPU -------------------------------------------------------
+namespace {
+struct StepResult {
+  double loss = 0;
+  std::vector<std::pair<std::string, TensorD>> grads, params_after;
+  std::vector<int32_t> experts;  // layer-1 routing decisions
+};
+
+StepResult train_step(const nn::ModelConfig& mc, Device dev) {
+  nn::RouterConfig rc;  // det
+  nn::Model model(mc, rc, /*seed=*/7);
+  model.to(dev);
+  const int B = 3, T = 12;
+  std::vector<int32_t> ids(B * T), tg(B * T);
+  std::vector<uint8_t> mask(B * T, 1);
+  for (int i = 0; i < B * T; ++i) ids[i] = (int32_t)(philox_u32(11, 3, (uint64_t)i) % 256);
+  for (int i = 0; i < B * T; ++i) tg[i] = (i % T == T - 1) ? -100 : ids[i + 1];
+  for (int t = T - 3; t < T; ++t) {  // row 2 ends in padding
+    mask[2 * T + t] = 0;
+    tg[2 * T + t] = -100;
+  }
+  nn::ForwardOptions fo;
+  fo.training = true;
+  fo.seed = 5;
+  auto res = model.forward_lm(ids, B, T, mask, {}, fo);
+  Var loss = ops::cross_entropy(res.logits, tg);
+  loss = ops::add(loss, ops::mul_scalar(res.lb_loss, 0.01));
+  loss = ops::add(loss, ops::mul_scalar(res.z_loss, 1e-3));
+  backward(loss);
+  StepResult r;
+  r.loss = loss.item();
+  for (auto& a : res.moe) r.experts.insert(r.experts.end(), a.route.experts.begin(), a.route.experts.end());
+  for (auto& [name, v] : model.params().all())
+    r.grads.emplace_back(name, v.grad().defined() ? v.grad().to(Device::CPU).cast<double>() : TensorD(v.shape()));
+  nn::AdamWConfig oc;
+  oc.lr = 1e-3;
+  oc.clip = 0.5;  // exercise the clipping path
+  nn::AdamW opt(oc);
+  opt.step(model.params());
+  for (auto& [name, v] : model.params().all()) r.params_after.emplace_back(name, v.value().to(Device::CPU).cast<double>());
+  return r;
+}
+
+// ||a − b|| / ||b|| (0 when both vanish)
+double norm_rel(const TensorD& a, const TensorD& b) {
+  double d = 0, n = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    d += (a[i] - b[i]) * (a[i] - b[i]);
+    n += b[i] * b[i];
+  }
+  return n == 0 ? std::sqrt(d) : std::sqrt(d / n);
+}
+}  // namespace
+
+TEST_CASE("cuda train step: transformer (dense + det-MoE block) loss, gradients and AdamW update match the CPU") {
+  if (skip_without_device("transformer training step GPU vs CPU")) return;
+  nn::ModelConfig a;
+  a.max_seq = 16;
+  a.d_model = 32;
+  a.n_layers = 2;
+  a.n_heads = 4;
+  a.n_experts = 4;
+  a.top_k = 2;
+  a.d_expert = 48;
+  a.moe_layers = {1};  // layer 0 dense FFN, layer 1 MoE
+  nn::ModelConfig b = a;
+  b.norm = "layer";
+  b.act = "swiglu";
+  b.tied_head = false;
+  b.shared_expert = true;
+  b.capacity_factor = 1.0;  // some tokens dropped
+  for (const nn::ModelConfig& mc : {a, b}) {
+    INFO("norm " << mc.norm << ", act " << mc.act);
+    StepResult cpu = train_step(mc, Device::CPU), gpu = train_step(mc, Device::CUDA);
+    // Routing is decided on float router probabilities; a flip here would be
+    // a near-tie, not a kernel bug, and would make the gradients incomparable.
+    REQUIRE(gpu.experts == cpu.experts);
+    CHECK(rel_err(gpu.loss, cpu.loss, 1.0) <= 1e-5);
+    for (size_t i = 0; i < cpu.grads.size(); ++i) {
+      INFO("gradient of " << cpu.grads[i].first);
+      // float32 through two blocks: different summation orders (cuBLAS vs
+      // Eigen, trees vs loops) give ~1e-6 relative per op.
+      CHECK(norm_rel(gpu.grads[i].second, cpu.grads[i].second) <= 1e-4);
+    }
+    // After one AdamW step the update is ≈ lr · sign(g) elementwise, so an
+    // element whose gradient is at rounding level may move the other way;
+    // every other element must agree closely.
+    for (size_t i = 0; i < cpu.params_after.size(); ++i) {
+      const TensorD &pg = gpu.params_after[i].second, &pc = cpu.params_after[i].second, &g = cpu.grads[i].second;
+      double gmax = 0;
+      for (int64_t k = 0; k < g.numel(); ++k) gmax = std::max(gmax, std::abs(g[k]));
+      int64_t bad = 0;
+      for (int64_t k = 0; k < pc.numel(); ++k)
+        if (std::abs(pg[k] - pc[k]) > 1e-6 + 1e-5 * std::abs(pc[k]) && std::abs(g[k]) > 1e-4 * gmax) ++bad;
+      INFO("parameter " << cpu.params_after[i].first);
+      CHECK(bad == 0);
+    }
+  }
+}
+
+// ---- (c) everywhere -------------------------------------------------------------------------------
+TEST_CASE("device tensors: without a GPU a CUDA tensor fails in one line naming the reason") {
+  if (have_device()) {
+    Tensor t = Tensor::from({1, 2, 3}, {3}).to(Device::CUDA);
+    CHECK(t.is_cuda());
+    CHECK(t.to_vector() == std::vector<float>{1, 2, 3});
+    CHECK(t.clone().to(Device::CPU).to_vector() == std::vector<float>{1, 2, 3});
+    Tensor z({2, 2}, Device::CUDA);
+    CHECK(z.to_vector() == std::vector<float>(4, 0.0f));
+    z.fill(2.5f);
+    CHECK(z.to_vector() == std::vector<float>(4, 2.5f));
+    CHECK(Tensor::scalar(4).to(Device::CUDA).item() == 4.0f);
+    return;
+  }
+  try {
+    Tensor t({2, 3}, Device::CUDA);
+    FAIL("a CUDA tensor was created without a GPU");
+  } catch (const Error& e) {
+    std::string m = e.what();
+    CHECK(m.find("CUDA") != std::string::npos);
+    CHECK(m.find('\n') == std::string::npos);
+  }
+  // host tensors: to(cpu) is a shallow copy, to_vector / item / cast unchanged
+  Tensor h = Tensor::from({1, 2}, {2});
+  CHECK(h.to(Device::CPU).data() == h.data());
+  CHECK(h.to_vector() == std::vector<float>{1, 2});
+}
+
+TEST_CASE("Model::to(cuda) refuses routers without a GPU path, before touching any parameter") {
+  nn::ModelConfig mc;
+  mc.d_model = 16;
+  mc.n_layers = 2;
+  mc.n_heads = 2;
+  mc.n_experts = 4;
+  mc.d_expert = 16;
+  mc.max_seq = 8;
+  for (const char* r : {"mfvr", "fcvr", "vtsr", "sample-k", "mc-dropout", "noisy"}) {
+    nn::RouterConfig rc;
+    rc.name = r;
+    nn::Model m(mc, rc, 1);
+    INFO("router " << r);
+    std::string msg;
+    try {
+      m.to(Device::CUDA);
+    } catch (const Error& e) {
+      msg = e.what();
+    }
+    CHECK(msg.find(std::string("the ") + r + " router") != std::string::npos);
+    CHECK(m.device() == Device::CPU);
+  }
+  nn::RouterConfig det;
+  nn::Model m(mc, det, 1);
+  m.to(Device::CPU);  // no-op
+  CHECK(m.device() == Device::CPU);
+}
