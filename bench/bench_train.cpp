@@ -11,6 +11,9 @@
 // GFLOP/s uses the analytic FLOPs of experiments/flops.h (forward per token:
 // attention + experts + routers + head) times 3 for forward + backward.
 // Threads: OMP_NUM_THREADS (the script sets 2). Prints a JSON line with --json.
+// --device cuda runs the model on the GPU (det routing, autodiff/ops_cuda.cpp);
+// each timed step ends with a synchronising read (the loss / the stream), and
+// --peak should then be the GPU's FP32 (non-tensor-core) peak.
 #include <omp.h>
 
 #include <algorithm>
@@ -26,6 +29,9 @@
 #include "experiments/flops.h"
 #include "nn/optim.h"
 #include "nn/transformer.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 using namespace vm;
 
@@ -56,6 +62,7 @@ int main(int argc, char** argv) {
   int B = 16, T = 256, warmup = 1, steps = 5, infer_steps = 3;
   double peak = 300.0;  // GFLOP/s, ~2 cores of AVX-512 FMA
   bool json = false;
+  std::string device = "cpu";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> int {
@@ -66,6 +73,7 @@ int main(int argc, char** argv) {
       return std::atoi(argv[++i]);
     };
     if (a == "--json") json = true;
+    else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--d-model") mc.d_model = next();
     else if (a == "--layers") mc.n_layers = next();
     else if (a == "--heads") mc.n_heads = next();
@@ -81,14 +89,31 @@ int main(int argc, char** argv) {
     else if (a == "--peak") peak = next();
     else {
       std::fprintf(stderr,
-                   "usage: bench_train [--json] [--d-model N] [--layers N] [--heads N] [--experts N] [--d-expert N]\n"
+                   "usage: bench_train [--json] [--device cpu|cuda] [--d-model N] [--layers N] [--heads N] [--experts N] [--d-expert N]\n"
                    "                   [--top-k N] [--seq N] [--batch N] [--vocab N] [--warmup N] [--steps N]\n"
                    "                   [--infer-steps N] [--peak GFLOPS]\n");
       return 2;
     }
   }
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "bench_train: --device must be cpu or cuda, got '%s'\n", device.c_str());
+    return 2;
+  }
+  Device dev = device == "cuda" ? Device::CUDA : Device::CPU;
+#ifdef VMOER_HAVE_CUDA
+  if (dev == Device::CUDA && !kernels::cuda::cuda_device_available()) {
+    std::printf("no CUDA device: bench_train --device cuda not run\n");
+    return 0;
+  }
+#else
+  if (dev == Device::CUDA) {
+    std::printf("no CUDA device (this build has no CUDA backend): bench_train --device cuda not run\n");
+    return 0;
+  }
+#endif
   nn::RouterConfig rc;
   nn::Model model(mc, rc, 1);
+  model.to(dev);
   nn::AdamWConfig oc;
   oc.lr = 3e-4;
   oc.total_steps = 1000;
@@ -129,6 +154,9 @@ int main(int argc, char** argv) {
     for (int s = 0; s < infer_steps + 1; ++s) {
       double t0 = now_s();
       auto res = model.forward_lm(ids, B, T, mask, {}, fo);
+#ifdef VMOER_HAVE_CUDA
+      if (dev == Device::CUDA) kernels::cuda::synchronize();
+#endif
       if (s > 0) itimes.push_back(now_s() - t0);  // first one is warm-up
     }
   }
@@ -140,18 +168,18 @@ int main(int argc, char** argv) {
   int threads = omp_get_max_threads();
   if (json) {
     std::printf(
-        "{\"impl\":\"ours\",\"threads\":%d,\"tokens_per_step\":%lld,\"train_ms\":%.3f,\"train_tokens_per_s\":%.1f,"
+        "{\"impl\":\"ours\",\"device\":\"%s\",\"threads\":%d,\"tokens_per_step\":%lld,\"train_ms\":%.3f,\"train_tokens_per_s\":%.1f,"
         "\"infer_ms\":%.3f,\"infer_tokens_per_s\":%.1f,\"fwd_flops_per_token\":%.0f,\"step_gflop\":%.3f,"
         "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"peak_gflops\":%.0f,\"params\":%lld,\"loss\":%.4f,"
         "\"train_ms_all\":[",
-        threads, (long long)N, tr * 1e3, (double)N / tr, inf * 1e3, (double)N / inf, f.total(), step_gflop, gflops,
+        device.c_str(), threads, (long long)N, tr * 1e3, (double)N / tr, inf * 1e3, (double)N / inf, f.total(), step_gflop, gflops,
         infer_gflops, peak, (long long)model.params().count(), last_loss);
     for (size_t i = 0; i < times.size(); ++i) std::printf("%s%.3f", i ? "," : "", times[i] * 1e3);
     std::printf("]}\n");
   } else {
-    std::printf("config: d=%d L=%d H=%d E=%d F=%d K=%d T=%d B=%d vocab=%d, %lld params, %d threads\n", mc.d_model,
-                mc.n_layers, mc.n_heads, mc.n_experts, mc.d_expert, mc.top_k, T, B, mc.vocab,
-                (long long)model.params().count(), threads);
+    std::printf("config: d=%d L=%d H=%d E=%d F=%d K=%d T=%d B=%d vocab=%d, %lld params, %d threads, device %s\n",
+                mc.d_model, mc.n_layers, mc.n_heads, mc.n_experts, mc.d_expert, mc.top_k, T, B, mc.vocab,
+                (long long)model.params().count(), threads, device.c_str());
     std::printf("train step : %9.1f ms  (median of %d, warm-up %d)  %9.0f tokens/s\n", tr * 1e3, steps, warmup,
                 (double)N / tr);
     std::printf("inference  : %9.1f ms  (median of %d)             %9.0f tokens/s\n", inf * 1e3, infer_steps,

@@ -211,6 +211,7 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   if (!cfg.router_flags.empty()) rc.validate(mc.n_layers, mc.n_experts, mc.top_k);
   auto model = std::make_unique<nn::Model>(mc, rc, cfg.seed);
   load_checkpoint(cfg.init, *model, nullptr);
+  if (cfg.device == "cuda") model->to(Device::CUDA);
   return model;
 }
 

@@ -41,7 +41,7 @@ static std::string show_byte(int32_t t) {
 
 static int run_inspect(InspectConfig ic) {
   RunConfig& cfg = ic.run;
-  require_device(cfg.device);
+  require_device(cfg.device, "inspect");
   omp_set_num_threads(cfg.threads);
   auto model = load_model_for_eval(cfg);
   inherit_split_seed(cfg, cfg.init);

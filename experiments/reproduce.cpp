@@ -440,7 +440,7 @@ static int run_reproduce(ReproConfig r) {
   if (r.track != "text" && r.track != "vision" && r.track != "both")
     fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
-  require_device(r.device);
+  require_device(r.device, "reproduce");
   if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
     fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
   omp_set_num_threads(r.threads);

@@ -218,6 +218,7 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
     if (t->shape() != v.shape())
       fail(path + ": parameter '" + name + "' has shape " + shape_str(t->shape()) + " but the model expects " +
            shape_str(v.shape()) + " (config mismatch)");
+    VM_CHECK(!v.value().is_cuda(), "load_checkpoint: load " + path + " before moving the model to the GPU");
     std::copy(t->data(), t->data() + t->numel(), v.value().data());
   }
   for (auto& [name, t] : f.tensors) {
@@ -255,18 +256,20 @@ static std::string tensor_and_layer(const std::string& name) {
   return "'" + name + "'" + where;
 }
 
+// Device tensors are checked on a host copy (one transfer per parameter).
 static std::string first_nonfinite_grad(nn::ParamStore& ps) {
   for (auto& [name, v] : ps.all()) {
     if (!v.grad().defined()) continue;
-    for (int64_t i = 0; i < v.numel(); ++i)
-      if (!std::isfinite(v.grad()[i])) return name;
+    const Tensor g = v.grad().to(Device::CPU);
+    for (int64_t i = 0; i < g.numel(); ++i)
+      if (!std::isfinite(g[i])) return name;
   }
   return "";
 }
 
 static std::string first_nonfinite_param(nn::ParamStore& ps) {
   for (auto& [name, v] : ps.all()) {
-    const Tensor& t = v.value();
+    const Tensor t = v.value().to(Device::CPU);
     for (int64_t i = 0; i < t.numel(); ++i)
       if (!std::isfinite(t[i])) return name;
   }
@@ -279,7 +282,7 @@ static std::string locate_nonfinite(nn::ParamStore& ps, const nn::ForwardResult&
   std::string p = first_nonfinite_param(ps);
   if (!p.empty()) return "parameter " + tensor_and_layer(p) + " holds a non-finite value";
   for (auto& a : res.moe) {
-    const Tensor& pr = a.route.probs.value();
+    const Tensor pr = a.route.probs.value().to(Device::CPU);
     for (int64_t i = 0; i < pr.numel(); ++i)
       if (!std::isfinite(pr[i]))
         return "router probabilities of layer " + std::to_string(a.layer) + " are non-finite (parameters are finite)";
@@ -424,6 +427,15 @@ static double entropy(const double* p, int k) {
   return h;
 }
 
+// Evaluation reads the logits and router probabilities on the host: bring
+// them there when the model runs on the GPU (no-op on the CPU). Only for
+// results no gradient flows through (evaluation runs under NoGradGuard).
+static void host_diagnostics(nn::ForwardResult& res) {
+  res.logits.value() = res.logits.value().to(Device::CPU);
+  for (auto& a : res.moe)
+    if (a.route.probs.defined()) a.route.probs.value() = a.route.probs.value().to(Device::CPU);
+}
+
 // Append one example: its class distribution and the router diagnostics at `row`.
 static void append_example(McEval& ev, std::vector<double> p, int32_t label, const nn::ForwardResult& res, int64_t row,
                            int E, const std::vector<int>& bayes) {
@@ -433,7 +445,7 @@ static void append_example(McEval& ev, std::vector<double> p, int32_t label, con
   double ilv = 0, ge = 0, temp = 0;
   int nb = 0;
   for (auto& a : res.moe) {
-    const Tensor& pr = a.route.probs.value();
+    const Tensor& pr = a.route.probs.value();  // on the host (host_diagnostics)
     ge += entropy(std::vector<double>(pr.data() + row * E, pr.data() + (row + 1) * E).data(), E);
     if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
       if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
@@ -533,6 +545,7 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
     auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
                                 eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+    host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, V)
     int64_t V = lg.size(1);
     for (int r = 0; r < mb.B; ++r) {
@@ -589,6 +602,7 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+    host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, classes)
     for (size_t r = 0; r < idx.size(); ++r) {
       double mx = -1e300;
@@ -679,6 +693,13 @@ int run_train(RunConfig cfg) {
     load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
   }
 
+  // --device cuda: parameters and optimizer state move to the GPU once the
+  // checkpoints are loaded (Model::to refuses routers without a GPU path).
+  if (cfg.device == "cuda") {
+    model.to(Device::CUDA);
+    opt.to(Device::CUDA);
+  }
+
   // Freezing: stage 2 trains only the router heads (W_r stays frozen).
   auto& ps = model.params();
   if (cfg.stage == "router") {
@@ -764,7 +785,12 @@ int run_train(RunConfig cfg) {
   };
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
     ps.zero_grad();
-    if (step == inject.step && !inject.grad) ps.get(inject.param).value()[0] = std::nanf("");
+    if (step == inject.step && !inject.grad) {
+      Tensor& pv = ps.get(inject.param).value();
+      Tensor h = pv.to(Device::CPU).clone();
+      h[0] = std::nanf("");
+      pv = h.to(pv.device());
+    }
     double loss_sum = 0, task_sum = 0, kl_sum = 0, lb_sum = 0, z_sum = 0, pen_sum = 0;
     double ntok = 0;
     std::vector<json> layer_stats;
@@ -821,7 +847,11 @@ int run_train(RunConfig cfg) {
       backward(scaled);
       if (step == inject.step && inject.grad && micro == cfg.grad_accum - 1) {
         Var& v = ps.get(inject.param);
-        if (v.grad().defined()) v.grad()[0] = std::nanf("");
+        if (v.grad().defined()) {
+          Tensor h = v.grad().to(Device::CPU).clone();
+          h[0] = std::nanf("");
+          v.grad() = h.to(v.grad().device());
+        }
       }
       loss_sum += loss.item();
       task_sum += task.item();

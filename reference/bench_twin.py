@@ -7,7 +7,8 @@ norms), exactly the work bench/bench_train.cpp times for ours. Inference =
 forward of the same batch under torch.inference_mode() (all B*T logits).
 Prints one JSON object.
 
-Usage: bench_twin.py [--threads 2] [--warmup 1] [--steps 3] [--infer-steps 3] [sizes...]
+Usage: bench_twin.py [--device cpu|cuda] [--threads 2] [--warmup 1] [--steps 3] [--infer-steps 3] [sizes...]
+With --device cuda every timed region ends with torch.cuda.synchronize().
 """
 import argparse
 import json
@@ -24,6 +25,7 @@ from vmoer_twin import ModelConfig, VmoerTwin  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
@@ -43,12 +45,17 @@ def main():
     torch.manual_seed(0)
     cfg = ModelConfig(vocab=a.vocab, max_seq=a.seq, d_model=a.d_model, n_layers=a.layers, n_heads=a.heads,
                       n_experts=a.experts, top_k=a.top_k, d_expert=a.d_expert)
-    model = VmoerTwin(cfg)
+    dev = torch.device(a.device)
+    if a.device == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"impl": "twin", "device": "cuda", "skipped": "torch.cuda.is_available() is False"}))
+        return
+    sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
+    model = VmoerTwin(cfg).to(dev)
     opt = torch.optim.AdamW(model.param_groups(0.1), lr=3e-4, betas=(0.9, 0.95), eps=1e-8,
                             foreach=bool(a.foreach))
     B, T = a.batch, a.seq
-    ids = torch.randint(0, a.vocab, (B, T))
-    targets = torch.randint(0, a.vocab, (B * T,))
+    ids = torch.randint(0, a.vocab, (B, T)).to(dev)
+    targets = torch.randint(0, a.vocab, (B * T,)).to(dev)
 
     def train_step():
         opt.zero_grad(set_to_none=True)
@@ -60,8 +67,10 @@ def main():
     model.train()
     times = []
     for i in range(a.warmup + a.steps):
+        sync()
         t0 = time.perf_counter()
         train_step()
+        sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
     model.eval()
@@ -69,8 +78,10 @@ def main():
     with torch.inference_mode():
         model.forward_lm(ids)  # warm-up
         for _ in range(a.infer_steps):
+            sync()
             t0 = time.perf_counter()
             model.forward_lm(ids)
+            sync()
             itimes.append(time.perf_counter() - t0)
     blas = []
     try:
@@ -81,7 +92,7 @@ def main():
         blas = [str(e)]
     tr, inf = statistics.median(times), statistics.median(itimes)
     print(json.dumps({
-        "impl": "twin", "torch": torch.__version__, "threads": a.threads, "foreach": a.foreach,
+        "impl": "twin", "device": a.device, "torch": torch.__version__, "threads": a.threads, "foreach": a.foreach,
         "tokens_per_step": B * T, "train_ms": tr * 1e3, "train_tokens_per_s": B * T / tr,
         "train_ms_all": [t * 1e3 for t in times], "infer_ms": inf * 1e3, "infer_tokens_per_s": B * T / inf,
         "params": sum(p.numel() for p in model.parameters()), "blas": blas}))

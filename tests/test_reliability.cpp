@@ -35,6 +35,9 @@
 #include "experiments/trainer.h"
 #include "kernels/cpu/gemm.h"
 #include "nn/checkpoint.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -79,6 +82,14 @@ void spit(const std::string& p, const std::string& bytes) {
   std::ofstream(p, std::ios::binary) << bytes;
 }
 bool has(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
+
+bool gpu_present() {
+#ifdef VMOER_HAVE_CUDA
+  return vm::kernels::cuda::cuda_device_available();
+#else
+  return false;
+#endif
+}
 
 std::vector<std::string> lines_of(const std::string& text) {
   std::vector<std::string> out;
@@ -757,13 +768,15 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
       {" --d-model 30 --heads 4", 1, "--d-model 30 must be a positive multiple of --heads 4"},
       {" --steps 0", 1, "--steps: must be >= 1, got 0"},
       {" --lr 0", 1, "--lr: must be > 0"},
-      {" --device cuda", 1, "--device cuda: "},
       {" --device tpu", 1, "--device: must be cpu or cuda, got 'tpu'"},
       {" --stage nope", 1, "--stage: must be pretrain, finetune or router, got 'nope'"},
       {" --steps abc", 2, "--steps"},
       {" --beta", 2, "--beta"},
       {" --no-such-flag 1", 2, "--no-such-flag"},
   };
+  // With a GPU, train --device cuda runs (tests/test_cuda_ops.cpp checks it);
+  // without one it must fail in one line.
+  if (!gpu_present()) cases.push_back({" --device cuda", 1, "--device cuda: no CUDA "});
   for (auto& c : cases) {
     CAPTURE(c.args);
     std::string out;
@@ -773,10 +786,15 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
   CHECK(!fs::exists(d / "run"));  // nothing was created
   std::string out;
   // --device on every subcommand that computes: one line, before any work.
+  // (eval --device cuda passes the device check on a GPU machine and then
+  // fails on the missing checkpoint; reproduce and inspect refuse the GPU.)
   for (std::string sub : {"reproduce --smoke --out " + d / "repro", "eval --ckpt " + d / "none.safetensors",
                           "inspect --ckpt " + d / "none.safetensors" + " --text hi"}) {
     CAPTURE(sub);
-    check_one_line_error(vmoer(sub + " --device cuda", &out), out, 1, {"--device cuda: "});
+    bool eval = sub.rfind("eval", 0) == 0;
+    check_one_line_error(vmoer(sub + " --device cuda", &out), out, 1,
+                         {!gpu_present() ? "--device cuda: no CUDA " : eval ? "--ckpt: no such file"
+                                                                             : "does not run on the GPU yet"});
     check_one_line_error(vmoer(sub + " --device tpu", &out), out, 1, {"--device: must be cpu or cuda, got 'tpu'"});
   }
   CHECK(!fs::exists(d / "repro"));
