@@ -4,8 +4,10 @@
 // backward (median of adaptive reps after warm-up) in float32 and prints
 // GFLOP/s where the case states its work, else GB/s of inputs + output.
 //
-//   bench_ops [substring ...] [--reps N] [--threads N] [--small]
+//   bench_ops [substring ...] [--reps N] [--threads N] [--small] [--device cpu|cuda]
 //   --small: the test shapes instead of the bench shapes
+//   --device cuda: the same cases on device tensors (autodiff/ops_cuda.cpp);
+//   each timed call ends with a stream synchronisation.
 #include <omp.h>
 
 #include <algorithm>
@@ -17,6 +19,9 @@
 #include <vector>
 
 #include "tests/op_cases.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 using namespace vm;
 using namespace vm::testing;
@@ -61,18 +66,41 @@ std::string rate(double work, double seconds, bool flops) {
 int main(int argc, char** argv) {
   std::vector<std::string> filters;
   bool small = false;
+  std::string device = "cpu";
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--reps" && i + 1 < argc) g_reps = std::atoi(argv[++i]);
     else if (a == "--threads" && i + 1 < argc) omp_set_num_threads(std::atoi(argv[++i]));
     else if (a == "--small") small = true;
+    else if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "-h" || a == "--help") {
-      std::printf("usage: bench_ops [substring ...] [--reps N] [--threads N] [--small]\n");
+      std::printf("usage: bench_ops [substring ...] [--reps N] [--threads N] [--small] [--device cpu|cuda]\n");
       return 0;
     } else filters.push_back(a);
   }
-  std::printf("bench_ops: %zu cases in the op table, float32, %d thread(s), %s shapes\n", op_cases().size(),
-              omp_get_max_threads(), small ? "test" : "bench");
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "bench_ops: --device must be cpu or cuda, got '%s'\n", device.c_str());
+    return 2;
+  }
+  const Device dev = device == "cuda" ? Device::CUDA : Device::CPU;
+  auto sync = [dev] {
+#ifdef VMOER_HAVE_CUDA
+    if (dev == Device::CUDA) kernels::cuda::synchronize();
+#endif
+  };
+  if (dev == Device::CUDA) {
+#ifdef VMOER_HAVE_CUDA
+    if (!kernels::cuda::cuda_device_available()) {
+      std::printf("no CUDA device: bench_ops --device cuda not run\n");
+      return 0;
+    }
+#else
+    std::printf("no CUDA device (this build has no CUDA backend): bench_ops --device cuda not run\n");
+    return 0;
+#endif
+  }
+  std::printf("bench_ops: %zu cases in the op table, float32, %d thread(s), %s shapes, device %s\n",
+              op_cases().size(), omp_get_max_threads(), small ? "test" : "bench", device.c_str());
   std::printf("%-38s %-34s %10s %-16s %10s %-16s\n", "case", "inputs", "fwd ms", "fwd rate", "f+b ms", "f+b rate");
   int run = 0;
   for (const auto& c : op_cases()) {
@@ -83,15 +111,15 @@ int main(int argc, char** argv) {
     auto xs = make_inputs(c, !small);
     std::vector<Var> consts, params;
     for (size_t i = 0; i < xs.size(); ++i) {
-      consts.emplace_back(xs[i].cast<float>(), false);
-      params.emplace_back(xs[i].cast<float>(), c.inputs[i].grad);
+      consts.emplace_back(xs[i].cast<float>().to(dev), false);
+      params.emplace_back(xs[i].cast<float>().to(dev), c.inputs[i].grad);
     }
     Tensor seed;
     double bytes = 0;
     {
       NoGradGuard ng;
       Var y = c.build_f(consts);
-      seed = Tensor::full(y.shape(), 1.0f);
+      seed = Tensor::full(y.shape(), 1.0f).to(dev);
       for (auto& x : xs) bytes += 4.0 * (double)x.numel();
       bytes += 4.0 * (double)y.numel();
     }
@@ -103,6 +131,7 @@ int main(int argc, char** argv) {
     double tf = time_median([&] {
       NoGradGuard ng;
       Var y = c.build_f(consts);
+      sync();
     });
     double tb = 0;
     if (c.backward_bench) {
@@ -110,6 +139,7 @@ int main(int argc, char** argv) {
         for (auto& p : params) p.zero_grad();
         Var y = c.build_f(params);
         if (y.requires_grad()) backward(y, seed);
+        sync();
       });
     }
     // forward+backward work: matmul-like ops do 3x their forward FLOPs; bytes roughly 3x too

@@ -41,7 +41,7 @@ static std::string show_byte(int32_t t) {
 
 static int run_inspect(InspectConfig ic) {
   RunConfig& cfg = ic.run;
-  require_device(cfg.device, "inspect");
+  require_device(cfg.device);
   omp_set_num_threads(cfg.threads);
   auto model = load_model_for_eval(cfg);
   inherit_split_seed(cfg, cfg.init);
@@ -64,6 +64,7 @@ static int run_inspect(InspectConfig ic) {
   fo.seed = cfg.seed;
   fo.samples = model->router_config().samples;
   auto res = model->forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+  host_diagnostics(res);
   McEval ev = evaluate_mc(*model, one, cfg);
   int E = model->config().n_experts, K = model->config().top_k;
   int T = mb.T;

@@ -57,6 +57,7 @@ struct ReproConfig {
 // ---- presets --------------------------------------------------------------------------
 static RunConfig preset(const ReproConfig& r) {
   RunConfig c;
+  c.device = r.device;
   c.data_dir = r.data_dir;
   c.threads = r.threads;
   c.progress = true;
@@ -261,6 +262,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   nn::RouterConfig rc = c.router;
   nn::Model model(mc, rc, c.seed);
   load_checkpoint(ckpt, model, nullptr);
+  if (c.device == "cuda") model.to(Device::CUDA);
   auto t0 = std::chrono::steady_clock::now();
   McEval test = td.vit ? evaluate_images(model, td.img.test, c) : evaluate_mc(model, td.text.test, c);
   double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -440,7 +442,7 @@ static int run_reproduce(ReproConfig r) {
   if (r.track != "text" && r.track != "vision" && r.track != "both")
     fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
-  require_device(r.device, "reproduce");
+  require_device(r.device);
   if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
     fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
   omp_set_num_threads(r.threads);
@@ -580,6 +582,7 @@ static int run_reproduce(ReproConfig r) {
         if (spec.rfind("auto:", 0) == 0) {
           nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
           load_checkpoint(fin, probe, nullptr);
+          if (tc.device == "cuda") probe.to(Device::CUDA);
           RunConfig pc = tc;
           pc.max_eval_examples = 200;
           int n = std::stoi(spec.substr(5));

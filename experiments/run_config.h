@@ -71,9 +71,7 @@ struct RunConfig {
 // --device: "cpu" passes; "cuda" fails with one line saying why (no CUDA
 // backend in this build, no device, or the model not yet on the GPU kernels).
 // --device: cpu, or cuda where the build has the backend and the machine a
-// GPU. `subcommand` names a command whose pipeline has no GPU path yet (it
-// then fails in one line even with a GPU); empty = train/eval, which run
-// det-routed models on the GPU.
-void require_device(const std::string& device, const std::string& subcommand = "");
+// GPU; otherwise one line saying which is missing.
+void require_device(const std::string& device);
 
 }  // namespace vm::exp

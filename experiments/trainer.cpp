@@ -427,13 +427,11 @@ static double entropy(const double* p, int k) {
   return h;
 }
 
-// Evaluation reads the logits and router probabilities on the host: bring
-// them there when the model runs on the GPU (no-op on the CPU). Only for
-// results no gradient flows through (evaluation runs under NoGradGuard).
-static void host_diagnostics(nn::ForwardResult& res) {
+void host_diagnostics(nn::ForwardResult& res) {
   res.logits.value() = res.logits.value().to(Device::CPU);
   for (auto& a : res.moe)
-    if (a.route.probs.defined()) a.route.probs.value() = a.route.probs.value().to(Device::CPU);
+    for (Var* v : {&a.route.probs, &a.route.gates})
+      if (v->defined()) v->value() = v->value().to(Device::CPU);
 }
 
 // Append one example: its class distribution and the router diagnostics at `row`.
@@ -664,6 +662,7 @@ int run_train(RunConfig cfg) {
     nn::RouterConfig det;
     nn::Model probe(mc, det, cfg.seed);
     load_checkpoint(cfg.init, probe, nullptr);
+    if (cfg.device == "cuda") probe.to(Device::CUDA);
     RunConfig pc = cfg;
     pc.max_eval_examples = 256;
     if (mc.kind == "vit") {

@@ -80,6 +80,11 @@ struct RoutingTrace {
   std::vector<int> layers;
   std::vector<std::vector<int32_t>> experts;  // per MoE layer
 };
+// Evaluation and inspection read the logits, router probabilities and gates
+// on the host: this brings them there when the model runs on the GPU (no-op
+// on the CPU). Only for results no gradient flows through (under NoGradGuard).
+void host_diagnostics(nn::ForwardResult& res);
+
 McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise = 0.0,
                    RoutingTrace* trace = nullptr);
 

@@ -72,14 +72,7 @@ std::vector<int> Model::bayes_layer_ids() const {
 
 Device Model::device() const { return params_.device(); }
 
-void Model::to(Device dev) {
-  if (dev == Device::CUDA)
-    for (int l : moe_layer_ids())
-      VM_CHECK(blocks_[l].moe->router().name() == "det",
-               "model: the " + blocks_[l].moe->router().name() + " router (layer " + std::to_string(l) +
-                   ") does not run on the GPU yet; only det routing and dense layers do (CUDA part 2)");
-  params_.to(dev);
-}
+void Model::to(Device dev) { params_.to(dev); }
 
 double Model::mean_embedding_norm() const {
   Tensor w = (tok_emb_.defined() ? tok_emb_.value() : patch_w_.value()).to(Device::CPU);

@@ -39,9 +39,8 @@ class Model {
   const ModelConfig& config() const { return cfg_; }
   const RouterConfig& router_config() const { return rcfg_; }
   ParamStore& params() { return params_; }
-  // Where the parameters live; forward() then runs there (constants it builds
-  // follow). to(cuda) needs every MoE layer on det routing (the other routers
-  // run on the CPU only, for now) and fails in one line otherwise.
+  // Where the parameters live; forward() then runs there (the constants it
+  // builds, router noise included, follow).
   Device device() const;
   void to(Device dev);
 

@@ -5,7 +5,8 @@
 #   2. the CUDA tests: kernel parity (tests/test_cuda.cpp), the op table's CUDA
 #      column and the training step GPU vs CPU (tests/test_cuda_ops.cpp);
 #   3. the same op-table case under compute-sanitizer (memcheck), if installed;
-#   4. the kernel dev harness (bench_cuda: validation, GB/s, GFLOP/s);
+#   4. the kernel dev harness (bench_cuda: validation, GB/s, GFLOP/s) and the
+#      op table's benchmarks on device tensors (bench_ops --device cuda);
 #   5. training step and inference, ours vs the PyTorch twin, on the GPU;
 #   6. a short `vmoer train --device cuda` run and the same run on the CPU
 #      (losses side by side).
@@ -35,6 +36,7 @@ if command -v compute-sanitizer >/dev/null; then
   step sanitizer compute-sanitizer --tool memcheck --error-exitcode 1 ./build-gpu/vmoer_tests -tc='cuda ops*,cuda train*'
 fi
 step bench_cuda ./build-gpu/bench_cuda
+step bench_ops_gpu ./build-gpu/bench_ops --device cuda
 step bench_train_gpu ./build-gpu/bench_train --device cuda --steps 10 --json
 step bench_twin_gpu /usr/bin/python3 reference/bench_twin.py --device cuda --steps 10
 RUN="$OUT/train"

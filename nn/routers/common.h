@@ -13,7 +13,7 @@ inline Var masked_sum(const Var& v, const std::vector<uint8_t>& mask) {
   int64_t N = v.numel();
   Tensor m({1, N});
   for (int64_t n = 0; n < N; ++n) m[n] = mask[n] ? 1.0f : 0.0f;
-  return ops::sum_all(ops::mul(ops::reshape(v, {1, N}), ops::constant(std::move(m))));
+  return ops::sum_all(ops::mul(ops::reshape(v, {1, N}), ops::constant(m.to(v.value().device()))));
 }
 
 // A constant (rows, cols) tensor of i.i.d. standard normals from one stream.

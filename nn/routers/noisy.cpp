@@ -22,7 +22,7 @@ class NoisyRouter : public Router {
       Tensor eps(out.logits.shape());
       uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "noisy");
       for (int64_t i = 0; i < eps.numel(); ++i) eps[i] = philox_normal(ctx.seed, stream, (uint64_t)i);
-      h = ops::add(h, ops::mul(ops::constant(std::move(eps)), ops::softplus(ops::matmul(u, w_noise_))));
+      h = ops::add(h, ops::mul(ops::constant(eps.to(u.value().device())), ops::softplus(ops::matmul(u, w_noise_))));
     }
     out.probs = ops::softmax(h);
     auto tk = topk_renormalised(out.probs, K);

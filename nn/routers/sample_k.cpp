@@ -17,13 +17,10 @@ class SampleKRouter : public Router {
     RouterOut out;
     out.logits = ops::matmul(u, w_router);
     int64_t N = out.logits.size(0);
-    int E = (int)out.logits.size(1);
     Var z = ops::mul_scalar(out.logits, 1.0 / T_);  // l / T
     out.probs = ops::softmax(z);                    // the selection distribution
-    out.experts.resize((size_t)N * K);
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "sample-k");
-    if (authors_) routers::sequential_sample(z.value().data(), N, E, K, ctx.seed, stream, out.experts.data());
-    else routers::gumbel_topk(z.value().data(), N, E, K, ctx.seed, stream, out.experts.data());
+    out.experts = routers::select_k(z.value(), K, authors_, ctx.seed, stream);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));  // softmax over the selected l/T
     out.temperature.assign((size_t)N, (float)T_);
     return out;

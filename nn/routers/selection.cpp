@@ -3,6 +3,10 @@
 #include <algorithm>
 #include <numeric>
 
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/moe.h"
+#endif
+
 namespace vm::nn::routers {
 
 void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out) {
@@ -49,6 +53,26 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
       taken[pick] = 1;  // without replacement
     }
   }
+}
+
+std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream) {
+  VM_CHECK(z.ndim() == 2, "select_k: z must be (N, E), got " + shape_str(z.shape()));
+  int64_t N = z.size(0);
+  int E = (int)z.size(1);
+  std::vector<int32_t> out((size_t)(N * K));
+#ifdef VMOER_HAVE_CUDA
+  if (z.is_cuda()) {
+    TensorT<int32_t> dev({N, (int64_t)K}, Device::CUDA, false);
+    if (N > 0) {
+      if (authors) kernels::cuda::sequential_sample(z.data(), N, E, K, seed, stream, dev.data());
+      else kernels::cuda::gumbel_topk(z.data(), N, E, K, seed, stream, dev.data());
+    }
+    return dev.to_vector();
+  }
+#endif
+  if (authors) sequential_sample(z.data(), N, E, K, seed, stream, out.data());
+  else gumbel_topk(z.data(), N, E, K, seed, stream, out.data());
+  return out;
 }
 
 }  // namespace vm::nn::routers

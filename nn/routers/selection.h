@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/philox.h"
+#include "core/tensor.h"
 
 namespace vm::nn::routers {
 
@@ -19,5 +20,10 @@ namespace vm::nn::routers {
 // draw j) comes from offset n*E + e of `stream`.
 void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
 void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+
+// z (N, E) on either device -> (N, K) host indices: the functions above on
+// the CPU, their CUDA twins (kernels/cuda/moe.h, same Philox counters) for a
+// device tensor. authors = sequential_sample, else gumbel_topk.
+std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream);
 
 }  // namespace vm::nn::routers

@@ -20,6 +20,9 @@
 
 #include "kernels/cpu/fastmath.h"
 #include "nn/routers/common.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/moe.h"
+#endif
 
 namespace vm::nn {
 
@@ -118,13 +121,24 @@ class VariationalLogitRouter : public Router {
       t = ops::sub(t, ops::mul_scalar(ops::sum_log_diag(L), 2.0));
       kl_tok = ops::mul_scalar(ops::add_scalar(t, (double)E * (logs2 - 1.0)), 0.5);
     }
-    if (no_graph) {
+    const Device dev = u.value().device();
+    if (no_graph && dev == Device::CUDA) {
+#ifdef VMOER_HAVE_CUDA
+      // The S-sample loop fused in one launch: each token's samples stay on
+      // the SM (kernels/cuda/moe.h vr_route_fwd), same ε counters as below.
+      const Tensor& scale = full_ ? L.value() : sigma.value();
+      Tensor pbar({N, (int64_t)E}, Device::CUDA, false);
+      if (N > 0)
+        kernels::cuda::vr_route_fwd<float>(mean.value().data(), scale.data(), N, E, S, full_, ctx.seed, stream, K,
+                                    pbar.data(), nullptr, nullptr);
+      out.probs = ops::constant(pbar);
+#endif
+    } else if (no_graph) {
       out.probs = ops::constant(mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream));
     } else {
-      Tensor eps = routers::normals((int64_t)S * N, E, ctx.seed, stream);
-      Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), ops::constant(std::move(eps)))  // σ ⊙ ε
-                         : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0),
-                                            ops::constant(std::move(eps)));                     // L ε
+      Var eps = ops::constant(routers::normals((int64_t)S * N, E, ctx.seed, stream).to(dev));
+      Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), eps)  // σ ⊙ ε
+                         : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0), eps);  // L ε
       Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)
       out.probs = routers::mean_over_samples(ops::softmax(lstar), S, N);      // p̄: (N, E)
     }
@@ -136,14 +150,16 @@ class VariationalLogitRouter : public Router {
     out.post_mean = mean.value().to_vector();
     out.post_std.resize((size_t)N * E);
     out.ilv.assign((size_t)N, 0.f);
+    const Tensor lv_h = full_ ? Tensor() : logvar.value().to(Device::CPU);  // diagnostics on the host
+    const Tensor L_h = full_ ? L.value().to(Device::CPU) : Tensor();
     for (int64_t n = 0; n < N; ++n)
       for (int e = 0; e < E; ++e) {
         double var = 0;
         if (!full_) {
-          var = std::exp((double)logvar.value()[n * E + e]);
+          var = std::exp((double)lv_h[n * E + e]);
         } else {
           for (int j = 0; j <= e; ++j) {
-            double l = L.value()[(n * E + e) * E + j];
+            double l = L_h[(n * E + e) * E + j];
             var += l * l;  // Σ_ee = Σ_j L_ej²
           }
         }

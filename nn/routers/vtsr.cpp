@@ -22,7 +22,7 @@ namespace vm::nn {
 class VtsrRouter : public Router {
  public:
   VtsrRouter(const RouterConfig& cfg, ParamStore& ps, const std::string& prefix, int C, int E, uint64_t seed)
-      : cfg_(cfg), E_(E) {
+      : cfg_(cfg) {
     int H = std::max(1, C / 4);
     out_ = cfg.temp_mode == "per-expert" ? E : 1;
     lognormal_ = cfg.temp_posterior == "lognormal";
@@ -46,7 +46,6 @@ class VtsrRouter : public Router {
     RouterOut out;
     out.logits = ops::matmul(u, w_router);                           // l: (N, E)
     int64_t N = u.size(0);
-    int E = E_;
     Var a = ops::add(ops::matmul(ops::relu(ops::add(ops::matmul(u, w1_), b1_)), w2_), b2_);  // (N, out[·2])
     Var T;  // (N, 1) or (N, E)
     if (!lognormal_) {
@@ -58,7 +57,7 @@ class VtsrRouter : public Router {
     } else {
       Var m = ops::slice(a, 1, 0, out_), rho = ops::slice(a, 1, out_, 2 * out_);
       Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"));
-      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(std::move(xi))));
+      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi.to(u.value().device()))));
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
       // KL = ½ Σ_j (v/s² + m²/s² − 1 − log v + log s²),  log v = ρ
@@ -68,15 +67,14 @@ class VtsrRouter : public Router {
     }
     Var z = ops::div(out.logits, T);                                  // l / T (broadcast over experts if shared)
     out.probs = ops::softmax(z);
-    out.experts.resize((size_t)N * K);
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-select");
-    if (cfg_.vtsr_sampler == "authors") routers::sequential_sample(z.value().data(), N, E, K, ctx.seed, stream, out.experts.data());
-    else routers::gumbel_topk(z.value().data(), N, E, K, ctx.seed, stream, out.experts.data());
+    out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == "authors", ctx.seed, stream);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));
     out.temperature.assign((size_t)N, 0.f);
+    const Tensor Th = T.value().to(Device::CPU);  // diagnostics on the host
     for (int64_t n = 0; n < N; ++n) {
       double s = 0;
-      for (int j = 0; j < out_; ++j) s += T.value()[n * out_ + j];
+      for (int j = 0; j < out_; ++j) s += Th[n * out_ + j];
       out.temperature[(size_t)n] = (float)(s / out_);
     }
     return out;
@@ -84,7 +82,7 @@ class VtsrRouter : public Router {
 
  private:
   RouterConfig cfg_;
-  int E_, out_;
+  int out_;
   bool lognormal_;
   Var w1_, b1_, w2_, b2_;
 };
