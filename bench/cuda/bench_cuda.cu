@@ -27,6 +27,7 @@
 #include "kernels/cuda/device.cuh"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
+#include "kernels/cuda/layout.h"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/rowwise.h"
@@ -306,6 +307,48 @@ void bench_misc() {
   }
 }
 
+// ---- layout (the device halves of slice / concat / transpose and the tape's +=) ---------------------
+void bench_layout() {
+  if (!selected("layout")) return;
+  std::printf("layout\n");
+  {  // validation at odd sizes against plain loops (the CPU ops' loops)
+    const int64_t d[4] = {2, 5, 3, 7};  // (B, T, H, D) -> swap dims 1, 2 -> (B, H, T, D)
+    const int64_t n = d[0] * d[1] * d[2] * d[3];
+    auto hx = host_randn<float>((size_t)n, 70);
+    std::vector<float> want((size_t)n);
+    for (int64_t b = 0; b < d[0]; ++b)
+      for (int64_t h = 0; h < d[2]; ++h)
+        for (int64_t t = 0; t < d[1]; ++t)
+          for (int64_t k = 0; k < d[3]; ++k)
+            want[(size_t)(((b * d[2] + h) * d[1] + t) * d[3] + k)] = hx[(size_t)(((b * d[1] + t) * d[2] + h) * d[3] + k)];
+    DeviceBuffer<float> x(hx), y((size_t)n);
+    cu::swap_dims(x.data(), d, 1, 2, y.data(), false);
+    validate("swap_dims (2,5,3,7) dims 1,2", y.to_host(), want, 0, 1);
+    // band: columns [4, 9) of a (13, 11) matrix, i.e. outer 13, n 11, inner 1
+    auto hb = host_randn<float>(13 * 11, 71);
+    std::vector<float> wb(13 * 5);
+    for (int r = 0; r < 13; ++r)
+      for (int c = 0; c < 5; ++c) wb[(size_t)(r * 5 + c)] = hb[(size_t)(r * 11 + 4 + c)];
+    DeviceBuffer<float> bx(hb), by(13 * 5);
+    cu::copy_band(bx.data(), 11, 4, by.data(), 5, 0, 13, 5, 1, false);
+    validate("copy_band (13,11)[:, 4:9]", by.to_host(), wb, 0, 1);
+  }
+  // Timings at a model-sized attention reshuffle: B*T = 16*256 tokens, C = 768, 12 heads.
+  const int64_t B = 16, T = 256, H = 12, D = 64, C = H * D;
+  const int64_t n = B * T * C;
+  DeviceBuffer<float> qkv(3 * n), q(n), qt(n), acc(n);
+  dev_randn(qkv.data(), 3 * n, 72);
+  float ms = time_ms([&] { cu::copy_band(qkv.data(), 3 * C, 0, q.data(), C, 0, B * T, C, 1, false); });
+  report_bw("copy_band (slice q)", "default", shp(B * T, C), 8.0 * n, ms);
+  const int64_t d4[4] = {B, T, H, D};
+  ms = time_ms([&] { cu::swap_dims(q.data(), d4, 1, 2, qt.data(), false); });
+  report_bw("swap_dims (B,T,H,D)", "1<->2", shp(B * T, C), 8.0 * n, ms);
+  acc.zero();
+  ms = time_ms([&] { cu::add_inplace(acc.data(), q.data(), n); });
+  report_bw("add_inplace", "default", std::to_string(n), 12.0 * n, ms);
+  std::printf("\n");
+}
+
 void bench_attention() {
   if (!selected("attention")) return;
   std::printf("attention (cuBLAS scores + fused masked softmax)\n");
@@ -434,6 +477,7 @@ int main(int argc, char** argv) {
     bench_norms();
     bench_cross_entropy();
     bench_misc();
+    bench_layout();
     bench_attention();
     bench_moe();
     bench_gemm();
