@@ -4,6 +4,9 @@
 // overhead of each router at S = 35 against det").
 //
 // usage: bench_routers [--d 128] [--d-expert 256] [--layers 4] [--experts 8] [--samples 35] [--reps 5]
+//                      [--device cpu|cuda]
+//   --device cuda: the same forwards on the GPU (each timed pass ends with a
+//   stream synchronisation); mfvr/fcvr then run the fused S-sample kernel.
 //   --d-expert defaults to 2·d; the FLOPs overhead depends on d_expert/d and
 //   on the share of Bayesian layers, hardly on d itself.
 #include <omp.h>
@@ -19,6 +22,9 @@
 #include "core/philox.h"
 #include "experiments/flops.h"
 #include "nn/transformer.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 using namespace vm;
 
@@ -29,8 +35,13 @@ static double median(std::vector<double> v) {
 
 int main(int argc, char** argv) {
   int d = 128, d_expert = 0, layers = 4, experts = 8, samples = 35, reps = 5, B = 16, T = 128;
+  std::string device = "cpu";
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string a = argv[i];
+    if (a == "--device") {
+      device = argv[i + 1];
+      continue;
+    }
     int v = std::atoi(argv[i + 1]);
     if (a == "--d") d = v;
     else if (a == "--d-expert") d_expert = v;
@@ -40,6 +51,22 @@ int main(int argc, char** argv) {
     else if (a == "--reps") reps = v;
     else { std::fprintf(stderr, "bench_routers: unknown flag %s\n", a.c_str()); return 2; }
   }
+  if (device != "cpu" && device != "cuda") {
+    std::fprintf(stderr, "bench_routers: --device must be cpu or cuda, got '%s'\n", device.c_str());
+    return 2;
+  }
+  const Device dev = device == "cuda" ? Device::CUDA : Device::CPU;
+#ifdef VMOER_HAVE_CUDA
+  if (dev == Device::CUDA && !kernels::cuda::cuda_device_available()) {
+    std::printf("no CUDA device: bench_routers --device cuda not run\n");
+    return 0;
+  }
+#else
+  if (dev == Device::CUDA) {
+    std::printf("no CUDA device (this build has no CUDA backend): bench_routers --device cuda not run\n");
+    return 0;
+  }
+#endif
   nn::ModelConfig mc;
   mc.d_model = d;
   mc.n_layers = layers;
@@ -53,8 +80,8 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> mask(ids.size(), 1);
   std::vector<int32_t> last;
   for (int b = 0; b < B; ++b) last.push_back(b * T + T - 1);
-  std::printf("bench_routers: d=%d d_expert=%d layers=%d E=%d K=2 B=%d T=%d S=%d threads=%d; Bayesian layers {1, 2}\n", d,
-              mc.d_expert, layers, experts, B, T, samples, omp_get_max_threads());
+  std::printf("bench_routers: d=%d d_expert=%d layers=%d E=%d K=2 B=%d T=%d S=%d threads=%d device=%s; Bayesian layers {1, 2}\n",
+              d, mc.d_expert, layers, experts, B, T, samples, omp_get_max_threads(), device.c_str());
   std::printf("%-11s %12s %10s %12s %10s\n", "router", "FLOPs/token", "vs det", "forward ms", "vs det");
   double det_ms = 0, det_flops = 0;
   for (std::string name : {"det", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"}) {
@@ -63,6 +90,7 @@ int main(int argc, char** argv) {
     rc.samples = samples;
     rc.bayes_layers = {1, 2};
     nn::Model model(mc, rc, 1);
+    model.to(dev);
     NoGradGuard ng;
     nn::ForwardOptions fo;
     fo.samples = samples;
@@ -70,6 +98,9 @@ int main(int argc, char** argv) {
     for (int r = 0; r < reps + 1; ++r) {
       auto t0 = std::chrono::steady_clock::now();
       auto res = model.forward_lm(ids, B, T, mask, last, fo);
+#ifdef VMOER_HAVE_CUDA
+      if (dev == Device::CUDA) kernels::cuda::synchronize();
+#endif
       double el = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
       if (r > 0) ms.push_back(el);  // first pass is warm-up
     }

@@ -3,6 +3,10 @@
 #include <cmath>
 
 #include "core/philox.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/moe.h"
+#endif
 
 namespace vm::nn {
 
@@ -41,6 +45,70 @@ DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K
   }
   return p;
 }
+
+#ifdef VMOER_HAVE_CUDA
+namespace {
+namespace kc = vm::kernels::cuda;
+using IntBuf = std::shared_ptr<kc::DeviceBuffer<int32_t>>;
+
+// The dispatch of a device batch in the fused kernels of kernels/cuda/moe.h:
+// the plan (histogram, prefix sum, stable permutation, capacity: nn::plan_dispatch
+// exactly), the gather of token rows into expert groups, and the weighted
+// combine back to tokens (no atomics; bit-identical to the ops path below).
+struct DevicePlan {
+  IntBuf token, slot, pos;  // (N*K) each; the first M entries of token/slot are used
+  std::vector<int64_t> offsets, counts, wanted;
+  int64_t dropped = 0;
+};
+
+DevicePlan device_plan(const std::vector<int32_t>& experts, const std::vector<uint8_t>& mask, int64_t N, int K,
+                       int E, double capacity_factor) {
+  DevicePlan p;
+  size_t NK = (size_t)(N * K);
+  kc::DeviceBuffer<int32_t> ex(experts);
+  kc::DeviceBuffer<uint8_t> m(mask);
+  p.token = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
+  p.slot = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
+  p.pos = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
+  kc::DeviceBuffer<int64_t> off((size_t)E + 1), cnt((size_t)E), want((size_t)E), drop(1);
+  kc::moe_dispatch_plan(ex.data(), N > 0 ? m.data() : nullptr, N, K, E, capacity_factor, p.token->data(),
+                        p.slot->data(), p.pos->data(), off.data(), cnt.data(), want.data(), drop.data());
+  p.offsets = off.to_host();  // synchronises: the expert GEMMs need the group sizes on the host
+  p.counts = cnt.to_host();
+  p.wanted = want.to_host();
+  p.dropped = drop.to_host()[0];
+  return p;
+}
+
+// xs (M, C) = x[token[m]];  dx[n] += Σ dxs over n's kept slots
+Var device_gather(const Var& x, const DevicePlan& p, int64_t M, int K) {
+  int64_t N = x.size(0), C = x.size(1);
+  Tensor xs({M, C}, Device::CUDA, false);
+  kc::moe_gather(x.value().data(), p.token->data(), xs.data(), M, C);
+  IntBuf pos = p.pos;
+  return make_result<float>(std::move(xs), "moe_gather", {x}, [pos, N, K, C](Node<float>& self) {
+    auto& px = self.parents[0];
+    if (px->requires_grad) kc::moe_gather_bwd(self.grad.data(), pos->data(), px->grad_buffer().data(), N, K, C);
+  });
+}
+
+// out (N, C)[n] = Σ over n's kept slots s of ys[pos(s)] · gates[s]
+Var device_combine(const Var& ys, const Var& gates, const DevicePlan& p, int64_t N, int K) {
+  int64_t M = ys.size(0), C = ys.size(1);
+  Tensor out({N, C}, Device::CUDA, false);  // every row written (0 for tokens without a kept slot)
+  kc::moe_combine(ys.value().data(), gates.value().data(), p.pos->data(), out.data(), N, K, C);
+  IntBuf token = p.token, slot = p.slot;
+  return make_result<float>(std::move(out), "moe_combine", {ys, gates}, [token, slot, M, C](Node<float>& self) {
+    auto &py = self.parents[0], &pg = self.parents[1];
+    float* dys = py->requires_grad ? py->grad_buffer().data() : nullptr;
+    float* dg = pg->requires_grad ? pg->grad_buffer().data() : nullptr;
+    if (dys || dg)
+      kc::moe_combine_bwd(py->value.data(), pg->value.data(), token->data(), slot->data(), self.grad.data(), dys, dg,
+                          M, C);
+  });
+}
+}  // namespace
+#endif
 
 MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,
                    const std::string& prefix, uint64_t seed)
@@ -88,13 +156,30 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   const RouterOut& r = aux.route;
 
   // ---- dispatch: group (token, slot) assignments by expert -------------------------
-  DispatchPlan plan = plan_dispatch(r.experts, N, K, E, mask, cfg_.capacity_factor);
-  aux.expert_counts = plan.counts;
-  aux.dropped = plan.dropped;
-  Var xs = ops::gather_rows(x, plan.token);                                  // (M, C)
-  Var ys = experts_ffn(xs, plan.offsets);                                    // (M, C)
-  Var g = ops::gather_rows(ops::reshape(r.gates, {N * K, 1}), plan.slot);    // (M, 1)
-  Var out = ops::scatter_add_rows(ops::mul(ys, g), plan.token, N);           // (N, C): Σ_k g_k E_k(x)
+  std::vector<int64_t> wanted;
+  Var out;
+#ifdef VMOER_HAVE_CUDA
+  if (x.value().is_cuda() && E <= 2048 && K <= 16) {  // the fused device kernels (see device_plan)
+    DevicePlan plan = device_plan(r.experts, mask, N, K, E, cfg_.capacity_factor);
+    aux.expert_counts = plan.counts;
+    aux.dropped = plan.dropped;
+    wanted = plan.wanted;
+    int64_t M = plan.offsets[E];
+    Var xs = device_gather(x, plan, M, K);                                    // (M, C)
+    Var ys = experts_ffn(xs, plan.offsets);                                  // (M, C)
+    out = device_combine(ys, r.gates, plan, N, K);                           // (N, C): Σ_k g_k E_k(x)
+  }
+#endif
+  if (!out.defined()) {
+    DispatchPlan plan = plan_dispatch(r.experts, N, K, E, mask, cfg_.capacity_factor);
+    aux.expert_counts = plan.counts;
+    aux.dropped = plan.dropped;
+    wanted = plan.wanted;
+    Var xs = ops::gather_rows(x, plan.token);                                // (M, C)
+    Var ys = experts_ffn(xs, plan.offsets);                                  // (M, C)
+    Var g = ops::gather_rows(ops::reshape(r.gates, {N * K, 1}), plan.slot);  // (M, 1)
+    out = ops::scatter_add_rows(ops::mul(ys, g), plan.token, N);             // (N, C): Σ_k g_k E_k(x)
+  }
   if (cfg_.shared_expert) {
     Var h = ops::matmul(x, s_w1_);
     h = cfg_.act == "swiglu" ? ops::mul(ops::silu(h), ops::matmul(x, s_up_)) : ops::gelu(h);
@@ -113,7 +198,7 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
     // assignments routed to e (before capacity, no gradient), P_e = mean
     // router probability over real tokens (softmax of the deterministic logits).
     Tensor f({1, (int64_t)E});
-    for (int e = 0; e < E; ++e) f[e] = (float)plan.wanted[e] / (n_real * (float)K);
+    for (int e = 0; e < E; ++e) f[e] = (float)wanted[e] / (n_real * (float)K);
     Var p_mean = ops::mul_scalar(ops::matmul(mask_row, ops::softmax(r.logits)), 1.0 / n_real);  // (1, E)
     aux.lb_loss = ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f.to(dev)))), (double)E);
     // z-loss: mean over real tokens of logsumexp(l)²

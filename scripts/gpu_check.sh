@@ -7,7 +7,8 @@
 #   3. the same op-table case under compute-sanitizer (memcheck), if installed;
 #   4. the kernel dev harness (bench_cuda: validation, GB/s, GFLOP/s) and the
 #      op table's benchmarks on device tensors (bench_ops --device cuda);
-#   5. training step and inference, ours vs the PyTorch twin, on the GPU;
+#   5. training step and inference, ours vs the PyTorch twin, on the GPU, and
+#      each router's evaluation cost at S = 35 against det (bench_routers);
 #   6. a short `vmoer train --device cuda` run and the same run on the CPU
 #      (losses side by side).
 # Steps keep going after a failure; the exit status is the number of failed steps.
@@ -39,6 +40,7 @@ step bench_cuda ./build-gpu/bench_cuda
 step bench_ops_gpu ./build-gpu/bench_ops --device cuda
 step bench_train_gpu ./build-gpu/bench_train --device cuda --steps 10 --json
 step bench_twin_gpu /usr/bin/python3 reference/bench_twin.py --device cuda --steps 10
+step bench_routers_gpu ./build-gpu/bench_routers --device cuda --samples 35
 RUN="$OUT/train"
 rm -rf "$RUN"
 common=(--stage pretrain --steps 30 --batch 8 --seq 64 --d-model 64 --layers 2 --heads 4 --experts 4
