@@ -105,21 +105,17 @@ class VariationalLogitRouter : public Router {
     // finite differences through the router see the same noise.
     const uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps");
     const bool no_graph = !grad_enabled() && S > 1;  // evaluation: the fused loop above
-    double s2 = s_ * s_, logs2 = std::log(s2);
+    double s2 = s_ * s_;
     Var L, sigma, logvar, kl_tok;                                             // kl_tok: (N)
     if (!full_) {
       logvar = raw;                                                           // log σ²
       sigma = ops::exp(ops::mul_scalar(logvar, 0.5));                         // σ
       // KL_MF = ½ Σ_e (σ²/s² + Δμ²/s² − 1 − log σ² + log s²)
-      Var t = ops::add(ops::mul_scalar(ops::add(ops::exp(logvar), ops::square(dmu)), 1.0 / s2), ops::neg(logvar));
-      kl_tok = ops::mul_scalar(ops::add_scalar(ops::sum(t, 1), (double)E * (logs2 - 1.0)), 0.5);
+      kl_tok = routers::kl_mf(dmu, logvar, s2);
     } else {
       L = ops::fill_tril_expdiag(raw, E);                                     // (N, E, E)
       // KL_FC = ½ (tr(LLᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ log L_ee)
-      Var trace = ops::sum(ops::reshape(ops::square(L), {N, (int64_t)E * E}), 1);  // tr(LLᵀ) = Σ_ij L_ij²
-      Var t = ops::mul_scalar(ops::add(trace, ops::sum(ops::square(dmu), 1)), 1.0 / s2);
-      t = ops::sub(t, ops::mul_scalar(ops::sum_log_diag(L), 2.0));
-      kl_tok = ops::mul_scalar(ops::add_scalar(t, (double)E * (logs2 - 1.0)), 0.5);
+      kl_tok = routers::kl_fc(dmu, L, s2);
     }
     const Device dev = u.value().device();
     if (no_graph && dev == Device::CUDA) {

@@ -61,8 +61,7 @@ class VtsrRouter : public Router {
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
       // KL = ½ Σ_j (v/s² + m²/s² − 1 − log v + log s²),  log v = ρ
-      Var t = ops::sub(ops::mul_scalar(ops::add(ops::exp(rho), ops::square(m)), 1.0 / s2), rho);
-      Var kl_tok = ops::mul_scalar(ops::add_scalar(ops::sum(t, 1), (double)out_ * (std::log(s2) - 1.0)), 0.5);
+      Var kl_tok = routers::kl_mf(m, rho, s2);
       out.kl = routers::masked_sum(kl_tok, mask);
     }
     Var z = ops::div(out.logits, T);                                  // l / T (broadcast over experts if shared)
