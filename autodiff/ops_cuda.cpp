@@ -73,12 +73,12 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
                              M * K, K * N, M * N);
   }
   return make_result<T>(std::move(out), "matmul", {a, b}, [=](Node<T>& self) {
+    TensorT<T>* ga = grad_of(self, 0);  // allocated (zero) even when there is no work, as on the CPU
+    TensorT<T>* gb = grad_of(self, 1);
     if (!work) return;
     const T* g = self.grad.data();
     const T* pa = self.parents[0]->value.data();
     const T* pb = self.parents[1]->value.data();
-    TensorT<T>* ga = grad_of(self, 0);
-    TensorT<T>* gb = grad_of(self, 1);
     if (shared_b) {
       if (ga) kc::gemm(ga->data(), g, pb, batch * M, K, N, false, true, true);  // dA = G Bᵀ
       if (gb) kc::gemm(gb->data(), pa, g, K, N, batch * M, true, false, true);  // dB = Aᵀ G
@@ -180,7 +180,7 @@ VarT<T> logsumexp(const VarT<T>& a) {
   int64_t rows, C;
   detail::rows_cols(a.shape(), rows, C);
   Shape so(a.shape().begin(), a.shape().end() - (a.ndim() ? 1 : 0));
-  TensorT<T> out = dev_empty<T>(so);
+  TensorT<T> out = dev_zeros<T>(so);  // rows of an empty last axis stay 0, as on the CPU
   kc::logsumexp_fwd(a.value().data(), out.data(), rows, C);
   return make_result<T>(std::move(out), "logsumexp", {a}, [rows, C](Node<T>& self) {
     if (auto* g = grad_of(self, 0))
@@ -198,8 +198,8 @@ VarT<T> layernorm(const VarT<T>& x, const VarT<T>& gamma, const VarT<T>& beta, d
     kc::layernorm_fwd(x.value().data(), gamma.value().data(), beta.value().data(), y.data(), stats->first.data(),
                       stats->second.data(), rows, C, eps);
   return make_result<T>(std::move(y), "layernorm", {x, gamma, beta}, [rows, C, stats](Node<T>& self) {
-    if (rows * C == 0) return;
     auto *gx = grad_of(self, 0), *gg = grad_of(self, 1), *gb = grad_of(self, 2);
+    if (rows * C == 0) return;
     kc::layernorm_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(), stats->first.data(),
                       stats->second.data(), self.grad.data(), ptr(gx), ptr(gg), ptr(gb), rows, C);
   });
@@ -213,8 +213,8 @@ VarT<T> rmsnorm(const VarT<T>& x, const VarT<T>& gamma, double eps) {
   auto rstd = std::make_shared<TensorT<T>>(dev_empty<T>({rows}));
   if (rows * C > 0) kc::rmsnorm_fwd(x.value().data(), gamma.value().data(), y.data(), rstd->data(), rows, C, eps);
   return make_result<T>(std::move(y), "rmsnorm", {x, gamma}, [rows, C, rstd](Node<T>& self) {
-    if (rows * C == 0) return;
     auto *gx = grad_of(self, 0), *gg = grad_of(self, 1);
+    if (rows * C == 0) return;
     kc::rmsnorm_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(), rstd->data(), self.grad.data(),
                     ptr(gx), ptr(gg), rows, C);
   });
@@ -305,8 +305,8 @@ VarT<T> attention(const VarT<T>& q, const VarT<T>& k, const VarT<T>& v, bool cau
     kc::attention_fwd(q.value().data(), k.value().data(), v.value().data(), P->data(), out.data(), B * H, Tn, D,
                       causal);
   return make_result<T>(std::move(out), "attention", {q, k, v}, [P, B, H, Tn, D, causal, work](Node<T>& self) {
-    if (!work) return;
     auto *gq = grad_of(self, 0), *gk = grad_of(self, 1), *gv = grad_of(self, 2);
+    if (!work) return;
     kc::attention_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(), self.parents[2]->value.data(),
                       P->data(), self.grad.data(), ptr(gq), ptr(gk), ptr(gv), B * H, Tn, D, causal);
   });

@@ -63,9 +63,9 @@ TopKGates topk_renormalised(const Var& probs, int K) {
     r.experts = experts->to_vector();
     r.gates = make_result<float>(std::move(gates), "topk_gates", {probs}, [experts, N, E, K](Node<float>& self) {
       auto& p = self.parents[0];
-      if (!p->requires_grad || N == 0) return;
-      kernels::cuda::topk_gates_bwd(p->value.data(), experts->data(), self.grad.data(), p->grad_buffer().data(), N,
-                                    E, K);
+      if (!p->requires_grad) return;
+      float* dprobs = p->grad_buffer().data();  // allocated even for N = 0, as on the CPU
+      if (N > 0) kernels::cuda::topk_gates_bwd(p->value.data(), experts->data(), self.grad.data(), dprobs, N, E, K);
     });
     return r;
   }

@@ -26,6 +26,7 @@
 #include "autodiff/ops.h"
 #include "core/philox.h"
 #include "nn/optim.h"
+#include "nn/routers/common.h"
 #include "nn/transformer.h"
 #include "tests/op_cases.h"
 #ifdef VMOER_HAVE_CUDA
@@ -133,6 +134,8 @@ struct StepResult {
   double loss = 0;
   std::vector<std::pair<std::string, TensorD>> grads, params_after;
   std::vector<int32_t> experts;  // layer-1 routing decisions
+  std::vector<int64_t> counts;   // kept assignments per expert (the dispatch plan)
+  int64_t dropped = 0;
 };
 
 StepResult train_step(const nn::ModelConfig& mc, Device dev) {
@@ -158,7 +161,11 @@ StepResult train_step(const nn::ModelConfig& mc, Device dev) {
   backward(loss);
   StepResult r;
   r.loss = loss.item();
-  for (auto& a : res.moe) r.experts.insert(r.experts.end(), a.route.experts.begin(), a.route.experts.end());
+  for (auto& a : res.moe) {
+    r.experts.insert(r.experts.end(), a.route.experts.begin(), a.route.experts.end());
+    r.counts.insert(r.counts.end(), a.expert_counts.begin(), a.expert_counts.end());
+    r.dropped += a.dropped;
+  }
   for (auto& [name, v] : model.params().all())
     r.grads.emplace_back(name, v.grad().defined() ? v.grad().to(Device::CPU).cast<double>() : TensorD(v.shape()));
   nn::AdamWConfig oc;
@@ -204,6 +211,10 @@ TEST_CASE("cuda train step: transformer (dense + det-MoE block) loss, gradients 
     // Routing is decided on float router probabilities; a flip here would be
     // a near-tie, not a kernel bug, and would make the gradients incomparable.
     REQUIRE(gpu.experts == cpu.experts);
+    // the device dispatch plan (kernels/cuda/moe.h) against nn::plan_dispatch
+    CHECK(gpu.counts == cpu.counts);
+    CHECK(gpu.dropped == cpu.dropped);
+    if (mc.capacity_factor > 0) CHECK(cpu.dropped > 0);  // the capacity path is exercised
     CHECK(rel_err(gpu.loss, cpu.loss, 1.0) <= 1e-5);
     for (size_t i = 0; i < cpu.grads.size(); ++i) {
       INFO("gradient of " << cpu.grads[i].first);
@@ -223,6 +234,48 @@ TEST_CASE("cuda train step: transformer (dense + det-MoE block) loss, gradients 
         if (std::abs(pg[k] - pc[k]) > 1e-6 + 1e-5 * std::abs(pc[k]) && std::abs(g[k]) > 1e-4 * gmax) ++bad;
       INFO("parameter " << cpu.params_after[i].first);
       CHECK(bad == 0);
+    }
+  }
+}
+
+// ---- the fused KL kernels against the composed ops, at O(1) values --------------------------------
+// (In a router at initialisation the KL is ~1e-5 per token, too small to test
+// the kernels' arithmetic; here every term is O(1) and s² != 1.)
+TEST_CASE("cuda KL: kl_mf / kl_fc fused kernels vs the composed CPU ops, value and gradients") {
+  if (skip_without_device("fused KL vs composed ops")) return;
+  const int64_t N = 7;
+  const int E = 5;
+  auto randn = [](Shape s, uint64_t seed, double scale) {
+    Tensor t(s);
+    PhiloxStream st{seed, 9, 0};
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = (float)(scale * st.normal());
+    return t;
+  };
+  Tensor d = randn({N, E}, 1, 1.0), lv = randn({N, E}, 2, 0.5), L = randn({N, E, E}, 3, 0.5);
+  for (int64_t n = 0; n < N; ++n)  // lower triangular, positive diagonal, as fill_tril_expdiag makes it
+    for (int i = 0; i < E; ++i)
+      for (int j = 0; j < E; ++j) {
+        float& x = L[(n * E + i) * E + j];
+        if (j > i) x = 0;
+        if (j == i) x = 0.5f + std::abs(x);
+      }
+  TensorD w({N});
+  normal()(w, 77);
+  for (double s2 : {0.49, 2.25}) {
+    for (bool full : {false, true}) {
+      INFO((full ? "kl_fc" : "kl_mf") << " s2 = " << s2);
+      std::vector<TensorD> val, gd, g2;
+      for (Device dev : {Device::CPU, Device::CUDA}) {
+        Var vd(d.to(dev), true), v2((full ? L : lv).to(dev), true);
+        Var kl = full ? nn::routers::kl_fc(vd, v2, s2) : nn::routers::kl_mf(vd, v2, s2);
+        backward(kl, w.cast<float>().to(dev));
+        val.push_back(kl.value().to(Device::CPU).cast<double>());
+        gd.push_back(vd.grad().to(Device::CPU).cast<double>());
+        g2.push_back(v2.grad().to(Device::CPU).cast<double>());
+      }
+      CHECK(max_rel_err(val[1], val[0], 1.0) <= 1e-5);
+      CHECK(max_rel_err(gd[1], gd[0], 1.0) <= 1e-5);
+      CHECK(max_rel_err(g2[1], g2[0], 1.0) <= 1e-5);
     }
   }
 }
@@ -316,6 +369,10 @@ RouterRun router_run(const nn::RouterConfig& rc, Device dev, bool training) {
   std::vector<uint8_t> mask(B * T, 1);
   for (int i = 0; i < B * T; ++i) ids[i] = (int32_t)(philox_u32(21, 4, (uint64_t)i) % 256);
   for (int i = 0; i < B * T; ++i) tg[i] = (i % T == T - 1) ? -100 : ids[i + 1];
+  for (int t = T - 3; t < T; ++t) {  // row 1 ends in padding: masked KL, penalty and dispatch
+    mask[T + t] = 0;
+    tg[T + t] = -100;
+  }
   nn::ForwardOptions fo;
   fo.training = training;
   fo.seed = 9;
@@ -366,6 +423,8 @@ TEST_CASE("cuda routers: every router's stage-2 step and S = 35 evaluation on th
   };
   for (auto& v : variants) {
     nn::RouterConfig rc;
+    rc.prior_scale = 0.7;       // s² != 1: the 1/s² and log s² terms of the KL count
+    rc.temp_prior_scale = 1.5;  // likewise for vtsr's lognormal prior
     v.set(rc);
     INFO("router " << v.name);
     // Stage-2 step. Selections are made on float values; a flip would be a

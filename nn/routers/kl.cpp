@@ -15,6 +15,9 @@
 namespace vm::nn::routers {
 
 Var kl_mf(const Var& d, const Var& lv, double s2) {
+  VM_CHECK(d.ndim() == 2 && lv.shape() == d.shape() && lv.value().device() == d.value().device(),
+           "kl_mf: d " + shape_str(d.shape()) + " and lv " + shape_str(lv.shape()) +
+               " must be the same (N, E) shape on one device");
   int64_t N = d.size(0);
   int E = (int)d.size(1);
 #ifdef VMOER_HAVE_CUDA
@@ -34,6 +37,10 @@ Var kl_mf(const Var& d, const Var& lv, double s2) {
 }
 
 Var kl_fc(const Var& d, const Var& L, double s2) {
+  VM_CHECK(d.ndim() == 2 && L.shape() == Shape({d.size(0), d.size(1), d.size(1)}) &&
+               L.value().device() == d.value().device(),
+           "kl_fc: d " + shape_str(d.shape()) + " and L " + shape_str(L.shape()) +
+               " must be (N, E) and (N, E, E) on one device");
   int64_t N = d.size(0);
   int E = (int)d.size(1);
 #ifdef VMOER_HAVE_CUDA

@@ -61,7 +61,7 @@ std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t see
   int E = (int)z.size(1);
   std::vector<int32_t> out((size_t)(N * K));
 #ifdef VMOER_HAVE_CUDA
-  if (z.is_cuda()) {
+  if (z.is_cuda() && E <= 2048 && K <= 16) {  // the kernels' limits; beyond them, a host copy below
     TensorT<int32_t> dev({N, (int64_t)K}, Device::CUDA, false);
     if (N > 0) {
       if (authors) kernels::cuda::sequential_sample(z.data(), N, E, K, seed, stream, dev.data());
@@ -70,8 +70,9 @@ std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t see
     return dev.to_vector();
   }
 #endif
-  if (authors) sequential_sample(z.data(), N, E, K, seed, stream, out.data());
-  else gumbel_topk(z.data(), N, E, K, seed, stream, out.data());
+  const Tensor zh = z.to(Device::CPU);
+  if (authors) sequential_sample(zh.data(), N, E, K, seed, stream, out.data());
+  else gumbel_topk(zh.data(), N, E, K, seed, stream, out.data());
   return out;
 }
 
