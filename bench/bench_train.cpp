@@ -31,6 +31,7 @@
 #include "nn/transformer.h"
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm.h"
 #endif
 
 using namespace vm;
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   double peak = 300.0;  // GFLOP/s, ~2 cores of AVX-512 FMA
   bool json = false;
   std::string device = "cpu";
+  bool tf32 = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> int {
@@ -74,6 +76,7 @@ int main(int argc, char** argv) {
     };
     if (a == "--json") json = true;
     else if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--tf32") tf32 = true;
     else if (a == "--d-model") mc.d_model = next();
     else if (a == "--layers") mc.n_layers = next();
     else if (a == "--heads") mc.n_heads = next();
@@ -89,7 +92,7 @@ int main(int argc, char** argv) {
     else if (a == "--peak") peak = next();
     else {
       std::fprintf(stderr,
-                   "usage: bench_train [--json] [--device cpu|cuda] [--d-model N] [--layers N] [--heads N] [--experts N] [--d-expert N]\n"
+                   "usage: bench_train [--json] [--device cpu|cuda] [--tf32] [--d-model N] [--layers N] [--heads N] [--experts N] [--d-expert N]\n"
                    "                   [--top-k N] [--seq N] [--batch N] [--vocab N] [--warmup N] [--steps N]\n"
                    "                   [--infer-steps N] [--peak GFLOPS]\n");
       return 2;
@@ -105,6 +108,7 @@ int main(int argc, char** argv) {
     std::printf("no CUDA device: bench_train --device cuda not run\n");
     return 0;
   }
+  if (dev == Device::CUDA) kernels::cuda::set_allow_tf32(tf32);
 #else
   if (dev == Device::CUDA) {
     std::printf("no CUDA device (this build has no CUDA backend): bench_train --device cuda not run\n");

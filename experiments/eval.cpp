@@ -216,7 +216,7 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
 }
 
 int run_eval(RunConfig cfg) {
-  require_device(cfg.device);
+  require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);

@@ -12,11 +12,13 @@
 #include "experiments/trainer.h"
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/gemm.h"
 #endif
 
 namespace vm::exp {
 
-void require_device(const std::string& device) {
+void require_device(const std::string& device, bool allow_tf32) {
+  if (device == "cpu" && allow_tf32) fail("--allow-tf32: only with --device cuda");
   if (device == "cpu") return;
   if (device != "cuda") fail("--device: must be cpu or cuda, got '" + device + "'");
 #ifdef VMOER_HAVE_CUDA
@@ -30,6 +32,7 @@ void require_device(const std::string& device) {
                  "training step with the CPU)\n",
                  kernels::cuda::cuda_device_name().c_str());
   }
+  kernels::cuda::set_allow_tf32(allow_tf32);
   return;
 #else
   fail("--device cuda: this build has no CUDA backend (configured with -DVMOER_CUDA=OFF or without nvcc)");
@@ -44,7 +47,7 @@ void RunConfig::validate() const {
        "--stage: must be pretrain, finetune or router, got '" + stage + "'");
   need(task == "wordnet-nouns" || task == "wordnet-words" || task == "fashion-mnist",
        "--task: must be wordnet-nouns, wordnet-words or fashion-mnist, got '" + task + "'");
-  require_device(device);
+  require_device(device, allow_tf32);
   need(threads >= 1, "--threads: must be >= 1, got " + std::to_string(threads));
   need(steps >= 1, "--steps: must be >= 1, got " + std::to_string(steps));
   need(batch >= 1, "--batch: must be >= 1, got " + std::to_string(batch));
@@ -152,6 +155,8 @@ static void add_common(CLI::App* s, RunConfig& c) {
       ->capture_default_str();
   s->add_option("--threads", c.threads, "OpenMP threads")->capture_default_str();
   s->add_option("--device", c.device, "cpu | cuda")->capture_default_str();
+  s->add_flag("--allow-tf32", c.allow_tf32,
+              "cuda: let cuBLAS use TF32 tensor cores (10-bit mantissa products; off = IEEE fp32 GEMMs)");
   s->add_option("--out", c.out, "output directory")->capture_default_str();
   s->add_option("--data-dir", c.data_dir, "dataset cache (default: $VMOER_DATA or .cache/data)");
   s->add_option("--task", c.task, "wordnet-nouns | wordnet-words | fashion-mnist")->capture_default_str();

@@ -41,7 +41,7 @@ static std::string show_byte(int32_t t) {
 
 static int run_inspect(InspectConfig ic) {
   RunConfig& cfg = ic.run;
-  require_device(cfg.device);
+  require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
   auto model = load_model_for_eval(cfg);
   inherit_split_seed(cfg, cfg.init);
@@ -162,6 +162,7 @@ void register_inspect(CLI::App& app) {
   s->add_option("--split-seed", ic->run.split_seed, "seed of the data split --index reads")->capture_default_str();
   s->add_option("--threads", ic->run.threads, "threads")->capture_default_str();
   s->add_option("--device", ic->run.device, "cpu | cuda")->capture_default_str();
+  s->add_flag("--allow-tf32", ic->run.allow_tf32, "cuda: let cuBLAS use TF32 tensor cores");
   s->add_option("--data-dir", ic->run.data_dir, "dataset cache");
   s->add_option("--gloss-max-bytes", ic->run.gloss_max_bytes, "as in training")->capture_default_str();
   s->add_flag("--json", ic->as_json, "machine-readable output");

@@ -37,6 +37,7 @@ struct ReproConfig {
   int seeds = 3;
   uint64_t seed0 = 1;
   std::string device = "cpu";
+  bool allow_tf32 = false;
   // The first stage that each seed re-runs; the stages before it are trained
   // once, with the first seed, and shared (see the --reseed-from help).
   std::string reseed_from = "router";
@@ -58,6 +59,7 @@ struct ReproConfig {
 static RunConfig preset(const ReproConfig& r) {
   RunConfig c;
   c.device = r.device;
+  c.allow_tf32 = r.allow_tf32;
   c.data_dir = r.data_dir;
   c.threads = r.threads;
   c.progress = true;
@@ -442,7 +444,7 @@ static int run_reproduce(ReproConfig r) {
   if (r.track != "text" && r.track != "vision" && r.track != "both")
     fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
-  require_device(r.device);
+  require_device(r.device, r.allow_tf32);
   if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
     fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
   omp_set_num_threads(r.threads);
@@ -684,6 +686,7 @@ void register_reproduce(CLI::App& app) {
   s->add_option("--data-dir", r->data_dir, "dataset cache");
   s->add_option("--threads", r->threads, "OpenMP threads")->capture_default_str();
   s->add_option("--device", r->device, "cpu | cuda")->capture_default_str();
+  s->add_flag("--allow-tf32", r->allow_tf32, "cuda: let cuBLAS use TF32 tensor cores in every stage");
   s->add_option("--methods", r->methods, "methods to run")->delimiter(',');
   s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (beta, samples, top_k, experts, prior_scale, "
                                        "temp_mode, kl_norm, bayes_layers, router)");

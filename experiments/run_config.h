@@ -28,6 +28,7 @@ struct RunConfig {
   uint64_t split_seed = 1;
   int threads = 2;
   std::string device = "cpu";
+  bool allow_tf32 = false;  // --allow-tf32 (cuda)
   // ---- model ------------------------------------------------------------------
   nn::ModelConfig model;
   nn::RouterConfig router;
@@ -68,10 +69,10 @@ struct RunConfig {
   void validate() const;  // throws vm::Error naming the flag
 };
 
-// --device: "cpu" passes; "cuda" fails with one line saying why (no CUDA
-// backend in this build, no device, or the model not yet on the GPU kernels).
 // --device: cpu, or cuda where the build has the backend and the machine a
-// GPU; otherwise one line saying which is missing.
-void require_device(const std::string& device);
+// GPU; otherwise one line saying which is missing. allow_tf32 (--allow-tf32,
+// cuda only) lets cuBLAS use TF32 tensor cores for float GEMMs; off, they are
+// IEEE fp32 with fp32 accumulation, as the CPU-parity tests expect.
+void require_device(const std::string& device, bool allow_tf32 = false);
 
 }  // namespace vm::exp

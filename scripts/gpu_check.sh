@@ -39,6 +39,7 @@ fi
 step bench_cuda ./build-gpu/bench_cuda
 step bench_ops_gpu ./build-gpu/bench_ops --device cuda
 step bench_train_gpu ./build-gpu/bench_train --device cuda --steps 10 --json
+step bench_train_gpu_tf32 ./build-gpu/bench_train --device cuda --tf32 --steps 10 --json
 step bench_twin_gpu /usr/bin/python3 reference/bench_twin.py --device cuda --steps 10
 step bench_routers_gpu ./build-gpu/bench_routers --device cuda --samples 35
 RUN="$OUT/train"

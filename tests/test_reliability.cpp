@@ -769,6 +769,7 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
       {" --steps 0", 1, "--steps: must be >= 1, got 0"},
       {" --lr 0", 1, "--lr: must be > 0"},
       {" --device tpu", 1, "--device: must be cpu or cuda, got 'tpu'"},
+      {" --allow-tf32", 1, "--allow-tf32: only with --device cuda"},
       {" --stage nope", 1, "--stage: must be pretrain, finetune or router, got 'nope'"},
       {" --steps abc", 2, "--steps"},
       {" --beta", 2, "--beta"},
