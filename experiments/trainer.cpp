@@ -693,7 +693,7 @@ int run_train(RunConfig cfg) {
   }
 
   // --device cuda: parameters and optimizer state move to the GPU once the
-  // checkpoints are loaded (Model::to refuses routers without a GPU path).
+  // checkpoints are loaded (load_checkpoint writes host tensors).
   if (cfg.device == "cuda") {
     model.to(Device::CUDA);
     opt.to(Device::CUDA);
