@@ -160,6 +160,8 @@ void broadcast_loop(const Shape& so, const Shape& sa, const Shape& sb, F f) {
 template <class T>
 VarT<T> binary(const VarT<T>& a, const VarT<T>& b, Bin op, const char* name) {
   Shape so = broadcast_shape(a.shape(), b.shape(), name);
+  static_assert((int)Bin::Div == (int)kernels::cuda::Binary::Div && (int)Bin::Sub == (int)kernels::cuda::Binary::Sub);
+  VM_CUDA_DISPATCH(on_cuda(name, a, b), cuda_ops::binary(a, b, (kernels::cuda::Binary)op, name));
   TensorT<T> out = TensorT<T>::empty(so);
   const T* pa = a.value().data();
   const T* pb = b.value().data();
@@ -202,22 +204,10 @@ VarT<T> binary(const VarT<T>& a, const VarT<T>& b, Bin op, const char* name) {
 }
 }  // namespace
 
-template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b) {
-  VM_CUDA_DISPATCH(on_cuda("add", a, b), cuda_ops::add(a, b));
-  return binary(a, b, Bin::Add, "add");
-}
-template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b) {
-  VM_CUDA_DISPATCH(on_cuda("sub", a, b), cuda_ops::sub(a, b));
-  return binary(a, b, Bin::Sub, "sub");
-}
-template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b) {
-  VM_CUDA_DISPATCH(on_cuda("mul", a, b), cuda_ops::mul(a, b));
-  return binary(a, b, Bin::Mul, "mul");
-}
-template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) {
-  VM_CUDA_DISPATCH(on_cuda("div", a, b), cuda_ops::div(a, b));
-  return binary(a, b, Bin::Div, "div");
-}
+template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Add, "add"); }
+template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Sub, "sub"); }
+template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Mul, "mul"); }
+template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, Bin::Div, "div"); }
 
 // ---- unary ops: y = f(x), dy/dx from (x, y) --------------------------------------
 namespace {

@@ -60,6 +60,18 @@ TensorT<T>* grad_of(Node<T>& self, size_t i) {
   auto& p = self.parents[i];
   return p->requires_grad ? &p->grad_buffer() : nullptr;
 }
+// View a tensor as (outer, n, inner) around `axis`.
+inline void split_axis(const Shape& s, int ax, int64_t& outer, int64_t& n, int64_t& inner) {
+  outer = 1;
+  inner = 1;
+  for (int i = 0; i < ax; ++i) outer *= s[i];
+  n = s[ax];
+  for (int i = ax + 1; i < (int)s.size(); ++i) inner *= s[i];
+}
+// Indices (N, k) of the k largest entries of each row of x (N, E), ties to
+// the lower index (host tensor): topk's selection, shared by both devices.
+template <class T>
+std::vector<int32_t> topk_indices(const TensorT<T>& x, int k);
 // rows/cols view of the last axis: (..., C) -> rows = numel / C, cols = C.
 inline void rows_cols(const Shape& s, int64_t& rows, int64_t& cols) {
   cols = s.empty() ? 1 : s.back();

@@ -41,13 +41,6 @@ template <class T>
 T* ptr(TensorT<T>* t) {
   return t ? t->data() : nullptr;
 }
-inline void split_axis(const Shape& s, int ax, int64_t& outer, int64_t& n, int64_t& inner) {
-  outer = 1;
-  inner = 1;
-  for (int i = 0; i < ax; ++i) outer *= s[i];
-  n = s[ax];
-  for (int i = ax + 1; i < (int)s.size(); ++i) inner *= s[i];
-}
 }  // namespace
 
 template <class T>
@@ -90,7 +83,6 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
 }
 
 // ---- broadcasting binary ops ------------------------------------------------------
-namespace {
 template <class T>
 VarT<T> binary(const VarT<T>& a, const VarT<T>& b, kc::Binary op, const char* name) {
   Shape so = detail::broadcast_shape(a.shape(), b.shape(), name);
@@ -103,12 +95,7 @@ VarT<T> binary(const VarT<T>& a, const VarT<T>& b, kc::Binary op, const char* na
                    self.parents[1]->value.shape(), self.grad.data(), ptr(ga), ptr(gb));
   });
 }
-}  // namespace
 
-template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, kc::Binary::Add, "add"); }
-template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, kc::Binary::Sub, "sub"); }
-template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, kc::Binary::Mul, "mul"); }
-template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b) { return binary(a, b, kc::Binary::Div, "div"); }
 
 // ---- unary and scalar ops ---------------------------------------------------------------
 template <class T>
@@ -129,7 +116,7 @@ VarT<T> sum(const VarT<T>& a, int axis, bool keepdim) {
   const Shape& s = a.shape();
   int ax = norm_axis(axis, a.ndim(), "sum");
   int64_t outer, n, inner;
-  split_axis(s, ax, outer, n, inner);
+  detail::split_axis(s, ax, outer, n, inner);
   Shape so = s;
   if (keepdim) so[ax] = 1;
   else so.erase(so.begin() + ax);
@@ -256,7 +243,7 @@ template <class T>
 VarT<T> slice(const VarT<T>& a, int axis, int64_t start, int64_t stop) {
   int ax = norm_axis(axis, a.ndim(), "slice");
   int64_t outer, n, inner;
-  split_axis(a.shape(), ax, outer, n, inner);
+  detail::split_axis(a.shape(), ax, outer, n, inner);
   Shape so = a.shape();
   int64_t m = stop - start;
   so[ax] = m;
@@ -274,7 +261,7 @@ VarT<T> concat(const std::vector<VarT<T>>& xs, int axis) {
   so[ax] = 0;
   for (auto& x : xs) so[ax] += x.shape()[ax];
   int64_t outer, ntot, inner;
-  split_axis(so, ax, outer, ntot, inner);
+  detail::split_axis(so, ax, outer, ntot, inner);
   TensorT<T> out = dev_empty<T>(so);
   std::vector<int64_t> sizes;
   int64_t at = 0;
@@ -360,11 +347,7 @@ template <class T>
 TopK<T> topk(const VarT<T>& x, int k) {
   // Indices on the host (the dispatch plan consumes them there): the CPU op on
   // a host copy of the values, without a graph; the values gathered on the GPU.
-  std::vector<int32_t> idx;
-  {
-    NoGradGuard ng;
-    idx = ops::topk(VarT<T>(x.value().to(Device::CPU)), k).indices;
-  }
+  std::vector<int32_t> idx = detail::topk_indices(x.value().to(Device::CPU), k);
   TopK<T> r;
   r.values = take_cols(x, idx, k);
   r.indices = std::move(idx);
@@ -450,10 +433,7 @@ VarT<T> sum_log_diag(const VarT<T>& L) {
 #define VM_INST(T)                                                                                     \
   template void accumulate(TensorT<T>&, const TensorT<T>&);                                            \
   template VarT<T> matmul(const VarT<T>&, const VarT<T>&);                                             \
-  template VarT<T> add(const VarT<T>&, const VarT<T>&);                                                \
-  template VarT<T> sub(const VarT<T>&, const VarT<T>&);                                                \
-  template VarT<T> mul(const VarT<T>&, const VarT<T>&);                                                \
-  template VarT<T> div(const VarT<T>&, const VarT<T>&);                                                \
+  template VarT<T> binary(const VarT<T>&, const VarT<T>&, kc::Binary, const char*);                   \
   template VarT<T> unary(const VarT<T>&, kc::Unary, double, const char*);                              \
   template VarT<T> sum(const VarT<T>&, int, bool);                                                     \
   template VarT<T> sum_all(const VarT<T>&);                                                            \

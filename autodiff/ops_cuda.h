@@ -20,10 +20,8 @@
 namespace vm::ops::cuda_ops {
 
 template <class T> VarT<T> matmul(const VarT<T>& a, const VarT<T>& b);
-template <class T> VarT<T> add(const VarT<T>& a, const VarT<T>& b);
-template <class T> VarT<T> sub(const VarT<T>& a, const VarT<T>& b);
-template <class T> VarT<T> mul(const VarT<T>& a, const VarT<T>& b);
-template <class T> VarT<T> div(const VarT<T>& a, const VarT<T>& b);
+// add / sub / mul / div with numpy broadcasting (name: the op's, for errors)
+template <class T> VarT<T> binary(const VarT<T>& a, const VarT<T>& b, kernels::cuda::Binary op, const char* name);
 // Every unary and scalar op (exp ... tanh, add/mul/pow_scalar; alpha = the scalar).
 template <class T> VarT<T> unary(const VarT<T>& a, kernels::cuda::Unary op, double alpha, const char* name);
 template <class T> VarT<T> sum(const VarT<T>& a, int axis, bool keepdim);

@@ -34,14 +34,12 @@ VarT<T> take_cols(const VarT<T>& x, const std::vector<int32_t>& idx, int k) {
   });
 }
 
+namespace detail {
 template <class T>
-TopK<T> topk(const VarT<T>& x, int k) {
-  VM_CHECK(x.ndim() == 2, "topk: x must be (N, E), got " + shape_str(x.shape()));
+std::vector<int32_t> topk_indices(const TensorT<T>& x, int k) {
   int64_t N = x.size(0), E = x.size(1);
-  VM_CHECK(k >= 1 && k <= E, "topk: k = " + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
-  VM_CUDA_DISPATCH(on_cuda("topk", x), cuda_ops::topk(x, k));
   std::vector<int32_t> idx((size_t)(N * k));
-  const T* px = x.value().data();
+  const T* px = x.data();
 #pragma omp parallel for schedule(static) if (N * E > 16384)
   for (int64_t n = 0; n < N; ++n) {
     // partial selection, ties broken towards the lower index
@@ -53,9 +51,21 @@ TopK<T> topk(const VarT<T>& x, int k) {
     });
     std::copy(order.begin(), order.begin() + k, idx.begin() + n * k);
   }
+  return idx;
+}
+template std::vector<int32_t> topk_indices(const TensorT<float>&, int);
+template std::vector<int32_t> topk_indices(const TensorT<double>&, int);
+}  // namespace detail
+
+template <class T>
+TopK<T> topk(const VarT<T>& x, int k) {
+  VM_CHECK(x.ndim() == 2, "topk: x must be (N, E), got " + shape_str(x.shape()));
+  int64_t E = x.size(1);
+  VM_CHECK(k >= 1 && k <= E, "topk: k = " + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
+  VM_CUDA_DISPATCH(on_cuda("topk", x), cuda_ops::topk(x, k));
   TopK<T> r;
-  r.values = take_cols(x, idx, k);
-  r.indices = std::move(idx);
+  r.indices = topk_indices(x.value(), k);
+  r.values = take_cols(x, r.indices, k);
   return r;
 }
 

@@ -171,17 +171,6 @@ VarT<T> transpose(const VarT<T>& a, int d0, int d1) {
   });
 }
 
-namespace {
-// View a tensor as (outer, n, inner) around `axis`.
-inline void split_axis(const Shape& s, int ax, int64_t& outer, int64_t& n, int64_t& inner) {
-  outer = 1;
-  inner = 1;
-  for (int i = 0; i < ax; ++i) outer *= s[i];
-  n = s[ax];
-  for (int i = ax + 1; i < (int)s.size(); ++i) inner *= s[i];
-}
-}  // namespace
-
 template <class T>
 VarT<T> slice(const VarT<T>& a, int axis, int64_t start, int64_t stop) {
   int ax = norm_axis(axis, a.ndim(), "slice");
