@@ -106,9 +106,9 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
     kernels::gemm(out.data(), a.value().data(), b.value().data(), batch * M, N, K, false, false, false);
   } else {
 #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < batch; ++i)
-      kernels::gemm(out.data() + i * M * N, a.value().data() + i * M * K, b.value().data() + i * K * N, M,
-                    N, K, false, false, false);
+    for (int64_t i = 0; i < batch; ++i)  // one product per batch entry, each on one thread
+      kernels::gemm_single(out.data() + i * M * N, a.value().data() + i * M * K, b.value().data() + i * K * N,
+                           M, N, K, false, false, false);
   }
   return make_result<T>(std::move(out), "matmul", {a, b}, [=](Node<T>& self) {
     const T* g = self.grad.data();
@@ -122,8 +122,10 @@ VarT<T> matmul(const VarT<T>& a, const VarT<T>& b) {
     } else {
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < batch; ++i) {
-        if (ga) kernels::gemm(ga->data() + i * M * K, g + i * M * N, pb + i * K * N, M, K, N, false, true, true);
-        if (gb) kernels::gemm(gb->data() + i * K * N, pa + i * M * K, g + i * M * N, K, N, M, true, false, true);
+        if (ga) kernels::gemm_single(ga->data() + i * M * K, g + i * M * N, pb + i * K * N, M, K, N, false, true,
+                                     true);
+        if (gb) kernels::gemm_single(gb->data() + i * K * N, pa + i * M * K, g + i * M * N, K, N, M, true, false,
+                                     true);
       }
     }
   });

@@ -136,7 +136,7 @@ VarT<T> grouped_matmul(const VarT<T>& x, const VarT<T>& w, const std::vector<int
     VM_CHECK(offsets[e] <= offsets[e + 1], "grouped_matmul: offsets must not decrease");
   VM_CUDA_DISPATCH(on_cuda("grouped_matmul", x, w), cuda_ops::grouped_matmul(x, w, offsets));
   TensorT<T> out = TensorT<T>::empty({M, F});  // the groups cover every row exactly once
-  // One expert after another; each GEMM uses the whole OpenMP pool (Eigen).
+  // One expert after another; each GEMM's tiles use the whole OpenMP pool.
   for (int64_t e = 0; e < E; ++e) {
     int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
     if (m == 0) continue;

@@ -1,37 +1,225 @@
+// kernels/cpu/gemm.cpp — the deterministic tiled GEMM (see gemm.h for the
+// promise). Each tile calls Eigen's single-threaded GEBP driver
+// (internal::general_matrix_matrix_product, the routine behind `c += a * b`)
+// with a blocking we fix, so Eigen's OpenMP path and its cache-size detection
+// never decide how a sum is formed.
 #include "kernels/cpu/gemm.h"
 
+#include <omp.h>
+
 #include <Eigen/Core>
+#include <algorithm>
+#include <cstring>
 
 namespace vm::kernels {
 
+namespace {
+
+using Eigen::Index;
+namespace ei = Eigen::internal;
+
+// The cache sizes the blocking assumes, pinned for every machine (the smallest
+// of the project's CPUs: Zen 3 has 32 KiB L1d and 512 KiB L2 per core). Eigen
+// would read the detected sizes instead, so the bits would follow the cache.
+constexpr Index kL1 = 32 * 1024;
+constexpr Index kL2 = 512 * 1024;
+constexpr Index kActualL2 = 1572864;  // Eigen's fixed "1.5 MB" second-level budget
+
+// A level-3 blocking with the block sizes we chose; the packing buffers are
+// left null, so Eigen's driver allocates them for the duration of the call.
 template <class T>
-using MatR = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+struct FixedBlocking : ei::level3_blocking<T, T> {
+  FixedBlocking(Index kc, Index mc, Index nc) {
+    this->m_kc = kc;
+    this->m_mc = mc;
+    this->m_nc = nc;
+  }
+};
+
+// Eigen 3.4's single-threaded blocking heuristic
+// (GeneralBlockPanelKernel.h, evaluateProductBlockingSizesHeuristic) with the
+// pinned cache sizes above. Problem in Eigen's column-major terms: m rows of
+// the result (the mr direction), n columns, depth k. Only kc changes the
+// arithmetic (the reduction is summed kc terms at a time); mc and nc only
+// change the speed.
+template <class T>
+void blocking_sizes(Index& k, Index& m, Index& n) {
+  using Traits = ei::gebp_traits<T, T>;
+  Index l1 = kL1;
+#ifdef EIGEN_VECTORIZE_AVX512
+  l1 *= 4;  // as Eigen does under AVX-512 (its "-20% without it" note)
+#endif
+  if (std::max(k, std::max(m, n)) < 48) return;
+  constexpr Index k_peeling = 8;
+  constexpr Index k_div = Traits::mr * sizeof(T) + Traits::nr * sizeof(T);
+  constexpr Index k_sub = Traits::mr * Traits::nr * sizeof(T);
+  const Index max_kc = std::max<Index>(((l1 - k_sub) / k_div) & ~(k_peeling - 1), 1);
+  const Index old_k = k;
+  if (k > max_kc)
+    k = (k % max_kc) == 0 ? max_kc : max_kc - k_peeling * ((max_kc - 1 - (k % max_kc)) / (k_peeling * (k / max_kc + 1)));
+  Index max_nc;
+  const Index lhs_bytes = m * k * (Index)sizeof(T);
+  const Index remaining_l1 = l1 - k_sub - lhs_bytes;
+  if (remaining_l1 >= Index(Traits::nr * sizeof(T)) * k) max_nc = remaining_l1 / (k * (Index)sizeof(T));
+  else max_nc = (3 * kActualL2) / (2 * 2 * max_kc * (Index)sizeof(T));
+  Index nc = std::min<Index>(kActualL2 / (2 * k * (Index)sizeof(T)), max_nc) & ~(Index(Traits::nr) - 1);
+  if (nc < Traits::nr) nc = Traits::nr;
+  if (n > nc) {
+    n = (n % nc) == 0 ? nc : (nc - Traits::nr * ((nc - (n % nc)) / (Traits::nr * (n / nc + 1))));
+  } else if (old_k == k) {
+    const Index problem_size = k * n * (Index)sizeof(T);
+    Index actual_lm = kActualL2, max_mc = m;
+    if (problem_size <= 1024) {
+      actual_lm = l1;
+    } else if (problem_size <= 32768) {
+      actual_lm = kL2;
+      max_mc = std::min<Index>(576, max_mc);
+    }
+    Index mc = std::min<Index>(actual_lm / (3 * k * (Index)sizeof(T)), max_mc);
+    if (mc > Traits::mr) mc -= mc % Traits::mr;
+    else if (mc == 0) return;
+    m = (m % mc) == 0 ? mc : (mc - Traits::mr * ((mc - (m % mc)) / (Traits::mr * (m / mc + 1))));
+  }
+}
+
+// One tile: C[0:m, 0:n] (+)= op(A) op(B) on the calling thread, C row-major
+// with row stride ldc; A, B point at the tile's first row / column. TA, TB as
+// stored: A is (m,K) row-major (lda = K) or, transposed, (K, ·) row-major
+// read as column-major (lda = its row length); likewise B.
+template <class T, bool TA, bool TB>
+void tile_product(T* C, Index ldc, const T* A, Index lda, const T* B, Index ldb, Index m, Index n, Index K) {
+  // Eigen's row-major-destination driver transposes the problem: in its
+  // column-major view the result has n rows (the mr direction) and m columns.
+  Index kc = K, mc = n, nc = m;
+  blocking_sizes<T>(kc, mc, nc);
+  FixedBlocking<T> blocking(kc, mc, nc);
+  ei::general_matrix_matrix_product<Index, T, TA ? Eigen::ColMajor : Eigen::RowMajor, false, T,
+                                    TB ? Eigen::ColMajor : Eigen::RowMajor, false, Eigen::RowMajor,
+                                    1>::run(m, n, K, A, lda, B, ldb, C, 1, ldc, T(1), blocking, nullptr);
+}
+
+template <class T>
+void product(T* C, Index ldc, const T* A, Index lda, const T* B, Index ldb, Index m, Index n, Index K, bool ta,
+             bool tb) {
+  if (!ta && !tb) tile_product<T, false, false>(C, ldc, A, lda, B, ldb, m, n, K);
+  else if (ta && !tb) tile_product<T, true, false>(C, ldc, A, lda, B, ldb, m, n, K);
+  else if (!ta && tb) tile_product<T, false, true>(C, ldc, A, lda, B, ldb, m, n, K);
+  else tile_product<T, true, true>(C, ldc, A, lda, B, ldb, m, n, K);
+}
+
+// Rows [i0, i0+m) x columns [j0, j0+n) of C (row stride N) = op(A) op(B) over
+// the whole K, zeroed first unless accumulating.
+template <class T>
+void run_block(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool accumulate,
+               int64_t i0, int64_t m, int64_t j0, int64_t n) {
+  T* c = C + i0 * N + j0;
+  if (!accumulate)
+    for (int64_t i = 0; i < m; ++i) std::memset(c + i * N, 0, sizeof(T) * (size_t)n);
+  // op(A) rows i0..: A (M,K) row-major, or stored (K,M): column-major (M,K) with stride M.
+  const T* a = ta ? A + i0 : A + i0 * K;
+  const Index lda = ta ? M : K;
+  // op(B) columns j0..: B (K,N) row-major, or stored (N,K): column-major (K,N) with stride K.
+  const T* b = tb ? B + j0 * K : B + j0;
+  const Index ldb = tb ? K : N;
+  product<T>(c, N, a, lda, b, ldb, m, n, K, ta, tb);
+}
+
+constexpr int64_t round_up(int64_t x, int64_t q) { return (x + q - 1) / q * q; }
+
+}  // namespace
+
+GemmTiling gemm_tiling(int64_t M, int64_t N, int64_t K) {
+  // Enough tiles to share among 2, 3, 4, 6 or 12 threads in equal numbers,
+  // each at least ~1M multiply-adds, and no side under 256 unless the matrix
+  // is narrower: every tile repacks its slices of op(A) and op(B), a cost
+  // ~(1/rows + 1/cols) of the product (bench_gemm: 64-wide tiles lost 15% on
+  // the weight gradients, 256-wide ones are within a few percent of Eigen's
+  // own multi-threaded product, docs/PERF.md).
+  const double work = (double)M * (double)N * (double)K;
+  constexpr double kMinTileWork = double(1 << 20);
+  int64_t want = 1;
+  for (int64_t t : {2, 4, 6, 12})
+    if (work >= (double)t * kMinTileWork) want = t;
+  constexpr int64_t kMinSide = 256, kAlign = 16;
+  GemmTiling g{M, N, 1, 1};
+  if (want == 1) return g;
+  // Prefer cutting the rows (the tiles then repack only their slice of op(A)
+  // and the whole op(B), and the row cut needs no alignment to Eigen's mr);
+  // cut the columns too when the rows alone would give too few tiles.
+  int64_t tm = std::min<int64_t>(want, std::max<int64_t>(1, M / kMinSide));
+  int64_t tn = std::min<int64_t>(std::max<int64_t>(1, want / tm), std::max<int64_t>(1, N / kMinSide));
+  g.mb = round_up((M + tm - 1) / tm, kAlign);
+  g.nb = round_up((N + tn - 1) / tn, kAlign);
+  g.tm = (M + g.mb - 1) / g.mb;
+  g.tn = (N + g.nb - 1) / g.nb;
+  return g;
+}
+
+template <class T>
+int64_t gemm_kc(int64_t K) {
+  Index k = K, m = 1024, n = 1024;  // kc depends on K alone (m, n only choose mc, nc)
+  blocking_sizes<T>(k, m, n);
+  return k;
+}
+
+// Vector-shaped and tiny products take Eigen's own single-threaded paths
+// (GEMV; the coefficient-based product below its threshold of 20), as
+// `c.noalias() += a * b` did before; neither is ever parallel in Eigen.
+template <class T>
+static bool small_path(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
+                       bool accumulate) {
+  if (!(M == 1 || N == 1 || M + N + K < 20)) return false;
+  using MatR = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Eigen::Map<MatR> c(C, M, N);
+  Eigen::Map<const MatR> a(A, transA ? K : M, transA ? M : K);
+  Eigen::Map<const MatR> b(B, transB ? N : K, transB ? K : N);
+  if (!accumulate) c.setZero();
+  if (!transA && !transB) c.noalias() += a * b;
+  else if (transA && !transB) c.noalias() += a.transpose() * b;
+  else if (!transA && transB) c.noalias() += a * b.transpose();
+  else c.noalias() += a.transpose() * b.transpose();
+  return true;
+}
+
+template <class T>
+void gemm_single(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
+                 bool accumulate) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) {
+    if (!accumulate) std::memset(C, 0, sizeof(T) * (size_t)(M * N));
+    return;
+  }
+  if (small_path(C, A, B, M, N, K, transA, transB, accumulate)) return;
+  run_block(C, A, B, M, N, K, transA, transB, accumulate, 0, M, 0, N);
+}
 
 template <class T>
 void gemm(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
           bool accumulate) {
-  Eigen::Map<MatR<T>> c(C, M, N);
-  // A is stored (M,K) or, when transA, (K,M); likewise B.
-  Eigen::Map<const MatR<T>> a(A, transA ? K : M, transA ? M : K);
-  Eigen::Map<const MatR<T>> b(B, transB ? N : K, transB ? K : N);
   if (M == 0 || N == 0) return;
   if (K == 0) {
-    if (!accumulate) c.setZero();
+    if (!accumulate) std::memset(C, 0, sizeof(T) * (size_t)(M * N));
     return;
   }
-  if (!transA && !transB) {
-    if (accumulate) c.noalias() += a * b; else c.noalias() = a * b;
-  } else if (transA && !transB) {
-    if (accumulate) c.noalias() += a.transpose() * b; else c.noalias() = a.transpose() * b;
-  } else if (!transA && transB) {
-    if (accumulate) c.noalias() += a * b.transpose(); else c.noalias() = a * b.transpose();
-  } else {
-    if (accumulate) c.noalias() += a.transpose() * b.transpose();
-    else c.noalias() = a.transpose() * b.transpose();
-  }
+  if (small_path(C, A, B, M, N, K, transA, transB, accumulate)) return;
+  const GemmTiling g = gemm_tiling(M, N, K);
+  const int64_t tiles = g.tm * g.tn;
+  auto tile = [&](int64_t t) {
+    const int64_t i0 = (t / g.tn) * g.mb, j0 = (t % g.tn) * g.nb;
+    run_block(C, A, B, M, N, K, transA, transB, accumulate, i0, std::min(g.mb, M - i0), j0, std::min(g.nb, N - j0));
+  };
+  // Dynamic: a thread slowed by other load takes fewer tiles; which thread
+  // computes a tile never changes its bits.
+#pragma omp parallel for schedule(dynamic, 1) if (tiles > 1 && !omp_in_parallel())
+  for (int64_t t = 0; t < tiles; ++t) tile(t);
 }
 
 template void gemm<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool);
 template void gemm<double>(double*, const double*, const double*, int64_t, int64_t, int64_t, bool, bool, bool);
+template void gemm_single<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool);
+template void gemm_single<double>(double*, const double*, const double*, int64_t, int64_t, int64_t, bool, bool,
+                                  bool);
+template int64_t gemm_kc<float>(int64_t);
+template int64_t gemm_kc<double>(int64_t);
 
 }  // namespace vm::kernels

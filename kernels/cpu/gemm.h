@@ -1,13 +1,25 @@
-// kernels/cpu/gemm.h — matrix products through Eigen maps over our row-major
-// buffers. C (M,N) = op(A) op(B) [+ C], op = identity or transpose.
+// kernels/cpu/gemm.h — matrix products over our row-major buffers.
+// C (M,N) = op(A) op(B) [+ C], op = identity or transpose.
 //
-// Threading model: one OpenMP pool for everything. Eigen is compiled with
-// -fopenmp and parallelises a large GEMM over that same pool; our element-wise
-// and row-wise loops use `#pragma omp parallel for` on it too. Inside an
-// already-parallel region (the batched products of attention, per-expert
-// GEMMs) OpenMP does not nest, so each inner GEMM runs on one thread. One pool
-// means `--threads N` is the whole story, and the split never changes the
-// order of a reduction, so results do not depend on the thread count.
+// Determinism by construction (docs/RELIABILITY.md §1). The result does not
+// depend on the thread count, the machine's cache sizes or which thread ran
+// what:
+//   * the output is cut into tiles by gemm_tiling(M, N, K), a pure function of
+//     the shape (never of the thread count or the caches);
+//   * each tile is one single-threaded Eigen GEBP product over the whole K, with
+//     a blocking (kc, mc, nc) fixed by gemm_blocking(), a pure function of the
+//     tile's shape and the scalar type (Eigen's own heuristic would read the
+//     detected cache sizes, and its multi-threaded path caps kc at 320);
+//   * threads only decide *who* computes a tile, never how it is summed.
+// So a run is bitwise identical for any --threads on one binary, and the
+// remaining differences across machines come from the instruction set the
+// binary was built for (VMOER_NATIVE) and libm, not from the caches.
+//
+// gemm()        the tiles run on the OpenMP pool (sequentially when called from
+//               inside a parallel region: OpenMP does not nest);
+// gemm_single() the same arithmetic as one tile, on the calling thread: for
+//               the small per-head / per-batch products that callers already
+//               run inside their own `omp parallel for`.
 #pragma once
 #include <cstdint>
 
@@ -16,5 +28,22 @@ namespace vm::kernels {
 template <class T>
 void gemm(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
           bool accumulate);
+
+template <class T>
+void gemm_single(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
+                 bool accumulate);
+
+// The tiling gemm() uses: tiles of mb rows x nb columns (the last ones may be
+// smaller), tm x tn of them. Exposed for tests and benchmarks.
+struct GemmTiling {
+  int64_t mb, nb, tm, tn;
+};
+GemmTiling gemm_tiling(int64_t M, int64_t N, int64_t K);
+
+// The depth block kc of one tile product (every kc-long slice of the
+// reduction is summed in registers, then added to C): a function of K and the
+// scalar type only.
+template <class T>
+int64_t gemm_kc(int64_t K);
 
 }  // namespace vm::kernels

@@ -192,7 +192,7 @@ void attention_fwd(const T* q, const T* k, const T* v, T* P, T* out, int64_t BH,
   for (int64_t h = 0; h < BH; ++h) {
     const T *qh = q + h * Tn * D, *kh = k + h * Tn * D, *vh = v + h * Tn * D;
     T* Ph = P + h * Tn * Tn;
-    gemm(Ph, qh, kh, Tn, Tn, D, false, true, false);  // S = q kᵀ
+    gemm_single(Ph, qh, kh, Tn, Tn, D, false, true, false);  // S = q kᵀ
     for (int64_t i = 0; i < Tn; ++i) {
       T* row = Ph + i * Tn;
       int64_t n = causal ? i + 1 : Tn;  // keys 0..i are visible under the causal mask
@@ -205,7 +205,7 @@ void attention_fwd(const T* q, const T* k, const T* v, T* P, T* out, int64_t BH,
       for (int64_t j = 0; j < n; ++j) row[j] *= inv;
       for (int64_t j = n; j < Tn; ++j) row[j] = 0;
     }
-    gemm(out + h * Tn * D, Ph, vh, Tn, D, Tn, false, false, false);  // out = P v
+    gemm_single(out + h * Tn * D, Ph, vh, Tn, D, Tn, false, false, false);  // out = P v
   }
 }
 
@@ -223,8 +223,8 @@ void attention_bwd(const T* q, const T* k, const T* v, const T* P, const T* dout
     for (int64_t h = 0; h < BH; ++h) {
       const T *qh = q + h * Tn * D, *kh = k + h * Tn * D, *vh = v + h * Tn * D;
       const T *Ph = P + h * Tn * Tn, *dO = dout + h * Tn * D;
-      if (dv) gemm(dv + h * Tn * D, Ph, dO, Tn, D, Tn, true, false, true);  // dv += Pᵀ dO
-      gemm(dS.data(), dO, vh, Tn, Tn, D, false, true, false);              // dP = dO vᵀ
+      if (dv) gemm_single(dv + h * Tn * D, Ph, dO, Tn, D, Tn, true, false, true);  // dv += Pᵀ dO
+      gemm_single(dS.data(), dO, vh, Tn, Tn, D, false, true, false);              // dP = dO vᵀ
       for (int64_t i = 0; i < Tn; ++i) {                                    // dS = P ⊙ (dP − Σ dP⊙P) · scale
         T* row = dS.data() + i * Tn;
         const T* prow = Ph + i * Tn;
@@ -234,8 +234,8 @@ void attention_bwd(const T* q, const T* k, const T* v, const T* P, const T* dout
         for (int64_t j = 0; j < n; ++j) row[j] = prow[j] * (row[j] - dot) * scale;
         for (int64_t j = n; j < Tn; ++j) row[j] = 0;
       }
-      if (dq) gemm(dq + h * Tn * D, dS.data(), kh, Tn, D, Tn, false, false, true);  // dq += dS k
-      if (dk) gemm(dk + h * Tn * D, dS.data(), qh, Tn, D, Tn, true, false, true);   // dk += dSᵀ q
+      if (dq) gemm_single(dq + h * Tn * D, dS.data(), kh, Tn, D, Tn, false, false, true);  // dq += dS k
+      if (dk) gemm_single(dk + h * Tn * D, dS.data(), qh, Tn, D, Tn, true, false, true);   // dk += dSᵀ q
     }
   }
 }
