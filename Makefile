@@ -5,7 +5,7 @@ CMAKE_FLAGS ?=
 DEB_PKGS := cmake g++ make libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev zlib1g-dev \
             libpng-dev python3-torch python3-numpy python3-sklearn python3-matplotlib libopenblas0-pthread
 
-.PHONY: deps build test bench sanitize demo data clean
+.PHONY: deps build test test-portable bench sanitize demo data clean
 
 # Idempotent: installs only the Debian packages that are missing.
 deps:
@@ -30,6 +30,14 @@ test: build
 bench: build
 	./scripts/bench.sh $(BUILD)
 
+# The whole unit suite on a portable build (-march=x86-64-v3: AVX2, no
+# AVX-512; no CUDA), so a test whose expectation holds only with the build
+# machine's instruction set fails on any machine, AVX-512 ones included.
+test-portable: deps
+	cmake -S . -B build-portable -DCMAKE_BUILD_TYPE=Release -DVMOER_NATIVE=OFF -DVMOER_CUDA=OFF >/dev/null
+	cmake --build build-portable -j $(JOBS) --target vmoer vmoer_tests
+	OMP_NUM_THREADS=2 ./build-portable/vmoer_tests
+
 # The whole unit suite (and the vmoer binary its pipeline tests run) under
 # AddressSanitizer + UndefinedBehaviorSanitizer; benchmarks are not built.
 sanitize: deps
@@ -45,7 +53,7 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-sanitize build-fuzz build-valgrind
+	rm -rf $(BUILD) build-portable build-sanitize build-fuzz build-valgrind
 
 # Reliability (docs/RELIABILITY.md): libFuzzer targets (clang), FUZZ_SECONDS each;
 # valgrind memcheck on short training runs (its own non-AVX-512 build).

@@ -129,30 +129,56 @@ constexpr int64_t round_up(int64_t x, int64_t q) { return (x + q - 1) / q * q; }
 }  // namespace
 
 GemmTiling gemm_tiling(int64_t M, int64_t N, int64_t K) {
-  // Enough tiles to share among 2, 3, 4, 6 or 12 threads in equal numbers,
-  // each at least ~1M multiply-adds, and no side under 256 unless the matrix
-  // is narrower: every tile repacks its slices of op(A) and op(B), a cost
-  // ~(1/rows + 1/cols) of the product (bench_gemm: 64-wide tiles lost 15% on
-  // the weight gradients, 256-wide ones are within a few percent of Eigen's
-  // own multi-threaded product, docs/PERF.md).
+  // How many tiles: enough to share among 2, 3, 4, 6 or 12 threads in equal
+  // numbers, each of at least ~1M multiply-adds.
   const double work = (double)M * (double)N * (double)K;
   constexpr double kMinTileWork = double(1 << 20);
   int64_t want = 1;
   for (int64_t t : {2, 4, 6, 12})
     if (work >= (double)t * kMinTileWork) want = t;
-  constexpr int64_t kMinSide = 256, kAlign = 16;
-  GemmTiling g{M, N, 1, 1};
-  if (want == 1) return g;
-  // Prefer cutting the rows (the tiles then repack only their slice of op(A)
-  // and the whole op(B), and the row cut needs no alignment to Eigen's mr);
-  // cut the columns too when the rows alone would give too few tiles.
-  int64_t tm = std::min<int64_t>(want, std::max<int64_t>(1, M / kMinSide));
-  int64_t tn = std::min<int64_t>(std::max<int64_t>(1, want / tm), std::max<int64_t>(1, N / kMinSide));
-  g.mb = round_up((M + tm - 1) / tm, kAlign);
-  g.nb = round_up((N + tn - 1) / tn, kAlign);
-  g.tm = (M + g.mb - 1) / g.mb;
-  g.tn = (N + g.nb - 1) / g.nb;
-  return g;
+  auto make = [&](int64_t tm, int64_t tn) {
+    constexpr int64_t kAlign = 16;  // a whole number of SIMD packets (float AVX-512, double AVX2) per cut
+    GemmTiling g{round_up((M + tm - 1) / tm, kAlign), round_up((N + tn - 1) / tn, kAlign), 1, 1};
+    g.mb = std::min(g.mb, M);
+    g.nb = std::min(g.nb, N);
+    g.tm = (M + g.mb - 1) / g.mb;
+    g.tn = (N + g.nb - 1) / g.nb;
+    return g;
+  };
+  if (want == 1 || M == 0 || N == 0) return GemmTiling{M, N, 1, 1};
+  // Every tile repacks its slices of op(A) and op(B), a cost of about
+  // (1/rows + 1/cols) of the product: bench_gemm lost ~15% on the weight
+  // gradients with 64-wide tiles, and is within a few percent of Eigen's own
+  // multi-threaded product with tiles of 192 and more (docs/PERF.md).
+  // 1. The most tiles (up to `want`) whose sides all stay >= 192 (or span the
+  //    whole dimension), rows cut first (a row cut needs no alignment to
+  //    Eigen's register block mr, which runs along the columns here).
+  constexpr int64_t kWide = 192, kNarrow = 32;
+  for (int64_t c : {12, 6, 4, 2}) {
+    if (c > want) continue;
+    for (int64_t tm = c; tm >= 1; --tm) {
+      if (c % tm) continue;
+      const int64_t tn = c / tm;
+      if ((tm == 1 || M / tm >= kWide) && (tn == 1 || N / tn >= kWide)) return make(tm, tn);
+    }
+  }
+  // 2. A narrow product (e.g. a 256 x 256 weight gradient over 4096 tokens):
+  //    still min(want, 4) tiles so that two to four threads share it, cut the
+  //    way that repacks least, sides >= 32.
+  for (int64_t c : {4, 2}) {
+    if (c > want) continue;
+    int64_t best_tm = 0;
+    double best = 1e300;
+    for (int64_t tm = 1; tm <= c; ++tm) {
+      if (c % tm) continue;
+      const int64_t tn = c / tm;
+      if (!((tm == 1 || M / tm >= kNarrow) && (tn == 1 || N / tn >= kNarrow))) continue;
+      const double cost = (double)tm / (double)M + (double)tn / (double)N;
+      if (cost < best) best = cost, best_tm = tm;
+    }
+    if (best_tm) return make(best_tm, c / best_tm);
+  }
+  return GemmTiling{M, N, 1, 1};
 }
 
 template <class T>
