@@ -53,13 +53,13 @@ demo: build
 	./scripts/demo.sh $(BUILD)
 
 clean:
-	rm -rf $(BUILD) build-portable build-sanitize build-fuzz build-valgrind
+	rm -rf $(BUILD) build-portable build-sanitize build-fuzz build-valgrind build-gpu-bundle gpu-bundle gpu-kit
 
 # Reliability (docs/RELIABILITY.md): libFuzzer targets (clang), FUZZ_SECONDS each;
 # valgrind memcheck on short training runs (its own non-AVX-512 build).
 FUZZ_SECONDS ?= 60
 FUZZ_PKGS := clang libclang-rt-14-dev
-.PHONY: fuzz fuzz-ci fuzz-deps valgrind
+.PHONY: fuzz fuzz-ci fuzz-deps valgrind gpu-bundle gpu-rehearse
 fuzz-deps:
 	@$(MAKE) --no-print-directory deps DEB_PKGS="$(FUZZ_PKGS)"
 fuzz: fuzz-deps
@@ -72,3 +72,13 @@ fuzz-ci: fuzz-deps
 valgrind: deps
 	@$(MAKE) --no-print-directory deps DEB_PKGS=valgrind
 	./scripts/valgrind.sh build-valgrind
+
+# The GPU kit (docs/PERF.md "GPU"): a portable CUDA build with its libraries in
+# gpu-bundle/ for a bare GPU machine, and a rehearsal of it in a bare Debian
+# root (debootstrap) on this machine. Not part of CI (about 10 minutes).
+gpu-bundle: deps
+	@$(MAKE) --no-print-directory deps DEB_PKGS=patchelf
+	./scripts/gpu_bundle.sh gpu-bundle
+gpu-rehearse: gpu-bundle
+	@$(MAKE) --no-print-directory deps DEB_PKGS=debootstrap
+	./scripts/gpu_rehearse.sh gpu-kit/bundle.tar.gz

@@ -358,13 +358,30 @@ static void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps)
          out + "' (" + std::strerror(rc) + "); free some space or choose another --out");
 }
 
-static void progress_bar(int64_t step, int64_t total, double loss, double tps, double eta_s) {
+// Progress on stderr. On a terminal: one line redrawn in place with \r. Into a
+// file or a pipe (make demo's log, reproduce's stage logs): one plain line at
+// every 5% of the run and at its last step, so a log holds ~20 lines instead
+// of one frame per step.
+static bool stderr_is_terminal() {
+  static const bool tty = ::isatty(fileno(stderr)) == 1;
+  return tty;
+}
+static void progress_bar(int64_t step, int64_t first, int64_t total, double loss, double tps, double eta_s) {
+  const bool tty = stderr_is_terminal();
+  if (!tty) {
+    const int64_t span = std::max<int64_t>(1, total - first + 1);
+    if (step != total && (step - first) * 20 / span == (step - first + 1) * 20 / span) return;
+  }
   int width = 30, filled = total ? (int)(width * step / total) : width;
   std::string bar(filled, '#');
   bar += std::string(width - filled, '.');
-  std::fprintf(stderr, "\r[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %02d:%02d   ", bar.c_str(),
-               (long long)step, (long long)total, loss, tps, (int)(eta_s / 60), (int)eta_s % 60);
+  std::fprintf(stderr, "%s[%s] step %lld/%lld  loss %.4f  %.0f tok/s  ETA %02d:%02d%s", tty ? "\r" : "", bar.c_str(),
+               (long long)step, (long long)total, loss, tps, (int)(eta_s / 60), (int)eta_s % 60, tty ? "   " : "\n");
   std::fflush(stderr);
+}
+// Ends the redrawn line on a terminal before other output.
+static void progress_break(bool progress) {
+  if (progress && stderr_is_terminal()) std::fprintf(stderr, "\n");
 }
 
 // Permutation of [0, n) for epoch `epoch`: Fisher–Yates driven by Philox.
@@ -908,7 +925,7 @@ int run_train(RunConfig cfg) {
     log.flush();
     if (cfg.progress) {
       double eta = (double)(cfg.steps - step) * el / std::max<int64_t>(1, step - start_step);
-      progress_bar(step, cfg.steps, loss_sum / ga, tps, eta);
+      progress_bar(step, start_step + 1, cfg.steps, loss_sum / ga, tps, eta);
     }
     bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
     if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0) {
@@ -916,22 +933,25 @@ int run_train(RunConfig cfg) {
       saved_step = step;
     }
     if (g_signal) {
-      std::fprintf(stderr, "\nsignal %d: saved %s at step %lld\n", (int)g_signal, last_path.c_str(), (long long)step);
+      progress_break(cfg.progress);
+      std::fprintf(stderr, "signal %d: saved %s at step %lld\n", (int)g_signal, last_path.c_str(), (long long)step);
       exit_code = 128 + g_signal;
       break;
     }
     if (stop) {
-      std::fprintf(stderr, "\nearly stop at step %lld (best val NLL %.4f)\n", (long long)step, st.best_val);
+      progress_break(cfg.progress);
+      std::fprintf(stderr, "early stop at step %lld (best val NLL %.4f)\n", (long long)step, st.best_val);
       break;
     }
     if (timed_out) {
       log << json{{"event", "time_limit"}, {"step", step}, {"seconds", el}}.dump() << "\n";
       log.flush();
-      std::fprintf(stderr, "\ntime limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
+      progress_break(cfg.progress);
+      std::fprintf(stderr, "time limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
       break;
     }
   }
-  if (cfg.progress) std::fprintf(stderr, "\n");
+  progress_break(cfg.progress);
   if (!fs::exists(best_path)) save_checkpoint(best_path, model, nullptr, st);
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
   std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.c_str(),

@@ -17,7 +17,11 @@ import statistics
 import sys
 import time
 
-import torch
+try:
+    import torch
+except ImportError as e:  # one clear line, not a traceback (scripts/gpu_check.sh logs it)
+    sys.exit(f"bench_twin.py: cannot import torch with {sys.executable} ({e}); "
+             "use a Python that has PyTorch (PYTHON=... for scripts/gpu_check.sh)")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from vmoer_twin import ModelConfig, VmoerTwin  # noqa: E402

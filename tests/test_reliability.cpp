@@ -291,6 +291,23 @@ TEST_CASE("reliability: a standard-width training run (d = 256, experts of 1024)
   }
 }
 
+TEST_CASE("reliability: progress into a pipe is plain lines, one per 5% of the run, no carriage returns") {
+  // A terminal gets one line redrawn with \r; a log file or a pipe (make demo,
+  // reproduce's stage logs) gets one line per 5% and the last step.
+  require_binary();
+  Scratch d;
+  std::string out;
+  std::string args = "train --stage pretrain --data-dir " + kFix + " --max-seq 32 --seq 16 --batch 2 --eval-batches 1" +
+                     kArch + " --d-model 16 --steps 60 --eval-every 30 --threads 1 --out " + d / "p";
+  REQUIRE_MESSAGE(vmoer(args, &out) == 0, out);  // stderr reaches us through a pipe
+  CHECK(out.find('\r') == std::string::npos);
+  int bars = 0;
+  for (const auto& l : lines_of(out)) bars += has(l, "] step ");
+  CHECK(bars >= 20);
+  CHECK(bars <= 21);
+  CHECK(has(out, "step 60/60"));
+}
+
 namespace {
 // Sets the cache sizes Eigen assumes (what its own blocking heuristic would
 // read on another machine) for a scope.
