@@ -1,6 +1,17 @@
+// experiments/trainer.cpp — `vmoer train`: one loop for the three stages
+// (pretrain, finetune, router), written as named steps the way the paper's
+// method reads:
+//
+//   setup:  output folder → model (fresh, --init, or --resume) → which
+//           parameters train → data
+//   loop:   batch → forward → objective() → backward → guards → AdamW update
+//           → log, validation, checkpoint
+//
+// Checkpoint files: experiments/checkpoint_io.cpp. Validation and evaluation
+// passes: experiments/mc_eval.cpp. What stops a run cleanly (non-finite
+// values, disk space, signals): experiments/train_guards.cpp and below.
 #include "experiments/trainer.h"
 
-#include <fcntl.h>
 #include <omp.h>
 #include <unistd.h>
 
@@ -9,354 +20,22 @@
 #include <cmath>
 #include <csignal>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 #include "core/philox.h"
-#include "data/tokenizer.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
-#include "nn/checkpoint.h"
+#include "experiments/metrics.h"
+#include "experiments/train_guards.h"
 
 namespace vm::exp {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-const std::vector<int32_t>& answer_tokens() {
-  static const std::vector<int32_t> t{'A', 'B', 'C', 'D'};
-  return t;
-}
-
-McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max_seq) {
-  McBatch b;
-  b.B = (int)idx.size();
-  std::vector<std::vector<int32_t>> toks;
-  for (int64_t i : idx) {
-    std::vector<int32_t> t{data::kBos};
-    auto enc = data::encode(set.prompts[(size_t)i]);
-    t.insert(t.end(), enc.begin(), enc.end());
-    // keep the end of the prompt (options and "Answer:") if it is too long
-    if ((int)t.size() > max_seq) t.erase(t.begin() + 1, t.begin() + 1 + ((int)t.size() - max_seq));
-    b.T = std::max(b.T, (int)t.size());
-    toks.push_back(std::move(t));
-    b.labels.push_back(set.labels[(size_t)i]);
-  }
-  b.ids.assign((size_t)b.B * b.T, data::kPad);
-  b.mask.assign((size_t)b.B * b.T, 0);
-  for (int r = 0; r < b.B; ++r) {
-    for (size_t t = 0; t < toks[r].size(); ++t) {
-      b.ids[(size_t)r * b.T + t] = toks[r][t];
-      b.mask[(size_t)r * b.T + t] = 1;
-    }
-    b.last.push_back(r * b.T + (int)toks[r].size() - 1);
-  }
-  return b;
-}
-
-// ---- checkpoints -------------------------------------------------------------------
-static const char* kFormat = "vmoer-checkpoint-1";
-
-static json router_json(const nn::RouterConfig& r) {
-  return json{{"name", r.name},
-              {"jitter", r.jitter},
-              {"temp", r.temp},
-              {"dropout", r.dropout},
-              {"prior_scale", r.prior_scale},
-              {"samples", r.samples},
-              {"train_samples", r.train_samples},
-              {"temp_mode", r.temp_mode},
-              {"temp_posterior", r.temp_posterior},
-              {"temp_penalty", r.temp_penalty},
-              {"temp_prior_scale", r.temp_prior_scale},
-              {"vtsr_sampler", r.vtsr_sampler},
-              {"bayes_layers", r.bayes_layers}};
-}
-static nn::RouterConfig router_from_json(const json& j) {
-  nn::RouterConfig d, r;
-  r.name = j.value("name", d.name);
-  r.jitter = j.value("jitter", d.jitter);
-  r.temp = j.value("temp", d.temp);
-  r.dropout = j.value("dropout", d.dropout);
-  r.prior_scale = j.value("prior_scale", d.prior_scale);
-  r.samples = j.value("samples", d.samples);
-  r.train_samples = j.value("train_samples", d.train_samples);
-  r.temp_mode = j.value("temp_mode", d.temp_mode);
-  r.temp_posterior = j.value("temp_posterior", d.temp_posterior);
-  r.temp_penalty = j.value("temp_penalty", d.temp_penalty);
-  r.temp_prior_scale = j.value("temp_prior_scale", d.temp_prior_scale);
-  r.vtsr_sampler = j.value("vtsr_sampler", d.vtsr_sampler);
-  r.bayes_layers = j.value("bayes_layers", d.bayes_layers);
-  return r;
-}
-
-void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) {
-  nn::SafeTensors f;
-  f.metadata["format"] = kFormat;
-  f.metadata["model"] = json(model.config()).dump();
-  f.metadata["router"] = router_json(model.router_config()).dump();
-  f.metadata["train_state"] = json{{"stage", st.stage},
-                                   {"step", st.step},
-                                   {"best_val", st.best_val},
-                                   {"bad_evals", st.bad_evals},
-                                   {"seed", st.seed},
-                                   {"split_seed", st.split_seed},
-                                   {"optimizer_steps", opt ? opt->steps_done() : 0}}
-                                  .dump();
-  for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
-  if (opt) {
-    auto& state = const_cast<nn::AdamW*>(opt)->state();
-    for (auto& [name, mv] : state) {
-      f.tensors.push_back({"__adam_m__." + name, mv.first});
-      f.tensors.push_back({"__adam_v__." + name, mv.second});
-    }
-  }
-  nn::save_safetensors(path, f);
-}
-
-// Numbers in the config objects fill int and double fields; nlohmann converts
-// an out-of-range float to int with undefined behaviour, so every number must
-// be finite and within +-(2^31 - 1) (found by fuzz/fuzz_checkpoint.cpp).
-static void check_config_numbers(const json& j, const std::string& path, const std::string& key) {
-  if (j.is_structured()) {
-    for (const auto& v : j) check_config_numbers(v, path, key);
-  } else if (j.is_number()) {
-    double v = j.get<double>();
-    if (!std::isfinite(v) || std::fabs(v) > 2147483647.0)
-      fail(path + ": corrupt '" + key + "' metadata (number " + j.dump() + " out of range)");
-  }
-}
-
-static json meta_json(const nn::SafeTensors& f, const std::string& path, const std::string& key) {
-  auto it = f.metadata.find(key);
-  if (it == f.metadata.end()) fail(path + ": not a vmoer checkpoint (no '" + key + "' metadata)");
-  json j;
-  try {
-    j = json::parse(it->second);
-  } catch (const std::exception& e) {
-    fail(path + ": corrupt '" + key + "' metadata (" + e.what() + ")");
-  }
-  if (!j.is_object()) fail(path + ": corrupt '" + key + "' metadata (not a JSON object)");
-  if (key == "model" || key == "router") check_config_numbers(j, path, key);
-  if (key == "train_state") {
-    // Counters must be non-negative integers (a float 1e30 into int64 is UB).
-    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed", "split_seed"}) {
-      if (!j.contains(k)) continue;
-      const json& v = j[k];
-      bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
-      if (ok && std::string(k) != "seed" && std::string(k) != "split_seed") ok = v.get<uint64_t>() <= (std::string(k) == "bad_evals" ? 2147483647ULL : 1ULL << 53);
-      if (!ok) fail(path + ": corrupt 'train_state' metadata (" + k + " = " + v.dump() + " is not a valid count)");
-    }
-    if (j.contains("best_val") && !j["best_val"].is_number())
-      fail(path + ": corrupt 'train_state' metadata (best_val = " + j["best_val"].dump() + ")");
-    if (j.contains("stage") && !j["stage"].is_string())
-      fail(path + ": corrupt 'train_state' metadata (stage = " + j["stage"].dump() + ")");
-  }
-  return j;
-}
-
-void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
-  nn::SafeTensors f = nn::load_safetensors(path);
-  auto fmt = f.metadata.find("format");
-  if (fmt == f.metadata.end() || fmt->second != kFormat)
-    fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
-         kFormat + ")");
-  try {
-    mc = meta_json(f, path, "model").get<nn::ModelConfig>();
-    rc = router_from_json(meta_json(f, path, "router"));
-  } catch (const json::exception& e) {
-    fail(path + ": corrupt config metadata (" + e.what() + ")");
-  }
-}
-
-// The train_state metadata of a checkpoint (validated by meta_json).
-static TrainState train_state_of(const nn::SafeTensors& f, const std::string& path) {
-  json js = meta_json(f, path, "train_state");
-  TrainState st;
-  st.stage = js.value("stage", "");
-  st.step = js.value("step", (int64_t)0);
-  st.best_val = js.value("best_val", 1e300);
-  st.bad_evals = js.value("bad_evals", 0);
-  st.seed = js.value("seed", (uint64_t)0);
-  st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
-  return st;
-}
-
-TrainState read_checkpoint_state(const std::string& path) {
-  return train_state_of(nn::load_safetensors(path), path);
-}
-
-void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
-  TrainState st = read_checkpoint_state(ckpt);
-  if (st.stage != "finetune" && st.stage != "router") return;  // pretraining: another corpus
-  if (!cfg.split_seed_set) {
-    cfg.split_seed = st.split_seed;
-  } else if (cfg.split_seed != st.split_seed) {
-    std::fprintf(stderr,
-                 "warning: %s was trained on the split of --split-seed %llu; --split-seed %llu gives other "
-                 "val/test sets, which overlap its training data\n",
-                 ckpt.c_str(), (unsigned long long)st.split_seed, (unsigned long long)cfg.split_seed);
-  }
-}
-
-TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
-                           const std::string& allow_missing) {
-  nn::SafeTensors f = nn::load_safetensors(path);
-  auto fmt = f.metadata.find("format");
-  if (fmt == f.metadata.end() || fmt->second != kFormat)
-    fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
-         kFormat + ")");
-  std::regex missing_ok(allow_missing.empty() ? "$^" : allow_missing);
-  for (auto& [name, v] : model.params().all()) {
-    const Tensor* t = f.find(name);
-    if (!t) {
-      if (std::regex_search(name, missing_ok)) continue;
-      fail(path + ": checkpoint lacks parameter '" + name + "' (does its config match the requested model?)");
-    }
-    if (t->shape() != v.shape())
-      fail(path + ": parameter '" + name + "' has shape " + shape_str(t->shape()) + " but the model expects " +
-           shape_str(v.shape()) + " (config mismatch)");
-    VM_CHECK(!v.value().is_cuda(), "load_checkpoint: load " + path + " before moving the model to the GPU");
-    std::copy(t->data(), t->data() + t->numel(), v.value().data());
-  }
-  for (auto& [name, t] : f.tensors) {
-    if (name.rfind("__adam_", 0) == 0) continue;
-    if (!model.params().has(name))
-      fail(path + ": checkpoint has parameter '" + name + "' that the requested model lacks (config mismatch)");
-  }
-  TrainState st = train_state_of(f, path);
-  if (opt) {
-    opt->set_steps_done(meta_json(f, path, "train_state").value("optimizer_steps", (int64_t)0));
-    opt->state().clear();
-    for (auto& [name, t] : f.tensors) {
-      if (name.rfind("__adam_m__.", 0) != 0) continue;
-      std::string pn = name.substr(11);
-      const Tensor* v = f.find("__adam_v__." + pn);
-      if (!v || v->shape() != t.shape()) fail(path + ": optimizer state for '" + pn + "' is incomplete");
-      opt->state()[pn] = {t.clone(), v->clone()};
-    }
-  }
-  return st;
-}
-
 // ---- signals: SIGINT/SIGTERM finish the step, save, and exit ------------------------
 static std::atomic<int> g_signal{0};
 static void on_signal(int s) { g_signal = s; }
-
-// ---- helpers -----------------------------------------------------------------------
-static bool finite(double x) { return std::isfinite(x); }
-
-// "'layers.2.moe.w_router' (layer 2)": a parameter name and the block it lives in.
-static std::string tensor_and_layer(const std::string& name) {
-  static const std::regex layer_re("(^|\\.)layers\\.([0-9]+)\\.");
-  std::smatch m;
-  std::string where = std::regex_search(name, m, layer_re) ? " (layer " + m[2].str() + ")" : " (not in a layer)";
-  return "'" + name + "'" + where;
-}
-
-// Device tensors are checked on a host copy (one transfer per parameter).
-static std::string first_nonfinite_grad(nn::ParamStore& ps) {
-  for (auto& [name, v] : ps.all()) {
-    if (!v.grad().defined()) continue;
-    const Tensor g = v.grad().to(Device::CPU);
-    for (int64_t i = 0; i < g.numel(); ++i)
-      if (!std::isfinite(g[i])) return name;
-  }
-  return "";
-}
-
-static std::string first_nonfinite_param(nn::ParamStore& ps) {
-  for (auto& [name, v] : ps.all()) {
-    const Tensor t = v.value().to(Device::CPU);
-    for (int64_t i = 0; i < t.numel(); ++i)
-      if (!std::isfinite(t[i])) return name;
-  }
-  return "";
-}
-
-// Where a non-finite loss comes from: a parameter, else the first MoE layer
-// whose router probabilities are non-finite, else the forward pass at large.
-static std::string locate_nonfinite(nn::ParamStore& ps, const nn::ForwardResult& res) {
-  std::string p = first_nonfinite_param(ps);
-  if (!p.empty()) return "parameter " + tensor_and_layer(p) + " holds a non-finite value";
-  for (auto& a : res.moe) {
-    const Tensor pr = a.route.probs.value().to(Device::CPU);
-    for (int64_t i = 0; i < pr.numel(); ++i)
-      if (!std::isfinite(pr[i]))
-        return "router probabilities of layer " + std::to_string(a.layer) + " are non-finite (parameters are finite)";
-  }
-  return "parameters and router probabilities are finite (the overflow is in the forward pass)";
-}
-
-// Test hook, documented in docs/RELIABILITY.md (not a user feature):
-//   VMOER_TEST_INJECT_NAN=STEP[:param|:grad][:NAME]
-// poisons element 0 of parameter NAME (default: the first trainable router
-// weight, else the first trainable parameter) with NaN at the start of step
-// STEP (param), or its gradient after the backward pass of step STEP (grad).
-struct NanInjection {
-  int64_t step = -1;
-  bool grad = false;
-  std::string param;
-};
-static NanInjection nan_injection(nn::ParamStore& ps) {
-  NanInjection inj;
-  const char* env = std::getenv("VMOER_TEST_INJECT_NAN");
-  if (!env || !*env) return inj;
-  std::string s = env;
-  std::vector<std::string> parts;
-  for (size_t i = 0, j; i <= s.size(); i = j + 1) {
-    j = s.find(':', i);
-    if (j == std::string::npos) j = s.size();
-    parts.push_back(s.substr(i, j - i));
-  }
-  try {
-    size_t pos = 0;
-    inj.step = std::stoll(parts[0], &pos);
-    if (pos != parts[0].size() || inj.step < 1) throw std::invalid_argument(s);
-  } catch (const std::exception&) {
-    fail("VMOER_TEST_INJECT_NAN: '" + s + "' is not STEP[:param|:grad][:NAME] with STEP >= 1");
-  }
-  if (parts.size() > 1) {
-    if (parts[1] != "param" && parts[1] != "grad")
-      fail("VMOER_TEST_INJECT_NAN: '" + parts[1] + "' is not param or grad");
-    inj.grad = parts[1] == "grad";
-  }
-  if (parts.size() > 2) {
-    inj.param = parts[2];
-    if (!ps.has(inj.param)) fail("VMOER_TEST_INJECT_NAN: the model has no parameter '" + inj.param + "'");
-  } else {
-    for (auto& [name, v] : ps.all())
-      if (v.requires_grad() && inj.param.empty()) inj.param = name;
-    for (auto& [name, v] : ps.all())
-      if (v.requires_grad() && name.find("w_router") != std::string::npos) {
-        inj.param = name;
-        break;
-      }
-  }
-  std::fprintf(stderr, "VMOER_TEST_INJECT_NAN: NaN into the %s of '%s' at step %lld\n", inj.grad ? "gradient" : "value",
-               inj.param.c_str(), (long long)inj.step);
-  return inj;
-}
-
-// Free space for the checkpoints, claimed up front (posix_fallocate of a
-// probe file the size of last + best) so that a full disk or a file-size
-// limit stops the run before any training, not at its first checkpoint.
-static void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps) {
-  int64_t all = ps.count(), trainable = ps.count(true);
-  // last = parameters + AdamW m and v of the trainable ones; best = parameters; + headers.
-  int64_t bytes = 4 * (all + 2 * trainable) + 4 * all + (int64_t)ps.all().size() * 400 + (1 << 16);
-  std::string probe = out + "/.space_probe." + std::to_string(::getpid());
-  int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  if (fd < 0) fail("--out: cannot create files in '" + out + "' (" + std::strerror(errno) + ")");
-  int rc = ::posix_fallocate(fd, 0, (off_t)bytes);
-  ::close(fd);
-  ::unlink(probe.c_str());
-  if (rc != 0 && rc != EOPNOTSUPP && rc != EINVAL)
-    fail("--out: cannot reserve " + std::to_string((bytes + (1 << 20) - 1) >> 20) + " MiB for checkpoints in '" +
-         out + "' (" + std::strerror(rc) + "); free some space or choose another --out");
-}
 
 // Progress on stderr. On a terminal: one line redrawn in place with \r. Into a
 // file or a pipe (make demo's log, reproduce's stage logs): one plain line at
@@ -437,226 +116,138 @@ static void lm_batch(const std::vector<int32_t>& stream, int B, int T, uint64_t 
   }
 }
 
-static double entropy(const double* p, int k) {
-  double h = 0;
-  for (int i = 0; i < k; ++i)
-    if (p[i] > 0) h -= p[i] * std::log(p[i]);
-  return h;
+
+// ---- the data of a stage ------------------------------------------------------------
+// Pretraining: Brown token streams. Fine-tuning and stage 2: the MC task.
+// The vision model: Fashion-MNIST images.
+struct StageData {
+  bool vit = false, lm = false;
+  LmData lm_data;
+  McTaskData mc;
+  ImgTaskData img;
+  int64_t n_train = 0;            // examples (MC, images); 0 for token streams
+  int64_t batches_per_epoch = 1;  // for --kl-norm dataset
+};
+
+static StageData load_stage_data(const RunConfig& cfg, const nn::ModelConfig& mc) {
+  StageData d;
+  d.vit = mc.kind == "vit";
+  if (d.vit && cfg.stage == "pretrain")
+    fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
+  d.lm = cfg.stage == "pretrain";
+  if (d.vit) d.img = load_image_task(cfg);
+  else if (d.lm) d.lm_data = load_lm_data(cfg);
+  else d.mc = load_mc_task(cfg);
+  d.n_train = d.vit ? (int64_t)d.img.train.size() : d.lm ? 0 : (int64_t)d.mc.train.size();
+  d.batches_per_epoch = d.lm ? 1 : std::max<int64_t>(1, (d.n_train + cfg.batch - 1) / cfg.batch);
+  return d;
 }
 
-void host_diagnostics(nn::ForwardResult& res) {
-  res.logits.value() = res.logits.value().to(Device::CPU);
-  for (auto& a : res.moe)
-    for (Var* v : {&a.route.probs, &a.route.gates})
-      if (v->defined()) v->value() = v->value().to(Device::CPU);
+// ---- batch → forward → task loss ----------------------------------------------------
+// Micro-batch number `key` (batches and router noise depend on it alone, which
+// is what makes --resume exact). Returns the forward result, the task loss and
+// the number of tokens it processed.
+struct TaskForward {
+  nn::ForwardResult res;
+  Var task;
+  double tokens = 0;
+};
+
+static TaskForward forward_task(nn::Model& model, const StageData& d, const RunConfig& cfg, uint64_t key,
+                                const nn::ForwardOptions& fo) {
+  TaskForward f;
+  if (d.vit) {  // L_task = CE(class)
+    std::vector<int64_t> idx = batch_indices(d.n_train, cfg.batch, (int64_t)key, cfg.seed);
+    f.res = model.forward_vit(image_batch(d.img.train, idx), fo);
+    std::vector<int32_t> tg;
+    for (int64_t i : idx) tg.push_back(d.img.train.labels[(size_t)i]);
+    f.task = ops::cross_entropy(f.res.logits, tg);
+    f.tokens = (double)idx.size() * model.config().seq_len_vit();
+  } else if (d.lm) {  // L_task = CE(next byte), every position
+    std::vector<int32_t> ids, tg;
+    lm_batch(d.lm_data.train, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("train/" + std::to_string(key)), ids, tg);
+    std::vector<uint8_t> mask(ids.size(), 1);
+    f.res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
+    f.task = ops::cross_entropy(f.res.logits, tg);
+    f.tokens = (double)ids.size();
+  } else {  // L_task = CE(answer letter), at the last prompt token only
+    McBatch mb = make_mc_batch(d.mc.train, batch_indices(d.n_train, cfg.batch, (int64_t)key, cfg.seed),
+                               model.config().max_seq);
+    f.res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+    std::vector<int32_t> tg;
+    for (int32_t l : mb.labels) tg.push_back(answer_tokens()[(size_t)l]);
+    f.task = ops::cross_entropy(f.res.logits, tg);
+    for (auto m : mb.mask) f.tokens += m;
+  }
+  return f;
 }
 
-// Append one example: its class distribution and the router diagnostics at `row`.
-static void append_example(McEval& ev, std::vector<double> p, int32_t label, const nn::ForwardResult& res, int64_t row,
-                           int E, const std::vector<int>& bayes) {
-  ev.entropy.push_back(entropy(p.data(), (int)p.size()));
-  ev.probs.push_back(std::move(p));
-  ev.labels.push_back(label);
-  double ilv = 0, ge = 0, temp = 0;
-  int nb = 0;
-  for (auto& a : res.moe) {
-    const Tensor& pr = a.route.probs.value();  // on the host (host_diagnostics)
-    ge += entropy(std::vector<double>(pr.data() + row * E, pr.data() + (row + 1) * E).data(), E);
-    if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
-      if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
-      if (!a.route.temperature.empty()) temp += a.route.temperature[row];
-      ++nb;
+// ---- the objective ---------------------------------------------------------------------
+// The loss a stage minimises (docs/vmoer.md, "Objective"):
+//
+//   L = L_task + λ_lb · L_lb + λ_z · L_z + β · KL / n + Ω
+//
+//   L_task  cross-entropy of the stage's targets (forward_task above);
+//   L_lb    Switch load-balancing loss, λ_lb = --lb-coef   } pretrain and
+//   L_z     router z-loss, λ_z = --z-coef                  } finetune only;
+//   KL      Σ over Bayesian layers and routed tokens of KL(q(Δl | h) ‖ p(Δl)),
+//           the variational routers' term; β = --beta. n normalises it:
+//           --kl-norm token-mean: n = real tokens routed per layer;
+//           --kl-norm dataset:    n = batches per epoch (the minibatch ELBO
+//                                 of the whole training set);
+//   Ω       the router's own penalty (vtsr: λ_T · mean(−log T)).
+//
+// -(L_task + KL / n) is logged as "elbo" (β = 1).
+struct Objective {
+  Var loss, task, kl_term;
+};
+
+static Objective objective(const RunConfig& cfg, const Var& task, const nn::ForwardResult& res,
+                           int64_t batches_per_epoch) {
+  Objective o;
+  o.task = task;
+  double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
+  o.kl_term = cfg.kl_norm == "token-mean" ? ops::mul_scalar(res.kl, 1.0 / n_real)
+                                          : ops::mul_scalar(res.kl, 1.0 / (double)batches_per_epoch);
+  Var loss = task;
+  if (cfg.lb_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
+  if (cfg.z_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
+  loss = ops::add(loss, ops::mul_scalar(o.kl_term, cfg.beta));
+  o.loss = ops::add(loss, res.penalty);
+  return o;
+}
+
+// ---- validation ---------------------------------------------------------------------------
+// The number early stopping and best.safetensors follow: held-out NLL of the
+// stage's task (next byte on --eval-batches fixed Brown batches; answer NLL on
+// the validation split).
+static double validation_nll(nn::Model& model, const StageData& d, const RunConfig& cfg) {
+  if (d.lm) {
+    NoGradGuard ng;
+    double tot = 0;
+    for (int k = 0; k < cfg.eval_batches; ++k) {
+      std::vector<int32_t> ids, tg;
+      lm_batch(d.lm_data.val, cfg.batch, cfg.seq, cfg.split_seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
+      std::vector<uint8_t> mask(ids.size(), 1);
+      nn::ForwardOptions fo;
+      fo.seed = cfg.seed;
+      auto res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
+      tot += ops::cross_entropy(res.logits, tg).item();
     }
+    return tot / cfg.eval_batches;
   }
-  ev.gate_entropy.push_back(res.moe.empty() ? 0 : ge / (double)res.moe.size());
-  ev.ilv.push_back(nb ? ilv / nb : 0);
-  ev.temperature.push_back(nb ? temp / nb : 0);
+  if (d.vit) return evaluate_images(model, d.img.val, cfg).nll;
+  return evaluate_mc(model, d.mc.val, cfg).nll;
 }
 
-static void append_trace(RoutingTrace* trace, const nn::ForwardResult& res, const std::vector<uint8_t>& mask, int K) {
-  if (!trace) return;
-  if (trace->layers.empty())
-    for (auto& a : res.moe) trace->layers.push_back(a.layer);
-  trace->experts.resize(res.moe.size());
-  for (size_t l = 0; l < res.moe.size(); ++l)
-    for (int64_t row = 0; row < (int64_t)mask.size(); ++row)
-      if (mask[row])
-        for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
-}
-
-// Accuracy and NLL over the labelled examples.
-static void finish_eval(McEval& ev) {
-  int64_t labelled = 0, correct = 0;
-  double nll = 0;
-  for (size_t i = 0; i < ev.probs.size(); ++i) {
-    if (ev.labels[i] < 0) continue;
-    ++labelled;
-    const auto& p = ev.probs[i];
-    int am = (int)(std::max_element(p.begin(), p.end()) - p.begin());
-    correct += am == ev.labels[i];
-    nll -= std::log(std::max(p[(size_t)ev.labels[i]], 1e-12));
-  }
-  ev.nll = labelled ? nll / labelled : 0;
-  ev.accuracy = labelled ? (double)correct / labelled : 0;
-}
-
-static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise,
-                                       int samples = 0, uint64_t seed_shift = 0) {
-  nn::ForwardOptions fo;
-  fo.training = false;
-  fo.seed = cfg.seed + seed_shift;
-  fo.step = batch_index;
-  fo.samples = samples > 0 ? samples : model.router_config().samples;
-  fo.embed_noise = noise;
-  fo.noise_seed = cfg.seed + 7919;
-  return fo;
-}
-
-// Mutual information between the prediction and the router's randomness,
-// I = H(mean_m p_m) − mean_m H(p_m), from M passes that each route every
-// token with a single fresh router sample (--mi-samples M).
-static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes) {
-  ev.mutual_info.assign(ev.probs.size(), 0.0);
-  if (passes.empty()) return;
-  for (size_t i = 0; i < ev.probs.size(); ++i) {
-    size_t C = passes[0].probs[i].size();
-    std::vector<double> mean(C, 0.0);
-    double mean_h = 0;
-    for (auto& p : passes) {
-      for (size_t c = 0; c < C; ++c) mean[c] += p.probs[i][c] / (double)passes.size();
-      mean_h += p.entropy[i] / (double)passes.size();
-    }
-    ev.mutual_info[i] = std::max(0.0, entropy(mean.data(), (int)C) - mean_h);
-  }
-}
-
-static bool stochastic_router(nn::Model& model) { return model.router_config().name != "det" && !model.bayes_layer_ids().empty(); }
-
-static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
-                      int samples, uint64_t seed_shift);
-
-McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
-                   RoutingTrace* trace) {
-  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, 0);
-  std::vector<McEval> passes;
-  if (cfg.mi_samples > 0 && stochastic_router(model))
-    for (int m = 0; m < cfg.mi_samples; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
-  add_mutual_information(ev, passes);
-  return ev;
-}
-
-static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
-                      int samples, uint64_t seed_shift) {
-  NoGradGuard ng;
-  McEval ev;
-  const auto& letters = answer_tokens();
-  int64_t n = (int64_t)set.size();
-  int E = model.config().n_experts, K = model.config().top_k;
-  auto bayes = model.bayes_layer_ids();
-  int B = std::max(1, cfg.batch);
-  for (int64_t s = 0; s < n; s += B) {
-    std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
-    McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
-    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
-                                eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
-    host_diagnostics(res);
-    const Tensor& lg = res.logits.value();  // (B, V)
-    int64_t V = lg.size(1);
-    for (int r = 0; r < mb.B; ++r) {
-      // answer distribution: softmax over the four letter logits
-      double mx = -1e300;
-      for (int32_t t : letters) mx = std::max(mx, (double)lg[r * V + t]);
-      std::vector<double> p(4);
-      double z = 0;
-      for (int j = 0; j < 4; ++j) z += (p[j] = std::exp((double)lg[r * V + letters[j]] - mx));
-      for (auto& q : p) q /= z;
-      append_example(ev, std::move(p), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
-    }
-    append_trace(trace, res, mb.mask, K);
-  }
-  finish_eval(ev);
-  return ev;
-}
-
-Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx) {
-  const data::ImageSet& src = *set.src;
-  int64_t P = (int64_t)src.h * src.w;
-  Tensor x({(int64_t)idx.size(), P});
-  for (size_t i = 0; i < idx.size(); ++i) {
-    const float* im = src.image(set.idx[(size_t)idx[i]]);
-    std::copy(im, im + P, x.data() + (int64_t)i * P);
-  }
-  return x;
-}
-
-static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                         RoutingTrace* trace, int samples, uint64_t seed_shift);
-
-McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                       RoutingTrace* trace) {
-  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, 0);
-  std::vector<McEval> passes;
-  if (cfg.mi_samples > 0 && stochastic_router(model))
-    for (int m = 0; m < cfg.mi_samples; ++m)
-      passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
-  add_mutual_information(ev, passes);
-  return ev;
-}
-
-static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                         RoutingTrace* trace, int samples, uint64_t seed_shift) {
-  NoGradGuard ng;
-  McEval ev;
-  int64_t n = (int64_t)set.size();
-  int E = model.config().n_experts, K = model.config().top_k, C = model.config().n_classes;
-  int T = model.config().seq_len_vit();
-  auto bayes = model.bayes_layer_ids();
-  int B = std::max(1, cfg.batch);
-  for (int64_t s = 0; s < n; s += B) {
-    std::vector<int64_t> idx;
-    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
-    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
-    host_diagnostics(res);
-    const Tensor& lg = res.logits.value();  // (B, classes)
-    for (size_t r = 0; r < idx.size(); ++r) {
-      double mx = -1e300;
-      for (int c = 0; c < C; ++c) mx = std::max(mx, (double)lg[(int64_t)r * C + c]);
-      std::vector<double> p((size_t)C);
-      double z = 0;
-      for (int c = 0; c < C; ++c) z += (p[c] = std::exp((double)lg[(int64_t)r * C + c] - mx));
-      for (auto& q : p) q /= z;
-      append_example(ev, std::move(p), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
-    }
-    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K);
-  }
-  finish_eval(ev);
-  return ev;
-}
-
-// ---- training ------------------------------------------------------------------------
-int run_train(RunConfig cfg) {
-  cfg.validate();
-  omp_set_num_threads(cfg.threads);
-  {
-    std::error_code ec;
-    fs::create_directories(cfg.out, ec);
-    if (ec || !fs::is_directory(cfg.out))
-      fail("--out: cannot create directory '" + cfg.out + "' (" +
-           (ec ? ec.message() : std::string("exists and is not a directory")) + ")");
-  }
-  {  // fail early, before any work, if --out is not writable
-    std::string probe = cfg.out + "/.write_test";
-    std::ofstream t(probe);
-    if (!t) fail("--out: directory '" + cfg.out + "' is not writable (" + std::strerror(errno) + ")");
-    t.close();
-    fs::remove(probe);
-  }
-  std::string last_path = cfg.out + "/last.safetensors", best_path = cfg.out + "/best.safetensors";
-
-  // Model: from --init (fine-tune / router stage) or fresh.
-  nn::ModelConfig mc = cfg.model;
-  nn::RouterConfig rc = cfg.router;
+// ---- setup: the model -----------------------------------------------------------------------
+// The model and router configs a run trains: --resume continues the
+// checkpoint's; --init takes the model from the checkpoint (stage 2 keeps its
+// own router); --bayes-layers auto:N picks the N MoE layers whose routing is
+// least stable under input noise in the fine-tuned (det) model.
+static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
+  mc = cfg.model;
+  rc = cfg.router;
   if (cfg.resume) {
     if (!fs::exists(last_path)) fail("--resume: no checkpoint at " + last_path);
     read_checkpoint_configs(last_path, mc, rc);
@@ -673,8 +264,6 @@ int run_train(RunConfig cfg) {
   }
   if (mc.kind == "vit" && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
   if (cfg.stage == "router" && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
-    // --bayes-layers auto:N: rank the MoE layers of the fine-tuned (det) model
-    // by routing stability under input noise; the N least stable get the router.
     int n = std::stoi(cfg.bayes_spec.substr(5));
     nn::RouterConfig det;
     nn::Model probe(mc, det, cfg.seed);
@@ -693,31 +282,11 @@ int run_train(RunConfig cfg) {
     for (int l : rc.bayes_layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
     std::fprintf(stderr, "--bayes-layers auto:%d -> %s (least stable at gamma %.3g)\n", n, ls.c_str(), cfg.auto_gamma);
   }
-  nn::Model model(mc, rc, cfg.seed);
-  nn::AdamWConfig oc = cfg.optim;
-  oc.total_steps = cfg.steps;
-  nn::AdamW opt(oc);
-  TrainState st;
-  st.stage = cfg.stage;
-  st.seed = cfg.seed;
-  st.split_seed = cfg.split_seed;
-  if (cfg.resume) {
-    st = load_checkpoint(last_path, model, &opt);
-    std::fprintf(stderr, "resuming %s from step %lld\n", last_path.c_str(), (long long)st.step);
-  } else if (!cfg.init.empty()) {
-    // Stage 2 adds router heads the fine-tuned checkpoint does not have.
-    load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
-  }
+}
 
-  // --device cuda: parameters and optimizer state move to the GPU once the
-  // checkpoints are loaded (load_checkpoint writes host tensors).
-  if (cfg.device == "cuda") {
-    model.to(Device::CUDA);
-    opt.to(Device::CUDA);
-  }
-
-  // Freezing: stage 2 trains only the router heads (W_r stays frozen).
-  auto& ps = model.params();
+// Which parameters train: stage 2 only the router heads (W_r stays frozen);
+// then --train-only and --freeze.
+static void select_trainable(nn::ParamStore& ps, const RunConfig& cfg, const nn::RouterConfig& rc) {
   if (cfg.stage == "router") {
     ps.set_trainable(".*", false);
     int n = ps.set_trainable("\\.router\\.", true);
@@ -729,76 +298,106 @@ int run_train(RunConfig cfg) {
   }
   for (auto& p : cfg.freeze) ps.set_trainable(p, false);
   if (ps.count(true) == 0) fail("no trainable parameters left after --freeze/--train-only");
+}
+
+// ---- checkpoints during the run -------------------------------------------------------------
+// A checkpoint is written only from finite parameters; a failed write (disk
+// full, I/O error) leaves the previous file in place and names it.
+struct RunCheckpoints {
+  std::string last_path, best_path;
+  int64_t saved_step = -1;  // step of the checkpoint in last_path (-1: none of this run)
+
+  std::string last_good() const {
+    if (saved_step < 0 || !fs::exists(last_path)) return "none";
+    return last_path + " (step " + std::to_string(saved_step) + ")";
+  }
+  void save(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) const {
+    std::string bad = first_nonfinite_param(model.params());
+    if (!bad.empty())
+      fail("step " + std::to_string(st.step) + ": parameter " + tensor_and_layer(bad) +
+           " is non-finite after the update; not saving " + path + "; last good checkpoint: " + last_good());
+    try {
+      save_checkpoint(path, model, opt, st);
+    } catch (const Error& e) {
+      fail("step " + std::to_string(st.step) + ": cannot save checkpoint: " + e.what() +
+           "; last good checkpoint: " + last_good());
+    }
+  }
+};
+
+// What one optimisation step logs: sums over its micro-batches.
+struct StepStats {
+  double loss = 0, task = 0, kl = 0, lb = 0, z = 0, penalty = 0, tokens = 0;
+  std::vector<json> layers;  // expert load of the last micro-batch, per MoE layer
+};
+
+static std::vector<json> layer_load(const nn::ForwardResult& res) {
+  std::vector<json> out;
+  for (auto& a : res.moe) {
+    std::vector<double> c(a.expert_counts.begin(), a.expert_counts.end());
+    double total = 0;
+    for (double x : c) total += x;
+    // CV and dead experts as metrics.cpp defines them; a layer that routed
+    // nothing has CV 0 here (metrics::load_cv calls it undefined).
+    metrics::LoadStats ls = total > 0 ? metrics::load_stats(c) : metrics::LoadStats{0.0, (int)c.size()};
+    out.push_back(json{{"layer", a.layer}, {"cv", ls.cv}, {"dead", ls.dead}, {"dropped", a.dropped}});
+  }
+  return out;
+}
+
+// ---- the run ---------------------------------------------------------------------------------
+int run_train(RunConfig cfg) {
+  // setup: output folder, model, trainable parameters, optimiser, data
+  cfg.validate();
+  omp_set_num_threads(cfg.threads);
+  prepare_out_dir(cfg.out);
+  RunCheckpoints ck{cfg.out + "/last.safetensors", cfg.out + "/best.safetensors"};
+
+  nn::ModelConfig mc;
+  nn::RouterConfig rc;
+  resolve_configs(cfg, ck.last_path, mc, rc);
+  nn::Model model(mc, rc, cfg.seed);
+  nn::AdamWConfig oc = cfg.optim;
+  oc.total_steps = cfg.steps;
+  nn::AdamW opt(oc);
+  TrainState st;
+  st.stage = cfg.stage;
+  st.seed = cfg.seed;
+  st.split_seed = cfg.split_seed;
+  if (cfg.resume) {
+    st = load_checkpoint(ck.last_path, model, &opt);
+    ck.saved_step = st.step;
+    std::fprintf(stderr, "resuming %s from step %lld\n", ck.last_path.c_str(), (long long)st.step);
+  } else if (!cfg.init.empty()) {
+    // Stage 2 adds router heads the fine-tuned checkpoint does not have.
+    load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
+  }
+  // --device cuda: parameters and optimizer state move to the GPU once the
+  // checkpoints are loaded (load_checkpoint writes host tensors).
+  if (cfg.device == "cuda") {
+    model.to(Device::CUDA);
+    opt.to(Device::CUDA);
+  }
+  auto& ps = model.params();
+  select_trainable(ps, cfg, rc);
   reserve_checkpoint_space(cfg.out, ps);
   NanInjection inject = nan_injection(ps);
-
-  // Data
-  bool vit = mc.kind == "vit";
-  if (vit && cfg.stage == "pretrain")
-    fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
-  bool lm = cfg.stage == "pretrain";
-  LmData lmd;
-  McTaskData mcd;
-  ImgTaskData imd;
-  if (vit) imd = load_image_task(cfg);
-  else if (lm) lmd = load_lm_data(cfg);
-  else mcd = load_mc_task(cfg);
-  int64_t n_train = vit ? (int64_t)imd.train.size() : lm ? 0 : (int64_t)mcd.train.size();
-  int64_t batches_per_epoch = lm ? 1 : std::max<int64_t>(1, (n_train + cfg.batch - 1) / cfg.batch);
+  StageData data = load_stage_data(cfg, mc);
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
-  {
-    json meta{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", router_json(rc)},
-              {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
-    log << meta.dump() << "\n";
-  }
+  log << json{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", router_json(rc)},
+              {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}}
+             .dump()
+      << "\n";
   std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.c_str(),
                (long long)ps.count(), (long long)ps.count(true), cfg.threads);
 
   auto t_start = std::chrono::steady_clock::now();
   double tokens_done = 0;
-  int64_t start_step = st.step;
-  auto evaluate = [&]() -> double {
-    if (lm) {
-      NoGradGuard ng;
-      double tot = 0;
-      for (int k = 0; k < cfg.eval_batches; ++k) {
-        std::vector<int32_t> ids, tg;
-        lm_batch(lmd.val, cfg.batch, cfg.seq, cfg.split_seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
-        std::vector<uint8_t> mask(ids.size(), 1);
-        nn::ForwardOptions fo;
-        fo.seed = cfg.seed;
-        auto res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
-        tot += ops::cross_entropy(res.logits, tg).item();
-      }
-      return tot / cfg.eval_batches;
-    }
-    if (vit) return evaluate_images(model, imd.val, cfg).nll;
-    return evaluate_mc(model, mcd.val, cfg).nll;
-  };
-
+  const int64_t start_step = st.step;
   int exit_code = 0;
-  int64_t saved_step = cfg.resume ? st.step : -1;  // step of the checkpoint in last_path (-1: none of this run)
-  auto last_good = [&]() {
-    if (saved_step < 0 || !fs::exists(last_path)) return std::string("none");
-    return last_path + " (step " + std::to_string(saved_step) + ")";
-  };
-  // A checkpoint is written only from finite parameters; a failed write (disk
-  // full, I/O error) leaves the previous file in place and names it.
-  auto save_or_fail = [&](const std::string& path, const nn::AdamW* o) {
-    std::string bad = first_nonfinite_param(ps);
-    if (!bad.empty())
-      fail("step " + std::to_string(st.step) + ": parameter " + tensor_and_layer(bad) +
-           " is non-finite after the update; not saving " + path + "; last good checkpoint: " + last_good());
-    try {
-      save_checkpoint(path, model, o, st);
-    } catch (const Error& e) {
-      fail("step " + std::to_string(st.step) + ": cannot save checkpoint: " + e.what() +
-           "; last good checkpoint: " + last_good());
-    }
-  };
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
     ps.zero_grad();
     if (step == inject.step && !inject.grad) {
@@ -807,60 +406,25 @@ int run_train(RunConfig cfg) {
       h[0] = std::nanf("");
       pv = h.to(pv.device());
     }
-    double loss_sum = 0, task_sum = 0, kl_sum = 0, lb_sum = 0, z_sum = 0, pen_sum = 0;
-    double ntok = 0;
-    std::vector<json> layer_stats;
+    StepStats s;
     for (int micro = 0; micro < cfg.grad_accum; ++micro) {
+      // batch → forward
       uint64_t key = (uint64_t)(step - 1) * cfg.grad_accum + micro;
       nn::ForwardOptions fo;
       fo.training = true;
       fo.seed = cfg.seed;
       fo.step = key;
       fo.samples = rc.train_samples;
-      nn::ForwardResult res;
-      Var task;
-      if (vit) {
-        std::vector<int64_t> idx = batch_indices(n_train, cfg.batch, (int64_t)key, cfg.seed);
-        res = model.forward_vit(image_batch(imd.train, idx), fo);
-        std::vector<int32_t> tg;
-        for (int64_t i : idx) tg.push_back(imd.train.labels[(size_t)i]);
-        task = ops::cross_entropy(res.logits, tg);
-        ntok += (double)idx.size() * model.config().seq_len_vit();
-      } else if (lm) {
-        std::vector<int32_t> ids, tg;
-        lm_batch(lmd.train, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("train/" + std::to_string(key)), ids, tg);
-        std::vector<uint8_t> mask(ids.size(), 1);
-        res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
-        task = ops::cross_entropy(res.logits, tg);
-        ntok += (double)ids.size();
-      } else {
-        McBatch mb = make_mc_batch(mcd.train, batch_indices(n_train, cfg.batch, (int64_t)key, cfg.seed),
-                                   model.config().max_seq);
-        res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
-        std::vector<int32_t> tg;
-        for (int32_t l : mb.labels) tg.push_back(answer_tokens()[(size_t)l]);
-        task = ops::cross_entropy(res.logits, tg);  // loss on the answer token only
-        for (auto m : mb.mask) ntok += m;
+      TaskForward f = forward_task(model, data, cfg, key, fo);
+      // → objective
+      Objective obj = objective(cfg, f.task, f.res, data.batches_per_epoch);
+      if (!std::isfinite(obj.loss.item())) {
+        fail("step " + std::to_string(step) + ": loss is " + std::to_string(obj.loss.item()) + " (task " +
+             std::to_string(f.task.item()) + ", KL " + std::to_string(f.res.kl.item()) +
+             "): " + locate_nonfinite(ps, f.res) + "; stopped, last good checkpoint: " + ck.last_good());
       }
-      // KL normalisation: token-mean divides the summed KL by the number of
-      // real tokens routed per layer; dataset divides it by the number of
-      // batches in an epoch (the minibatch ELBO of the whole training set).
-      Var kl = res.kl;
-      double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
-      Var kl_term = cfg.kl_norm == "token-mean" ? ops::mul_scalar(kl, 1.0 / n_real)
-                                                : ops::mul_scalar(kl, 1.0 / (double)batches_per_epoch);
-      Var loss = task;
-      if (cfg.lb_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
-      if (cfg.z_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
-      loss = ops::add(loss, ops::mul_scalar(kl_term, cfg.beta));
-      loss = ops::add(loss, res.penalty);
-      Var scaled = ops::mul_scalar(loss, 1.0 / cfg.grad_accum);
-      if (!finite(loss.item())) {
-        fail("step " + std::to_string(step) + ": loss is " + std::to_string(loss.item()) + " (task " +
-             std::to_string(task.item()) + ", KL " + std::to_string(kl.item()) + "): " + locate_nonfinite(ps, res) +
-             "; stopped, last good checkpoint: " + last_good());
-      }
-      backward(scaled);
+      // → backward (gradients averaged over the micro-batches)
+      backward(ops::mul_scalar(obj.loss, 1.0 / cfg.grad_accum));
       if (step == inject.step && inject.grad && micro == cfg.grad_accum - 1) {
         Var& v = ps.get(inject.param);
         if (v.grad().defined()) {
@@ -869,53 +433,46 @@ int run_train(RunConfig cfg) {
           v.grad() = h.to(v.grad().device());
         }
       }
-      loss_sum += loss.item();
-      task_sum += task.item();
-      kl_sum += kl_term.item();
-      lb_sum += res.lb_loss.item();
-      z_sum += res.z_loss.item();
-      pen_sum += res.penalty.item();
-      if (micro == cfg.grad_accum - 1) {
-        for (auto& a : res.moe) {
-          std::vector<double> c(a.expert_counts.begin(), a.expert_counts.end());
-          double mean = 0, var = 0;
-          int dead = 0;
-          for (double x : c) mean += x;
-          mean /= (double)c.size();
-          for (double x : c) var += (x - mean) * (x - mean), dead += x == 0;
-          var /= (double)c.size();
-          layer_stats.push_back(json{{"layer", a.layer}, {"cv", mean > 0 ? std::sqrt(var) / mean : 0.0},
-                                     {"dead", dead}, {"dropped", a.dropped}});
-        }
-      }
+      s.loss += obj.loss.item();
+      s.task += f.task.item();
+      s.kl += obj.kl_term.item();
+      s.lb += f.res.lb_loss.item();
+      s.z += f.res.z_loss.item();
+      s.penalty += f.res.penalty.item();
+      s.tokens += f.tokens;
+      if (micro == cfg.grad_accum - 1) s.layers = layer_load(f.res);
     }
+    // → guards: a non-finite gradient stops the run before the update
     std::string bad = first_nonfinite_grad(ps);
     if (!bad.empty()) {
       std::string bad_value = first_nonfinite_param(ps);  // the likely origin, if a value is already bad
       fail("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
            (bad_value.empty() ? std::string() : " (parameter " + tensor_and_layer(bad_value) + " holds a non-finite value)") +
-           "; stopped, last good checkpoint: " + last_good());
+           "; stopped, last good checkpoint: " + ck.last_good());
     }
+    // → update
     double gnorm = opt.step(ps);
     st.step = step;
-    tokens_done += ntok;
+
+    // → log, validation, checkpoint
+    tokens_done += s.tokens;
     double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
     double tps = tokens_done / std::max(el, 1e-9);
     double ga = cfg.grad_accum;
-    json rec{{"step", step},         {"loss", loss_sum / ga}, {"task_loss", task_sum / ga},
-             {"kl", kl_sum / ga},    {"elbo", -(task_sum + kl_sum) / ga},
-             {"lb_loss", lb_sum / ga}, {"z_loss", z_sum / ga}, {"penalty", pen_sum / ga},
-             {"lr", opt.last_lr()},  {"grad_norm", gnorm},    {"tokens_per_s", tps},
-             {"layers", layer_stats}};
+    json rec{{"step", step},         {"loss", s.loss / ga},       {"task_loss", s.task / ga},
+             {"kl", s.kl / ga},      {"elbo", -(s.task + s.kl) / ga},
+             {"lb_loss", s.lb / ga}, {"z_loss", s.z / ga},        {"penalty", s.penalty / ga},
+             {"lr", opt.last_lr()},  {"grad_norm", gnorm},        {"tokens_per_s", tps},
+             {"layers", s.layers}};
     bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
     bool stop = false;
     if (do_eval) {
-      double v = evaluate();
+      double v = validation_nll(model, data, cfg);
       rec["val_nll"] = v;
       if (v < st.best_val) {
         st.best_val = v;
         st.bad_evals = 0;
-        save_or_fail(best_path, nullptr);
+        ck.save(ck.best_path, model, nullptr, st);
       } else if (++st.bad_evals >= cfg.patience && cfg.patience > 0) {
         stop = true;
         rec["early_stop"] = true;
@@ -925,16 +482,16 @@ int run_train(RunConfig cfg) {
     log.flush();
     if (cfg.progress) {
       double eta = (double)(cfg.steps - step) * el / std::max<int64_t>(1, step - start_step);
-      progress_bar(step, start_step + 1, cfg.steps, loss_sum / ga, tps, eta);
+      progress_bar(step, start_step + 1, cfg.steps, s.loss / ga, tps, eta);
     }
     bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
     if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0) {
-      save_or_fail(last_path, &opt);
-      saved_step = step;
+      ck.save(ck.last_path, model, &opt, st);
+      ck.saved_step = step;
     }
     if (g_signal) {
       progress_break(cfg.progress);
-      std::fprintf(stderr, "signal %d: saved %s at step %lld\n", (int)g_signal, last_path.c_str(), (long long)step);
+      std::fprintf(stderr, "signal %d: saved %s at step %lld\n", (int)g_signal, ck.last_path.c_str(), (long long)step);
       exit_code = 128 + g_signal;
       break;
     }
@@ -952,7 +509,7 @@ int run_train(RunConfig cfg) {
     }
   }
   progress_break(cfg.progress);
-  if (!fs::exists(best_path)) save_checkpoint(best_path, model, nullptr, st);
+  if (!fs::exists(ck.best_path)) save_checkpoint(ck.best_path, model, nullptr, st);
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
   std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.c_str(),
                (long long)st.step, best.c_str(), cfg.out.c_str());

@@ -1,0 +1,41 @@
+// experiments/checkpoint_io.h — a training checkpoint: the parameters, the
+// AdamW moments (in last.safetensors) and the metadata that makes it
+// self-describing (model and router config, train state: stage, step, seeds),
+// in one safetensors file written atomically (nn/checkpoint.cpp).
+#pragma once
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "experiments/run_config.h"
+#include "nn/optim.h"
+#include "nn/transformer.h"
+
+namespace vm::exp {
+
+struct TrainState {
+  std::string stage;
+  int64_t step = 0;
+  double best_val = 1e300;
+  int bad_evals = 0;
+  uint64_t seed = 0;
+  uint64_t split_seed = 1;  // the data split it was trained on (RunConfig::split_seed)
+};
+void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st);
+// Loads parameters into `model` (every tensor in the file must match a
+// parameter by name and shape unless allow_missing lists a regex of model
+// parameters the file may lack, e.g. new router heads in stage 2).
+TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
+                           const std::string& allow_missing = "");
+// The training state stored in a checkpoint (stage, step, seeds), without loading a model.
+TrainState read_checkpoint_state(const std::string& path);
+// A model fine-tuned (or router-trained) on one data split must be scored on
+// that split's test set: take the checkpoint's split seed unless --split-seed
+// was given, and warn when it was given and differs (the sets then overlap).
+void inherit_split_seed(RunConfig& cfg, const std::string& ckpt);
+// The router config as checkpoints and logs store it.
+nlohmann::json router_json(const nn::RouterConfig& r);
+// Read the model and router configs stored in a checkpoint.
+void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
+
+}  // namespace vm::exp

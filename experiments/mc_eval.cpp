@@ -1,0 +1,225 @@
+// experiments/mc_eval.cpp — see mc_eval.h.
+#include "experiments/mc_eval.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "data/tokenizer.h"
+#include "experiments/metrics.h"
+
+namespace vm::exp {
+
+const std::vector<int32_t>& answer_tokens() {
+  static const std::vector<int32_t> t{'A', 'B', 'C', 'D'};
+  return t;
+}
+
+McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max_seq) {
+  McBatch b;
+  b.B = (int)idx.size();
+  std::vector<std::vector<int32_t>> toks;
+  for (int64_t i : idx) {
+    std::vector<int32_t> t{data::kBos};
+    auto enc = data::encode(set.prompts[(size_t)i]);
+    t.insert(t.end(), enc.begin(), enc.end());
+    // keep the end of the prompt (options and "Answer:") if it is too long
+    if ((int)t.size() > max_seq) t.erase(t.begin() + 1, t.begin() + 1 + ((int)t.size() - max_seq));
+    b.T = std::max(b.T, (int)t.size());
+    toks.push_back(std::move(t));
+    b.labels.push_back(set.labels[(size_t)i]);
+  }
+  b.ids.assign((size_t)b.B * b.T, data::kPad);
+  b.mask.assign((size_t)b.B * b.T, 0);
+  for (int r = 0; r < b.B; ++r) {
+    for (size_t t = 0; t < toks[r].size(); ++t) {
+      b.ids[(size_t)r * b.T + t] = toks[r][t];
+      b.mask[(size_t)r * b.T + t] = 1;
+    }
+    b.last.push_back(r * b.T + (int)toks[r].size() - 1);
+  }
+  return b;
+}
+
+void host_diagnostics(nn::ForwardResult& res) {
+  res.logits.value() = res.logits.value().to(Device::CPU);
+  for (auto& a : res.moe)
+    for (Var* v : {&a.route.probs, &a.route.gates})
+      if (v->defined()) v->value() = v->value().to(Device::CPU);
+}
+
+// Append one example: its class distribution and the router diagnostics at `row`.
+static void append_example(McEval& ev, std::vector<double> p, int32_t label, const nn::ForwardResult& res, int64_t row,
+                           int E, const std::vector<int>& bayes) {
+  ev.entropy.push_back(metrics::entropy(p.data(), p.size()));
+  ev.probs.push_back(std::move(p));
+  ev.labels.push_back(label);
+  double ilv = 0, ge = 0, temp = 0;
+  int nb = 0;
+  for (auto& a : res.moe) {
+    const Tensor& pr = a.route.probs.value();  // on the host (host_diagnostics)
+    ge += metrics::entropy(std::vector<double>(pr.data() + row * E, pr.data() + (row + 1) * E).data(), (size_t)E);
+    if (std::find(bayes.begin(), bayes.end(), a.layer) != bayes.end()) {
+      if (!a.route.ilv.empty()) ilv += a.route.ilv[row];
+      if (!a.route.temperature.empty()) temp += a.route.temperature[row];
+      ++nb;
+    }
+  }
+  ev.gate_entropy.push_back(res.moe.empty() ? 0 : ge / (double)res.moe.size());
+  ev.ilv.push_back(nb ? ilv / nb : 0);
+  ev.temperature.push_back(nb ? temp / nb : 0);
+}
+
+static void append_trace(RoutingTrace* trace, const nn::ForwardResult& res, const std::vector<uint8_t>& mask, int K) {
+  if (!trace) return;
+  if (trace->layers.empty())
+    for (auto& a : res.moe) trace->layers.push_back(a.layer);
+  trace->experts.resize(res.moe.size());
+  for (size_t l = 0; l < res.moe.size(); ++l)
+    for (int64_t row = 0; row < (int64_t)mask.size(); ++row)
+      if (mask[row])
+        for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
+}
+
+// softmax of one row of logits (double): the class / answer-letter distribution.
+static std::vector<double> answer_distribution(std::vector<double> logits) {
+  const size_t k = logits.size();
+  return metrics::softmax(metrics::Matrix(1, k, std::move(logits))).data;
+}
+
+// Accuracy and NLL over the labelled examples (metrics.cpp's definitions; an
+// OOD set has no labels and scores 0).
+static void finish_eval(McEval& ev) {
+  metrics::Matrix probs;
+  std::vector<int> labels;
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    if (ev.labels[i] < 0) continue;
+    if (probs.cols == 0) probs.cols = ev.probs[i].size();
+    probs.data.insert(probs.data.end(), ev.probs[i].begin(), ev.probs[i].end());
+    ++probs.rows;
+    labels.push_back(ev.labels[i]);
+  }
+  ev.nll = probs.rows ? metrics::nll(probs, labels) : 0;
+  ev.accuracy = probs.rows ? metrics::accuracy(probs, labels) : 0;
+}
+
+static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise,
+                                       int samples = 0, uint64_t seed_shift = 0) {
+  nn::ForwardOptions fo;
+  fo.training = false;
+  fo.seed = cfg.seed + seed_shift;
+  fo.step = batch_index;
+  fo.samples = samples > 0 ? samples : model.router_config().samples;
+  fo.embed_noise = noise;
+  fo.noise_seed = cfg.seed + 7919;
+  return fo;
+}
+
+// Mutual information between the prediction and the router's randomness,
+// I = H(mean_m p_m) − mean_m H(p_m) (metrics::mutual_information), from M
+// passes that each route every token with a single fresh router sample
+// (--mi-samples M).
+static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes) {
+  ev.mutual_info.assign(ev.probs.size(), 0.0);
+  if (passes.empty() || ev.probs.empty()) return;
+  std::vector<metrics::Matrix> samples;
+  for (const McEval& p : passes) samples.push_back(metrics::Matrix::from_rows(p.probs));
+  ev.mutual_info = metrics::mutual_information(samples);
+}
+
+static bool stochastic_router(nn::Model& model) { return model.router_config().name != "det" && !model.bayes_layer_ids().empty(); }
+
+static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
+                      int samples, uint64_t seed_shift);
+
+McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
+                   RoutingTrace* trace) {
+  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, 0);
+  std::vector<McEval> passes;
+  if (cfg.mi_samples > 0 && stochastic_router(model))
+    for (int m = 0; m < cfg.mi_samples; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
+  add_mutual_information(ev, passes);
+  return ev;
+}
+
+static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
+                      int samples, uint64_t seed_shift) {
+  NoGradGuard ng;
+  McEval ev;
+  const auto& letters = answer_tokens();
+  int64_t n = (int64_t)set.size();
+  int E = model.config().n_experts, K = model.config().top_k;
+  auto bayes = model.bayes_layer_ids();
+  int B = std::max(1, cfg.batch);
+  for (int64_t s = 0; s < n; s += B) {
+    std::vector<int64_t> idx;
+    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
+    McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
+    auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
+                                eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+    host_diagnostics(res);
+    const Tensor& lg = res.logits.value();  // (B, V)
+    int64_t V = lg.size(1);
+    for (int r = 0; r < mb.B; ++r) {
+      // answer distribution: softmax over the four letter logits
+      std::vector<double> z;
+      for (int32_t t : letters) z.push_back((double)lg[r * V + t]);
+      append_example(ev, answer_distribution(std::move(z)), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
+    }
+    append_trace(trace, res, mb.mask, K);
+  }
+  finish_eval(ev);
+  return ev;
+}
+
+Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx) {
+  const data::ImageSet& src = *set.src;
+  int64_t P = (int64_t)src.h * src.w;
+  Tensor x({(int64_t)idx.size(), P});
+  for (size_t i = 0; i < idx.size(); ++i) {
+    const float* im = src.image(set.idx[(size_t)idx[i]]);
+    std::copy(im, im + P, x.data() + (int64_t)i * P);
+  }
+  return x;
+}
+
+static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                         RoutingTrace* trace, int samples, uint64_t seed_shift);
+
+McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                       RoutingTrace* trace) {
+  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, 0);
+  std::vector<McEval> passes;
+  if (cfg.mi_samples > 0 && stochastic_router(model))
+    for (int m = 0; m < cfg.mi_samples; ++m)
+      passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
+  add_mutual_information(ev, passes);
+  return ev;
+}
+
+static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
+                         RoutingTrace* trace, int samples, uint64_t seed_shift) {
+  NoGradGuard ng;
+  McEval ev;
+  int64_t n = (int64_t)set.size();
+  int E = model.config().n_experts, K = model.config().top_k, C = model.config().n_classes;
+  int T = model.config().seq_len_vit();
+  auto bayes = model.bayes_layer_ids();
+  int B = std::max(1, cfg.batch);
+  for (int64_t s = 0; s < n; s += B) {
+    std::vector<int64_t> idx;
+    for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
+    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+    host_diagnostics(res);
+    const Tensor& lg = res.logits.value();  // (B, classes)
+    for (size_t r = 0; r < idx.size(); ++r) {
+      std::vector<double> z((size_t)C);
+      for (int c = 0; c < C; ++c) z[(size_t)c] = (double)lg[(int64_t)r * C + c];
+      append_example(ev, answer_distribution(std::move(z)), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
+    }
+    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K);
+  }
+  finish_eval(ev);
+  return ev;
+}
+
+}  // namespace vm::exp

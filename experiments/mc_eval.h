@@ -1,0 +1,79 @@
+// experiments/mc_eval.h — evaluation of a model on a multiple-choice set
+// (text: the answer letter's distribution at the last prompt token) or an
+// image set (the class token), with the per-example uncertainty scores and
+// router diagnostics that eval, reproduce, inspect and training's validation
+// use. The metrics themselves are experiments/metrics.h.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/vision.h"
+#include "experiments/run_config.h"
+#include "nn/transformer.h"
+
+namespace vm::exp {
+
+// A multiple-choice set: prompts and labels (label -1 for unlabelled OOD sets).
+struct McSet {
+  std::string name;
+  std::vector<std::string> prompts;
+  std::vector<int32_t> labels;
+  size_t size() const { return prompts.size(); }
+};
+
+// One padded batch of prompts for the causal LM.
+struct McBatch {
+  int B = 0, T = 0;
+  std::vector<int32_t> ids;        // (B*T), PAD after each prompt
+  std::vector<uint8_t> mask;       // (B*T), 1 = real token
+  std::vector<int32_t> last;       // (B) row b*T + len_b − 1: where the answer is predicted
+  std::vector<int32_t> labels;     // (B)
+};
+McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max_seq);
+
+// The four answer-letter tokens (bytes 'A'..'D').
+const std::vector<int32_t>& answer_tokens();
+
+// Evaluate a model on an MC set: probs over the 4 letters (N x 4) and per-example
+// uncertainty scores. Used by eval, reproduce and the tests.
+struct McEval {
+  std::vector<std::vector<double>> probs;  // (N, classes): 4 answer letters, or 10 image classes
+  std::vector<int32_t> labels;
+  std::vector<double> entropy;             // predictive entropy of the class distribution
+  std::vector<double> ilv;                 // tr Σ at the final token, averaged over Bayesian layers (0 if none)
+  std::vector<double> gate_entropy;        // entropy of the routing distribution at the final token, mean over MoE layers
+  std::vector<double> temperature;         // vtsr mean temperature at the final token (0 if none)
+  std::vector<double> mutual_info;         // I(y; router noise) from --mi-samples passes (0 when off)
+  double nll = 0, accuracy = 0;
+};
+// The experts every real token chose, per MoE layer (flattened (tokens, K)), in
+// a fixed token order; used for routing stability and expert load.
+struct RoutingTrace {
+  std::vector<int> layers;
+  std::vector<std::vector<int32_t>> experts;  // per MoE layer
+};
+// Evaluation and inspection read the logits, router probabilities and gates
+// on the host: this brings them there when the model runs on the GPU (no-op
+// on the CPU). Only for results no gradient flows through (under NoGradGuard).
+void host_diagnostics(nn::ForwardResult& res);
+
+McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise = 0.0,
+                   RoutingTrace* trace = nullptr);
+
+// ---- vision track ---------------------------------------------------------------
+// A view of an image set: which images, with which labels (−1 for OOD).
+struct ImgSet {
+  std::string name;
+  std::shared_ptr<const data::ImageSet> src;
+  std::vector<int32_t> idx;
+  std::vector<int32_t> labels;
+  size_t size() const { return idx.size(); }
+};
+Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx);  // (B, H*W)
+// Class distributions (N, classes) and diagnostics at the class token.
+McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise = 0.0,
+                       RoutingTrace* trace = nullptr);
+
+}  // namespace vm::exp
