@@ -188,12 +188,19 @@ int64_t gemm_kc(int64_t K) {
   return k;
 }
 
-// Vector-shaped and tiny products take Eigen's own single-threaded paths
-// (GEMV; the coefficient-based product below its threshold of 20), as
-// `c.noalias() += a * b` did before; neither is ever parallel in Eigen.
+// Empty, vector-shaped and tiny products: done here, true returned. Empty
+// ones only zero C (unless accumulating); vector-shaped and tiny ones take
+// Eigen's own single-threaded paths (GEMV; the coefficient-based product
+// below its threshold of 20), as `c.noalias() += a * b` did before; neither
+// is ever parallel in Eigen.
 template <class T>
 static bool small_path(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
                        bool accumulate) {
+  if (M == 0 || N == 0) return true;
+  if (K == 0) {
+    if (!accumulate) std::memset(C, 0, sizeof(T) * (size_t)(M * N));
+    return true;
+  }
   if (!(M == 1 || N == 1 || M + N + K < 20)) return false;
   using MatR = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   Eigen::Map<MatR> c(C, M, N);
@@ -210,11 +217,6 @@ static bool small_path(T* C, const T* A, const T* B, int64_t M, int64_t N, int64
 template <class T>
 void gemm_single(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
                  bool accumulate) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (!accumulate) std::memset(C, 0, sizeof(T) * (size_t)(M * N));
-    return;
-  }
   if (small_path(C, A, B, M, N, K, transA, transB, accumulate)) return;
   run_block(C, A, B, M, N, K, transA, transB, accumulate, 0, M, 0, N);
 }
@@ -222,11 +224,6 @@ void gemm_single(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, 
 template <class T>
 void gemm(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
           bool accumulate) {
-  if (M == 0 || N == 0) return;
-  if (K == 0) {
-    if (!accumulate) std::memset(C, 0, sizeof(T) * (size_t)(M * N));
-    return;
-  }
   if (small_path(C, A, B, M, N, K, transA, transB, accumulate)) return;
   const GemmTiling g = gemm_tiling(M, N, K);
   const int64_t tiles = g.tm * g.tn;
