@@ -20,7 +20,7 @@
 
 #include "tests/op_cases.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #endif
 
 using namespace vm;

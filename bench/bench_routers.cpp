@@ -23,7 +23,7 @@
 #include "experiments/flops.h"
 #include "nn/transformer.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #endif
 
 using namespace vm;

@@ -30,7 +30,7 @@
 #include "nn/optim.h"
 #include "nn/transformer.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 #endif
 

@@ -9,8 +9,7 @@
 #include <unordered_map>
 
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
-#include "kernels/cuda/layout.h"
+#include "core/cuda/device.h"
 #endif
 
 namespace vm {

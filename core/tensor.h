@@ -1,6 +1,6 @@
 // core/tensor.h — a minimal dense tensor: row-major, contiguous, up to 4 dims,
 // 64-byte aligned storage on the host or device storage on the GPU (the
-// CUDA backend's stream-ordered pool, kernels/cuda/device.h). Templated on the
+// CUDA backend's stream-ordered pool, core/cuda/device.h). Templated on the
 // scalar so the same code runs in float32 (the product) and float64
 // (finite-difference checks).
 //

@@ -12,7 +12,7 @@ using Runner = std::function<int()>;
 // Called by each register_* function: ties a subcommand to its runner.
 void add_runner(CLI::App* sub, Runner run);
 
-void register_data_command(CLI::App& app);     // data/cli.cpp
+void register_data_command(CLI::App& app);     // experiments/data_cli.cpp
 void register_metrics_command(CLI::App& app);  // experiments/metrics_cli.cpp
 void register_train_command(CLI::App& app);    // experiments/train_cli.cpp
 void register_eval_command(CLI::App& app);     // experiments/flags.cpp

@@ -11,7 +11,7 @@
 #include "experiments/run_config.h"
 #include "experiments/trainer.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #include "kernels/cuda/gemm.h"
 #endif
 

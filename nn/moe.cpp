@@ -4,7 +4,7 @@
 
 #include "core/philox.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #include "kernels/cuda/moe.h"
 #endif
 

@@ -5,7 +5,7 @@
 #
 #   targets: safetensors idx wordnet dict metrics_csv checkpoint  (default: all)
 #            checkpoint links the whole library (the trainer's checkpoint path):
-#            its first build compiles vmoer_lib with clang into build-fuzz/lib
+#            its first build compiles the layer libraries with clang into build-fuzz/lib
 #            (several minutes on 2 cores; incremental afterwards)
 #   seeds:   fuzz/corpus/<target>/ (checked in, a few KB each);
 #            fuzz/<target>.dict is passed as -dict= when present
@@ -41,7 +41,7 @@ sources_of() {
     wordnet)     echo "data/io.cpp data/wordnet.cpp" ;;
     dict)        echo "data/io.cpp data/dict.cpp" ;;
     metrics_csv) echo "experiments/metrics.cpp" ;;
-    checkpoint)  echo "" ;;  # links build-fuzz/lib/libvmoer_lib.a
+    checkpoint)  echo "" ;;  # links the layer libraries of build-fuzz/lib
     *) die "unknown target '$1' (known: ${ALL_TARGETS[*]})" ;;
   esac
 }
@@ -53,13 +53,13 @@ mkdir -p "$OUT"
 
 # The whole library, instrumented for fuzzing, through the project's CMake.
 build_lib() {
-  echo "[fuzz] building vmoer_lib with $CXX (build-fuzz/lib)"
+  echo "[fuzz] building the library layers with $CXX (build-fuzz/lib)"
   cmake -S "$REPO" -B "$OUT/lib" -DCMAKE_CXX_COMPILER="$(command -v "$CXX")" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DVMOER_CUDA=OFF -DVMOER_NATIVE=OFF \
     -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined" \
     >"$OUT/lib.configure.log" 2>&1 || { tail -n 20 "$OUT/lib.configure.log" >&2; die "cmake configure failed"; }
-  cmake --build "$OUT/lib" -j "${JOBS:-$(nproc)}" --target vmoer_lib >"$OUT/lib.build.log" 2>&1 ||
-    { tail -n 20 "$OUT/lib.build.log" >&2; die "vmoer_lib build failed (see $OUT/lib.build.log)"; }
+  cmake --build "$OUT/lib" -j "${JOBS:-$(nproc)}" --target vmoer_experiments >"$OUT/lib.build.log" 2>&1 ||
+    { tail -n 20 "$OUT/lib.build.log" >&2; die "library build failed (see $OUT/lib.build.log)"; }
 }
 
 status=0
@@ -69,7 +69,8 @@ for t in "${TARGETS[@]}"; do
   if [ "$t" = checkpoint ]; then
     build_lib
     echo "[fuzz] building $t"
-    "$CXX" "${FLAGS[@]}" -fopenmp -isystem /usr/include/eigen3 "fuzz/fuzz_$t.cpp" "$OUT/lib/libvmoer_lib.a" \
+    "$CXX" "${FLAGS[@]}" -fopenmp -isystem /usr/include/eigen3 "fuzz/fuzz_$t.cpp" \
+      "$OUT"/lib/libvmoer_{experiments,data,nn,autodiff,kernels,core}.a \
       -lz -lpng -o "$bin" 2>"$OUT/$t.build.log" ||
       { tail -n 20 "$OUT/$t.build.log" >&2; die "$t: build failed (see $OUT/$t.build.log)"; }
     continue

@@ -96,7 +96,7 @@ TEST_CASE("cuda: backend not built") {
 #include "autodiff/ops.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rowwise.h"
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/moe.h"

@@ -30,7 +30,7 @@
 #include "nn/transformer.h"
 #include "tests/op_cases.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #endif
 
 using namespace vm;

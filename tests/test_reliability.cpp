@@ -38,7 +38,7 @@
 #include "kernels/cpu/gemm.h"
 #include "nn/checkpoint.h"
 #ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 #endif
 
 namespace fs = std::filesystem;

@@ -24,7 +24,7 @@
 #include "core/philox.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rowwise.h"
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/layout.h"

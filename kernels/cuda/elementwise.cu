@@ -2,7 +2,7 @@
 // and reductions (see elementwise.h).
 #include <algorithm>
 
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/elementwise.h"
 
 namespace vm::kernels::cuda {

@@ -2,7 +2,7 @@
 // kernels/cpu/gemm.h (see gemm.h for the operand swap and the math modes).
 #include <atomic>
 
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/gemm.h"
 
 namespace vm::kernels::cuda {

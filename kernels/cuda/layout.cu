@@ -1,9 +1,9 @@
-// kernels/cuda/layout.cu — fill, in-place add, layout copies and the small row
+// kernels/cuda/layout.cu — in-place add, layout copies and the small row
 // ops (see layout.h). All memory-bound and simple: grid-stride loops, one
 // element (or one row) per thread, no atomics, so every result is
 // deterministic and, apart from logsumexp's summation order, bit-identical to
 // the CPU loops.
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/layout.h"
 
 namespace vm::kernels::cuda {
@@ -11,12 +11,6 @@ using namespace detail;
 
 namespace {
 constexpr int kBlock = 256;
-
-template <class T>
-__global__ void fill_k(T* p, int64_t n, T v) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    p[i] = v;
-}
 
 template <class T>
 __global__ void add_inplace_k(T* y, const T* x, int64_t n) {
@@ -121,13 +115,6 @@ __global__ void sum_log_diag_bwd_k(const T* L, const T* g, T* dL, int64_t N, int
 }  // namespace
 
 template <class T>
-void fill_value(T* p, int64_t n, T v) {
-  if (n <= 0) return;
-  fill_k<<<grid_for(n, kBlock), kBlock, 0, stream()>>>(p, n, v);
-  CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
 void add_inplace(T* y, const T* x, int64_t n) {
   if (n <= 0) return;
   add_inplace_k<<<grid_for(n, kBlock), kBlock, 0, stream()>>>(y, x, n);
@@ -195,9 +182,7 @@ void sum_log_diag_bwd(const T* L, const T* g, T* dL, int64_t N, int64_t E) {
   CUDA_CHECK_LAUNCH();
 }
 
-template void fill_value<int32_t>(int32_t*, int64_t, int32_t);
 #define VM_INST(T)                                                                                         \
-  template void fill_value<T>(T*, int64_t, T);                                                             \
   template void add_inplace<T>(T*, const T*, int64_t);                                                     \
   template void copy_band<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
                              bool);                                                                        \

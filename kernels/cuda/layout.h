@@ -1,5 +1,5 @@
 // kernels/cuda/layout.h — the small kernels the device tensors and the op
-// dispatch (autodiff/ops_cuda.cpp) need beside the big ones: fill, in-place
+// dispatch (autodiff/ops_cuda.cpp) need beside the big ones: in-place
 // add, the layout ops (slice/concat bands, transpose), and the row ops that
 // have no fused kernel elsewhere (take_cols, logsumexp, sum_log_diag).
 // CPU twins: the loops of the same name in autodiff/ops_nn.cpp and
@@ -10,9 +10,6 @@
 
 namespace vm::kernels::cuda {
 
-// p[i] = v for i < n
-template <class T>
-void fill_value(T* p, int64_t n, T v);
 // y[i] += x[i] for i < n (the tape's gradient accumulation)
 template <class T>
 void add_inplace(T* y, const T* x, int64_t n);

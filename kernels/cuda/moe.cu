@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "core/philox.h"
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/sort.h"
 

@@ -2,7 +2,7 @@
 #include <algorithm>
 
 #include "core/philox.h"
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/sort.h"
 

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/rowwise.h"
 

@@ -1,6 +1,6 @@
 // kernels/cuda/rowwise.h — the CUDA twins of kernels/cpu/rowwise.h: the same
 // functions with the same arguments, on device pointers (namespace
-// vm::kernels::cuda). Each runs on this thread's stream (kernels/cuda/device.h)
+// vm::kernels::cuda). Each runs on this thread's stream (core/cuda/device.h)
 // and is asynchronous, except cross_entropy_fwd, which returns the loss on the
 // host and therefore synchronises.
 //

@@ -1,5 +1,5 @@
 // kernels/cuda/sort.cu — stable radix grouping by key (see sort.h).
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 #include "kernels/cuda/sort.h"
 
 namespace vm::kernels::cuda {

@@ -1,7 +1,7 @@
-// kernels/cuda/device.cuh — what every kernel source of the CUDA backend
+// core/cuda/device.cuh — what every kernel source of the CUDA backend
 // shares: the error-check macros, this thread's context (stream + cuBLAS
 // handle), launch-size helpers and warp/block reductions. Include from .cu
-// files only (the public, plain-C++ API is kernels/cuda/device.h).
+// files only (the public, plain-C++ API is core/cuda/device.h).
 #pragma once
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -11,7 +11,7 @@
 #include <string>
 
 #include "core/tensor.h"  // vm::Error
-#include "kernels/cuda/device.h"
+#include "core/cuda/device.h"
 
 namespace vm::kernels::cuda::detail {
 [[noreturn]] void cuda_fail(cudaError_t e, const char* expr, const char* file, int line);

@@ -1,4 +1,4 @@
-// kernels/cuda/device.cu — error reporting, device discovery, the per-thread
+// core/cuda/device.cu — error reporting, device discovery, the per-thread
 // context (stream + cuBLAS handle) and the stream-ordered caching allocator.
 #include <cstdint>
 #include <cstdio>
@@ -6,7 +6,7 @@
 #include <mutex>
 #include <string>
 
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 
 namespace vm::kernels::cuda {
 namespace detail {
@@ -183,6 +183,25 @@ void fill_bytes(void* dst, int value, size_t bytes) {
   CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
 }
 void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+namespace {
+template <class T>
+__global__ void fill_k(T* p, int64_t n, T v) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    p[i] = v;
+}
+}  // namespace
+
+template <class T>
+void fill_value(T* p, int64_t n, T v) {
+  if (n <= 0) return;
+  constexpr int kBlock = 256;
+  fill_k<<<detail::grid_for(n, kBlock), kBlock, 0, stream()>>>(p, n, v);
+  CUDA_CHECK_LAUNCH();
+}
+template void fill_value<int32_t>(int32_t*, int64_t, int32_t);
+template void fill_value<float>(float*, int64_t, float);
+template void fill_value<double>(double*, int64_t, double);
 
 PoolStats pool_stats() {
   PoolStats s;

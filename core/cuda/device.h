@@ -1,9 +1,9 @@
-// kernels/cuda/device.h — the CUDA runtime pieces the rest of the project
+// core/cuda/device.h — the CUDA runtime pieces the rest of the project
 // (and the tests, compiled as plain C++) may use: device discovery, a
 // stream-ordered caching allocator, RAII device buffers and copies.
 //
 // Plain C++ on purpose (no CUDA headers): tests/test_cuda.cpp and any .cpp
-// file can include it. Kernel sources include kernels/cuda/device.cuh, which
+// file can include it. Kernel sources include core/cuda/device.cuh, which
 // adds the CUDA-specific helpers (error-check macros, the stream, cuBLAS).
 //
 // Context: every host thread gets its own context on first use — one CUDA
@@ -43,6 +43,9 @@ void copy_h2d(void* dst_dev, const void* src_host, size_t bytes);
 void copy_d2h(void* dst_host, const void* src_dev, size_t bytes);
 void copy_d2d(void* dst_dev, const void* src_dev, size_t bytes);
 void fill_bytes(void* dst_dev, int byte_value, size_t bytes);
+// p[i] = v for i < n (T = int32_t, float, double; asynchronous, like fill_bytes)
+template <class T>
+void fill_value(T* p, int64_t n, T v);
 void synchronize();  // wait for everything enqueued on this thread's stream
 // Bytes the pool holds from the driver (reserved) and hands out (used).
 struct PoolStats {

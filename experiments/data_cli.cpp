@@ -1,4 +1,4 @@
-// data/cli.cpp — `vmoer data fetch [--cache DIR]` (runs scripts/fetch_data.sh)
+// experiments/data_cli.cpp — `vmoer data fetch [--cache DIR]` (runs scripts/fetch_data.sh)
 // and `vmoer data info [--cache DIR]` (loads every data set, prints counts).
 #include <unistd.h>
 
