@@ -1,11 +1,15 @@
-// autodiff/ops.h — every differentiable op of vmoer. Each op computes its
-// forward with the CPU kernels (kernels/cpu) and records a backward closure.
-// Shapes follow the comment convention `x: (B, T, C)`. All ops exist for
-// float (the product) and double (finite-difference gradient checks).
+// autodiff/ops.h — every differentiable op of vmoer, declared once for both
+// devices. Each op is defined once (autodiff/ops_*.cpp): it checks its
+// arguments, allocates its outputs on its inputs' device, runs that device's
+// kernel (kernels/cpu or kernels/cuda, one signature for both: kernels/table.h)
+// and records a backward closure that does the same. Shapes follow the
+// comment convention `x: (B, T, C)`. All ops exist for float (the product)
+// and double (finite-difference gradient checks).
 //
 // Every op here has an entry in tests/op_cases.cpp: a gradient check in double
-// precision, a parity check against the plain reference (kernels/cpu/reference.h)
-// and a micro-benchmark (bench/bench_ops.cpp). Adding an op = one entry there.
+// precision, a parity check against the plain reference (kernels/cpu/reference.h),
+// a micro-benchmark (bench/bench_ops.cpp) and, on a GPU, the same case on
+// device tensors against the CPU (tests/test_cuda_ops.cpp).
 #pragma once
 #include <cstdint>
 #include <vector>

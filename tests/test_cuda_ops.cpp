@@ -1,5 +1,5 @@
-// tests/test_cuda_ops.cpp — device tensors and the GPU half of the autodiff
-// (core/tensor.h, autodiff/ops_cuda.cpp):
+// tests/test_cuda_ops.cpp — device tensors and the ops on them (core/tensor.h,
+// the ops of autodiff/ops_*.cpp running their kernels/cuda twins):
 //   (a) the op-case table's CUDA column: every case of tests/op_cases.cpp run
 //       with its inputs on the GPU against the same case on the CPU — the
 //       forward value and the gradient of every input, in float64 (only the

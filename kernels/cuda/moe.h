@@ -10,6 +10,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/moe.h"
+
 namespace vm::kernels::cuda {
 
 // ---- router: softmax, top-K, renormalised gates ------------------------------------------
@@ -53,19 +55,7 @@ template <class T>
 void moe_combine_bwd(const T* ys, const T* gates, const int32_t* token, const int32_t* slot, const T* dout, T* dys,
                      T* dgates, int64_t M, int64_t C);
 
-// ---- Cholesky pieces of the full-covariance router ----------------------------------------------
-// v (N, E(E+1)/2) -> L (N, E, E): row-major lower triangle, exp on the diagonal, 0 above.
-template <class T>
-void fill_tril_expdiag_fwd(const T* v, T* L, int64_t N, int E);
-// dv[t] += dL_ij (· L_ii on the diagonal)
-template <class T>
-void fill_tril_expdiag_bwd(const T* L, const T* dL, T* dv, int64_t N, int E);
-// out (N, E) = L ε per row, lower triangle only (j ascending, as the CPU).
-template <class T>
-void tril_matvec_fwd(const T* L, const T* eps, T* out, int64_t N, int E);
-// dL += g εᵀ (lower), dε += Lᵀ g; either may be null.
-template <class T>
-void tril_matvec_bwd(const T* L, const T* eps, const T* g, T* dL, T* deps, int64_t N, int E);
+// fill_tril_expdiag_*, tril_matvec_*: the table in kernels/moe.h.
 
 // ---- the fused S-sample loop of mfvr / fcvr ----------------------------------------------------
 // For each token n and sample s < S: ε_e = philox_normal(seed, stream, (s·N + n)·E + e)
