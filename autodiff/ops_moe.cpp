@@ -1,9 +1,10 @@
-// autodiff/ops_moe.cpp — selection, dispatch/combine and the Cholesky pieces
-// of the full-covariance router.
+// autodiff/ops_moe.cpp — selection, dispatch/combine, the Cholesky pieces of
+// the full-covariance router and the closed-form KLs of the variational routers.
 #include <algorithm>
-#include <numeric>
+#include <cmath>
 
 #include "autodiff/ops_common.h"
+#include "kernels/cpu/moe.h"  // topk_select
 
 namespace vm::ops {
 using namespace detail;
@@ -31,20 +32,8 @@ VM_INSTANTIATE_OP(take_cols)
 namespace detail {
 template <class T>
 std::vector<int32_t> topk_indices(const TensorT<T>& x, int k) {
-  int64_t N = x.size(0), E = x.size(1);
-  std::vector<int32_t> idx((size_t)(N * k));
-  const T* px = x.data();
-#pragma omp parallel for schedule(static) if (N * E > 16384)
-  for (int64_t n = 0; n < N; ++n) {
-    // partial selection, ties broken towards the lower index
-    std::vector<int32_t> order((size_t)E);
-    std::iota(order.begin(), order.end(), 0);
-    const T* row = px + n * E;
-    std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int32_t a, int32_t b) {
-      return row[a] > row[b] || (row[a] == row[b] && a < b);
-    });
-    std::copy(order.begin(), order.begin() + k, idx.begin() + n * k);
-  }
+  std::vector<int32_t> idx((size_t)(x.size(0) * k));
+  kernels::topk_select(x.data(), x.size(0), x.size(1), k, idx.data());
   return idx;
 }
 template std::vector<int32_t> topk_indices(const TensorT<float>&, int);
@@ -132,6 +121,98 @@ VarT<T> grouped_matmul(const VarT<T>& x, const VarT<T>& w, const std::vector<int
 VM_INSTANTIATE_OP(grouped_matmul)
 
 template <class T>
+TopK<T> topk_gates(const VarT<T>& probs, int k) {
+  VM_CHECK(probs.ndim() == 2, "topk_gates: probs must be (N, E), got " + shape_str(probs.shape()));
+  int64_t N = probs.size(0), E = probs.size(1);
+  VM_CHECK(k >= 1 && k <= E, "topk_gates: k = " + std::to_string(k) + " must be in [1, " + std::to_string(E) + "]");
+  const Device dev = device_of("topk_gates", probs);
+  if (dev == Device::CUDA && (E > 2048 || k > 16)) {  // past the GPU kernel's warp top-K: the same formula in ops
+    TopK<T> tk = topk(probs, k);
+    return {div(tk.values, sum(tk.values, 1, true)), std::move(tk.indices)};
+  }
+  TensorT<int32_t> experts({N, (int64_t)k}, dev, false);
+  TensorT<T> gates = TensorT<T>::empty({N, (int64_t)k}, dev);
+  if (N > 0) VM_RUN(dev, topk_gates, probs.value().data(), experts.data(), gates.data(), N, (int)E, k);
+  TopK<T> r;
+  r.indices = experts.to_vector();  // the dispatch plan is made on the host
+  r.values = make_result<T>(std::move(gates), "topk_gates", {probs}, [experts, N, E, k, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);  // allocated even for N = 0
+    if (g && N > 0)
+      VM_RUN(dev, topk_gates_bwd, self.parents[0]->value.data(), experts.data(), self.grad.data(), g->data(), N,
+             (int)E, k);
+  });
+  return r;
+}
+VM_INSTANTIATE_OP(topk_gates)
+
+MoEDispatch moe_dispatch(const std::vector<int32_t>& token, const std::vector<int32_t>& slot, int64_t n, int k,
+                         Device dev) {
+  VM_CHECK(token.size() == slot.size() && n >= 0 && k >= 1,
+           "moe_dispatch: " + std::to_string(token.size()) + " tokens and " + std::to_string(slot.size()) +
+               " slots for N = " + std::to_string(n) + ", K = " + std::to_string(k));
+  std::vector<int32_t> pos((size_t)(n * k), -1);
+  for (size_t m = 0; m < slot.size(); ++m) {
+    VM_CHECK(slot[m] >= 0 && slot[m] < n * k && token[m] == slot[m] / k && pos[(size_t)slot[m]] < 0,
+             "moe_dispatch: row " + std::to_string(m) + " has token " + std::to_string(token[m]) + " and slot " +
+                 std::to_string(slot[m]) + " (slots n·K + j, each at most once)");
+    pos[(size_t)slot[m]] = (int32_t)m;
+  }
+  MoEDispatch d;
+  d.token = ints_on(token, dev);
+  d.slot = ints_on(slot, dev);
+  d.pos = ints_on(pos, dev);
+  d.n = n;
+  d.m = (int64_t)token.size();
+  d.k = k;
+  return d;
+}
+
+namespace {
+void check_dispatch(const char* op, const MoEDispatch& d, Device dev) {
+  VM_CHECK(d.pos.defined() && d.pos.device() == dev, std::string(op) + ": the dispatch is not on " +
+                                                          device_name(dev) + ", the data's device");
+  VM_CHECK(dev == Device::CPU || d.k <= 16, std::string(op) + ": K = " + std::to_string(d.k) + " > 16 on cuda");
+}
+}  // namespace
+
+template <class T>
+VarT<T> moe_gather(const VarT<T>& x, const MoEDispatch& d) {
+  VM_CHECK(x.ndim() == 2 && x.size(0) == d.n, "moe_gather: x must be (N, C) with N = " + std::to_string(d.n) +
+                                                  " dispatched tokens, got " + shape_str(x.shape()));
+  const Device dev = device_of("moe_gather", x);
+  check_dispatch("moe_gather", d, dev);
+  const int64_t N = d.n, M = d.m, C = x.size(1);
+  const int K = d.k;
+  TensorT<T> xs = TensorT<T>::empty({M, C}, dev);
+  if (M * C > 0) VM_RUN(dev, moe_gather, x.value().data(), d.token.data(), xs.data(), M, C);
+  return make_result<T>(std::move(xs), "moe_gather", {x}, [d, N, K, C, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);  // dx[n] += the rows of n's kept slots, in grouped order (no atomics)
+    if (g && N * C > 0) VM_RUN(dev, moe_gather_bwd, self.grad.data(), d.pos.data(), g->data(), N, K, C);
+  });
+}
+VM_INSTANTIATE_OP(moe_gather)
+
+template <class T>
+VarT<T> moe_combine(const VarT<T>& ys, const VarT<T>& gates, const MoEDispatch& d) {
+  VM_CHECK(ys.ndim() == 2 && ys.size(0) == d.m && gates.shape() == Shape({d.n, (int64_t)d.k}),
+           "moe_combine: ys (M, C) and gates (N, K) needed for M = " + std::to_string(d.m) + ", N = " +
+               std::to_string(d.n) + ", K = " + std::to_string(d.k) + ", got " + shape_str(ys.shape()) + " and " +
+               shape_str(gates.shape()));
+  const Device dev = device_of("moe_combine", ys, gates);
+  check_dispatch("moe_combine", d, dev);
+  const int64_t N = d.n, M = d.m, C = ys.size(1);
+  TensorT<T> out = TensorT<T>::empty({N, C}, dev);  // every row written (0 for a token without a kept slot)
+  if (N * C > 0) VM_RUN(dev, moe_combine, ys.value().data(), gates.value().data(), d.pos.data(), out.data(), N, d.k, C);
+  return make_result<T>(std::move(out), "moe_combine", {ys, gates}, [d, M, C, dev](Node<T>& self) {
+    auto *dys = grad_of(self, 0), *dg = grad_of(self, 1);
+    if ((dys || dg) && M > 0)
+      VM_RUN(dev, moe_combine_bwd, self.parents[0]->value.data(), self.parents[1]->value.data(), d.token.data(),
+             d.slot.data(), self.grad.data(), ptr(dys), ptr(dg), M, C);
+  });
+}
+VM_INSTANTIATE_OP(moe_combine)
+
+template <class T>
 VarT<T> fill_tril_expdiag(const VarT<T>& v, int E) {
   int64_t P = (int64_t)E * (E + 1) / 2;
   VM_CHECK(v.ndim() == 2 && v.size(1) == P, "fill_tril_expdiag: v must be (N, " + std::to_string(P) +
@@ -181,6 +262,47 @@ VarT<T> sum_log_diag(const VarT<T>& L) {
   });
 }
 VM_INSTANTIATE_OP(sum_log_diag)
+
+// The tape's parents in the order the formula's own ops reach them (lv, then
+// d; L, then d), so a graph visits everything above in the same order as it
+// did with those ops.
+template <class T>
+VarT<T> kl_mf(const VarT<T>& d, const VarT<T>& lv, double s2) {
+  VM_CHECK(d.ndim() == 2 && lv.shape() == d.shape(), "kl_mf: d " + shape_str(d.shape()) + " and lv " +
+                                                         shape_str(lv.shape()) + " must be the same (N, E) shape");
+  VM_CHECK(s2 > 0, "kl_mf: the prior variance s2 must be > 0, got " + std::to_string(s2));
+  const Device dev = device_of("kl_mf", d, lv);
+  const int64_t N = d.size(0);
+  const int E = (int)d.size(1);
+  TensorT<T> kl = TensorT<T>::empty({N}, dev);
+  if (N > 0) VM_RUN(dev, kl_mf_fwd, d.value().data(), lv.value().data(), kl.data(), N, E, s2);
+  return make_result<T>(std::move(kl), "kl_mf", {lv, d}, [N, E, s2, dev](Node<T>& self) {
+    auto *glv = grad_of(self, 0), *gd = grad_of(self, 1);
+    if ((gd || glv) && N * E > 0)
+      VM_RUN(dev, kl_mf_bwd, self.parents[1]->value.data(), self.parents[0]->value.data(), self.grad.data(), ptr(gd),
+             ptr(glv), N, E, s2);
+  });
+}
+VM_INSTANTIATE_OP(kl_mf)
+
+template <class T>
+VarT<T> kl_fc(const VarT<T>& d, const VarT<T>& L, double s2) {
+  VM_CHECK(d.ndim() == 2 && L.shape() == Shape({d.size(0), d.size(1), d.size(1)}),
+           "kl_fc: d " + shape_str(d.shape()) + " and L " + shape_str(L.shape()) + " must be (N, E) and (N, E, E)");
+  VM_CHECK(s2 > 0, "kl_fc: the prior variance s2 must be > 0, got " + std::to_string(s2));
+  const Device dev = device_of("kl_fc", d, L);
+  const int64_t N = d.size(0);
+  const int E = (int)d.size(1);
+  TensorT<T> kl = TensorT<T>::empty({N}, dev);
+  if (N > 0) VM_RUN(dev, kl_fc_fwd, d.value().data(), L.value().data(), kl.data(), N, E, s2);
+  return make_result<T>(std::move(kl), "kl_fc", {L, d}, [N, E, s2, dev](Node<T>& self) {
+    auto *gL = grad_of(self, 0), *gd = grad_of(self, 1);
+    if ((gd || gL) && N * E > 0)
+      VM_RUN(dev, kl_fc_bwd, self.parents[1]->value.data(), self.parents[0]->value.data(), self.grad.data(), ptr(gd),
+             ptr(gL), N, E, s2);
+  });
+}
+VM_INSTANTIATE_OP(kl_fc)
 
 template <class T>
 VarT<T> straight_through(const VarT<T>& hard, const VarT<T>& soft) {

@@ -267,7 +267,7 @@ TEST_CASE("cuda KL: kl_mf / kl_fc fused kernels vs the composed CPU ops, value a
       std::vector<TensorD> val, gd, g2;
       for (Device dev : {Device::CPU, Device::CUDA}) {
         Var vd(d.to(dev), true), v2((full ? L : lv).to(dev), true);
-        Var kl = full ? nn::routers::kl_fc(vd, v2, s2) : nn::routers::kl_mf(vd, v2, s2);
+        Var kl = full ? ops::kl_fc(vd, v2, s2) : ops::kl_mf(vd, v2, s2);
         backward(kl, w.cast<float>().to(dev));
         val.push_back(kl.value().to(Device::CPU).cast<double>());
         gd.push_back(vd.grad().to(Device::CPU).cast<double>());
