@@ -1,11 +1,15 @@
-// autodiff/ops.h — every differentiable op of vmoer. Each op computes its
-// forward with the CPU kernels (kernels/cpu) and records a backward closure.
-// Shapes follow the comment convention `x: (B, T, C)`. All ops exist for
-// float (the product) and double (finite-difference gradient checks).
+// autodiff/ops.h — every differentiable op of vmoer, declared once for both
+// devices. Each op is defined once (autodiff/ops_*.cpp): it checks its
+// arguments, allocates its outputs on its inputs' device, runs that device's
+// kernel (kernels/cpu or kernels/cuda, one signature for both: kernels/table.h)
+// and records a backward closure that does the same. Shapes follow the
+// comment convention `x: (B, T, C)`. All ops exist for float (the product)
+// and double (finite-difference gradient checks).
 //
 // Every op here has an entry in tests/op_cases.cpp: a gradient check in double
-// precision, a parity check against the plain reference (kernels/cpu/reference.h)
-// and a micro-benchmark (bench/bench_ops.cpp). Adding an op = one entry there.
+// precision, a parity check against the plain reference (kernels/cpu/reference.h),
+// a micro-benchmark (bench/bench_ops.cpp) and, on a GPU, the same case on
+// device tensors against the CPU (tests/test_cuda_ops.cpp).
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -98,6 +102,30 @@ template <class T> VarT<T> scatter_add_rows(const VarT<T>& src, const std::vecto
 // x: (M, C), w: (E, C, F), offsets: E+1 increasing, offsets[E] = M -> (M, F)
 template <class T> VarT<T> grouped_matmul(const VarT<T>& x, const VarT<T>& w, const std::vector<int64_t>& offsets);
 
+// probs: (N, E) -> indices (N, k) of the k largest per row (ties: lower index),
+// values (N, k) = the chosen probabilities renormalised to sum 1 per row,
+// g_j = p_j / Σ_i p_i (gradient into probs): the routers' gates.
+template <class T> TopK<T> topk_gates(const VarT<T>& probs, int k);
+
+// The MoE dispatch of N tokens' K choices each: slot s = n·K + j, grouped by
+// expert into rows 0..M−1 (nn::plan_dispatch; capacity may drop some).
+// token[m] and slot[m] belong to grouped row m, pos[s] is the grouped row of
+// slot s (−1: dropped or padding). Integer tensors on the device of the data
+// they route (on the GPU nn/moe.cpp builds the plan there).
+struct MoEDispatch {
+  TensorT<int32_t> token, slot, pos;  // (>= M), (>= M), (N·K)
+  int64_t n = 0, m = 0;               // N, M
+  int k = 0;                          // K
+};
+// The dispatch of a host plan (token, slot: M entries each), on dev.
+MoEDispatch moe_dispatch(const std::vector<int32_t>& token, const std::vector<int32_t>& slot, int64_t n, int k,
+                         Device dev = Device::CPU);
+// x: (N, C) -> (M, C), xs[m] = x[token[m]]
+template <class T> VarT<T> moe_gather(const VarT<T>& x, const MoEDispatch& d);
+// ys: (M, C), gates: (N, K) -> (N, C), out[n] = Σ over n's kept slots s, in
+// grouped order, of ys[pos[s]] · gates[s]. GPU: K <= 16 (as moe_gather).
+template <class T> VarT<T> moe_combine(const VarT<T>& ys, const VarT<T>& gates, const MoEDispatch& d);
+
 // ---- Cholesky pieces for the full-covariance router (FCVR) ---------------------
 // v: (N, E(E+1)/2) -> L: (N, E, E) lower triangular, row-major packing of the
 // lower triangle (row i holds i+1 numbers), diagonal exponentiated.
@@ -106,6 +134,14 @@ template <class T> VarT<T> fill_tril_expdiag(const VarT<T>& v, int E);
 template <class T> VarT<T> tril_matvec(const VarT<T>& L, const VarT<T>& eps);
 // L: (N, E, E) -> (N): Σ_e log L[n, e, e]
 template <class T> VarT<T> sum_log_diag(const VarT<T>& L);
+
+// ---- closed-form KL per token of the variational routers (docs/vmoer.md §2-3) ------
+// d, lv: (N, E) -> (N): ½ (Σ_e (exp(lv_e) + d_e²)/s2 − lv_e + E (log s2 − 1))
+// (MFVR with d = Δμ, lv = log σ²; vtsr's lognormal temperature with d = m, lv = ρ)
+template <class T> VarT<T> kl_mf(const VarT<T>& d, const VarT<T>& lv, double s2);
+// d: (N, E), L: (N, E, E) lower triangular -> (N):
+// ½ ((Σ_ij L_ij² + Σ_e d_e²)/s2 − 2 Σ_e log L_ee + E (log s2 − 1))   (FCVR; tr(L Lᵀ) = Σ_ij L_ij²)
+template <class T> VarT<T> kl_fc(const VarT<T>& d, const VarT<T>& L, double s2);
 
 // ---- estimators -----------------------------------------------------------------
 // Forward = hard, backward = identity into soft (hard gets no gradient).

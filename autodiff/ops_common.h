@@ -1,28 +1,51 @@
-// autodiff/ops_common.h — small helpers shared by the op files (not public API).
+// autodiff/ops_common.h — what the op files share (not public API).
+//
+// One definition per op serves both devices: it validates its arguments,
+// takes the device of its inputs (device_of), allocates its outputs there and
+// calls that device's kernel through VM_RUN — kernels::name on the CPU,
+// kernels::cuda::name on the GPU, one signature for both (kernels/table.h) —
+// in its forward and in its backward closure. So the tape (autodiff/tape.h)
+// is the same on either device, and a graph built on device tensors runs end
+// to end on the GPU.
+//
+// Host round-trips on the GPU, by design: integer arguments (ids, targets, row
+// lists, indices) are uploaded (ints_on); cross_entropy returns its loss to
+// the host (as the CPU kernel does) and its backward reads the scalar output
+// gradient; topk and topk_gates hand their indices to the host (the MoE
+// dispatch plan consumes them there).
 #pragma once
-#include <array>
+#include <memory>
+#include <string>
 
 #include "autodiff/ops.h"
-#include "autodiff/ops_cuda.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
+#include "kernels/layout.h"
+#include "kernels/moe.h"
+#include "kernels/nn.h"
+#include "kernels/rowwise.h"
 
-// Device dispatch: every op calls VM_CUDA_DISPATCH(on_cuda("op", inputs...),
-// cuda_ops::op(...)) after validating its arguments. When the inputs are
-// device tensors the op's GPU half (autodiff/ops_cuda.cpp) runs instead of
-// the CPU code below it; without the CUDA backend the line compiles away (no
-// device tensor can exist then).
+// The kernel `name` of device `dev`, called with the same arguments on either.
+// Without the CUDA backend no device tensor can exist: only the CPU kernel is named.
 #ifdef VMOER_HAVE_CUDA
-#define VM_CUDA_DISPATCH(cond, call) \
-  if (cond) return call
+#define VM_RUN(dev, name, ...) \
+  ((dev) == ::vm::Device::CUDA ? ::vm::kernels::cuda::name(__VA_ARGS__) : ::vm::kernels::name(__VA_ARGS__))
 #else
-#define VM_CUDA_DISPATCH(cond, call) (void)0
+#define VM_RUN(dev, name, ...) ((void)(dev), ::vm::kernels::name(__VA_ARGS__))
 #endif
+
+// The float and double instances of op `name`, from its declaration in ops.h
+// (after its definition, inside namespace vm::ops).
+#define VM_INSTANTIATE_OP(name)                  \
+  template decltype(name<float>) name<float>;    \
+  template decltype(name<double>) name<double>;
 
 namespace vm::ops::detail {
 
-// True when the op's inputs are device tensors; inputs on different devices
-// fail with "<op>: inputs on cpu and cuda" (no implicit copies).
+// The device of an op's inputs; inputs on different devices fail with
+// "<op>: inputs on cpu and cuda" (no implicit copies).
 template <class T, class... Rest>
-bool on_cuda(const char* op, const VarT<T>& a, const Rest&... rest) {
+Device device_of(const char* op, const VarT<T>& a, const Rest&... rest) {
   Device d = a.value().device();
   auto same = [&](const VarT<T>& v) {
     if (v.value().device() != d)
@@ -31,27 +54,23 @@ bool on_cuda(const char* op, const VarT<T>& a, const Rest&... rest) {
   };
   (same(rest), ...);
   (void)same;  // single-input ops
-  return d == Device::CUDA;
+  return d;
 }
 template <class T>
-bool on_cuda(const char* op, const std::vector<VarT<T>>& xs) {
-  if (xs.empty()) return false;
-  for (auto& x : xs) on_cuda(op, xs[0], x);
-  return xs[0].value().device() == Device::CUDA;
+Device device_of(const char* op, const std::vector<VarT<T>>& xs) {
+  for (auto& x : xs) device_of(op, xs[0], x);
+  return xs.empty() ? Device::CPU : xs[0].value().device();
 }
 
-// A shape left-padded with 1s to 4 dims, and its row-major strides.
-struct Dims4 {
-  std::array<int64_t, 4> d{1, 1, 1, 1};
-  std::array<int64_t, 4> stride{0, 0, 0, 0};
-};
-Dims4 dims4(const Shape& s);
+// An integer argument (host vector) where the kernels of `dev` read it; the
+// backward closures keep it (a copy of the tensor shares the storage).
+inline TensorT<int32_t> ints_on(const std::vector<int32_t>& v, Device dev) {
+  return TensorT<int32_t>::from(v, {(int64_t)v.size()}).to(dev);
+}
+
 // numpy broadcasting of two shapes, with "<op>: (a) and (b) do not broadcast".
 Shape broadcast_shape(const Shape& a, const Shape& b, const char* op);
-// Sum g (of shape `from`) down to shape `to` over broadcast dims (fixed order).
-template <class T>
-TensorT<T> reduce_to(const TensorT<T>& g, const Shape& to);
-// x += y element-wise (same numel).
+// x += y element-wise (same numel, same device): the tape's gradient accumulation.
 template <class T>
 void accumulate(TensorT<T>& x, const TensorT<T>& y);
 // parent's gradient buffer, or nullptr when that parent needs no gradient.
@@ -59,6 +78,10 @@ template <class T>
 TensorT<T>* grad_of(Node<T>& self, size_t i) {
   auto& p = self.parents[i];
   return p->requires_grad ? &p->grad_buffer() : nullptr;
+}
+template <class T>
+T* ptr(TensorT<T>* t) {
+  return t ? t->data() : nullptr;
 }
 // View a tensor as (outer, n, inner) around `axis`.
 inline void split_axis(const Shape& s, int ax, int64_t& outer, int64_t& n, int64_t& inner) {
@@ -69,7 +92,7 @@ inline void split_axis(const Shape& s, int ax, int64_t& outer, int64_t& n, int64
   for (int i = ax + 1; i < (int)s.size(); ++i) inner *= s[i];
 }
 // Indices (N, k) of the k largest entries of each row of x (N, E), ties to
-// the lower index (host tensor): topk's selection, shared by both devices.
+// the lower index (host tensor): topk's selection.
 template <class T>
 std::vector<int32_t> topk_indices(const TensorT<T>& x, int k);
 // rows/cols view of the last axis: (..., C) -> rows = numel / C, cols = C.

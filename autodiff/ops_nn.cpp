@@ -1,12 +1,10 @@
 // autodiff/ops_nn.cpp — softmax family, norms, embedding, layout ops,
 // attention, cross-entropy, dropout.
-#include <cmath>
-#include <cstring>
+#include <array>
 #include <memory>
+#include <utility>
 
 #include "autodiff/ops_common.h"
-#include "core/philox.h"
-#include "kernels/cpu/rowwise.h"
 
 namespace vm::ops {
 using namespace detail;
@@ -15,50 +13,46 @@ template <class T>
 VarT<T> softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  VM_CUDA_DISPATCH(on_cuda("softmax", a), cuda_ops::softmax(a));
-  TensorT<T> y = TensorT<T>::empty(a.shape());
-  kernels::softmax_fwd(a.value().data(), y.data(), rows, C);
-  return make_result<T>(std::move(y), "softmax", {a}, [rows, C](Node<T>& self) {
-    if (auto* g = grad_of(self, 0)) kernels::softmax_bwd(self.value.data(), self.grad.data(), g->data(), rows, C);
+  const Device dev = device_of("softmax", a);
+  TensorT<T> y = TensorT<T>::empty(a.shape(), dev);
+  if (rows * C > 0) VM_RUN(dev, softmax_fwd, a.value().data(), y.data(), rows, C);
+  return make_result<T>(std::move(y), "softmax", {a}, [rows, C, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);
+    if (g && rows * C > 0) VM_RUN(dev, softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
   });
 }
+VM_INSTANTIATE_OP(softmax)
 
 template <class T>
 VarT<T> log_softmax(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  VM_CUDA_DISPATCH(on_cuda("log_softmax", a), cuda_ops::log_softmax(a));
-  TensorT<T> y = TensorT<T>::empty(a.shape());
-  kernels::log_softmax_fwd(a.value().data(), y.data(), rows, C);
-  return make_result<T>(std::move(y), "log_softmax", {a}, [rows, C](Node<T>& self) {
-    if (auto* g = grad_of(self, 0))
-      kernels::log_softmax_bwd(self.value.data(), self.grad.data(), g->data(), rows, C);
+  const Device dev = device_of("log_softmax", a);
+  TensorT<T> y = TensorT<T>::empty(a.shape(), dev);
+  if (rows * C > 0) VM_RUN(dev, log_softmax_fwd, a.value().data(), y.data(), rows, C);
+  return make_result<T>(std::move(y), "log_softmax", {a}, [rows, C, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);
+    if (g && rows * C > 0) VM_RUN(dev, log_softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
   });
 }
+VM_INSTANTIATE_OP(log_softmax)
 
 template <class T>
 VarT<T> logsumexp(const VarT<T>& a) {
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  VM_CUDA_DISPATCH(on_cuda("logsumexp", a), cuda_ops::logsumexp(a));
+  const Device dev = device_of("logsumexp", a);
   Shape so(a.shape().begin(), a.shape().end() - (a.ndim() ? 1 : 0));
-  TensorT<T> out(so);
-  const T* x = a.value().data();
-  for (int64_t r = 0; r < rows; ++r) {
-    T mx = x[r * C];
-    for (int64_t c = 1; c < C; ++c) mx = std::max(mx, x[r * C + c]);
-    T s = 0;
-    for (int64_t c = 0; c < C; ++c) s += std::exp(x[r * C + c] - mx);
-    out[r] = mx + std::log(s);
-  }
-  return make_result<T>(std::move(out), "logsumexp", {a}, [rows, C](Node<T>& self) {
+  TensorT<T> out(so, dev);  // rows of an empty last axis stay 0
+  if (rows > 0) VM_RUN(dev, logsumexp_fwd, a.value().data(), out.data(), rows, C);
+  return make_result<T>(std::move(out), "logsumexp", {a}, [rows, C, dev](Node<T>& self) {
     auto* g = grad_of(self, 0);
-    if (!g) return;
-    const T* x = self.parents[0]->value.data();
-    for (int64_t r = 0; r < rows; ++r)  // d lse / dx = softmax(x)
-      for (int64_t c = 0; c < C; ++c) (*g)[r * C + c] += self.grad[r] * std::exp(x[r * C + c] - self.value[r]);
+    if (g && rows * C > 0)
+      VM_RUN(dev, logsumexp_bwd, self.parents[0]->value.data(), self.value.data(), self.grad.data(), g->data(), rows,
+             C);
   });
 }
+VM_INSTANTIATE_OP(logsumexp)
 
 template <class T>
 VarT<T> layernorm(const VarT<T>& x, const VarT<T>& gamma, const VarT<T>& beta, double eps) {
@@ -67,18 +61,20 @@ VarT<T> layernorm(const VarT<T>& x, const VarT<T>& gamma, const VarT<T>& beta, d
   VM_CHECK(gamma.shape() == Shape{C} && beta.shape() == Shape{C},
            "layernorm: x " + shape_str(x.shape()) + " needs gamma and beta of shape (" + std::to_string(C) +
                "), got " + shape_str(gamma.shape()) + " and " + shape_str(beta.shape()));
-  VM_CUDA_DISPATCH(on_cuda("layernorm", x, gamma, beta), cuda_ops::layernorm(x, gamma, beta, eps));
-  TensorT<T> y = TensorT<T>::empty(x.shape());
-  auto stats = std::make_shared<std::pair<TensorT<T>, TensorT<T>>>(TensorT<T>({rows}), TensorT<T>({rows}));
-  kernels::layernorm_fwd(x.value().data(), gamma.value().data(), beta.value().data(), y.data(),
-                         stats->first.data(), stats->second.data(), rows, C, eps);
-  return make_result<T>(std::move(y), "layernorm", {x, gamma, beta}, [rows, C, stats](Node<T>& self) {
+  const Device dev = device_of("layernorm", x, gamma, beta);
+  TensorT<T> y = TensorT<T>::empty(x.shape(), dev);
+  auto stats = std::make_shared<std::pair<TensorT<T>, TensorT<T>>>(TensorT<T>({rows}, dev), TensorT<T>({rows}, dev));
+  if (rows * C > 0)
+    VM_RUN(dev, layernorm_fwd, x.value().data(), gamma.value().data(), beta.value().data(), y.data(),
+           stats->first.data(), stats->second.data(), rows, C, eps);
+  return make_result<T>(std::move(y), "layernorm", {x, gamma, beta}, [rows, C, stats, dev](Node<T>& self) {
     auto *gx = grad_of(self, 0), *gg = grad_of(self, 1), *gb = grad_of(self, 2);
-    kernels::layernorm_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(), stats->first.data(),
-                           stats->second.data(), self.grad.data(), gx ? gx->data() : nullptr,
-                           gg ? gg->data() : nullptr, gb ? gb->data() : nullptr, rows, C);
+    if (rows * C == 0) return;
+    VM_RUN(dev, layernorm_bwd, self.parents[0]->value.data(), self.parents[1]->value.data(), stats->first.data(),
+           stats->second.data(), self.grad.data(), ptr(gx), ptr(gg), ptr(gb), rows, C);
   });
 }
+VM_INSTANTIATE_OP(layernorm)
 
 template <class T>
 VarT<T> rmsnorm(const VarT<T>& x, const VarT<T>& gamma, double eps) {
@@ -86,46 +82,41 @@ VarT<T> rmsnorm(const VarT<T>& x, const VarT<T>& gamma, double eps) {
   rows_cols(x.shape(), rows, C);
   VM_CHECK(gamma.shape() == Shape{C}, "rmsnorm: x " + shape_str(x.shape()) + " needs gamma of shape (" +
                                           std::to_string(C) + "), got " + shape_str(gamma.shape()));
-  VM_CUDA_DISPATCH(on_cuda("rmsnorm", x, gamma), cuda_ops::rmsnorm(x, gamma, eps));
-  TensorT<T> y = TensorT<T>::empty(x.shape());
-  auto rstd = std::make_shared<TensorT<T>>(Shape{rows});
-  kernels::rmsnorm_fwd(x.value().data(), gamma.value().data(), y.data(), rstd->data(), rows, C, eps);
-  return make_result<T>(std::move(y), "rmsnorm", {x, gamma}, [rows, C, rstd](Node<T>& self) {
+  const Device dev = device_of("rmsnorm", x, gamma);
+  TensorT<T> y = TensorT<T>::empty(x.shape(), dev);
+  auto rstd = std::make_shared<TensorT<T>>(Shape{rows}, dev);
+  if (rows * C > 0)
+    VM_RUN(dev, rmsnorm_fwd, x.value().data(), gamma.value().data(), y.data(), rstd->data(), rows, C, eps);
+  return make_result<T>(std::move(y), "rmsnorm", {x, gamma}, [rows, C, rstd, dev](Node<T>& self) {
     auto *gx = grad_of(self, 0), *gg = grad_of(self, 1);
-    kernels::rmsnorm_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(), rstd->data(),
-                         self.grad.data(), gx ? gx->data() : nullptr, gg ? gg->data() : nullptr, rows, C);
+    if (rows * C == 0) return;
+    VM_RUN(dev, rmsnorm_bwd, self.parents[0]->value.data(), self.parents[1]->value.data(), rstd->data(),
+           self.grad.data(), ptr(gx), ptr(gg), rows, C);
   });
 }
+VM_INSTANTIATE_OP(rmsnorm)
 
 template <class T>
 VarT<T> embedding(const VarT<T>& table, const std::vector<int32_t>& ids, Shape out_shape) {
   VM_CHECK(table.ndim() == 2, "embedding: table must be (V, C), got " + shape_str(table.shape()));
   VM_CHECK(shape_numel(out_shape) == (int64_t)ids.size(),
            "embedding: " + std::to_string(ids.size()) + " ids for output shape " + shape_str(out_shape));
-  int64_t V = table.size(0), C = table.size(1);
+  int64_t V = table.size(0), C = table.size(1), n = (int64_t)ids.size();
   for (size_t i = 0; i < ids.size(); ++i)
     VM_CHECK(ids[i] >= 0 && ids[i] < V, "embedding: id " + std::to_string(ids[i]) + " at position " +
                                             std::to_string(i) + " outside vocabulary of " + std::to_string(V));
-  VM_CUDA_DISPATCH(on_cuda("embedding", table), cuda_ops::embedding(table, ids, out_shape));
+  const Device dev = device_of("embedding", table);
   Shape so = out_shape;
   so.push_back(C);
-  TensorT<T> out = TensorT<T>::empty(so);
-  const T* w = table.value().data();
-  int64_t n = (int64_t)ids.size();
-#pragma omp parallel for schedule(static) if (n * C > 32768)
-  for (int64_t i = 0; i < n; ++i) std::memcpy(out.data() + i * C, w + (int64_t)ids[i] * C, sizeof(T) * C);
-  auto idp = std::make_shared<std::vector<int32_t>>(ids);
-  return make_result<T>(std::move(out), "embedding", {table}, [idp, C](Node<T>& self) {
-    auto* g = grad_of(self, 0);
-    if (!g) return;
-    // scatter-add in position order (deterministic; repeated ids accumulate)
-    for (size_t i = 0; i < idp->size(); ++i) {
-      T* dst = g->data() + (int64_t)(*idp)[i] * C;
-      const T* src = self.grad.data() + (int64_t)i * C;
-      for (int64_t c = 0; c < C; ++c) dst[c] += src[c];
-    }
+  TensorT<T> out = TensorT<T>::empty(so, dev);
+  TensorT<int32_t> idd = ints_on(ids, dev);
+  if (n * C > 0) VM_RUN(dev, embedding_fwd, table.value().data(), idd.data(), out.data(), n, C);
+  return make_result<T>(std::move(out), "embedding", {table}, [idd, n, V, C, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);  // scatter-add in position order (deterministic; repeated ids accumulate)
+    if (g && n * C > 0) VM_RUN(dev, embedding_bwd, self.grad.data(), idd.data(), g->data(), n, V, C);
   });
 }
+VM_INSTANTIATE_OP(embedding)
 
 template <class T>
 VarT<T> reshape(const VarT<T>& a, Shape shape) {
@@ -134,42 +125,30 @@ VarT<T> reshape(const VarT<T>& a, Shape shape) {
     if (auto* g = grad_of(self, 0)) accumulate(*g, self.grad);
   });
 }
+VM_INSTANTIATE_OP(reshape)
 
 template <class T>
 VarT<T> transpose(const VarT<T>& a, int d0, int d1) {
   int nd = a.ndim();
   int x0 = norm_axis(d0, nd, "transpose"), x1 = norm_axis(d1, nd, "transpose");
-  VM_CUDA_DISPATCH(on_cuda("transpose", a), cuda_ops::transpose(a, d0, d1));
-  Shape si = a.shape();
-  Shape so = si;
+  const Device dev = device_of("transpose", a);
+  Shape so = a.shape();
   std::swap(so[x0], so[x1]);
-  Dims4 in = dims4(si);
-  int off = 4 - nd;
-  // strides of the input, permuted into output order (stride 0 never used: full strides here)
-  std::array<int64_t, 4> full{};
-  int64_t st = 1;
-  for (int i = 3; i >= 0; --i) { full[i] = st; st *= in.d[i]; }
-  std::array<int64_t, 4> perm_stride = full;
-  std::swap(perm_stride[off + x0], perm_stride[off + x1]);
-  Dims4 o = dims4(so);
-  auto run = [o, perm_stride](const T* src, T* dst, bool forward) {
-    int64_t i = 0;
-    for (int64_t a0 = 0; a0 < o.d[0]; ++a0)
-      for (int64_t a1 = 0; a1 < o.d[1]; ++a1)
-        for (int64_t a2 = 0; a2 < o.d[2]; ++a2) {
-          int64_t base = a0 * perm_stride[0] + a1 * perm_stride[1] + a2 * perm_stride[2];
-          for (int64_t a3 = 0; a3 < o.d[3]; ++a3, ++i) {
-            if (forward) dst[i] = src[base + a3 * perm_stride[3]];
-            else dst[base + a3 * perm_stride[3]] += src[i];
-          }
-        }
-  };
-  TensorT<T> out = TensorT<T>::empty(so);
-  run(a.value().data(), out.data(), true);
-  return make_result<T>(std::move(out), "transpose", {a}, [run](Node<T>& self) {
-    if (auto* g = grad_of(self, 0)) run(self.grad.data(), g->data(), false);
+  // the shapes left-padded to 4 dims, the swapped dims in that padding
+  const int off = 4 - nd, p0 = off + x0, p1 = off + x1;
+  std::array<int64_t, 4> in4{1, 1, 1, 1}, out4{1, 1, 1, 1};
+  for (int i = 0; i < nd; ++i) {
+    in4[off + i] = a.shape()[i];
+    out4[off + i] = so[i];
+  }
+  TensorT<T> out = TensorT<T>::empty(so, dev);
+  if (out.numel()) VM_RUN(dev, swap_dims, a.value().data(), in4.data(), p0, p1, out.data(), false);
+  return make_result<T>(std::move(out), "transpose", {a}, [out4, p0, p1, dev](Node<T>& self) {
+    auto* g = grad_of(self, 0);  // the same swap of the gradient, accumulating
+    if (g && self.grad.numel()) VM_RUN(dev, swap_dims, self.grad.data(), out4.data(), p0, p1, g->data(), true);
   });
 }
+VM_INSTANTIATE_OP(transpose)
 
 template <class T>
 VarT<T> slice(const VarT<T>& a, int axis, int64_t start, int64_t stop) {
@@ -179,23 +158,19 @@ VarT<T> slice(const VarT<T>& a, int axis, int64_t start, int64_t stop) {
   VM_CHECK(0 <= start && start <= stop && stop <= n,
            "slice: [" + std::to_string(start) + ", " + std::to_string(stop) + ") out of range for axis " +
                std::to_string(axis) + " of " + shape_str(a.shape()));
-  VM_CUDA_DISPATCH(on_cuda("slice", a), cuda_ops::slice(a, axis, start, stop));
+  const Device dev = device_of("slice", a);
+  const int64_t m = stop - start;
   Shape so = a.shape();
-  so[ax] = stop - start;
-  TensorT<T> out(so);
-  int64_t m = stop - start;
-  for (int64_t o = 0; o < outer; ++o)
-    std::memcpy(out.data() + o * m * inner, a.value().data() + (o * n + start) * inner, sizeof(T) * m * inner);
-  return make_result<T>(std::move(out), "slice", {a}, [outer, n, inner, start, m](Node<T>& self) {
+  so[ax] = m;
+  TensorT<T> out = TensorT<T>::empty(so, dev);
+  if (out.numel()) VM_RUN(dev, copy_band, a.value().data(), n, start, out.data(), m, int64_t(0), outer, m, inner, false);
+  return make_result<T>(std::move(out), "slice", {a}, [outer, n, inner, start, m, dev](Node<T>& self) {
     auto* g = grad_of(self, 0);
-    if (!g) return;
-    for (int64_t o = 0; o < outer; ++o) {
-      T* dst = g->data() + (o * n + start) * inner;
-      const T* src = self.grad.data() + o * m * inner;
-      for (int64_t i = 0; i < m * inner; ++i) dst[i] += src[i];
-    }
+    if (g && self.grad.numel())
+      VM_RUN(dev, copy_band, self.grad.data(), m, int64_t(0), g->data(), n, start, outer, m, inner, true);
   });
 }
+VM_INSTANTIATE_OP(slice)
 
 template <class T>
 VarT<T> concat(const std::vector<VarT<T>>& xs, int axis) {
@@ -211,52 +186,53 @@ VarT<T> concat(const std::vector<VarT<T>>& xs, int axis) {
                          " differ outside axis " + std::to_string(axis));
     so[ax] += x.shape()[ax];
   }
-  VM_CUDA_DISPATCH(on_cuda("concat", xs), cuda_ops::concat(xs, axis));
+  const Device dev = device_of("concat", xs);
   int64_t outer, ntot, inner;
   split_axis(so, ax, outer, ntot, inner);
-  TensorT<T> out(so);
+  TensorT<T> out = TensorT<T>::empty(so, dev);
   std::vector<int64_t> sizes;
   int64_t at = 0;
   for (auto& x : xs) {
     int64_t m = x.shape()[ax];
-    for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(out.data() + (o * ntot + at) * inner, x.value().data() + o * m * inner, sizeof(T) * m * inner);
+    if (x.numel()) VM_RUN(dev, copy_band, x.value().data(), m, int64_t(0), out.data(), ntot, at, outer, m, inner, false);
     sizes.push_back(m);
     at += m;
   }
-  return make_result<T>(std::move(out), "concat", xs, [outer, ntot, inner, sizes](Node<T>& self) {
+  return make_result<T>(std::move(out), "concat", xs, [outer, ntot, inner, sizes, dev](Node<T>& self) {
     int64_t at = 0;
     for (size_t k = 0; k < sizes.size(); ++k) {
       int64_t m = sizes[k];
-      if (auto* g = grad_of(self, k))
-        for (int64_t o = 0; o < outer; ++o) {
-          T* dst = g->data() + o * m * inner;
-          const T* src = self.grad.data() + (o * ntot + at) * inner;
-          for (int64_t i = 0; i < m * inner; ++i) dst[i] += src[i];
-        }
+      auto* g = grad_of(self, k);
+      if (g && g->numel())
+        VM_RUN(dev, copy_band, self.grad.data(), ntot, at, g->data(), m, int64_t(0), outer, m, inner, true);
       at += m;
     }
   });
 }
+VM_INSTANTIATE_OP(concat)
 
 template <class T>
 VarT<T> attention(const VarT<T>& q, const VarT<T>& k, const VarT<T>& v, bool causal) {
   VM_CHECK(q.ndim() == 4 && q.shape() == k.shape() && q.shape() == v.shape(),
            "attention: q, k, v must share a (B, H, T, D) shape, got " + shape_str(q.shape()) + ", " +
                shape_str(k.shape()) + ", " + shape_str(v.shape()));
-  VM_CUDA_DISPATCH(on_cuda("attention", q, k, v), cuda_ops::attention(q, k, v, causal));
+  const Device dev = device_of("attention", q, k, v);
   int64_t B = q.size(0), H = q.size(1), Tn = q.size(2), D = q.size(3);
-  auto P = std::make_shared<TensorT<T>>(TensorT<T>::empty(Shape{B, H, Tn, Tn}));  // softmax weights, kept for backward
-  TensorT<T> out = TensorT<T>::empty(q.shape());
-  kernels::attention_fwd(q.value().data(), k.value().data(), v.value().data(), P->data(), out.data(), B * H, Tn,
-                         D, causal);
-  return make_result<T>(std::move(out), "attention", {q, k, v}, [P, B, H, Tn, D, causal](Node<T>& self) {
+  // softmax weights, kept for backward
+  auto P = std::make_shared<TensorT<T>>(TensorT<T>::empty(Shape{B, H, Tn, Tn}, dev));
+  TensorT<T> out = TensorT<T>::empty(q.shape(), dev);
+  const bool work = B * H * Tn * D > 0;
+  if (work)
+    VM_RUN(dev, attention_fwd, q.value().data(), k.value().data(), v.value().data(), P->data(), out.data(), B * H, Tn,
+           D, causal);
+  return make_result<T>(std::move(out), "attention", {q, k, v}, [P, B, H, Tn, D, causal, work, dev](Node<T>& self) {
     auto *gq = grad_of(self, 0), *gk = grad_of(self, 1), *gv = grad_of(self, 2);
-    kernels::attention_bwd(self.parents[0]->value.data(), self.parents[1]->value.data(),
-                           self.parents[2]->value.data(), P->data(), self.grad.data(), gq ? gq->data() : nullptr,
-                           gk ? gk->data() : nullptr, gv ? gv->data() : nullptr, B * H, Tn, D, causal);
+    if (!work) return;
+    VM_RUN(dev, attention_bwd, self.parents[0]->value.data(), self.parents[1]->value.data(),
+           self.parents[2]->value.data(), P->data(), self.grad.data(), ptr(gq), ptr(gk), ptr(gv), B * H, Tn, D, causal);
   });
 }
+VM_INSTANTIATE_OP(attention)
 
 template <class T>
 VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets, int32_t ignore_index) {
@@ -268,58 +244,39 @@ VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets
     VM_CHECK(targets[i] == ignore_index || (targets[i] >= 0 && targets[i] < C),
              "cross_entropy: target " + std::to_string(targets[i]) + " at row " + std::to_string(i) +
                  " outside [0, " + std::to_string(C) + ")");
-  VM_CUDA_DISPATCH(on_cuda("cross_entropy", logits), cuda_ops::cross_entropy(logits, targets, ignore_index));
-  auto probs = std::make_shared<TensorT<T>>(logits.shape());
+  const Device dev = device_of("cross_entropy", logits);
+  auto probs = std::make_shared<TensorT<T>>(TensorT<T>::empty(logits.shape(), dev));  // every row written
+  TensorT<int32_t> tg = ints_on(targets, dev);
   int64_t count = 0;
-  double total = kernels::cross_entropy_fwd(logits.value().data(), targets.data(), probs->data(), N, C,
-                                            ignore_index, &count);
-  TensorT<T> out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0));
-  auto tg = std::make_shared<std::vector<int32_t>>(targets);
+  double total = N * C > 0 ? VM_RUN(dev, cross_entropy_fwd, logits.value().data(), tg.data(), probs->data(), N, C,
+                                    ignore_index, &count)
+                           : 0.0;  // the loss comes back to the host
+  TensorT<T> out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0)).to(dev);
   return make_result<T>(std::move(out), "cross_entropy", {logits},
-                        [probs, tg, N, C, count, ignore_index](Node<T>& self) {
+                        [probs, tg, N, C, count, ignore_index, dev](Node<T>& self) {
                           auto* g = grad_of(self, 0);
                           if (!g || count == 0) return;
-                          kernels::cross_entropy_bwd(probs->data(), tg->data(), g->data(), N, C, ignore_index,
-                                                     T(self.grad[0] / (T)count));
+                          T gout = self.grad.item();  // the scalar output gradient (a host read on the GPU)
+                          VM_RUN(dev, cross_entropy_bwd, probs->data(), tg.data(), g->data(), N, C, ignore_index,
+                                 T(gout / (T)count));
                         });
 }
+VM_INSTANTIATE_OP(cross_entropy)
 
 template <class T>
 VarT<T> dropout(const VarT<T>& a, double p, uint64_t seed, uint64_t stream, uint64_t offset) {
   VM_CHECK(p >= 0 && p < 1, "dropout: p must be in [0, 1), got " + std::to_string(p));
   if (p == 0) return a;
-  VM_CUDA_DISPATCH(on_cuda("dropout", a), cuda_ops::dropout(a, p, seed, stream, offset));
-  int64_t n = a.numel();
-  auto mask = std::make_shared<TensorT<T>>(a.shape());  // 0 or 1/(1-p)
-  TensorT<T> out(a.shape());
-  const T keep = T(1) / T(1 - p);
-#pragma omp parallel for schedule(static) if (n > 32768)
-  for (int64_t i = 0; i < n; ++i) {
-    (*mask)[i] = philox_uniform(seed, stream, offset + (uint64_t)i) >= (float)p ? keep : T(0);
-    out[i] = a.value()[i] * (*mask)[i];
-  }
-  return make_result<T>(std::move(out), "dropout", {a}, [mask](Node<T>& self) {
+  const Device dev = device_of("dropout", a);
+  const int64_t n = a.numel();
+  auto mask = std::make_shared<TensorT<T>>(TensorT<T>::empty(a.shape(), dev));  // 0 or 1/(1-p)
+  TensorT<T> out = TensorT<T>::empty(a.shape(), dev);
+  if (n) VM_RUN(dev, dropout_fwd, a.value().data(), out.data(), mask->data(), n, p, seed, stream, offset);
+  return make_result<T>(std::move(out), "dropout", {a}, [mask, n, dev](Node<T>& self) {
     auto* g = grad_of(self, 0);
-    if (!g) return;
-    for (int64_t i = 0; i < g->numel(); ++i) (*g)[i] += self.grad[i] * (*mask)[i];
+    if (g && n) VM_RUN(dev, dropout_bwd, self.grad.data(), mask->data(), g->data(), n);
   });
 }
-
-#define VM_INST(T)                                                                                       \
-  template VarT<T> softmax(const VarT<T>&);                                                              \
-  template VarT<T> log_softmax(const VarT<T>&);                                                          \
-  template VarT<T> logsumexp(const VarT<T>&);                                                            \
-  template VarT<T> layernorm(const VarT<T>&, const VarT<T>&, const VarT<T>&, double);                    \
-  template VarT<T> rmsnorm(const VarT<T>&, const VarT<T>&, double);                                      \
-  template VarT<T> embedding(const VarT<T>&, const std::vector<int32_t>&, Shape);                        \
-  template VarT<T> reshape(const VarT<T>&, Shape);                                                       \
-  template VarT<T> transpose(const VarT<T>&, int, int);                                                  \
-  template VarT<T> slice(const VarT<T>&, int, int64_t, int64_t);                                         \
-  template VarT<T> concat(const std::vector<VarT<T>>&, int);                                             \
-  template VarT<T> attention(const VarT<T>&, const VarT<T>&, const VarT<T>&, bool);                      \
-  template VarT<T> cross_entropy(const VarT<T>&, const std::vector<int32_t>&, int32_t);                  \
-  template VarT<T> dropout(const VarT<T>&, double, uint64_t, uint64_t, uint64_t);
-VM_INST(float)
-VM_INST(double)
+VM_INSTANTIATE_OP(dropout)
 
 }  // namespace vm::ops

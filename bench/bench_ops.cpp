@@ -6,7 +6,7 @@
 //
 //   bench_ops [substring ...] [--reps N] [--threads N] [--small] [--device cpu|cuda]
 //   --small: the test shapes instead of the bench shapes
-//   --device cuda: the same cases on device tensors (autodiff/ops_cuda.cpp);
+//   --device cuda: the same cases on device tensors (the kernels/cuda twins);
 //   each timed call ends with a stream synchronisation.
 #include <omp.h>
 

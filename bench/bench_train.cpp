@@ -11,7 +11,7 @@
 // GFLOP/s uses the analytic FLOPs of experiments/flops.h (forward per token:
 // attention + experts + routers + head) times 3 for forward + backward.
 // Threads: OMP_NUM_THREADS (the script sets 2). Prints a JSON line with --json.
-// --device cuda runs the model on the GPU (det routing, autodiff/ops_cuda.cpp);
+// --device cuda runs the model on the GPU (det routing, the kernels/cuda twins);
 // each timed step ends with a synchronising read (the loss / the stream), and
 // --peak should then be the GPU's FP32 (non-tensor-core) peak.
 #include <omp.h>

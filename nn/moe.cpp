@@ -49,14 +49,13 @@ DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K
 #ifdef VMOER_HAVE_CUDA
 namespace {
 namespace kc = vm::kernels::cuda;
-using IntBuf = std::shared_ptr<kc::DeviceBuffer<int32_t>>;
 
-// The dispatch of a device batch in the fused kernels of kernels/cuda/moe.h:
-// the plan (histogram, prefix sum, stable permutation, capacity: nn::plan_dispatch
-// exactly), the gather of token rows into expert groups, and the weighted
-// combine back to tokens (no atomics; bit-identical to the ops path below).
+// The dispatch plan of a device batch, made on the GPU (kernels/cuda/moe.h
+// moe_dispatch_plan: histogram, prefix sum, stable permutation, capacity —
+// nn::plan_dispatch exactly); ops::moe_gather / moe_combine then route the
+// rows with it (no atomics; bit-identical to the ops path below).
 struct DevicePlan {
-  IntBuf token, slot, pos;  // (N*K) each; the first M entries of token/slot are used
+  ops::MoEDispatch dispatch;  // token, slot, pos: (N*K) each on the GPU; the first M of token/slot are used
   std::vector<int64_t> offsets, counts, wanted;
   int64_t dropped = 0;
 };
@@ -64,48 +63,24 @@ struct DevicePlan {
 DevicePlan device_plan(const std::vector<int32_t>& experts, const std::vector<uint8_t>& mask, int64_t N, int K,
                        int E, double capacity_factor) {
   DevicePlan p;
-  size_t NK = (size_t)(N * K);
+  Shape NK{std::max<int64_t>(N * K, 1)};
   kc::DeviceBuffer<int32_t> ex(experts);
   kc::DeviceBuffer<uint8_t> m(mask);
-  p.token = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
-  p.slot = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
-  p.pos = std::make_shared<kc::DeviceBuffer<int32_t>>(std::max<size_t>(NK, 1));
+  ops::MoEDispatch& d = p.dispatch;
+  d.token = TensorT<int32_t>(NK, Device::CUDA, false);
+  d.slot = TensorT<int32_t>(NK, Device::CUDA, false);
+  d.pos = TensorT<int32_t>(NK, Device::CUDA, false);
   kc::DeviceBuffer<int64_t> off((size_t)E + 1), cnt((size_t)E), want((size_t)E), drop(1);
-  kc::moe_dispatch_plan(ex.data(), N > 0 ? m.data() : nullptr, N, K, E, capacity_factor, p.token->data(),
-                        p.slot->data(), p.pos->data(), off.data(), cnt.data(), want.data(), drop.data());
+  kc::moe_dispatch_plan(ex.data(), N > 0 ? m.data() : nullptr, N, K, E, capacity_factor, d.token.data(),
+                        d.slot.data(), d.pos.data(), off.data(), cnt.data(), want.data(), drop.data());
   p.offsets = off.to_host();  // synchronises: the expert GEMMs need the group sizes on the host
   p.counts = cnt.to_host();
   p.wanted = want.to_host();
   p.dropped = drop.to_host()[0];
+  d.n = N;
+  d.m = p.offsets[E];
+  d.k = K;
   return p;
-}
-
-// xs (M, C) = x[token[m]];  dx[n] += Σ dxs over n's kept slots
-Var device_gather(const Var& x, const DevicePlan& p, int64_t M, int K) {
-  int64_t N = x.size(0), C = x.size(1);
-  Tensor xs({M, C}, Device::CUDA, false);
-  kc::moe_gather(x.value().data(), p.token->data(), xs.data(), M, C);
-  IntBuf pos = p.pos;
-  return make_result<float>(std::move(xs), "moe_gather", {x}, [pos, N, K, C](Node<float>& self) {
-    auto& px = self.parents[0];
-    if (px->requires_grad) kc::moe_gather_bwd(self.grad.data(), pos->data(), px->grad_buffer().data(), N, K, C);
-  });
-}
-
-// out (N, C)[n] = Σ over n's kept slots s of ys[pos(s)] · gates[s]
-Var device_combine(const Var& ys, const Var& gates, const DevicePlan& p, int64_t N, int K) {
-  int64_t M = ys.size(0), C = ys.size(1);
-  Tensor out({N, C}, Device::CUDA, false);  // every row written (0 for tokens without a kept slot)
-  kc::moe_combine(ys.value().data(), gates.value().data(), p.pos->data(), out.data(), N, K, C);
-  IntBuf token = p.token, slot = p.slot;
-  return make_result<float>(std::move(out), "moe_combine", {ys, gates}, [token, slot, M, C](Node<float>& self) {
-    auto &py = self.parents[0], &pg = self.parents[1];
-    float* dys = py->requires_grad ? py->grad_buffer().data() : nullptr;
-    float* dg = pg->requires_grad ? pg->grad_buffer().data() : nullptr;
-    if (dys || dg)
-      kc::moe_combine_bwd(py->value.data(), pg->value.data(), token->data(), slot->data(), self.grad.data(), dys, dg,
-                          M, C);
-  });
 }
 }  // namespace
 #endif
@@ -159,15 +134,14 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   std::vector<int64_t> wanted;
   Var out;
 #ifdef VMOER_HAVE_CUDA
-  if (x.value().is_cuda() && E <= 2048 && K <= 16) {  // the fused device kernels (see device_plan)
+  if (x.value().is_cuda() && E <= 2048 && K <= 16) {  // the plan on the GPU (see device_plan)
     DevicePlan plan = device_plan(r.experts, mask, N, K, E, cfg_.capacity_factor);
     aux.expert_counts = plan.counts;
     aux.dropped = plan.dropped;
     wanted = plan.wanted;
-    int64_t M = plan.offsets[E];
-    Var xs = device_gather(x, plan, M, K);                                    // (M, C)
+    Var xs = ops::moe_gather(x, plan.dispatch);                              // (M, C)
     Var ys = experts_ffn(xs, plan.offsets);                                  // (M, C)
-    out = device_combine(ys, r.gates, plan, N, K);                           // (N, C): Σ_k g_k E_k(x)
+    out = ops::moe_combine(ys, r.gates, plan.dispatch);                      // (N, C): Σ_k g_k E_k(x)
   }
 #endif
   if (!out.defined()) {

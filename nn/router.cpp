@@ -3,10 +3,6 @@
 #include <memory>
 #include <string>
 
-#ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/moe.h"
-#endif
-
 namespace vm::nn {
 
 // Defined in nn/routers/*.cpp
@@ -47,34 +43,8 @@ std::unique_ptr<Router> make_router(const RouterConfig& cfg, bool bayes_layer, P
 }
 
 TopKGates topk_renormalised(const Var& probs, int K) {
-#ifdef VMOER_HAVE_CUDA
-  // Device probabilities: top-K and the renormalised gates in one kernel
-  // (kernels/cuda/moe.h topk_gates, ties to the lower index, Σ in j order as
-  // below), its backward in one more; the experts come to the host for the
-  // dispatch plan.
-  if (probs.value().is_cuda() && probs.ndim() == 2 && probs.size(1) <= 2048 && K <= 16) {
-    int64_t N = probs.size(0);
-    int E = (int)probs.size(1);
-    VM_CHECK(K >= 1 && K <= E, "topk: k = " + std::to_string(K) + " must be in [1, " + std::to_string(E) + "]");
-    auto experts = std::make_shared<TensorT<int32_t>>(Shape{N, (int64_t)K}, Device::CUDA, false);
-    Tensor gates({N, (int64_t)K}, Device::CUDA, false);
-    if (N > 0) kernels::cuda::topk_gates(probs.value().data(), experts->data(), gates.data(), N, E, K);
-    TopKGates r;
-    r.experts = experts->to_vector();
-    r.gates = make_result<float>(std::move(gates), "topk_gates", {probs}, [experts, N, E, K](Node<float>& self) {
-      auto& p = self.parents[0];
-      if (!p->requires_grad) return;
-      float* dprobs = p->grad_buffer().data();  // allocated even for N = 0, as on the CPU
-      if (N > 0) kernels::cuda::topk_gates_bwd(p->value.data(), experts->data(), self.grad.data(), dprobs, N, E, K);
-    });
-    return r;
-  }
-#endif
-  auto tk = ops::topk(probs, K);
-  TopKGates r;
-  r.experts = std::move(tk.indices);
-  r.gates = ops::div(tk.values, ops::sum(tk.values, 1, true));  // g_k = p_k / Σ_j p_j over the K chosen
-  return r;
+  auto tk = ops::topk_gates(probs, K);  // g_k = p_k / Σ_j p_j over the K chosen
+  return {std::move(tk.indices), tk.values};
 }
 
 uint64_t router_stream(uint64_t seed, int layer, uint64_t step, const char* purpose) {

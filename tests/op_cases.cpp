@@ -11,6 +11,7 @@
 #include <type_traits>
 
 #include "core/philox.h"
+#include "nn/moe.h"  // plan_dispatch, for the MoE dispatch cases
 
 namespace vm::testing {
 
@@ -45,7 +46,7 @@ Gen away_from_zero(double margin, double hi) {
   };
 }
 
-Gen separated(double gap) {
+Gen separated(double gap, double lowest) {
   return [=](TensorD& t, uint64_t seed) {
     auto s = stream_of(seed);
     int64_t E = t.ndim() ? t.shape().back() : 1;
@@ -57,7 +58,9 @@ Gen separated(double gap) {
         std::swap(perm[i], perm[(int64_t)(s.uniform() * (float)(i + 1)) % (i + 1)]);
       double shift = (double)s.normal();
       for (int64_t e = 0; e < E; ++e)  // rank * gap, jitter < gap / 4: neighbours >= 3/4 gap apart
-        t[r * E + e] = shift + gap * ((double)perm[e] - 0.5 * (double)E) + 0.25 * gap * (double)s.uniform();
+        t[r * E + e] = (std::isnan(lowest) ? shift + gap * ((double)perm[e] - 0.5 * (double)E)
+                                           : lowest + gap * (double)perm[e]) +
+                       0.25 * gap * (double)s.uniform();
     }
   };
 }
@@ -210,6 +213,22 @@ struct Table {
 double matmul_flops(const std::vector<Shape>& s) {
   const Shape &a = s[0], &b = s[1];
   return 2.0 * (double)shape_numel(a) * (double)b.back();  // 2 · (batch·M·K) · N
+}
+
+// The dispatch plan of the MoE cases: E = 4 experts, token n's choice j =
+// (id + j) mod 4 (distinct per token), every 5th token padding, capacity
+// factor 1 (so some assignments are dropped).
+nn::DispatchPlan moe_plan(const std::vector<int32_t>& ids, int64_t N, int K) {
+  std::vector<int32_t> experts(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) experts[i] = (ids[i] + (int32_t)(i % (size_t)K)) % 4;
+  std::vector<uint8_t> mask((size_t)N);
+  for (int64_t n = 0; n < N; ++n) mask[(size_t)n] = n % 5 != 4;
+  return nn::plan_dispatch(experts, N, K, 4, mask, 1.0);
+}
+template <class V>
+ops::MoEDispatch moe_dispatch_of(const V& ids) {  // ids: (N, K)
+  nn::DispatchPlan p = moe_plan(ids_of(ids, 4), ids.size(0), (int)ids.size(1));
+  return ops::moe_dispatch(p.token, p.slot, ids.size(0), (int)ids.size(1), ids.value().device());
 }
 
 std::vector<OpCase> build_table() {
@@ -528,6 +547,62 @@ std::vector<OpCase> build_table() {
   t.add("sum_log_diag", "4_E5").in({4, 5, 5}, diag_positive(), {4096, 8, 8})
       .op([](const auto& x) { return ops::sum_log_diag(x[0]); })
       .ref([](const auto& x) { return ref::sum_log_diag(x[0]); });
+
+  // ---- the routers' gates: top-k of probabilities renormalised ----------------------------------------
+  // positive values >= 0.3 apart per row, so the ±2h stencil never changes the selection
+  for (const auto& [variant, shape, k, bench] : std::vector<std::tuple<std::string, Shape, int, Shape>>{
+           {"7x5_k2", {7, 5}, 2, {4096, 8}},
+           {"13x8_k3", {13, 8}, 3, {4096, 64}},
+           {"7x5_k=E", {7, 5}, 5, {}},
+           {"4x3_k1", {4, 3}, 1, {}}}) {
+    int kk = k;
+    t.add("topk_gates", variant).in(shape, separated(0.3, 0.2), bench)
+        .op([kk](const auto& x) { return ops::topk_gates(x[0], kk).values; })
+        .ref([kk](const auto& x) { return ref::topk_gates(x[0], kk); });
+  }
+
+  // ---- MoE dispatch (gather into expert groups) and combine (weighted sum back per token) ----------------
+  // ids (N, K) -> a plan with padding and dropped assignments (moe_plan); combine's ys are
+  // the first M rows of an (N·K, C) input (M depends on the plan)
+  t.add("moe_gather", "N9_K2_C5").in({9, 5}, normal(), {4096, 256}).ids_in({9, 2}, ids(), {4096, 2})
+      .op([](const auto& x) { return ops::moe_gather(x[0], moe_dispatch_of(x[1])); })
+      .ref([](const auto& x) {
+        return ref::moe_gather(x[0], moe_plan(ids_of(x[1], 4), x[1].size(0), (int)x[1].size(1)).token);
+      });
+  t.add("moe_gather", "N6_K1_C3").in({6, 3}).ids_in({6, 1})
+      .op([](const auto& x) { return ops::moe_gather(x[0], moe_dispatch_of(x[1])); })
+      .ref([](const auto& x) {
+        return ref::moe_gather(x[0], moe_plan(ids_of(x[1], 4), x[1].size(0), (int)x[1].size(1)).token);
+      });
+  auto combine = [](const auto& x) {
+    auto d = moe_dispatch_of(x[2]);
+    return ops::moe_combine(ops::slice(x[0], 0, 0, d.m), x[1], d);
+  };
+  auto combine_ref = [](const auto& x) {
+    nn::DispatchPlan p = moe_plan(ids_of(x[2], 4), x[2].size(0), (int)x[2].size(1));
+    return ref::moe_combine(ref::slice(x[0], 0, 0, (int64_t)p.token.size()), x[1], p.token, p.slot);
+  };
+  t.add("moe_combine", "N9_K2_C5").in({18, 5}, normal(), {8192, 256}).in({9, 2}, uniform(0.1, 1.0), {4096, 2})
+      .ids_in({9, 2}, ids(), {4096, 2}).op(combine).ref(combine_ref);
+  t.add("moe_combine", "N10_K3_C4").in({30, 4}).in({10, 3}, uniform(0.1, 1.0)).ids_in({10, 3}).op(combine)
+      .ref(combine_ref);
+
+  // ---- closed-form KLs of the variational routers (s2 != 1: the 1/s2 and log s2 terms count) ---------
+  for (double s2 : {0.49, 2.25}) {
+    std::string v = "s2=" + std::string(s2 < 1 ? "0.49" : "2.25");
+    t.add("kl_mf", "7x5_" + v).in({7, 5}).in({7, 5}, normal(0.5), {}).op([s2](const auto& x) {
+          return ops::kl_mf(x[0], x[1], s2);
+        }).ref([s2](const auto& x) { return ref::kl_mf(x[0], x[1], s2); });
+    t.add("kl_fc", "4_E5_" + v).in({4, 5}).in({4, 5, 5}, diag_positive()).op([s2](const auto& x) {
+          return ops::kl_fc(x[0], x[1], s2);
+        }).ref([s2](const auto& x) { return ref::kl_fc(x[0], x[1], s2); });
+  }
+  t.add("kl_mf", "3x1_s2=0.64").in({3, 1}, normal(), {4096, 64}).in({3, 1}, normal(0.5), {4096, 64})
+      .op([](const auto& x) { return ops::kl_mf(x[0], x[1], 0.64); })
+      .ref([](const auto& x) { return ref::kl_mf(x[0], x[1], 0.64); });
+  t.add("kl_fc", "3_E1_s2=0.64").in({3, 1}, normal(), {4096, 8}).in({3, 1, 1}, diag_positive(), {4096, 8, 8})
+      .op([](const auto& x) { return ops::kl_fc(x[0], x[1], 0.64); })
+      .ref([](const auto& x) { return ref::kl_fc(x[0], x[1], 0.64); });
 
   // ---- straight-through: forward = hard, gradient defined as identity into soft ------------------------
   t.add("straight_through", "7x5").in({7, 5}, uniform(0, 1), {4096, 64}).in({7, 5}, normal(), {4096, 64})

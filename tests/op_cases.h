@@ -15,6 +15,7 @@
 //   t.add("exp", "3x5").in({3, 5}).op([](const auto& x) { return ops::exp(x[0]); })
 //    .ref([](const auto& x) { return ref::exp(x[0]); });
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -31,7 +32,9 @@ Gen normal(double scale = 1.0, double mean = 0.0);
 Gen uniform(double lo, double hi);
 Gen positive(double lo = 0.5, double hi = 2.0);           // for log, sqrt, pow, divisors
 Gen away_from_zero(double margin = 0.2, double hi = 2.0);  // |x| in [margin, hi], random sign (relu kink)
-Gen separated(double gap = 0.3);  // each last-axis row: distinct values >= gap apart, shuffled (topk)
+// each last-axis row: distinct values >= gap apart, shuffled (topk); the
+// smallest of a row at `lowest` (default: rows centred on a random shift)
+Gen separated(double gap = 0.3, double lowest = std::nan(""));
 Gen diag_positive(double lo = 0.5, double hi = 1.5);  // (N, E, E): normal, diagonal in [lo, hi] (log L_ee)
 // Integer ids in [0, 2^20) stored as doubles: every odd position repeats the id
 // before it (repeated ids); with ignore_every = m > 0 every m-th position is -1

@@ -1,5 +1,5 @@
-// tests/test_cuda_ops.cpp — device tensors and the GPU half of the autodiff
-// (core/tensor.h, autodiff/ops_cuda.cpp):
+// tests/test_cuda_ops.cpp — device tensors and the ops on them (core/tensor.h,
+// the ops of autodiff/ops_*.cpp running their kernels/cuda twins):
 //   (a) the op-case table's CUDA column: every case of tests/op_cases.cpp run
 //       with its inputs on the GPU against the same case on the CPU — the
 //       forward value and the gradient of every input, in float64 (only the
@@ -267,7 +267,7 @@ TEST_CASE("cuda KL: kl_mf / kl_fc fused kernels vs the composed CPU ops, value a
       std::vector<TensorD> val, gd, g2;
       for (Device dev : {Device::CPU, Device::CUDA}) {
         Var vd(d.to(dev), true), v2((full ? L : lv).to(dev), true);
-        Var kl = full ? nn::routers::kl_fc(vd, v2, s2) : nn::routers::kl_mf(vd, v2, s2);
+        Var kl = full ? ops::kl_fc(vd, v2, s2) : ops::kl_mf(vd, v2, s2);
         backward(kl, w.cast<float>().to(dev));
         val.push_back(kl.value().to(Device::CPU).cast<double>());
         gd.push_back(vd.grad().to(Device::CPU).cast<double>());

@@ -26,6 +26,7 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/rowwise.h"
+#include "nn/moe.h"
 #include "tests/op_cases.h"
 
 using namespace vm;
@@ -228,7 +229,7 @@ TEST_CASE("op table: every op declared in autodiff/ops.h has a case") {
       "log_softmax", "logsumexp", "layernorm", "rmsnorm", "embedding", "reshape", "transpose", "slice", "concat",
       "attention", "cross_entropy", "dropout", "topk", "take_cols", "gather_rows", "scatter_add_rows",
       "grouped_matmul", "fill_tril_expdiag", "tril_matvec", "sum_log_diag", "straight_through", "neg", "square",
-      "constant"};
+      "constant", "topk_gates", "moe_gather", "moe_combine", "kl_mf", "kl_fc"};
   for (const auto& k : known) CHECK_MESSAGE(std::find(declared.begin(), declared.end(), k) != declared.end(), k);
   std::set<std::string> covered;
   for (const auto& c : op_cases()) covered.insert(c.op);
@@ -392,6 +393,111 @@ TEST_CASE("dropout: the kept fraction is 1 - p and the mask is the Philox formul
   CHECK(std::abs((double)kept / (double)y.numel() - 0.75) < 0.01);
 }
 
+// ---- the router and MoE ops against the ops they replaced ---------------------------------------
+namespace {
+bool same_bits(const Tensor& a, const Tensor& b) {
+  return a.shape() == b.shape() && std::memcmp(a.data(), b.data(), sizeof(float) * (size_t)a.numel()) == 0;
+}
+Var leaf_of(const TensorD& t) { return Var(t.cast<float>(), true); }
+TensorD randn_d(Shape s, uint64_t seed, double scale = 1.0) {
+  TensorD t(std::move(s));
+  normal(scale)(t, seed);
+  return t;
+}
+}  // namespace
+
+// On the CPU, topk_gates, moe_gather / moe_combine, kl_mf and kl_fc run the
+// kernels of the ops they replaced, step by step (kernels/cpu/moe.cpp), so a
+// model computes the same float bits as before they became ops: values and
+// gradients, with the formula's input also consumed elsewhere, that use added
+// to the loss before the formula (as the trainer's task loss is) or after it.
+TEST_CASE("ops: topk_gates, moe_gather / moe_combine, kl_mf, kl_fc equal the composed ops bit for bit (float, CPU)") {
+  for (bool other_first : {true, false}) {
+    CAPTURE(other_first);
+    // loss = Σ w ⊙ formula + Σ w2 ⊙ exp(a / 2) (a: an input of the formula), in either order
+    auto loss_of = [&](const Var& y, const Var& a, uint64_t seed) {
+      Var t1 = ops::sum_all(ops::mul(y, ops::constant(randn_d(y.shape(), seed).cast<float>())));
+      Var t2 = ops::sum_all(ops::mul(ops::exp(ops::mul_scalar(a, 0.5)),
+                                     ops::constant(randn_d(a.shape(), seed + 1).cast<float>())));
+      return other_first ? ops::add(t2, t1) : ops::add(t1, t2);
+    };
+    const TensorD d = randn_d({9, 6}, 1), lv = randn_d({9, 6}, 2, 0.5), Lraw = randn_d({9, 6, 6}, 3, 0.4);
+    TensorD L = Lraw.clone();
+    for (int64_t i = 0; i < L.numel(); ++i)  // lower triangular, positive diagonal
+      if ((i / 6) % 6 == i % 6) L[i] = 0.5 + std::abs(L[i]);
+      else if (i % 6 > (i / 6) % 6) L[i] = 0;
+    for (double s2 : {0.49, 2.25}) {
+      CAPTURE(s2);
+      const double c = 6.0 * (std::log(s2) - 1.0);
+      {  // kl_mf
+        Var d1 = leaf_of(d), l1 = leaf_of(lv), d2 = leaf_of(d), l2 = leaf_of(lv);
+        Var y1 = ops::kl_mf(d1, l1, s2);
+        Var t = ops::add(ops::mul_scalar(ops::add(ops::exp(l2), ops::square(d2)), 1.0 / s2), ops::neg(l2));
+        Var y2 = ops::mul_scalar(ops::add_scalar(ops::sum(t, 1), c), 0.5);
+        backward(loss_of(y1, l1, 10));
+        backward(loss_of(y2, l2, 10));
+        CHECK(same_bits(y1.value(), y2.value()));
+        CHECK(same_bits(d1.grad(), d2.grad()));
+        CHECK(same_bits(l1.grad(), l2.grad()));
+      }
+      {  // kl_fc
+        Var d1 = leaf_of(d), L1 = leaf_of(L), d2 = leaf_of(d), L2 = leaf_of(L);
+        Var y1 = ops::kl_fc(d1, L1, s2);
+        Var tr = ops::sum(ops::reshape(ops::square(L2), {9, 36}), 1);
+        Var t = ops::mul_scalar(ops::add(tr, ops::sum(ops::square(d2), 1)), 1.0 / s2);
+        t = ops::sub(t, ops::mul_scalar(ops::sum_log_diag(L2), 2.0));
+        Var y2 = ops::mul_scalar(ops::add_scalar(t, c), 0.5);
+        backward(loss_of(y1, L1, 20));
+        backward(loss_of(y2, L2, 20));
+        CHECK(same_bits(y1.value(), y2.value()));
+        CHECK(same_bits(d1.grad(), d2.grad()));
+        CHECK(same_bits(L1.grad(), L2.grad()));
+      }
+    }
+    {  // topk_gates of router probabilities
+      const TensorD logits = randn_d({13, 8}, 4, 2.0);
+      for (int k : {1, 2, 3, 8}) {
+        CAPTURE(k);
+        Var x1 = leaf_of(logits), x2 = leaf_of(logits);
+        Var p1 = ops::softmax(x1), p2 = ops::softmax(x2);
+        auto g1 = ops::topk_gates(p1, k);
+        auto tk = ops::topk(p2, k);
+        Var g2 = ops::div(tk.values, ops::sum(tk.values, 1, true));
+        backward(loss_of(g1.values, p1, 30));
+        backward(loss_of(g2, p2, 30));
+        CHECK(g1.indices == tk.indices);
+        CHECK(same_bits(g1.values.value(), g2.value()));
+        CHECK(same_bits(x1.grad(), x2.grad()));
+      }
+    }
+    {  // moe_gather -> experts -> moe_combine, with padding and dropped assignments
+      const int64_t N = 23, C = 7;
+      const int K = 2, E = 4;
+      std::vector<int32_t> experts((size_t)(N * K));
+      std::vector<uint8_t> mask((size_t)N);
+      for (int64_t n = 0; n < N; ++n) {
+        mask[(size_t)n] = n % 6 != 5;
+        experts[(size_t)(n * K)] = n % 5 == 0 ? 2 : 0;  // expert 0 over capacity
+        experts[(size_t)(n * K + 1)] = n % 2 ? 1 : 3;
+      }
+      nn::DispatchPlan plan = nn::plan_dispatch(experts, N, K, E, mask, 1.0);
+      REQUIRE(plan.dropped > 0);
+      const ops::MoEDispatch dsp = ops::moe_dispatch(plan.token, plan.slot, N, K);
+      const TensorD x = randn_d({N, C}, 5), gates = randn_d({N, (int64_t)K}, 6, 0.3);
+      Var x1 = leaf_of(x), gt1 = leaf_of(gates), x2 = leaf_of(x), gt2 = leaf_of(gates);
+      Var y1 = ops::moe_combine(ops::tanh(ops::moe_gather(x1, dsp)), gt1, dsp);
+      Var ys = ops::tanh(ops::gather_rows(x2, plan.token));
+      Var g = ops::gather_rows(ops::reshape(gt2, {N * K, 1}), plan.slot);
+      Var y2 = ops::scatter_add_rows(ops::mul(ys, g), plan.token, N);
+      backward(ops::add(loss_of(y1, x1, 40), ops::sum_all(ops::mul(gt1, gt1))));
+      backward(ops::add(loss_of(y2, x2, 40), ops::sum_all(ops::mul(gt2, gt2))));
+      CHECK(same_bits(y1.value(), y2.value()));
+      CHECK(same_bits(x1.grad(), x2.grad()));
+      CHECK(same_bits(gt1.grad(), gt2.grad()));
+    }
+  }
+}
+
 TEST_CASE("results do not depend on the thread count (1-4 threads, reductions far past 320, odd sizes)") {
   // Every parallel op with a reduction: the shared-weight matmul (forward K =
   // 1000, dA over 600, dB over 1100 rows; each GEMM cut into several tiles), the batched matmul (per-batch GEMMs),
@@ -491,6 +597,19 @@ TEST_CASE("ops: shape errors name the op and the shapes") {
   CHECK_MESSAGE(contains(m, "sum_log_diag"), m);
   m = error_of([&] { ops::straight_through(v({2, 3}), v({3, 2})); });
   CHECK_MESSAGE(contains(m, "straight_through"), m);
+  m = error_of([&] { ops::topk_gates(v({2, 3}), 0); });
+  CHECK_MESSAGE(contains(m, "topk_gates: k = 0"), m);
+  m = error_of([&] { ops::kl_mf(v({2, 3}), v({2, 4}), 1.0); });
+  CHECK_MESSAGE(contains(m, "kl_mf: d (2,3) and lv (2,4)"), m);
+  m = error_of([&] { ops::kl_fc(v({2, 3}), v({2, 3, 2}), 1.0); });
+  CHECK_MESSAGE(contains(m, "kl_fc: d (2,3) and L (2,3,2)"), m);
+  m = error_of([&] { ops::moe_dispatch({0, 1}, {1, 5}, 2, 2); });
+  CHECK_MESSAGE(contains(m, "moe_dispatch: row 1 has token 1 and slot 5"), m);
+  const ops::MoEDispatch dsp = ops::moe_dispatch({0, 1}, {1, 2}, 2, 2);  // N = 2, K = 2, M = 2
+  m = error_of([&] { ops::moe_gather(v({3, 4}), dsp); });
+  CHECK_MESSAGE(contains(m, "moe_gather: x must be (N, C) with N = 2"), m);
+  m = error_of([&] { ops::moe_combine(v({2, 4}), v({2, 1}), dsp); });
+  CHECK_MESSAGE(contains(m, "moe_combine: ys (M, C) and gates (N, K)"), m);
 }
 
 // ---- (c) raw kernels with guard zones --------------------------------------------------------------------

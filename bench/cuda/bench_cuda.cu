@@ -134,9 +134,9 @@ void bench_unary() {
       float ms = time_ms([&] { cu::unary_fwd(cu::Unary::Gelu, x.data(), y.data(), n, 0.0, cu::Launch{ver, block}); });
       report_bw("gelu fwd", "v" + std::to_string(ver) + " b" + std::to_string(block), std::to_string(n), 8.0 * n, ms);
     }
-  float ms = time_ms([&] { cu::unary_bwd(cu::Unary::Gelu, x.data(), y.data(), dy.data(), dx.data(), n); });
+  float ms = time_ms([&] { cu::unary_bwd(cu::Unary::Gelu, x.data(), y.data(), dy.data(), dx.data(), n, 0.0); });
   report_bw("gelu bwd", "default", std::to_string(n), 16.0 * n, ms);  // x, dy, dx r/w
-  ms = time_ms([&] { cu::unary_fwd(cu::Unary::Exp, x.data(), y.data(), n); });
+  ms = time_ms([&] { cu::unary_fwd(cu::Unary::Exp, x.data(), y.data(), n, 0.0); });
   report_bw("exp fwd", "default", std::to_string(n), 8.0 * n, ms);
   std::printf("\n");
 }
@@ -155,7 +155,7 @@ void bench_binary() {
   report_bw("add row-broadcast", "default", shp(rows, C), 8.0 * rows * C, ms);
   ms = time_ms([&] { cu::binary_bwd(cu::Binary::Add, a.data(), {rows, C}, b.data(), {C}, g.data(), (float*)nullptr, db.data()); });
   report_bw("add bwd (bias column sum)", "chunked", shp(rows, C), 4.0 * rows * C, ms);
-  ms = time_ms([&] { cu::sum_axis(a.data(), s.data(), rows, C, 1); });
+  ms = time_ms([&] { cu::sum_axis(a.data(), s.data(), rows, C, 1, false); });
   report_bw("sum last axis", "warp/row", shp(rows, C), 4.0 * rows * C, ms);
   std::printf("\n");
 }

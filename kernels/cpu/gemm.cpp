@@ -237,8 +237,37 @@ void gemm(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool tr
   for (int64_t t = 0; t < tiles; ++t) tile(t);
 }
 
-template void gemm<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool);
-template void gemm<double>(double*, const double*, const double*, int64_t, int64_t, int64_t, bool, bool, bool);
+template <class T>
+void gemm_strided_batched(T* C, const T* A, const T* B, int64_t batch, int64_t M, int64_t N, int64_t K,
+                          bool transA, bool transB, bool accumulate, int64_t strideA, int64_t strideB,
+                          int64_t strideC) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < batch; ++i)  // one product per batch entry, each on one thread
+    gemm_single(C + i * strideC, A + i * strideA, B + i * strideB, M, N, K, transA, transB, accumulate);
+}
+
+// One expert after another; each GEMM's tiles use the whole OpenMP pool.
+template <class T>
+void grouped_gemm(T* out, const T* x, const T* w, const std::vector<int64_t>& offsets, int64_t C, int64_t F) {
+  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+    int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
+    if (m == 0) continue;
+    gemm(out + r0 * F, x + r0 * C, w + (int64_t)e * C * F, m, F, C, false, false, false);
+  }
+}
+
+template <class T>
+void grouped_gemm_bwd(const T* x, const T* w, const T* g, T* dx, T* dw, const std::vector<int64_t>& offsets,
+                      int64_t C, int64_t F) {
+  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
+    int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
+    if (m == 0) continue;
+    if (dx) gemm(dx + r0 * C, g + r0 * F, w + (int64_t)e * C * F, m, C, F, false, true, true);
+    if (dw) gemm(dw + (int64_t)e * C * F, x + r0 * C, g + r0 * F, C, F, m, true, false, true);
+  }
+}
+
+VM_INSTANTIATE_KERNELS(VM_GEMM_KERNELS)
 template void gemm_single<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool);
 template void gemm_single<double>(double*, const double*, const double*, int64_t, int64_t, int64_t, bool, bool,
                                   bool);

@@ -19,15 +19,16 @@
 //               inside a parallel region: OpenMP does not nest);
 // gemm_single() the same arithmetic as one tile, on the calling thread: for
 //               the small per-head / per-batch products that callers already
-//               run inside their own `omp parallel for`.
+//               run inside their own `omp parallel for`;
+// gemm_strided_batched() one gemm_single per batch entry, entries spread over
+//               the pool; grouped_gemm() one gemm() per group, one after another.
+// (gemm, gemm_strided_batched, grouped_gemm(_bwd): the table in kernels/gemm.h.)
 #pragma once
 #include <cstdint>
 
-namespace vm::kernels {
+#include "kernels/gemm.h"
 
-template <class T>
-void gemm(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,
-          bool accumulate);
+namespace vm::kernels {
 
 template <class T>
 void gemm_single(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool transA, bool transB,

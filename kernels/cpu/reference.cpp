@@ -423,6 +423,33 @@ TensorD scatter_add_rows(const TensorD& src, const std::vector<int32_t>& rows, i
   return out;
 }
 
+TensorD topk_gates(const TensorD& probs, int k) {
+  int64_t N = probs.size(0);
+  TensorD v = topk_values(probs, k);
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0;
+    for (int j = 0; j < k; ++j) s += v[n * k + j];
+    for (int j = 0; j < k; ++j) v[n * k + j] /= s;
+  }
+  return v;
+}
+
+TensorD moe_gather(const TensorD& x, const std::vector<int32_t>& token) { return gather_rows(x, token); }
+
+TensorD moe_combine(const TensorD& ys, const TensorD& gates, const std::vector<int32_t>& token,
+                    const std::vector<int32_t>& slot) {
+  int64_t M = ys.size(0), C = ys.size(1), N = gates.size(0);
+  TensorD out({N, C});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < C; ++c) {
+      double s = 0;
+      for (int64_t m = 0; m < M; ++m)
+        if (token[m] == n) s += ys[m * C + c] * gates[slot[m]];
+      out[n * C + c] = s;
+    }
+  return out;
+}
+
 // ---- Cholesky pieces ------------------------------------------------------------------------------
 TensorD fill_tril_expdiag(const TensorD& v, int E) {
   int64_t N = v.size(0), P = v.size(1);
@@ -456,6 +483,36 @@ TensorD sum_log_diag(const TensorD& L) {
   TensorD out({N});
   for (int64_t n = 0; n < N; ++n)
     for (int64_t e = 0; e < E; ++e) out[n] += std::log(L[(n * E + e) * E + e]);
+  return out;
+}
+
+// ---- closed-form KLs ----------------------------------------------------------------------------------
+TensorD kl_mf(const TensorD& d, const TensorD& lv, double s2) {
+  int64_t N = d.size(0), E = d.size(1);
+  TensorD out({N});
+  for (int64_t n = 0; n < N; ++n) {
+    double s = 0;
+    for (int64_t e = 0; e < E; ++e) {
+      double v = std::exp(lv[n * E + e]), m = d[n * E + e];
+      s += v / s2 + m * m / s2 - 1.0 - lv[n * E + e] + std::log(s2);  // one Gaussian KL per expert
+    }
+    out[n] = 0.5 * s;
+  }
+  return out;
+}
+
+TensorD kl_fc(const TensorD& d, const TensorD& L, double s2) {
+  int64_t N = d.size(0), E = d.size(1);
+  TensorD out({N});
+  for (int64_t n = 0; n < N; ++n) {
+    double tr = 0, mm = 0, logdet = 0;  // tr(L Lᵀ), ‖d‖², log det(L Lᵀ)
+    for (int64_t i = 0; i < E; ++i) {
+      for (int64_t j = 0; j < E; ++j) tr += L[(n * E + i) * E + j] * L[(n * E + i) * E + j];
+      mm += d[n * E + i] * d[n * E + i];
+      logdet += 2.0 * std::log(L[(n * E + i) * E + i]);
+    }
+    out[n] = 0.5 * (tr / s2 + mm / s2 - (double)E + (double)E * std::log(s2) - logdet);
+  }
   return out;
 }
 

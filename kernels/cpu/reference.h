@@ -82,12 +82,22 @@ TensorD topk_values(const TensorD& x, int k);
 TensorD take_cols(const TensorD& x, const std::vector<int32_t>& idx, int k);
 TensorD gather_rows(const TensorD& x, const std::vector<int32_t>& rows);
 TensorD scatter_add_rows(const TensorD& src, const std::vector<int32_t>& rows, int64_t n_rows);
+// The chosen probabilities over their row sum.
+TensorD topk_gates(const TensorD& probs, int k);
+// A dispatch as host lists: grouped row m belongs to token[m] and slot[m] (n·K + j).
+TensorD moe_gather(const TensorD& x, const std::vector<int32_t>& token);
+TensorD moe_combine(const TensorD& ys, const TensorD& gates, const std::vector<int32_t>& token,
+                    const std::vector<int32_t>& slot);
 
 // ---- Cholesky pieces ----------------------------------------------------------------------------
 TensorD fill_tril_expdiag(const TensorD& v, int E);
 TensorD tril_matvec(const TensorD& L, const TensorD& eps);
 TensorD sum_log_diag(const TensorD& L);
 TensorD straight_through(const TensorD& hard, const TensorD& soft);  // forward = hard
+
+// ---- closed-form KLs: the sum over experts (or the matrix formula) of the Gaussian KL ------------
+TensorD kl_mf(const TensorD& d, const TensorD& lv, double s2);
+TensorD kl_fc(const TensorD& d, const TensorD& L, double s2);
 
 // ---- raw kernels (kernels/cpu/rowwise.h) that have no op of their own ----------------------------
 // One AdamW step, the formula of kernels::adamw_step, in double.

@@ -254,22 +254,6 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   }
 }
 
-#define VM_INST(T)                                                                                     \
-  template void softmax_fwd(const T*, T*, int64_t, int64_t);                                          \
-  template void softmax_bwd(const T*, const T*, T*, int64_t, int64_t);                                \
-  template void log_softmax_fwd(const T*, T*, int64_t, int64_t);                                      \
-  template void log_softmax_bwd(const T*, const T*, T*, int64_t, int64_t);                            \
-  template void layernorm_fwd(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double);    \
-  template void layernorm_bwd(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
-                              int64_t);                                                               \
-  template void rmsnorm_fwd(const T*, const T*, T*, T*, int64_t, int64_t, double);                    \
-  template void rmsnorm_bwd(const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t);        \
-  template double cross_entropy_fwd(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t*); \
-  template void cross_entropy_bwd(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, T);       \
-  template void attention_fwd(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, bool); \
-  template void attention_bwd(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,  \
-                              int64_t, int64_t, bool);
-VM_INST(float)
-VM_INST(double)
+VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
 
 }  // namespace vm::kernels

@@ -1,5 +1,5 @@
 // kernels/cuda/elementwise.cu — unary / broadcasting binary element-wise ops
-// and reductions (see elementwise.h).
+// and reductions on the GPU (the table: kernels/elementwise.h).
 #include <algorithm>
 
 #include "core/cuda/device.cuh"
@@ -7,13 +7,6 @@
 
 namespace vm::kernels::cuda {
 using namespace detail;
-
-const char* unary_name(Unary op) {
-  static const char* names[] = {"exp",  "log",  "sqrt", "softplus",   "sigmoid",    "relu",
-                                "gelu", "silu", "tanh", "add_scalar", "mul_scalar", "pow_scalar"};
-  int i = (int)op;
-  return i >= 0 && i < kUnaryCount ? names[i] : "?";
-}
 
 namespace {
 
@@ -361,6 +354,11 @@ void unary_fwd(Unary op, const T* x, T* y, int64_t n, double alpha, Launch l) {
 }
 
 template <class T>
+void unary_fwd(Unary op, const T* x, T* y, int64_t n, double alpha) {
+  unary_fwd(op, x, y, n, alpha, Launch{});
+}
+
+template <class T>
 void unary_bwd(Unary op, const T* x, const T* y, const T* dy, T* dx, int64_t n, double alpha) {
   if (n <= 0) return;
   const T a = (T)alpha, am1 = (T)(alpha - 1.0);
@@ -431,17 +429,8 @@ void sum_all(const T* x, T* out, int64_t n) {
   CUDA_CHECK_LAUNCH();
 }
 
-#define VM_INST(T)                                                                                          \
-  template void unary_fwd<T>(Unary, const T*, T*, int64_t, double, Launch);                                 \
-  template void unary_bwd<T>(Unary, const T*, const T*, const T*, T*, int64_t, double);                     \
-  template void binary_fwd<T>(Binary, const T*, const std::vector<int64_t>&, const T*,                      \
-                              const std::vector<int64_t>&, T*);                                             \
-  template void binary_bwd<T>(Binary, const T*, const std::vector<int64_t>&, const T*,                      \
-                              const std::vector<int64_t>&, const T*, T*, T*);                               \
-  template void sum_axis<T>(const T*, T*, int64_t, int64_t, int64_t, bool);                                 \
-  template void sum_axis_bwd<T>(const T*, T*, int64_t, int64_t, int64_t);                                   \
-  template void sum_all<T>(const T*, T*, int64_t);
-VM_INST(float)
-VM_INST(double)
+VM_INSTANTIATE_KERNELS(VM_ELEMENTWISE_KERNELS)
+template void unary_fwd<float>(Unary, const float*, float*, int64_t, double, Launch);
+template void unary_fwd<double>(Unary, const double*, double*, int64_t, double, Launch);
 
 }  // namespace vm::kernels::cuda

@@ -104,14 +104,6 @@ void grouped_gemm_bwd(const T* x, const T* w, const T* g, T* dx, T* dw, const st
   }
 }
 
-#define VM_INST(T)                                                                                        \
-  template void gemm<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, bool, bool, bool);             \
-  template void gemm_strided_batched<T>(T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, bool, \
-                                        bool, bool, int64_t, int64_t, int64_t);                           \
-  template void grouped_gemm<T>(T*, const T*, const T*, const std::vector<int64_t>&, int64_t, int64_t);   \
-  template void grouped_gemm_bwd<T>(const T*, const T*, const T*, T*, T*, const std::vector<int64_t>&,    \
-                                    int64_t, int64_t);
-VM_INST(float)
-VM_INST(double)
+VM_INSTANTIATE_KERNELS(VM_GEMM_KERNELS)
 
 }  // namespace vm::kernels::cuda

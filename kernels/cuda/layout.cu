@@ -1,5 +1,5 @@
 // kernels/cuda/layout.cu — in-place add, layout copies and the small row
-// ops (see layout.h). All memory-bound and simple: grid-stride loops, one
+// ops on the GPU (the table: kernels/layout.h). All memory-bound and simple: grid-stride loops, one
 // element (or one row) per thread, no atomics, so every result is
 // deterministic and, apart from logsumexp's summation order, bit-identical to
 // the CPU loops.
@@ -182,18 +182,6 @@ void sum_log_diag_bwd(const T* L, const T* g, T* dL, int64_t N, int64_t E) {
   CUDA_CHECK_LAUNCH();
 }
 
-#define VM_INST(T)                                                                                         \
-  template void add_inplace<T>(T*, const T*, int64_t);                                                     \
-  template void copy_band<T>(const T*, int64_t, int64_t, T*, int64_t, int64_t, int64_t, int64_t, int64_t, \
-                             bool);                                                                        \
-  template void swap_dims<T>(const T*, const int64_t*, int, int, T*, bool);                                \
-  template void take_cols_fwd<T>(const T*, const int32_t*, T*, int64_t, int64_t, int);                     \
-  template void take_cols_bwd<T>(const T*, const int32_t*, T*, int64_t, int64_t, int);                     \
-  template void logsumexp_fwd<T>(const T*, T*, int64_t, int64_t);                                          \
-  template void logsumexp_bwd<T>(const T*, const T*, const T*, T*, int64_t, int64_t);                      \
-  template void sum_log_diag_fwd<T>(const T*, T*, int64_t, int64_t);                                       \
-  template void sum_log_diag_bwd<T>(const T*, const T*, T*, int64_t, int64_t);
-VM_INST(float)
-VM_INST(double)
+VM_INSTANTIATE_KERNELS(VM_LAYOUT_KERNELS)
 
 }  // namespace vm::kernels::cuda

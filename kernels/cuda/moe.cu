@@ -719,27 +719,13 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
   CUDA_CHECK_LAUNCH();
 }
 
+VM_INSTANTIATE_KERNELS(VM_MOE_KERNELS)
 #define VM_INST(T)                                                                                               \
   template void router_topk<T>(const T*, T*, int32_t*, T*, int64_t, int, int);                                   \
-  template void topk_gates<T>(const T*, int32_t*, T*, int64_t, int, int);                                        \
-  template void topk_gates_bwd<T>(const T*, const int32_t*, const T*, T*, int64_t, int, int);                    \
-  template void moe_gather<T>(const T*, const int32_t*, T*, int64_t, int64_t);                                   \
-  template void moe_gather_bwd<T>(const T*, const int32_t*, T*, int64_t, int, int64_t);                          \
-  template void moe_combine<T>(const T*, const T*, const int32_t*, T*, int64_t, int, int64_t);                   \
-  template void moe_combine_bwd<T>(const T*, const T*, const int32_t*, const int32_t*, const T*, T*, T*, int64_t, \
-                                   int64_t);                                                                     \
-  template void fill_tril_expdiag_fwd<T>(const T*, T*, int64_t, int);                                            \
-  template void fill_tril_expdiag_bwd<T>(const T*, const T*, T*, int64_t, int);                                  \
-  template void tril_matvec_fwd<T>(const T*, const T*, T*, int64_t, int);                                        \
-  template void tril_matvec_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, int);                          \
   template void vr_route_fwd<T>(const T*, const T*, int64_t, int, int, bool, uint64_t, uint64_t, int, T*,        \
                                 int32_t*, T*);                                                                   \
   template void vr_route_bwd<T>(const T*, const T*, int64_t, int, int, bool, uint64_t, uint64_t, const T*, T*,   \
                                 T*);                                                                             \
-  template void kl_mf_fwd<T>(const T*, const T*, T*, int64_t, int, double);                                      \
-  template void kl_mf_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, int, double);                        \
-  template void kl_fc_fwd<T>(const T*, const T*, T*, int64_t, int, double);                                      \
-  template void kl_fc_bwd<T>(const T*, const T*, const T*, T*, T*, int64_t, int, double);                        \
   template void masked_sum<T>(const T*, const uint8_t*, T*, int64_t);
 VM_INST(float)
 VM_INST(double)

@@ -1,14 +1,18 @@
 // kernels/cuda/moe.h — the MoE and Bayesian-router kernels on the GPU, on
-// device pointers (namespace vm::kernels::cuda). CPU twins:
-//   router_topk / topk_gates      nn/router.cpp topk_renormalised (+ ops::softmax)
+// device pointers (namespace vm::kernels::cuda): the GPU side of the table
+// kernels/moe.h (topk_gates, moe_gather / moe_combine, the KLs, the Cholesky
+// pieces: the ops of autodiff/ops_moe.cpp) plus the GPU-only pieces the
+// product calls directly. Their CPU counterparts:
+//   router_topk                   softmax + topk_gates (bench and tests only)
 //   moe_dispatch_plan             nn/moe.cpp plan_dispatch
-//   moe_gather / moe_combine      ops::gather_rows / ops::scatter_add_rows of MoELayer::forward
-//   fill_tril_expdiag, tril_matvec, kl_*      autodiff/ops_moe.cpp, nn/routers/variational_logits.cpp, vtsr.cpp
 //   vr_route                      the S-sample loop of nn/routers/variational_logits.cpp
+//   masked_sum                    nn/routers/common.h masked_sum (tests only)
 //   gumbel_topk, sequential_sample            nn/routers/selection.cpp
 // Backward kernels accumulate (+=) like the tape.
 #pragma once
 #include <cstdint>
+
+#include "kernels/moe.h"
 
 namespace vm::kernels::cuda {
 
@@ -17,12 +21,6 @@ namespace vm::kernels::cuda {
 // lower index; gates (N, K) = p_k / Σ_j p_j over the K chosen (sum in j order).
 template <class T>
 void router_topk(const T* logits, T* probs, int32_t* experts, T* gates, int64_t N, int E, int K);
-// The same without the softmax: top-K + renormalised gates of given probs.
-template <class T>
-void topk_gates(const T* probs, int32_t* experts, T* gates, int64_t N, int E, int K);
-// dprobs[n, experts[n,j]] += dgates_j / S − Σ_i dgates_i p_i / S²,  S = Σ_j p_j.
-template <class T>
-void topk_gates_bwd(const T* probs, const int32_t* experts, const T* dgates, T* dprobs, int64_t N, int E, int K);
 
 // ---- dispatch ---------------------------------------------------------------------------------
 // Assignment slot s = n*K + j (token n, choice j) of the real tokens (mask[n]
@@ -36,36 +34,6 @@ void topk_gates_bwd(const T* probs, const int32_t* experts, const T* dgates, T* 
 void moe_dispatch_plan(const int32_t* experts, const uint8_t* mask, int64_t N, int K, int E,
                        double capacity_factor, int32_t* token, int32_t* slot, int32_t* pos_of_slot,
                        int64_t* offsets, int64_t* counts, int64_t* wanted, int64_t* dropped);
-
-// xs[m] = x[token[m]], m < M.  Backward: dx[n] += Σ dxs[pos] over n's kept
-// slots in increasing pos (the CPU's order; no atomics).
-template <class T>
-void moe_gather(const T* x, const int32_t* token, T* xs, int64_t M, int64_t C);
-template <class T>
-void moe_gather_bwd(const T* dxs, const int32_t* pos_of_slot, T* dx, int64_t N, int K, int64_t C);
-// out[n] = Σ over n's kept slots s, in increasing pos, of ys[pos] · gates[s]
-// (overwrites out; each product rounded before the add, as the CPU's mul then
-// scatter_add_rows: bit-identical in float). K <= 16.
-template <class T>
-void moe_combine(const T* ys, const T* gates, const int32_t* pos_of_slot, T* out, int64_t N, int K, int64_t C);
-// dys[m] += dout[token[m]] · gates[slot[m]];  dgates[slot[m]] += Σ_c dout[token[m], c] ys[m, c]
-template <class T>
-void moe_combine_bwd(const T* ys, const T* gates, const int32_t* token, const int32_t* slot, const T* dout, T* dys,
-                     T* dgates, int64_t M, int64_t C);
-
-// ---- Cholesky pieces of the full-covariance router ----------------------------------------------
-// v (N, E(E+1)/2) -> L (N, E, E): row-major lower triangle, exp on the diagonal, 0 above.
-template <class T>
-void fill_tril_expdiag_fwd(const T* v, T* L, int64_t N, int E);
-// dv[t] += dL_ij (· L_ii on the diagonal)
-template <class T>
-void fill_tril_expdiag_bwd(const T* L, const T* dL, T* dv, int64_t N, int E);
-// out (N, E) = L ε per row, lower triangle only (j ascending, as the CPU).
-template <class T>
-void tril_matvec_fwd(const T* L, const T* eps, T* out, int64_t N, int E);
-// dL += g εᵀ (lower), dε += Lᵀ g; either may be null.
-template <class T>
-void tril_matvec_bwd(const T* L, const T* eps, const T* g, T* dL, T* deps, int64_t N, int E);
 
 // ---- the fused S-sample loop of mfvr / fcvr ----------------------------------------------------
 // For each token n and sample s < S: ε_e = philox_normal(seed, stream, (s·N + n)·E + e)
@@ -84,18 +52,7 @@ template <class T>
 void vr_route_bwd(const T* mean, const T* scale, int64_t N, int E, int S, bool full_cov, uint64_t seed,
                   uint64_t stream, const T* dpbar, T* dmean, T* dscale);
 
-// ---- closed-form KL per token ---------------------------------------------------------------------
-// MF:        kl = ½ (Σ_e (exp(lv_e) + dμ_e²)/s² − lv_e) + E (log s² − 1))
-// lognormal: the same formula with (m, ρ) for (dμ, lv) (nn/routers/vtsr.cpp)
-// FC:        kl = ½ ((Σ_ij L_ij² + Σ dμ²)/s² − 2 Σ log L_ee + E (log s² − 1))
-template <class T>
-void kl_mf_fwd(const T* dmu, const T* logvar, T* kl, int64_t N, int E, double s2);
-template <class T>
-void kl_mf_bwd(const T* dmu, const T* logvar, const T* dkl, T* ddmu, T* dlogvar, int64_t N, int E, double s2);
-template <class T>
-void kl_fc_fwd(const T* dmu, const T* L, T* kl, int64_t N, int E, double s2);
-template <class T>
-void kl_fc_bwd(const T* dmu, const T* L, const T* dkl, T* ddmu, T* dL, int64_t N, int E, double s2);
+// ---- masked sum --------------------------------------------------------------------------------
 // out[0] = Σ_n mask[n] · v[n] (mask null: all), deterministic (one block).
 template <class T>
 void masked_sum(const T* v, const uint8_t* mask, T* out, int64_t N);

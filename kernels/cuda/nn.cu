@@ -144,6 +144,11 @@ void dropout_fwd(const T* x, T* y, T* mask, int64_t n, double p, uint64_t seed, 
 }
 
 template <class T>
+void dropout_fwd(const T* x, T* y, T* mask, int64_t n, double p, uint64_t seed, uint64_t stream_id, uint64_t offset) {
+  dropout_fwd(x, y, mask, n, p, seed, stream_id, offset, 0);
+}
+
+template <class T>
 void dropout_bwd(const T* dy, const T* mask, T* dx, int64_t n) {
   if (n <= 0) return;
   dropout_bwd_k<<<grid_for(n, 256), 256, 0, stream()>>>(dy, mask, dx, n);
@@ -157,12 +162,10 @@ void philox_fill(PhiloxDist dist, T* out, int64_t n, uint64_t seed, uint64_t str
   CUDA_CHECK_LAUNCH();
 }
 
+VM_INSTANTIATE_KERNELS(VM_NN_KERNELS)
 #define VM_INST(T)                                                                                        \
-  template void embedding_fwd<T>(const T*, const int32_t*, T*, int64_t, int64_t);                         \
-  template void embedding_bwd<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t);                \
   template void embedding_bwd_atomic<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t);         \
   template void dropout_fwd<T>(const T*, T*, T*, int64_t, double, uint64_t, uint64_t, uint64_t, int);     \
-  template void dropout_bwd<T>(const T*, const T*, T*, int64_t);                                          \
   template void philox_fill<T>(PhiloxDist, T*, int64_t, uint64_t, uint64_t, uint64_t);
 VM_INST(float)
 VM_INST(double)

@@ -469,25 +469,12 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   CUDA_CHECK_LAUNCH();
 }
 
+VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
 #define VM_INST(T)                                                                                          \
-  template void softmax_fwd<T>(const T*, T*, int64_t, int64_t);                                             \
   template void softmax_fwd<T>(const T*, T*, int64_t, int64_t, Launch);                                     \
-  template void softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t);                                   \
   template void softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t, Launch);                           \
-  template void log_softmax_fwd<T>(const T*, T*, int64_t, int64_t);                                         \
-  template void log_softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t);                               \
-  template void layernorm_fwd<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double);       \
   template void layernorm_fwd<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double, Launch); \
-  template void layernorm_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,     \
-                                 int64_t);                                                                  \
-  template void rmsnorm_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, double);                       \
-  template void rmsnorm_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, double, Launch);               \
-  template void rmsnorm_bwd<T>(const T*, const T*, const T*, const T*, T*, T*, int64_t, int64_t);           \
-  template double cross_entropy_fwd<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t*);  \
-  template void cross_entropy_bwd<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, T);           \
-  template void attention_fwd<T>(const T*, const T*, const T*, T*, T*, int64_t, int64_t, int64_t, bool);    \
-  template void attention_bwd<T>(const T*, const T*, const T*, const T*, const T*, T*, T*, T*, int64_t,     \
-                                 int64_t, int64_t, bool);
+  template void rmsnorm_fwd<T>(const T*, const T*, T*, T*, int64_t, int64_t, double, Launch);
 VM_INST(float)
 VM_INST(double)
 

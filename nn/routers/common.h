@@ -16,12 +16,6 @@ inline Var masked_sum(const Var& v, const std::vector<uint8_t>& mask) {
   return ops::sum_all(ops::mul(ops::reshape(v, {1, N}), ops::constant(m.to(v.value().device()))));
 }
 
-// Closed-form KL per token (nn/routers/kl.cpp): d, lv: (N, E) -> (N)
-//   kl_mf: ½ (Σ_e (exp(lv_e) + d_e²)/s² − lv_e + E (log s² − 1))   (MFVR; vtsr lognormal with d = m, lv = ρ)
-//   kl_fc: ½ ((Σ_ij L_ij² + Σ_e d_e²)/s² − 2 Σ_e log L_ee + E (log s² − 1)),  L: (N, E, E)
-Var kl_mf(const Var& d, const Var& lv, double s2);
-Var kl_fc(const Var& d, const Var& L, double s2);
-
 // A constant (rows, cols) tensor of i.i.d. standard normals from one stream.
 inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {
   Tensor t = Tensor::empty({rows, cols});

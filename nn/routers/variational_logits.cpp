@@ -111,11 +111,11 @@ class VariationalLogitRouter : public Router {
       logvar = raw;                                                           // log σ²
       sigma = ops::exp(ops::mul_scalar(logvar, 0.5));                         // σ
       // KL_MF = ½ Σ_e (σ²/s² + Δμ²/s² − 1 − log σ² + log s²)
-      kl_tok = routers::kl_mf(dmu, logvar, s2);
+      kl_tok = ops::kl_mf(dmu, logvar, s2);
     } else {
       L = ops::fill_tril_expdiag(raw, E);                                     // (N, E, E)
       // KL_FC = ½ (tr(LLᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ log L_ee)
-      kl_tok = routers::kl_fc(dmu, L, s2);
+      kl_tok = ops::kl_fc(dmu, L, s2);
     }
     const Device dev = u.value().device();
     if (no_graph && dev == Device::CUDA) {

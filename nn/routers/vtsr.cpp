@@ -61,7 +61,7 @@ class VtsrRouter : public Router {
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
       // KL = ½ Σ_j (v/s² + m²/s² − 1 − log v + log s²),  log v = ρ
-      Var kl_tok = routers::kl_mf(m, rho, s2);
+      Var kl_tok = ops::kl_mf(m, rho, s2);
       out.kl = routers::masked_sum(kl_tok, mask);
     }
     Var z = ops::div(out.logits, T);                                  // l / T (broadcast over experts if shared)

@@ -1,0 +1,40 @@
+// kernels/elementwise.h — element-wise unary ops, broadcasting binary ops and
+// reductions: one signature for both devices (kernels/table.h), defined in
+// kernels/cpu/elementwise.cpp and kernels/cuda/elementwise.cu.
+//
+// Formulas are the same term by term on both devices (gelu = tanh
+// approximation, softplus = max(x,0) + log1p(e^-|x|), ...). Backward kernels
+// accumulate (dx += ...), as the tape does. Reductions are deterministic: the
+// CPU sums in a fixed loop order; the GPU uses a fixed summation tree for a
+// given shape, and the column reductions of broadcast backward add in the
+// CPU's row-major order within each chunk.
+#pragma once
+#include "kernels/table.h"
+
+namespace vm::kernels {
+enum class Unary : int { Exp, Log, Sqrt, Softplus, Sigmoid, Relu, Gelu, Silu, Tanh, AddScalar, MulScalar, PowScalar };
+constexpr int kUnaryCount = 12;
+const char* unary_name(Unary op);
+enum class Binary : int { Add, Sub, Mul, Div };
+}  // namespace vm::kernels
+
+//  unary_fwd     y = f(x); alpha is the scalar of add_scalar / mul_scalar / pow_scalar
+//  unary_bwd     dx += dy ⊙ f'(x) (f' from x and y)
+//  binary_fwd    out = a ∘ b with numpy broadcasting over up to 4 dims (out: broadcast(sa, sb))
+//  binary_bwd    da += reduce_to_sa(∂out/∂a ⊙ g), db likewise; either may be null; g: broadcast shape
+//  sum_axis      x viewed as (outer, n, inner): y[o, i] = Σ_j x[o, j, i] (y += ... when accumulate)
+//  sum_axis_bwd  dx[o, j, i] += g[o, i]
+//  sum_all       out[0] = Σ x
+#define VM_ELEMENTWISE_KERNELS(K)                                                                           \
+  K(void, unary_fwd, (Unary op, const T* x, T* y, int64_t n, double alpha))                                 \
+  K(void, unary_bwd, (Unary op, const T* x, const T* y, const T* dy, T* dx, int64_t n, double alpha))       \
+  K(void, binary_fwd,                                                                                       \
+    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb,     \
+     T* out))                                                                                               \
+  K(void, binary_bwd,                                                                                       \
+    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb,     \
+     const T* g, T* da, T* db))                                                                             \
+  K(void, sum_axis, (const T* x, T* y, int64_t outer, int64_t n, int64_t inner, bool accumulate))           \
+  K(void, sum_axis_bwd, (const T* g, T* dx, int64_t outer, int64_t n, int64_t inner))                       \
+  K(void, sum_all, (const T* x, T* out, int64_t n))
+VM_DECLARE_KERNELS(VM_ELEMENTWISE_KERNELS)
