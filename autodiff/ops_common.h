@@ -17,6 +17,7 @@
 #include <memory>
 #include <string>
 
+#include "autodiff/accumulate.h"
 #include "autodiff/ops.h"
 #include "kernels/elementwise.h"
 #include "kernels/gemm.h"
@@ -70,9 +71,6 @@ inline TensorT<int32_t> ints_on(const std::vector<int32_t>& v, Device dev) {
 
 // numpy broadcasting of two shapes, with "<op>: (a) and (b) do not broadcast".
 Shape broadcast_shape(const Shape& a, const Shape& b, const char* op);
-// x += y element-wise (same numel, same device): the tape's gradient accumulation.
-template <class T>
-void accumulate(TensorT<T>& x, const TensorT<T>& y);
 // parent's gradient buffer, or nullptr when that parent needs no gradient.
 template <class T>
 TensorT<T>* grad_of(Node<T>& self, size_t i) {

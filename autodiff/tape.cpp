@@ -1,6 +1,6 @@
 #include "autodiff/tape.h"
 
-#include "autodiff/ops_common.h"  // accumulate (either device)
+#include "autodiff/accumulate.h"  // x += y on either device: all the tape computes
 
 #include <unordered_set>
 
