@@ -263,25 +263,37 @@ VarT<T> sum_log_diag(const VarT<T>& L) {
 }
 VM_INSTANTIATE_OP(sum_log_diag)
 
-// The tape's parents in the order the formula's own ops reach them (lv, then
-// d; L, then d), so a graph visits everything above in the same order as it
-// did with those ops.
+// The two closed-form KLs: d (N, E) and b (lv or L) -> (N), one kernel per
+// direction on either device. The tape's parents are listed in the order the
+// formula's own ops reached them (b, then d), so a graph visits everything
+// above in the same order as it did with those ops.
+namespace {
+template <class T>
+VarT<T> kl_op(const char* name, bool full, const VarT<T>& d, const VarT<T>& b, double s2) {
+  VM_CHECK(s2 > 0, std::string(name) + ": the prior variance s2 must be > 0, got " + std::to_string(s2));
+  const Device dev = device_of(name, d, b);
+  const int64_t N = d.size(0);
+  const int E = (int)d.size(1);
+  TensorT<T> kl = TensorT<T>::empty({N}, dev);
+  if (N > 0) {
+    if (full) VM_RUN(dev, kl_fc_fwd, d.value().data(), b.value().data(), kl.data(), N, E, s2);
+    else VM_RUN(dev, kl_mf_fwd, d.value().data(), b.value().data(), kl.data(), N, E, s2);
+  }
+  return make_result<T>(std::move(kl), name, {b, d}, [full, N, E, s2, dev](Node<T>& self) {
+    auto *gb = grad_of(self, 0), *gd = grad_of(self, 1);
+    if ((!gd && !gb) || N * E == 0) return;
+    const T *pd = self.parents[1]->value.data(), *pb = self.parents[0]->value.data(), *g = self.grad.data();
+    if (full) VM_RUN(dev, kl_fc_bwd, pd, pb, g, ptr(gd), ptr(gb), N, E, s2);
+    else VM_RUN(dev, kl_mf_bwd, pd, pb, g, ptr(gd), ptr(gb), N, E, s2);
+  });
+}
+}  // namespace
+
 template <class T>
 VarT<T> kl_mf(const VarT<T>& d, const VarT<T>& lv, double s2) {
   VM_CHECK(d.ndim() == 2 && lv.shape() == d.shape(), "kl_mf: d " + shape_str(d.shape()) + " and lv " +
                                                          shape_str(lv.shape()) + " must be the same (N, E) shape");
-  VM_CHECK(s2 > 0, "kl_mf: the prior variance s2 must be > 0, got " + std::to_string(s2));
-  const Device dev = device_of("kl_mf", d, lv);
-  const int64_t N = d.size(0);
-  const int E = (int)d.size(1);
-  TensorT<T> kl = TensorT<T>::empty({N}, dev);
-  if (N > 0) VM_RUN(dev, kl_mf_fwd, d.value().data(), lv.value().data(), kl.data(), N, E, s2);
-  return make_result<T>(std::move(kl), "kl_mf", {lv, d}, [N, E, s2, dev](Node<T>& self) {
-    auto *glv = grad_of(self, 0), *gd = grad_of(self, 1);
-    if ((gd || glv) && N * E > 0)
-      VM_RUN(dev, kl_mf_bwd, self.parents[1]->value.data(), self.parents[0]->value.data(), self.grad.data(), ptr(gd),
-             ptr(glv), N, E, s2);
-  });
+  return kl_op("kl_mf", false, d, lv, s2);
 }
 VM_INSTANTIATE_OP(kl_mf)
 
@@ -289,18 +301,7 @@ template <class T>
 VarT<T> kl_fc(const VarT<T>& d, const VarT<T>& L, double s2) {
   VM_CHECK(d.ndim() == 2 && L.shape() == Shape({d.size(0), d.size(1), d.size(1)}),
            "kl_fc: d " + shape_str(d.shape()) + " and L " + shape_str(L.shape()) + " must be (N, E) and (N, E, E)");
-  VM_CHECK(s2 > 0, "kl_fc: the prior variance s2 must be > 0, got " + std::to_string(s2));
-  const Device dev = device_of("kl_fc", d, L);
-  const int64_t N = d.size(0);
-  const int E = (int)d.size(1);
-  TensorT<T> kl = TensorT<T>::empty({N}, dev);
-  if (N > 0) VM_RUN(dev, kl_fc_fwd, d.value().data(), L.value().data(), kl.data(), N, E, s2);
-  return make_result<T>(std::move(kl), "kl_fc", {L, d}, [N, E, s2, dev](Node<T>& self) {
-    auto *gL = grad_of(self, 0), *gd = grad_of(self, 1);
-    if ((gd || gL) && N * E > 0)
-      VM_RUN(dev, kl_fc_bwd, self.parents[1]->value.data(), self.parents[0]->value.data(), self.grad.data(), ptr(gd),
-             ptr(gL), N, E, s2);
-  });
+  return kl_op("kl_fc", true, d, L, s2);
 }
 VM_INSTANTIATE_OP(kl_fc)
 

@@ -9,31 +9,38 @@
 namespace vm::ops {
 using namespace detail;
 
+// softmax and log_softmax over the last axis: the same shapes and closure,
+// each with its kernel pair.
+namespace {
 template <class T>
-VarT<T> softmax(const VarT<T>& a) {
+VarT<T> softmax_or_log(const VarT<T>& a, bool log) {
+  const char* name = log ? "log_softmax" : "softmax";
   int64_t rows, C;
   rows_cols(a.shape(), rows, C);
-  const Device dev = device_of("softmax", a);
+  const Device dev = device_of(name, a);
   TensorT<T> y = TensorT<T>::empty(a.shape(), dev);
-  if (rows * C > 0) VM_RUN(dev, softmax_fwd, a.value().data(), y.data(), rows, C);
-  return make_result<T>(std::move(y), "softmax", {a}, [rows, C, dev](Node<T>& self) {
+  if (rows * C > 0) {
+    if (log) VM_RUN(dev, log_softmax_fwd, a.value().data(), y.data(), rows, C);
+    else VM_RUN(dev, softmax_fwd, a.value().data(), y.data(), rows, C);
+  }
+  return make_result<T>(std::move(y), name, {a}, [rows, C, log, dev](Node<T>& self) {
     auto* g = grad_of(self, 0);
-    if (g && rows * C > 0) VM_RUN(dev, softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
+    if (!g || rows * C == 0) return;
+    if (log) VM_RUN(dev, log_softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
+    else VM_RUN(dev, softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
   });
+}
+}  // namespace
+
+template <class T>
+VarT<T> softmax(const VarT<T>& a) {
+  return softmax_or_log(a, false);
 }
 VM_INSTANTIATE_OP(softmax)
 
 template <class T>
 VarT<T> log_softmax(const VarT<T>& a) {
-  int64_t rows, C;
-  rows_cols(a.shape(), rows, C);
-  const Device dev = device_of("log_softmax", a);
-  TensorT<T> y = TensorT<T>::empty(a.shape(), dev);
-  if (rows * C > 0) VM_RUN(dev, log_softmax_fwd, a.value().data(), y.data(), rows, C);
-  return make_result<T>(std::move(y), "log_softmax", {a}, [rows, C, dev](Node<T>& self) {
-    auto* g = grad_of(self, 0);
-    if (g && rows * C > 0) VM_RUN(dev, log_softmax_bwd, self.value.data(), self.grad.data(), g->data(), rows, C);
-  });
+  return softmax_or_log(a, true);
 }
 VM_INSTANTIATE_OP(log_softmax)
 

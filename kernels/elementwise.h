@@ -16,6 +16,22 @@ enum class Unary : int { Exp, Log, Sqrt, Softplus, Sigmoid, Relu, Gelu, Silu, Ta
 constexpr int kUnaryCount = 12;
 const char* unary_name(Unary op);
 enum class Binary : int { Add, Sub, Mul, Div };
+
+#ifdef __CUDACC__
+#define VM_HOST_DEVICE __host__ __device__
+#else
+#define VM_HOST_DEVICE
+#endif
+// x ∘ y, the same formula in binary_fwd and binary_bwd on either device
+template <class T>
+VM_HOST_DEVICE inline T binary_apply(Binary op, T x, T y) {
+  switch (op) {
+    case Binary::Add: return x + y;
+    case Binary::Sub: return x - y;
+    case Binary::Mul: return x * y;
+    default: return x / y;
+  }
+}
 }  // namespace vm::kernels
 
 //  unary_fwd     y = f(x); alpha is the scalar of add_scalar / mul_scalar / pow_scalar

@@ -1,6 +1,6 @@
-// tests/test_cuda.cpp — parity of every CUDA kernel (kernels/cuda) with its
-// CPU twin, forward and backward, at several sizes including odd shapes
-// (1-element rows, C = 33, 1025, 4099, 50257, ...).
+// tests/test_cuda.cpp — parity of every CUDA kernel (kernels/cuda, and the
+// dev-only ones of dev/cuda) with its CPU twin, forward and backward, at
+// several sizes including odd shapes (1-element rows, C = 33, 1025, 4099, 50257, ...).
 //
 //  * CPU twins: the raw kernels of kernels/cpu (gemm, rowwise.h) where they
 //    exist, otherwise the CPU ops themselves (autodiff/ops.h run forward and
@@ -50,23 +50,18 @@ std::string read_text(const std::string& path) {
   return s.str();
 }
 
-// The kernels a table header (kernels/<family>.h, kernels/table.h) lists:
-// the names of its K(return type, name, (parameters)) entries.
-std::vector<std::string> kernels_in_table(const std::string& text) {
+// The first capture of every match of `pattern` in `text`, in order.
+std::vector<std::string> captures(const std::string& text, const char* pattern) {
   std::vector<std::string> out;
-  std::regex re(R"(\bK\(\s*\w+\s*,\s*([A-Za-z_]\w*)\s*,)");
+  std::regex re(pattern);
   for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
     out.push_back((*it)[1].str());
   return out;
 }
-
-// The kernels an op calls: the names in VM_RUN(device, name, ...) of the op sources.
-std::set<std::string> kernels_called_by_ops(const std::string& text) {
-  std::set<std::string> out;
-  std::regex re(R"(VM_RUN\(\s*[^,]+,\s*([A-Za-z_]\w*)\s*,)");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator(); ++it)
-    out.insert((*it)[1].str());
-  return out;
+// The kernels a table header (kernels/<family>.h, kernels/table.h) lists:
+// the names of its K(return type, name, (parameters)) entries.
+std::vector<std::string> kernels_in_table(const std::string& text) {
+  return captures(text, R"(\bK\(\s*\w+\s*,\s*([A-Za-z_]\w*)\s*,)");
 }
 
 // The table kernels that also have a kernel-level CUDA parity case in this
@@ -94,7 +89,9 @@ TEST_CASE("cuda coverage: every kernel in the tables has both twins and is exerc
   std::string ops_text;
   for (const char* f : {"ops_basic.cpp", "ops_nn.cpp", "ops_moe.cpp"}) ops_text += read_text(root + "/autodiff/" + f);
   REQUIRE(!ops_text.empty());
-  const std::set<std::string> called = kernels_called_by_ops(ops_text);
+  // the kernels an op calls: the names in VM_RUN(device, name, ...)
+  const std::vector<std::string> calls = captures(ops_text, R"(VM_RUN\(\s*[^,]+,\s*([A-Za-z_]\w*)\s*,)");
+  const std::set<std::string> called(calls.begin(), calls.end());
   CHECK(called.count("gemm"));  // the parser sees the calls
   CHECK(called.count("tril_matvec_fwd"));
   size_t total = 0;
@@ -132,6 +129,7 @@ TEST_CASE("cuda: backend not built") {
 #else  // VMOER_HAVE_CUDA
 
 #include "autodiff/ops.h"
+#include "dev/cuda/kernels.h"
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/rowwise.h"
 #include "core/cuda/device.h"
@@ -1091,10 +1089,10 @@ CUDA_CASE("cuda stable_group_by_key: stable counting sort, excluded keys, 1-3 ra
   }
 }
 
-// Router top-K: probs float 5e-6 / floor 1e-6; indices exact (separated
-// logits); gates 1e-5; bwd 2e-5 / floor 1e-3.
+// topk_gates: indices exact (separated probabilities); gates 1e-5; bwd
+// 2e-5 / floor 1e-3.
 template <class T>
-static void router_case() {
+static void topk_gates_case() {
   const double tp = std::is_same_v<T, float> ? 5e-6 : 1e-12;
   struct S {
     int64_t N;
@@ -1105,51 +1103,37 @@ static void router_case() {
     CAPTURE(s.E);
     CAPTURE(s.K);
     auto logits = separated<T>(s.N, s.E, 8000 + s.E);
-    VarT<T> lv = leaf(logits, {s.N, (int64_t)s.E});
-    VarT<T> probs = ops::softmax(lv);
-    auto [tk_experts, tk_gates] = cpu_topk_renormalised(probs, s.K);
+    VarT<T> probs = ops::softmax(leaf(logits, {s.N, (int64_t)s.E}));
+    VarT<T> pl = leaf(probs.value().to_vector(), {s.N, (int64_t)s.E});
+    auto [tk_experts, tk_gates] = cpu_topk_renormalised(pl, s.K);
     auto dg = randn<T>((size_t)(s.N * s.K), 8001);
     backward(tk_gates, tensor(dg, tk_gates.shape()));
-    Guarded<T> gl(logits), gp((size_t)(s.N * s.E)), gg((size_t)(s.N * s.K)), gdg(dg),
+    Guarded<T> gpc(probs.value().to_vector()), gg((size_t)(s.N * s.K)), gdg(dg),
         gdp(std::vector<T>((size_t)(s.N * s.E), T(0)));
     Guarded<int32_t> ge((size_t)(s.N * s.K));
-    cu::router_topk(gl.data(), gp.data(), ge.data(), gg.data(), s.N, s.E, s.K);
-    expect_close("router probs", gp.get(), probs.value().to_vector(), tp, 1e-6);
-    expect_exact("router experts", ge.get(), tk_experts);
-    expect_close("router gates", gg.get(), tk_gates.value().to_vector(), 2 * tp, 1e-6);
-    // backward of the renormalised gates into the probs (from the CPU probs: isolated)
-    VarT<T> pl = leaf(probs.value().to_vector(), {s.N, (int64_t)s.E});
-    auto tk2_gates = cpu_topk_renormalised(pl, s.K).second;
-    backward(tk2_gates, tensor(dg, tk2_gates.shape()));
-    Guarded<T> gpc(probs.value().to_vector());
-    Guarded<int32_t> gec(tk_experts);
-    cu::topk_gates_bwd(gpc.data(), gec.data(), gdg.data(), gdp.data(), s.N, s.E, s.K);
+    cu::topk_gates(gpc.data(), ge.data(), gg.data(), s.N, s.E, s.K);
+    expect_exact("topk_gates experts", ge.get(), tk_experts);
+    expect_close("topk_gates gates", gg.get(), tk_gates.value().to_vector(), 2 * tp, 1e-6);
+    cu::topk_gates_bwd(gpc.data(), ge.data(), gdg.data(), gdp.data(), s.N, s.E, s.K);
     expect_close("topk_gates_bwd", gdp.get(), grad_of(pl), 4 * tp, 1e-3);
-    // top-K of given probs
-    Guarded<int32_t> ge2((size_t)(s.N * s.K));
-    Guarded<T> gg2((size_t)(s.N * s.K));
-    cu::topk_gates(gpc.data(), ge2.data(), gg2.data(), s.N, s.E, s.K);
-    expect_exact("topk_gates experts", ge2.get(), tk_experts);
-    CHECK_GUARDS(gp);
     CHECK_GUARDS(ge);
     CHECK_GUARDS(gg);
     CHECK_GUARDS(gdp);
-    CHECK_GUARDS(ge2);
   }
   // ties: equal values -> lower indices first, as ops::topk
   const int E = 12, K = 5;
   std::vector<T> flat((size_t)E, T(0.25));
   flat[7] = T(1);
   auto want = ops::topk(leaf(flat, {1, (int64_t)E}, false), K).indices;
-  Guarded<T> gf(flat), gp2((size_t)E), gg3((size_t)K);
+  Guarded<T> gf(flat), gg3((size_t)K);
   Guarded<int32_t> ge3((size_t)K);
-  cu::router_topk(gf.data(), gp2.data(), ge3.data(), gg3.data(), 1, E, K);
-  expect_exact("router ties", ge3.get(), want);
+  cu::topk_gates(gf.data(), ge3.data(), gg3.data(), 1, E, K);
+  expect_exact("topk_gates ties", ge3.get(), want);
 }
 
-CUDA_CASE("cuda router softmax + top-K + renormalised gates (fwd/bwd) vs nn::topk_renormalised") {
-  router_case<float>();
-  router_case<double>();
+CUDA_CASE("cuda topk_gates (top-K + renormalised gates, fwd/bwd) vs nn::topk_renormalised") {
+  topk_gates_case<float>();
+  topk_gates_case<double>();
 }
 
 // Dispatch plan: exact (integers). Gather/combine fwd: exact (rounded
@@ -1364,7 +1348,7 @@ CUDA_CASE("cuda fused mfvr/fcvr S-sample loop (fwd/bwd) vs the CPU router graph"
   }
 }
 
-// Closed-form KL per token and the masked sum vs the CPU graphs of
+// Closed-form KL per token vs the CPU graphs of
 // variational_logits.cpp / vtsr.cpp. float 1e-5 / floor 1 (sums over E,
 // expf/logf ulps); double 1e-12.
 template <class T>
@@ -1417,21 +1401,11 @@ static void kl_case() {
       expect_close(std::string("kl_fc bwd dL ") + tname<T>(), gdL.get(), grad_of(Lv), tol, 1.0);
       CHECK_GUARDS(gkl2);
       CHECK_GUARDS(gdL);
-      // masked sum
-      std::vector<uint8_t> mask((size_t)N);
-      for (int64_t n = 0; n < N; ++n) mask[n] = n % 4 != 1;
-      T want = 0;
-      for (int64_t n = 0; n < N; ++n) want += mask[n] ? kl.value()[n] : T(0);
-      Guarded<uint8_t> gmask(mask);
-      Guarded<T> gsum(1);
-      cu::masked_sum(gkl.data(), gmask.data(), gsum.data(), N);
-      expect_close("masked_sum", gsum.get(), std::vector<T>{want}, tol * 10, 1.0);
-      CHECK_GUARDS(gsum);
     }
   }
 }
 
-CUDA_CASE("cuda closed-form KL (MF/lognormal, FC) fwd+bwd and the masked sum") {
+CUDA_CASE("cuda closed-form KL (MF/lognormal, FC) fwd+bwd") {
   kl_case<float>();
   kl_case<double>();
 }

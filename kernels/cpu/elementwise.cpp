@@ -68,16 +68,6 @@ Shape broadcast(const Shape& a, const Shape& b) {  // the ops checked that they 
   return out;
 }
 
-template <class T>
-T apply(Binary op, T x, T y) {
-  switch (op) {
-    case Binary::Add: return x + y;
-    case Binary::Sub: return x - y;
-    case Binary::Mul: return x * y;
-    default: return x / y;
-  }
-}
-
 // f(i, ia, ib) over the broadcast index space: out element i, a element ia, b element ib.
 template <class F>
 void broadcast_loop(const Shape& so, const Shape& sa, const Shape& sb, F f) {
@@ -184,9 +174,9 @@ void binary_fwd(Binary op, const T* a, const Shape& sa, const T* b, const Shape&
   if (sa == sb) {
     int64_t n = shape_numel(sa);
 #pragma omp parallel for schedule(static) if (n > 32768)
-    for (int64_t i = 0; i < n; ++i) out[i] = apply(op, a[i], b[i]);
+    for (int64_t i = 0; i < n; ++i) out[i] = binary_apply(op, a[i], b[i]);
   } else {
-    broadcast_loop(broadcast(sa, sb), sa, sb, [&](int64_t i, int64_t ia, int64_t ib) { out[i] = apply(op, a[ia], b[ib]); });
+    broadcast_loop(broadcast(sa, sb), sa, sb, [&](int64_t i, int64_t ia, int64_t ib) { out[i] = binary_apply(op, a[ia], b[ib]); });
   }
 }
 

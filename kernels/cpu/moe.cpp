@@ -162,8 +162,8 @@ struct KlFc {
 
 template <class T>
 void kl_mf_fwd(const T* dmu, const T* logvar, T* kl, int64_t N, int E, double s2) {
-  KlMf<T> f(dmu, logvar, N, E, s2);
-  std::copy(f.kl.begin(), f.kl.end(), kl);
+  std::vector<T> v = KlMf<T>(dmu, logvar, N, E, s2).kl;
+  std::copy(v.begin(), v.end(), kl);
 }
 
 // The closures of the composed graph in the tape's order: ½, + c, Σ, + (into
@@ -188,8 +188,8 @@ void kl_mf_bwd(const T* dmu, const T* logvar, const T* dkl, T* ddmu, T* dlogvar,
 
 template <class T>
 void kl_fc_fwd(const T* dmu, const T* L, T* kl, int64_t N, int E, double s2) {
-  KlFc<T> f(dmu, L, N, E, s2);
-  std::copy(f.kl.begin(), f.kl.end(), kl);
+  std::vector<T> v = KlFc<T>(dmu, L, N, E, s2).kl;
+  std::copy(v.begin(), v.end(), kl);
 }
 
 // In the tape's order: ½, + c, − (into both terms), · 2 and Σ log diag (into

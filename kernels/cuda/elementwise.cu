@@ -178,19 +178,9 @@ void set_target(Geom& g, const std::vector<int64_t>& sx, const char* op) {
 }
 
 template <class T>
-__device__ __forceinline__ T bin_f(Binary op, T x, T y) {
-  switch (op) {
-    case Binary::Add: return x + y;
-    case Binary::Sub: return x - y;
-    case Binary::Mul: return x * y;
-    default: return x / y;
-  }
-}
-
-template <class T>
 __global__ void binary_same(Binary op, const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
-    out[i] = bin_f(op, a[i], b[i]);
+    out[i] = binary_apply(op, a[i], b[i]);
 }
 
 template <class T>
@@ -204,7 +194,7 @@ __global__ void binary_bcast(Binary op, Geom g, const T* __restrict__ a, const T
       ia += c * g.sa[k];
       ib += c * g.sb[k];
     }
-    out[i] = bin_f(op, a[ia], b[ib]);
+    out[i] = binary_apply(op, a[ia], b[ib]);
   }
 }
 

@@ -1,6 +1,7 @@
 // kernels/cuda/moe.cu — router top-K, dispatch/combine, Cholesky pieces, the
-// fused S-sample loop of mfvr/fcvr, closed-form KLs and stochastic selection
-// (see moe.h).
+// fused S-sample loop of mfvr/fcvr (forward; its backward, which the product
+// does not call, is in dev/cuda), closed-form KLs and stochastic selection
+// (see moe.h and the table kernels/moe.h).
 #include <algorithm>
 #include <climits>
 #include <cmath>
@@ -9,6 +10,7 @@
 #include "core/cuda/device.cuh"
 #include "kernels/cuda/moe.h"
 #include "kernels/cuda/sort.h"
+#include "kernels/cuda/vr_sample.cuh"
 
 namespace vm::kernels::cuda {
 using namespace detail;
@@ -72,26 +74,13 @@ __device__ __forceinline__ void renormalise(const T* v, T* gates, int K) {
 // ---- router --------------------------------------------------------------------------------
 // One warp per row; 4 warps per block; shared: K values per warp.
 template <class T>
-__global__ void router_topk_k(const T* __restrict__ logits, T* __restrict__ probs, int32_t* __restrict__ experts,
-                              T* __restrict__ gates, int64_t N, int E, int K, bool do_softmax) {
+__global__ void topk_gates_k(const T* __restrict__ probs, int32_t* __restrict__ experts, T* __restrict__ gates,
+                             int64_t N, int E, int K) {
   __shared__ T topv[4][kMaxK];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int64_t n = (int64_t)blockIdx.x * 4 + warp;
   if (n >= N) return;
-  T* pr = probs + n * E;
-  if (do_softmax) {
-    const T* xr = logits + n * E;
-    T m = -vinf<T>();
-    for (int e = lane; e < E; e += 32) m = max(m, xr[e]);
-    m = warp_max(m);
-    T s = T(0);
-    for (int e = lane; e < E; e += 32) s += vexp(xr[e] - m);
-    s = warp_sum(s);
-    const T inv = T(1) / s;
-    for (int e = lane; e < E; e += 32) pr[e] = vexp(xr[e] - m) * inv;
-    __syncwarp();
-  }
-  warp_topk(pr, E, K, experts + n * K, topv[warp]);
+  warp_topk(probs + n * E, E, K, experts + n * K, topv[warp]);
   __syncwarp();
   if (lane == 0) renormalise(topv[warp], gates + n * K, K);
 }
@@ -296,38 +285,7 @@ __global__ void tril_matvec_bwd_deps_k(const T* __restrict__ L, const T* __restr
   }
 }
 
-// ---- fused S-sample loop ----------------------------------------------------------------------------------
-// One warp (one block) per token. Shared: eps[E], p[E], acc[E] (+ bwd extras).
-template <class T, bool FC>
-__device__ __forceinline__ void vr_sample(const T* __restrict__ mu, const T* __restrict__ sc, int64_t n, int64_t N, int E,
-                                          int s, uint64_t seed, uint64_t stream, T* eps, T* p) {
-  const int lane = threadIdx.x;
-  const uint64_t base = ((uint64_t)s * (uint64_t)N + (uint64_t)n) * (uint64_t)E;
-  for (int e = lane; e < E; e += 32) eps[e] = (T)vm::philox_normal(seed, stream, base + (uint64_t)e);
-  __syncwarp();
-  T m = -vinf<T>();
-  for (int e = lane; e < E; e += 32) {
-    T noise;
-    if constexpr (FC) {
-      const T* Le = sc + (n * E + e) * (int64_t)E;
-      noise = T(0);
-      for (int j = 0; j <= e; ++j) noise += Le[j] * eps[j];
-    } else {
-      noise = mul_rn(sc[n * E + e], eps[e]);  // the CPU's σ ⊙ ε, rounded before the add
-    }
-    T l = mu[e] + noise;
-    p[e] = l;
-    m = max(m, l);
-  }
-  m = warp_max(m);
-  T sum = T(0);
-  for (int e = lane; e < E; e += 32) sum += vexp(p[e] - m);
-  sum = warp_sum(sum);
-  const T inv = T(1) / sum;
-  for (int e = lane; e < E; e += 32) p[e] = vexp(p[e] - m) * inv;
-  __syncwarp();
-}
-
+// ---- fused S-sample loop (vr_sample: kernels/cuda/vr_sample.cuh) ----------------------------------
 template <class T, bool FC>
 __global__ void vr_fwd_k(const T* __restrict__ mean, const T* __restrict__ scale, int64_t N, int E, int S, uint64_t seed,
                          uint64_t stream, int K, T* __restrict__ pbar, int32_t* __restrict__ experts, T* __restrict__ gates) {
@@ -356,56 +314,6 @@ __global__ void vr_fwd_k(const T* __restrict__ mean, const T* __restrict__ scale
       warp_topk(acc, E, K, experts + n * K, topv);
       __syncwarp();
       if (lane == 0 && gates) renormalise(topv, gates + n * K, K);
-    }
-    __syncwarp();
-  }
-}
-
-template <class T, bool FC>
-__global__ void vr_bwd_k(const T* __restrict__ mean, const T* __restrict__ scale, int64_t N, int E, int S, uint64_t seed,
-                         uint64_t stream, const T* __restrict__ dpbar, T* __restrict__ dmean, T* __restrict__ dscale) {
-  extern __shared__ __align__(16) unsigned char vr_smem[];
-  T* eps = reinterpret_cast<T*>(vr_smem);
-  T* p = eps + E;
-  T* dq = p + E;
-  T* gm = dq + E;
-  T* gs = gm + E;  // MF: E entries; FC: E*E
-  const int lane = threadIdx.x;
-  const T invS = (T)(1.0 / (double)S);
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const T* mu = mean + n * E;
-    for (int e = lane; e < E; e += 32) {
-      dq[e] = S == 1 ? dpbar[n * E + e] : dpbar[n * E + e] * invS;
-      gm[e] = T(0);
-    }
-    const int ns = FC ? E * E : E;
-    for (int i = lane; i < ns; i += 32) gs[i] = T(0);
-    __syncwarp();
-    for (int s = 0; s < S; ++s) {
-      vr_sample<T, FC>(mu, scale, n, N, E, s, seed, stream, eps, p);
-      T dot = T(0);
-      for (int e = lane; e < E; e += 32) dot += dq[e] * p[e];
-      dot = warp_sum(dot);
-      for (int e = lane; e < E; e += 32) {
-        T dl = p[e] * (dq[e] - dot);
-        gm[e] += dl;
-        if constexpr (FC) {
-          for (int j = 0; j <= e; ++j) gs[e * E + j] += dl * eps[j];
-        } else {
-          gs[e] += dl * eps[e];
-        }
-      }
-      __syncwarp();
-    }
-    for (int e = lane; e < E; e += 32) {
-      if (dmean) dmean[n * E + e] += gm[e];
-      if (dscale) {
-        if constexpr (FC) {
-          for (int j = 0; j <= e; ++j) dscale[(n * E + e) * E + j] += gs[e * E + j];
-        } else {
-          dscale[n * E + e] += gs[e];
-        }
-      }
     }
     __syncwarp();
   }
@@ -475,15 +383,6 @@ __global__ void kl_fc_bwd_k(const T* __restrict__ dmu, const T* __restrict__ L, 
   }
 }
 
-template <class T>
-__global__ void masked_sum_k(const T* __restrict__ v, const uint8_t* __restrict__ mask, T* __restrict__ out, int64_t N) {
-  T s = T(0);
-  for (int64_t n = threadIdx.x; n < N; n += blockDim.x)
-    if (!mask || mask[n]) s += v[n];
-  s = block_sum(s);
-  if (threadIdx.x == 0) out[0] = s;
-}
-
 // ---- selection -----------------------------------------------------------------------------------------------
 __global__ void gumbel_topk_k(const float* __restrict__ z, int64_t N, int E, int K, uint64_t seed, uint64_t stream,
                               int32_t* __restrict__ out) {
@@ -534,19 +433,10 @@ unsigned blocks_for_rows(int64_t N, int64_t cap = 1 << 20) { return (unsigned)st
 
 // ---- entry points ---------------------------------------------------------------------------------------------------
 template <class T>
-void router_topk(const T* logits, T* probs, int32_t* experts, T* gates, int64_t N, int E, int K) {
-  check_ek(E, K, "cuda router_topk");
-  if (N <= 0) return;
-  router_topk_k<<<(unsigned)((N + 3) / 4), 128, 0, stream()>>>(logits, probs, experts, gates, N, E, K, true);
-  CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
 void topk_gates(const T* probs, int32_t* experts, T* gates, int64_t N, int E, int K) {
   check_ek(E, K, "cuda topk_gates");
   if (N <= 0) return;
-  router_topk_k<T><<<(unsigned)((N + 3) / 4), 128, 0, stream()>>>((const T*)nullptr, const_cast<T*>(probs), experts, gates, N, E, K,
-                                                               false);
+  topk_gates_k<<<(unsigned)((N + 3) / 4), 128, 0, stream()>>>(probs, experts, gates, N, E, K);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -659,21 +549,6 @@ void vr_route_fwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
 }
 
 template <class T>
-void vr_route_bwd(const T* mean, const T* scale, int64_t N, int E, int S, bool full_cov, uint64_t seed,
-                  uint64_t stream_id, const T* dpbar, T* dmean, T* dscale) {
-  if (S < 1) throw vm::Error("cuda vr_route_bwd: S must be >= 1");
-  if (N <= 0) return;
-  const size_t smem = (4 * (size_t)E + (full_cov ? (size_t)E * E : (size_t)E)) * sizeof(T);
-  if (smem > 48 * 1024)
-    throw vm::Error("cuda vr_route_bwd: E = " + std::to_string(E) + " too large for the shared-memory dL tile");
-  if (full_cov)
-    vr_bwd_k<T, true><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, dpbar, dmean, dscale);
-  else
-    vr_bwd_k<T, false><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, dpbar, dmean, dscale);
-  CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
 void kl_mf_fwd(const T* dmu, const T* logvar, T* kl, int64_t N, int E, double s2) {
   if (N <= 0) return;
   const T inv = (T)(1.0 / s2), c0 = (T)((double)E * (std::log(s2) - 1.0));
@@ -699,12 +574,6 @@ void kl_fc_bwd(const T* dmu, const T* L, const T* dkl, T* ddmu, T* dL, int64_t N
   kl_fc_bwd_k<<<grid_for(N * E * E, 256), 256, 0, stream()>>>(dmu, L, dkl, ddmu, dL, N, E, (T)(1.0 / s2));
   CUDA_CHECK_LAUNCH();
 }
-template <class T>
-void masked_sum(const T* v, const uint8_t* mask, T* out, int64_t N) {
-  masked_sum_k<<<1, 1024, 0, stream()>>>(v, mask, out, N);
-  CUDA_CHECK_LAUNCH();
-}
-
 void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream_id, int32_t* out) {
   check_ek(E, K, "cuda gumbel_topk");
   if (N <= 0) return;
@@ -721,12 +590,8 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
 
 VM_INSTANTIATE_KERNELS(VM_MOE_KERNELS)
 #define VM_INST(T)                                                                                               \
-  template void router_topk<T>(const T*, T*, int32_t*, T*, int64_t, int, int);                                   \
   template void vr_route_fwd<T>(const T*, const T*, int64_t, int, int, bool, uint64_t, uint64_t, int, T*,        \
-                                int32_t*, T*);                                                                   \
-  template void vr_route_bwd<T>(const T*, const T*, int64_t, int, int, bool, uint64_t, uint64_t, const T*, T*,   \
-                                T*);                                                                             \
-  template void masked_sum<T>(const T*, const uint8_t*, T*, int64_t);
+                                int32_t*, T*);
 VM_INST(float)
 VM_INST(double)
 

@@ -3,10 +3,8 @@
 // kernels/moe.h (topk_gates, moe_gather / moe_combine, the KLs, the Cholesky
 // pieces: the ops of autodiff/ops_moe.cpp) plus the GPU-only pieces the
 // product calls directly. Their CPU counterparts:
-//   router_topk                   softmax + topk_gates (bench and tests only)
 //   moe_dispatch_plan             nn/moe.cpp plan_dispatch
 //   vr_route                      the S-sample loop of nn/routers/variational_logits.cpp
-//   masked_sum                    nn/routers/common.h masked_sum (tests only)
 //   gumbel_topk, sequential_sample            nn/routers/selection.cpp
 // Backward kernels accumulate (+=) like the tape.
 #pragma once
@@ -15,12 +13,6 @@
 #include "kernels/moe.h"
 
 namespace vm::kernels::cuda {
-
-// ---- router: softmax, top-K, renormalised gates ------------------------------------------
-// probs = softmax(logits) (N, E); experts (N, K) = top-K of probs, ties to the
-// lower index; gates (N, K) = p_k / Σ_j p_j over the K chosen (sum in j order).
-template <class T>
-void router_topk(const T* logits, T* probs, int32_t* experts, T* gates, int64_t N, int E, int K);
 
 // ---- dispatch ---------------------------------------------------------------------------------
 // Assignment slot s = n*K + j (token n, choice j) of the real tokens (mask[n]
@@ -41,21 +33,11 @@ void moe_dispatch_plan(const int32_t* experts, const uint8_t* mask, int64_t N, i
 // scale = σ (N, E)) or l* = mean + L ε (full_cov, scale = L (N, E, E)),
 // p_s = softmax(l*); pbar = (1/S) Σ_s p_s; then top-K of pbar with
 // renormalised gates. The samples never leave the SM (one warp per token,
-// shared memory). experts/gates may be null (pbar only).
+// shared memory). experts/gates may be null (pbar only). (Its backward, which
+// the product does not call, is in dev/cuda.)
 template <class T>
 void vr_route_fwd(const T* mean, const T* scale, int64_t N, int E, int S, bool full_cov, uint64_t seed,
                   uint64_t stream, int K, T* pbar, int32_t* experts, T* gates);
-// Backward through pbar (samples recomputed from the same Philox counters):
-// dmean += Σ_s dl_s; dσ += Σ_s dl_s ⊙ ε_s (MF) or dL += Σ_s dl_s ε_sᵀ (FC, lower),
-// dl_s = p_s ⊙ (dq − Σ dq ⊙ p_s), dq = dpbar / S. FC: E ≤ 64.
-template <class T>
-void vr_route_bwd(const T* mean, const T* scale, int64_t N, int E, int S, bool full_cov, uint64_t seed,
-                  uint64_t stream, const T* dpbar, T* dmean, T* dscale);
-
-// ---- masked sum --------------------------------------------------------------------------------
-// out[0] = Σ_n mask[n] · v[n] (mask null: all), deterministic (one block).
-template <class T>
-void masked_sum(const T* v, const uint8_t* mask, T* out, int64_t N);
 
 // ---- stochastic selection (sample-k, vtsr) ----------------------------------------------------------
 // The CPU signatures of nn/routers/selection.h on device pointers: key =

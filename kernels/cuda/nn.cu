@@ -1,4 +1,4 @@
-// kernels/cuda/nn.cu — embedding, dropout, Philox fills (see nn.h).
+// kernels/cuda/nn.cu — embedding and dropout on the GPU (see nn.h and the table kernels/nn.h).
 #include <algorithm>
 
 #include "core/philox.h"
@@ -35,18 +35,6 @@ __global__ void embedding_bwd_grouped(const T* __restrict__ dout, const int32_t*
       for (int32_t q = a; q < b; ++q) acc += dout[(int64_t)perm[q] * C + c];
       dst[c] = acc;
     }
-  }
-}
-
-template <class T>
-__global__ void embedding_bwd_atomic_k(const T* __restrict__ dout, const int32_t* __restrict__ ids,
-                                       T* __restrict__ dtable, int64_t n, int64_t V, int64_t C) {
-  const int64_t total = n * C;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    int64_t r = i / C, c = i - r * C;
-    int32_t id = ids[r];
-    if (id < 0 || id >= V) continue;
-    atomicAdd(&dtable[(int64_t)id * C + c], dout[i]);
   }
 }
 
@@ -89,17 +77,6 @@ __global__ void dropout_bwd_k(const T* __restrict__ dy, const T* __restrict__ ma
     dx[i] += dy[i] * mask[i];
 }
 
-template <class T>
-__global__ void philox_fill_k(int dist, T* __restrict__ out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset) {
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    uint64_t o = offset + (uint64_t)i;
-    float v = dist == 0 ? vm::philox_uniform(seed, stream, o)
-              : dist == 1 ? vm::philox_normal(seed, stream, o)
-                          : vm::philox_gumbel(seed, stream, o);
-    out[i] = (T)v;
-  }
-}
-
 }  // namespace
 
 template <class T>
@@ -117,13 +94,6 @@ void embedding_bwd(const T* dout, const int32_t* ids, T* dtable, int64_t n, int6
   const int threads = C >= 256 ? 256 : (C >= 128 ? 128 : 64);
   const unsigned grid = (unsigned)std::min<int64_t>(V, 1 << 20);
   embedding_bwd_grouped<<<grid, threads, 0, stream()>>>(dout, perm.data(), offsets.data(), dtable, V, C);
-  CUDA_CHECK_LAUNCH();
-}
-
-template <class T>
-void embedding_bwd_atomic(const T* dout, const int32_t* ids, T* dtable, int64_t n, int64_t V, int64_t C) {
-  if (n <= 0 || C <= 0) return;
-  embedding_bwd_atomic_k<<<grid_for(n * C, 256), 256, 0, stream()>>>(dout, ids, dtable, n, V, C);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -155,18 +125,9 @@ void dropout_bwd(const T* dy, const T* mask, T* dx, int64_t n) {
   CUDA_CHECK_LAUNCH();
 }
 
-template <class T>
-void philox_fill(PhiloxDist dist, T* out, int64_t n, uint64_t seed, uint64_t stream_id, uint64_t offset) {
-  if (n <= 0) return;
-  philox_fill_k<<<grid_for(n, 256), 256, 0, stream()>>>((int)dist, out, n, seed, stream_id, offset);
-  CUDA_CHECK_LAUNCH();
-}
-
 VM_INSTANTIATE_KERNELS(VM_NN_KERNELS)
 #define VM_INST(T)                                                                                        \
-  template void embedding_bwd_atomic<T>(const T*, const int32_t*, T*, int64_t, int64_t, int64_t);         \
-  template void dropout_fwd<T>(const T*, T*, T*, int64_t, double, uint64_t, uint64_t, uint64_t, int);     \
-  template void philox_fill<T>(PhiloxDist, T*, int64_t, uint64_t, uint64_t, uint64_t);
+  template void dropout_fwd<T>(const T*, T*, T*, int64_t, double, uint64_t, uint64_t, uint64_t, int);
 VM_INST(float)
 VM_INST(double)
 
