@@ -7,7 +7,7 @@
 // Include from .cu files only.
 #pragma once
 #include "core/philox.h"
-#include "kernels/cuda/device.cuh"
+#include "core/cuda/device.cuh"
 
 namespace vm::kernels::cuda::detail {
 
