@@ -194,9 +194,9 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   };
   const nn::RouterConfig& want = cfg.router;
   if (given("--router") && want.name != rc.name) {
-    if (want.name == "mfvr" || want.name == "fcvr" || want.name == "vtsr")
-      fail("--router " + want.name + ": its heads are trained in stage 2, and " + cfg.init + " has router " + rc.name +
-           " (vmoer train --stage router --router " + want.name + " --init " + cfg.init + ")");
+    if (want.name == nn::RouterKind::mfvr || want.name == nn::RouterKind::fcvr || want.name == nn::RouterKind::vtsr)
+      fail("--router " + want.name.str() + ": its heads are trained in stage 2, and " + cfg.init + " has router " +
+           rc.name.str() + " (vmoer train --stage router --router " + want.name.str() + " --init " + cfg.init + ")");
     rc.name = want.name;
   }
   if (given("--router-temp")) rc.temp = want.temp;
@@ -222,7 +222,7 @@ int run_eval(RunConfig cfg) {
   auto model = load_model_for_eval(cfg);
   inherit_split_seed(cfg, cfg.init);
   if (cfg.split != "val" && cfg.split != "test") fail("--split: must be val or test, got '" + cfg.split + "'");
-  bool vit = model->config().kind == "vit";
+  bool vit = model->config().kind == nn::ModelKind::vit;
   McTaskData task;
   ImgTaskData itask;
   if (vit) itask = load_image_task(cfg);

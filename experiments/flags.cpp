@@ -7,6 +7,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/run_config.h"
 #include "experiments/trainer.h"
@@ -52,7 +53,7 @@ void RunConfig::validate() const {
   need(steps >= 1, "--steps: must be >= 1, got " + std::to_string(steps));
   need(batch >= 1, "--batch: must be >= 1, got " + std::to_string(batch));
   need(seq >= 2, "--seq: must be >= 2, got " + std::to_string(seq));
-  if (model.kind == "lm") need(seq <= model.max_seq, "--seq " + std::to_string(seq) + " exceeds --max-seq " + std::to_string(model.max_seq));
+  if (model.kind == nn::ModelKind::lm) need(seq <= model.max_seq, "--seq " + std::to_string(seq) + " exceeds --max-seq " + std::to_string(model.max_seq));
   need(grad_accum >= 1, "--grad-accum: must be >= 1, got " + std::to_string(grad_accum));
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));
   need(lb_coef >= 0 && z_coef >= 0, "--lb-coef and --z-coef must be >= 0");
@@ -141,7 +142,7 @@ static void check_flags_against_checkpoint(CLI::App* s, const RunConfig& c) {
          (c.resume ? " or use a new --out" : ""));
   }
   if ((c.resume || c.stage != "router") && s->count("--router") && c.router.name != rc.name)
-    fail("--router " + c.router.name + " does not match the checkpoint " + path + " (router " + rc.name + "); with " +
+    fail("--router " + c.router.name.str() + " does not match the checkpoint " + path + " (router " + rc.name.str() + "); with " +
          why + " the router comes from the checkpoint" + (c.resume ? "" : " (use --stage router to change it)"));
 }
 
@@ -166,33 +167,33 @@ static void add_common(CLI::App* s, RunConfig& c) {
   s->add_flag("!--no-progress", c.progress, "no progress bar");
   // router (also needed at eval time: S, and to override the stored router settings)
   auto& r = c.router;
-  s->add_option("--router", r.name, "det | noisy | sample-k | mc-dropout | mfvr | fcvr | vtsr")->capture_default_str();
+  cli::add_enum_option(s, "--router", r.name, "router of the Bayesian layers");
   s->add_option("--samples", r.samples, "S router samples per token at evaluation")->capture_default_str();
   s->add_option("--train-samples", r.train_samples, "router samples per token in training")->capture_default_str();
   s->add_option("--router-temp", r.temp, "sample-k temperature T")->capture_default_str();
   s->add_option("--router-dropout", r.dropout, "mc-dropout p")->capture_default_str();
   s->add_option("--prior-scale", r.prior_scale, "s in the prior N(l_det, s² I)")->capture_default_str();
-  s->add_option("--temp-mode", r.temp_mode, "vtsr: shared | per-expert")->capture_default_str();
-  s->add_option("--temp-posterior", r.temp_posterior, "vtsr: point | lognormal")->capture_default_str();
+  cli::add_enum_option(s, "--temp-mode", r.temp_mode, "vtsr");
+  cli::add_enum_option(s, "--temp-posterior", r.temp_posterior, "vtsr");
   s->add_option("--temp-penalty", r.temp_penalty, "vtsr point: λ of λ Σ −log T")->capture_default_str();
   s->add_option("--temp-prior-scale", r.temp_prior_scale, "vtsr lognormal: s_T")->capture_default_str();
-  s->add_option("--vtsr-sampler", r.vtsr_sampler, "gumbel | authors")->capture_default_str();
+  cli::add_enum_option(s, "--vtsr-sampler", r.vtsr_sampler, "selection of K experts");
   s->add_option("--router-jitter", r.jitter, "multiplicative router-input jitter in training")->capture_default_str();
 }
 
 static void add_model(CLI::App* s, RunConfig& c) {
   auto& m = c.model;
-  s->add_option("--model-kind", m.kind, "lm | vit")->capture_default_str();
+  cli::add_enum_option(s, "--model-kind", m.kind, "model");
   s->add_option("--d-model", m.d_model, "model width")->capture_default_str();
   s->add_option("--layers", m.n_layers, "transformer blocks")->capture_default_str();
   s->add_option("--heads", m.n_heads, "attention heads")->capture_default_str();
   s->add_option("--max-seq", m.max_seq, "positions")->capture_default_str();
-  s->add_option("--norm", m.norm, "rms | layer")->capture_default_str();
+  cli::add_enum_option(s, "--norm", m.norm, "normalisation");
   s->add_option("--tied-head", m.tied_head, "tie the output head to the token embedding")->capture_default_str();
   s->add_option("--experts", m.n_experts, "E experts per MoE layer")->capture_default_str();
   s->add_option("--top-k", m.top_k, "K experts per token")->capture_default_str();
   s->add_option("--d-expert", m.d_expert, "expert hidden size")->capture_default_str();
-  s->add_option("--act", m.act, "gelu | swiglu")->capture_default_str();
+  cli::add_enum_option(s, "--act", m.act, "expert activation");
   s->add_option("--shared-expert", m.shared_expert, "add a DeepSeek-style shared expert")->capture_default_str();
   s->add_option("--moe-layers", m.moe_layers, "layers with MoE FFN (default: all)")->delimiter(',');
   s->add_option("--capacity-factor", m.capacity_factor, "0 = dropless")->capture_default_str();

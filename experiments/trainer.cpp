@@ -59,44 +59,11 @@ McBatch make_mc_batch(const McSet& set, const std::vector<int64_t>& idx, int max
 // ---- checkpoints -------------------------------------------------------------------
 static const char* kFormat = "vmoer-checkpoint-1";
 
-static json router_json(const nn::RouterConfig& r) {
-  return json{{"name", r.name},
-              {"jitter", r.jitter},
-              {"temp", r.temp},
-              {"dropout", r.dropout},
-              {"prior_scale", r.prior_scale},
-              {"samples", r.samples},
-              {"train_samples", r.train_samples},
-              {"temp_mode", r.temp_mode},
-              {"temp_posterior", r.temp_posterior},
-              {"temp_penalty", r.temp_penalty},
-              {"temp_prior_scale", r.temp_prior_scale},
-              {"vtsr_sampler", r.vtsr_sampler},
-              {"bayes_layers", r.bayes_layers}};
-}
-static nn::RouterConfig router_from_json(const json& j) {
-  nn::RouterConfig d, r;
-  r.name = j.value("name", d.name);
-  r.jitter = j.value("jitter", d.jitter);
-  r.temp = j.value("temp", d.temp);
-  r.dropout = j.value("dropout", d.dropout);
-  r.prior_scale = j.value("prior_scale", d.prior_scale);
-  r.samples = j.value("samples", d.samples);
-  r.train_samples = j.value("train_samples", d.train_samples);
-  r.temp_mode = j.value("temp_mode", d.temp_mode);
-  r.temp_posterior = j.value("temp_posterior", d.temp_posterior);
-  r.temp_penalty = j.value("temp_penalty", d.temp_penalty);
-  r.temp_prior_scale = j.value("temp_prior_scale", d.temp_prior_scale);
-  r.vtsr_sampler = j.value("vtsr_sampler", d.vtsr_sampler);
-  r.bayes_layers = j.value("bayes_layers", d.bayes_layers);
-  return r;
-}
-
 void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) {
   nn::SafeTensors f;
   f.metadata["format"] = kFormat;
   f.metadata["model"] = json(model.config()).dump();
-  f.metadata["router"] = router_json(model.router_config()).dump();
+  f.metadata["router"] = json(model.router_config()).dump();
   f.metadata["train_state"] = json{{"stage", st.stage},
                                    {"step", st.step},
                                    {"best_val", st.best_val},
@@ -165,8 +132,10 @@ void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::R
          kFormat + ")");
   try {
     mc = meta_json(f, path, "model").get<nn::ModelConfig>();
-    rc = router_from_json(meta_json(f, path, "router"));
+    rc = meta_json(f, path, "router").get<nn::RouterConfig>();
   } catch (const json::exception& e) {
+    fail(path + ": corrupt config metadata (" + e.what() + ")");
+  } catch (const Error& e) {  // an unknown name (router, norm, ...)
     fail(path + ": corrupt config metadata (" + e.what() + ")");
   }
 }
@@ -513,7 +482,9 @@ static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes
   }
 }
 
-static bool stochastic_router(nn::Model& model) { return model.router_config().name != "det" && !model.bayes_layer_ids().empty(); }
+static bool stochastic_router(nn::Model& model) {
+  return model.router_config().name != nn::RouterKind::det && !model.bayes_layer_ids().empty();
+}
 
 static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
                       int samples, uint64_t seed_shift);
@@ -651,10 +622,10 @@ int run_train(RunConfig cfg) {
     if (cfg.stage != "router") rc = init_rc;
   }
   if (cfg.stage == "pretrain" || cfg.stage == "finetune") {
-    if (rc.name != "det" && rc.name != "noisy")
-      fail("--router " + rc.name + ": Bayesian routers are trained in stage 2 (--stage router)");
+    if (rc.name != nn::RouterKind::det && rc.name != nn::RouterKind::noisy)
+      fail("--router " + rc.name.str() + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
-  if (mc.kind == "vit" && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
+  if (mc.kind == nn::ModelKind::vit && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
   if (cfg.stage == "router" && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
     // --bayes-layers auto:N: rank the MoE layers of the fine-tuned (det) model
     // by routing stability under input noise; the N least stable get the router.
@@ -665,7 +636,7 @@ int run_train(RunConfig cfg) {
     if (cfg.device == "cuda") probe.to(Device::CUDA);
     RunConfig pc = cfg;
     pc.max_eval_examples = 256;
-    if (mc.kind == "vit") {
+    if (mc.kind == nn::ModelKind::vit) {
       ImgTaskData d = load_image_task(pc);
       rc.bayes_layers = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
     } else {
@@ -704,7 +675,7 @@ int run_train(RunConfig cfg) {
   if (cfg.stage == "router") {
     ps.set_trainable(".*", false);
     int n = ps.set_trainable("\\.router\\.", true);
-    if (n == 0) fail("--stage router: router '" + rc.name + "' has no trainable parameters on the chosen layers");
+    if (n == 0) fail("--stage router: router '" + rc.name.str() + "' has no trainable parameters on the chosen layers");
   }
   if (!cfg.train_only.empty()) {
     ps.set_trainable(".*", false);
@@ -716,7 +687,7 @@ int run_train(RunConfig cfg) {
   NanInjection inject = nan_injection(ps);
 
   // Data
-  bool vit = mc.kind == "vit";
+  bool vit = mc.kind == nn::ModelKind::vit;
   if (vit && cfg.stage == "pretrain")
     fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
   bool lm = cfg.stage == "pretrain";
@@ -733,7 +704,7 @@ int run_train(RunConfig cfg) {
   std::signal(SIGTERM, on_signal);
   std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
   {
-    json meta{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", router_json(rc)},
+    json meta{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
               {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
     log << meta.dump() << "\n";
   }
