@@ -194,7 +194,7 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   };
   const nn::RouterConfig& want = cfg.router;
   if (given("--router") && want.name != rc.name) {
-    if (want.name == nn::RouterKind::mfvr || want.name == nn::RouterKind::fcvr || want.name == nn::RouterKind::vtsr)
+    if (nn::router_info(want.name).heads)
       fail("--router " + want.name.str() + ": its heads are trained in stage 2, and " + cfg.init + " has router " +
            rc.name.str() + " (vmoer train --stage router --router " + want.name.str() + " --init " + cfg.init + ")");
     rc.name = want.name;

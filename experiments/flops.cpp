@@ -10,34 +10,10 @@ RouterFlops router_flops(const nn::ModelConfig& mc, const nn::RouterConfig& rc) 
   double softmax = 3 * E;                    // max, exp, normalise
   double topk = E * std::max(1.0, K);        // partial selection
   f.det = 2 * C * E + softmax + topk + 2 * K;  // + renormalisation
-  const nn::RouterKind n = rc.name;
-  if (n == nn::RouterKind::det || n == nn::RouterKind::noisy) return f;
-  if (n == nn::RouterKind::mfvr || n == nn::RouterKind::fcvr) {
-    double trunk = 2 * C * H + H;            // Linear(d → d/4) + ReLU
-    double mu = 2 * H * E;
-    double cov = n == nn::RouterKind::mfvr ? 2 * H * E + 2 * E : 2 * H * E * (E + 1) / 2 + E;  // + exp of the diagonal
-    f.heads = trunk + mu + cov;
-    double transform = n == nn::RouterKind::mfvr ? 2 * E : E * (E + 1);  // σ ⊙ ε, or L ε (lower triangle)
-    f.sampling = S * (transform + E + softmax) + S * E + topk;  // + add mean, average, top-K of p̄
-    return f;
-  }
-  if (n == nn::RouterKind::vtsr) {
-    double out = rc.temp_mode == nn::TempMode::per_expert ? E : 1;
-    f.heads = 2 * C * H + H + 2 * H * out + 3 * out;  // MLP + softplus
-    // One selection per token per forward pass, in training and evaluation
-    // alike (the experts run once, on the sampled set): S does not apply.
-    f.sampling = E /*scale l/T*/ + 2 * E /*Gumbel noise add*/ + topk + 3 * K /*gate softmax*/;
-    return f;
-  }
-  if (n == nn::RouterKind::sample_k) {
-    f.sampling = E + 2 * E + topk + 3 * K;  // one selection per token, as vtsr
-    return f;
-  }
-  if (n == nn::RouterKind::mc_dropout) {
-    f.heads = S * C;                           // dropout masks on the router input
-    f.sampling = (S - 1) * 2 * C * E + S * E + softmax + topk;  // S router products, average logits
-    return f;
-  }
+  // The rest per router: nn/routers/registry.cpp (det and noisy: nothing more).
+  nn::RouterCost rest = nn::router_info(rc.name).flops(nn::RouterDims{C, E, K, S, H, softmax, topk}, rc);
+  f.heads = rest.heads;
+  f.sampling = rest.sampling;
   return f;
 }
 

@@ -243,7 +243,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   std::string router = method == "det+ts" ? "det" : method;
   c.router.name = router;
   std::string ckpt = finetuned;
-  bool trainable = router == "mfvr" || router == "fcvr" || router == "vtsr";
+  bool trainable = nn::router_info(c.router.name).heads;
   if (trainable) {
     RunConfig s = c;
     s.stage = "router";
@@ -280,7 +280,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   rec["method"] = method;
   rec["seed"] = c.seed;
   rec["checkpoint"] = ckpt;
-  rec["bayes_layers"] = trainable || router == "sample-k" || router == "mc-dropout" ? json(bayes) : json::array();
+  rec["bayes_layers"] = nn::router_info(c.router.name).bayesian ? json(bayes) : json::array();
   rec["temperature_scaling"] = T;
   rec["id"] = id_metrics(test, c.ece_bins);
   rec["eval_seconds"] = eval_s;

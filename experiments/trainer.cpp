@@ -622,7 +622,7 @@ int run_train(RunConfig cfg) {
     if (cfg.stage != "router") rc = init_rc;
   }
   if (cfg.stage == "pretrain" || cfg.stage == "finetune") {
-    if (rc.name != nn::RouterKind::det && rc.name != nn::RouterKind::noisy)
+    if (nn::router_info(rc.name).bayesian)
       fail("--router " + rc.name.str() + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
   if (mc.kind == nn::ModelKind::vit && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";

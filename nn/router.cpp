@@ -10,12 +10,6 @@
 
 namespace vm::nn {
 
-// Defined in nn/routers/*.cpp
-std::unique_ptr<Router> make_det_router();
-std::unique_ptr<Router> make_noisy_router(ParamStore& params, const std::string& prefix, int C, int E, uint64_t seed);
-std::unique_ptr<Router> make_bayesian_router(const RouterConfig& cfg, ParamStore& params, const std::string& prefix,
-                                             int C, int E, uint64_t seed);
-
 void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
   if (samples < 1) fail("--samples: must be >= 1, got " + std::to_string(samples));
   if (train_samples < 1) fail("--train-samples: must be >= 1, got " + std::to_string(train_samples));
@@ -28,13 +22,6 @@ void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
   for (int l : bayes_layers)
     if (l < 0 || l >= n_layers)
       fail("--bayes-layers: layer " + std::to_string(l) + " outside [0, " + std::to_string(n_layers) + ")");
-}
-
-std::unique_ptr<Router> make_router(const RouterConfig& cfg, bool bayes_layer, ParamStore& params,
-                                    const std::string& prefix, int C, int E, uint64_t seed) {
-  if (!bayes_layer || cfg.name == RouterKind::det) return make_det_router();
-  if (cfg.name == RouterKind::noisy) return make_noisy_router(params, prefix, C, E, seed);
-  return make_bayesian_router(cfg, params, prefix, C, E, seed);
 }
 
 void to_json(nlohmann::json& j, const RouterConfig& c) { j = fields_to_json<nlohmann::json>(c); }

@@ -15,6 +15,7 @@
 
 namespace vm::nn {
 
+// Every router, in the order of the registry (nn/routers/registry.cpp).
 enum class RouterKind : uint8_t { det, noisy, sample_k, mc_dropout, mfvr, fcvr, vtsr, count_ };
 enum class TempMode : uint8_t { shared, per_expert };
 enum class TempPosterior : uint8_t { point, lognormal };
@@ -69,7 +70,8 @@ struct RouterConfig {
 
 namespace vm {
 // One row per member (core/fields.h): its key in the checkpoint's "router"
-// metadata (the member's name), its flag, where it is used, its help.
+// metadata (the member's name), its flag, where it is used, its help. Which
+// routers read a field is in the registry (RouterInfo::params).
 template <>
 struct FieldTable<nn::RouterConfig> {
   using C = nn::RouterConfig;
@@ -148,6 +150,41 @@ class Router {
 // `params` under `prefix` (e.g. "layers.2.moe.router.").
 std::unique_ptr<Router> make_router(const RouterConfig& cfg, bool bayes_layer, ParamStore& params,
                                     const std::string& prefix, int C, int E, uint64_t seed);
+// The router a MoE layer gets: cfg.name on a Bayesian layer, det on the others.
+RouterKind layer_router(const RouterConfig& cfg, bool bayes_layer);
+
+// ---- the registry (nn/routers/registry.cpp): one row per RouterKind ----------------
+// Forward FLOPs per token of a router beyond the deterministic router's
+// l = u W_r, softmax and top-K (experiments/flops.cpp counts those), in the
+// conventions of experiments/flops.h.
+struct RouterCost {
+  double heads = 0;     // variational heads / temperature net / dropout masks
+  double sampling = 0;  // S samples (noise, softmax, averaging), or one stochastic selection
+};
+// The sizes the formulas use: C = d_model, E experts, K = top-K, S = samples,
+// H = max(1, C / 4) (head width), softmax = 3E, topk = E max(1, K).
+struct RouterDims {
+  double C, E, K, S, H, softmax, topk;
+};
+struct RouterInfo {
+  RouterKind kind;
+  // Bayesian/stochastic: routes only the --bayes-layers of a fine-tuned model
+  // (stage 2 or evaluation), never in pretraining or fine-tuning (det, noisy do).
+  bool bayesian;
+  // Has heads of its own, trained in stage 2 (`vmoer train --stage router`);
+  // `vmoer eval --router` cannot switch a checkpoint to it.
+  bool heads;
+  // The RouterConfig keys it reads besides name, bayes_layers and jitter
+  // (which every router shares), space-separated: the flags that apply to it.
+  std::string_view params;
+  std::unique_ptr<Router> (*make)(const RouterConfig& cfg, ParamStore& params, const std::string& prefix, int C,
+                                  int E, uint64_t seed);
+  RouterCost (*flops)(const RouterDims& d, const RouterConfig& cfg);
+};
+const RouterInfo& router_info(RouterKind kind);
+// Whether router `kind` reads the RouterConfig field `key` (RouterInfo::params).
+bool router_reads(RouterKind kind, std::string_view key);
+
 // ---- shared pieces -----------------------------------------------------------------
 // Top-K of probs (N, E) and gates renormalised over the K chosen: g = p_top / Σ p_top.
 struct TopKGates {

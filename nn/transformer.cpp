@@ -36,6 +36,7 @@ Model::Model(ModelConfig cfg, RouterConfig rcfg, uint64_t seed) : cfg_(std::move
       bool bayes = rcfg_.bayes_layers.empty() ||
                    std::find(rcfg_.bayes_layers.begin(), rcfg_.bayes_layers.end(), l) != rcfg_.bayes_layers.end();
       b.moe = std::make_unique<MoELayer>(cfg_, rcfg_, bayes, params_, p + "moe.", seed);
+      b.router = layer_router(rcfg_, bayes);
     } else {
       b.f_w1 = params_.normal(p + "ffn.w1", {C, F}, std_in, seed);
       if (cfg_.act == Act::swiglu) b.f_up = params_.normal(p + "ffn.w_up", {C, F}, std_in, seed);
@@ -66,7 +67,7 @@ std::vector<int> Model::moe_layer_ids() const {
 std::vector<int> Model::bayes_layer_ids() const {
   std::vector<int> ids;
   for (int l = 0; l < cfg_.n_layers; ++l)
-    if (blocks_[l].moe && blocks_[l].moe->router().name() == rcfg_.name.str()) ids.push_back(l);
+    if (blocks_[l].moe && blocks_[l].router == rcfg_.name) ids.push_back(l);
   return ids;
 }
 
