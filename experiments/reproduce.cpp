@@ -18,6 +18,7 @@
 #include <fstream>
 #include <memory>
 
+#include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
@@ -36,7 +37,7 @@ struct ReproConfig {
   bool smoke = false;  // tiny end-to-end run for tests (seconds, meaningless numbers)
   int seeds = 3;
   uint64_t seed0 = 1;
-  std::string device = "cpu";
+  Named<Device> device = Device::CPU;
   bool allow_tf32 = false;
   // The first stage that each seed re-runs; the stages before it are trained
   // once, with the first seed, and shared (see the --reseed-from help).
@@ -264,7 +265,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   nn::RouterConfig rc = c.router;
   nn::Model model(mc, rc, c.seed);
   load_checkpoint(ckpt, model, nullptr);
-  if (c.device == "cuda") model.to(Device::CUDA);
+  if (c.device == Device::CUDA) model.to(Device::CUDA);
   auto t0 = std::chrono::steady_clock::now();
   McEval test = td.vit ? evaluate_images(model, td.img.test, c) : evaluate_mc(model, td.text.test, c);
   double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -457,7 +458,7 @@ static int run_reproduce(ReproConfig r) {
   fs::create_directories(r.out);
   RunConfig base = preset(r);
   base.split_seed = r.split_seed;
-  base.split_seed_set = true;
+  base.given_flags.push_back("--split-seed");
   if (r.quick) base.steps = -1;  // markers used by run_method for the stage-2 plan
   if (r.smoke) base.steps = -2;
   if (r.beta >= 0) base.beta = r.beta;
@@ -584,7 +585,7 @@ static int run_reproduce(ReproConfig r) {
         if (spec.rfind("auto:", 0) == 0) {
           nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
           load_checkpoint(fin, probe, nullptr);
-          if (tc.device == "cuda") probe.to(Device::CUDA);
+          if (tc.device == Device::CUDA) probe.to(Device::CUDA);
           RunConfig pc = tc;
           pc.max_eval_examples = 200;
           int n = std::stoi(spec.substr(5));
@@ -685,7 +686,7 @@ void register_reproduce(CLI::App& app) {
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
   s->add_option("--data-dir", r->data_dir, "dataset cache");
   s->add_option("--threads", r->threads, "OpenMP threads")->capture_default_str();
-  s->add_option("--device", r->device, "cpu | cuda")->capture_default_str();
+  cli::add_enum_option(s, "--device", r->device, "where the model runs");
   s->add_flag("--allow-tf32", r->allow_tf32, "cuda: let cuBLAS use TF32 tensor cores in every stage");
   s->add_option("--methods", r->methods, "methods to run")->delimiter(',');
   s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (beta, samples, top_k, experts, prior_scale, "

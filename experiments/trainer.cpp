@@ -159,8 +159,9 @@ TrainState read_checkpoint_state(const std::string& path) {
 
 void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
   TrainState st = read_checkpoint_state(ckpt);
-  if (st.stage != "finetune" && st.stage != "router") return;  // pretraining: another corpus
-  if (!cfg.split_seed_set) {
+  std::optional<Stage> stage = find_enum<Stage>(st.stage);
+  if (stage != Stage::finetune && stage != Stage::router) return;  // pretraining: another corpus
+  if (!cfg.given("--split-seed")) {
     cfg.split_seed = st.split_seed;
   } else if (cfg.split_seed != st.split_seed) {
     std::fprintf(stderr,
@@ -616,24 +617,24 @@ int run_train(RunConfig cfg) {
     read_checkpoint_configs(last_path, mc, rc);
     inherit_split_seed(cfg, last_path);
   } else if (!cfg.init.empty()) {
-    if (cfg.stage == "router") inherit_split_seed(cfg, cfg.init);
+    if (cfg.stage == Stage::router) inherit_split_seed(cfg, cfg.init);
     nn::RouterConfig init_rc;
     read_checkpoint_configs(cfg.init, mc, init_rc);
-    if (cfg.stage != "router") rc = init_rc;
+    if (cfg.stage != Stage::router) rc = init_rc;
   }
-  if (cfg.stage == "pretrain" || cfg.stage == "finetune") {
+  if (cfg.stage == Stage::pretrain || cfg.stage == Stage::finetune) {
     if (nn::router_info(rc.name).bayesian)
       fail("--router " + rc.name.str() + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
-  if (mc.kind == nn::ModelKind::vit && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
-  if (cfg.stage == "router" && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
+  if (mc.kind == nn::ModelKind::vit && cfg.task != Task::fashion_mnist) cfg.task = Task::fashion_mnist;
+  if (cfg.stage == Stage::router && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
     // --bayes-layers auto:N: rank the MoE layers of the fine-tuned (det) model
     // by routing stability under input noise; the N least stable get the router.
     int n = std::stoi(cfg.bayes_spec.substr(5));
     nn::RouterConfig det;
     nn::Model probe(mc, det, cfg.seed);
     load_checkpoint(cfg.init, probe, nullptr);
-    if (cfg.device == "cuda") probe.to(Device::CUDA);
+    if (cfg.device == Device::CUDA) probe.to(Device::CUDA);
     RunConfig pc = cfg;
     pc.max_eval_examples = 256;
     if (mc.kind == nn::ModelKind::vit) {
@@ -652,7 +653,7 @@ int run_train(RunConfig cfg) {
   oc.total_steps = cfg.steps;
   nn::AdamW opt(oc);
   TrainState st;
-  st.stage = cfg.stage;
+  st.stage = cfg.stage.str();
   st.seed = cfg.seed;
   st.split_seed = cfg.split_seed;
   if (cfg.resume) {
@@ -660,19 +661,19 @@ int run_train(RunConfig cfg) {
     std::fprintf(stderr, "resuming %s from step %lld\n", last_path.c_str(), (long long)st.step);
   } else if (!cfg.init.empty()) {
     // Stage 2 adds router heads the fine-tuned checkpoint does not have.
-    load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
+    load_checkpoint(cfg.init, model, nullptr, cfg.stage == Stage::router ? "\\.router\\." : "");
   }
 
   // --device cuda: parameters and optimizer state move to the GPU once the
   // checkpoints are loaded (load_checkpoint writes host tensors).
-  if (cfg.device == "cuda") {
+  if (cfg.device == Device::CUDA) {
     model.to(Device::CUDA);
     opt.to(Device::CUDA);
   }
 
   // Freezing: stage 2 trains only the router heads (W_r stays frozen).
   auto& ps = model.params();
-  if (cfg.stage == "router") {
+  if (cfg.stage == Stage::router) {
     ps.set_trainable(".*", false);
     int n = ps.set_trainable("\\.router\\.", true);
     if (n == 0) fail("--stage router: router '" + rc.name.str() + "' has no trainable parameters on the chosen layers");
@@ -688,9 +689,9 @@ int run_train(RunConfig cfg) {
 
   // Data
   bool vit = mc.kind == nn::ModelKind::vit;
-  if (vit && cfg.stage == "pretrain")
+  if (vit && cfg.stage == Stage::pretrain)
     fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
-  bool lm = cfg.stage == "pretrain";
+  bool lm = cfg.stage == Stage::pretrain;
   LmData lmd;
   McTaskData mcd;
   ImgTaskData imd;
@@ -708,7 +709,7 @@ int run_train(RunConfig cfg) {
               {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
     log << meta.dump() << "\n";
   }
-  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.c_str(),
+  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.str().c_str(),
                (long long)ps.count(), (long long)ps.count(true), cfg.threads);
 
   auto t_start = std::chrono::steady_clock::now();
@@ -801,11 +802,11 @@ int run_train(RunConfig cfg) {
       // batches in an epoch (the minibatch ELBO of the whole training set).
       Var kl = res.kl;
       double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
-      Var kl_term = cfg.kl_norm == "token-mean" ? ops::mul_scalar(kl, 1.0 / n_real)
+      Var kl_term = cfg.kl_norm == KlNorm::token_mean ? ops::mul_scalar(kl, 1.0 / n_real)
                                                 : ops::mul_scalar(kl, 1.0 / (double)batches_per_epoch);
       Var loss = task;
-      if (cfg.lb_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
-      if (cfg.z_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
+      if (cfg.lb_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
+      if (cfg.z_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
       loss = ops::add(loss, ops::mul_scalar(kl_term, cfg.beta));
       loss = ops::add(loss, res.penalty);
       Var scaled = ops::mul_scalar(loss, 1.0 / cfg.grad_accum);
@@ -905,7 +906,7 @@ int run_train(RunConfig cfg) {
   if (cfg.progress) std::fprintf(stderr, "\n");
   if (!fs::exists(best_path)) save_checkpoint(best_path, model, nullptr, st);
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
-  std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.c_str(),
+  std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.str().c_str(),
                (long long)st.step, best.c_str(), cfg.out.c_str());
   return exit_code;
 }
