@@ -120,6 +120,18 @@ struct RunConfig {
 // IEEE fp32 with fp32 accumulation, as the CPU-parity tests expect.
 void require_device(Device device, bool allow_tf32 = false);
 
+// ---- the stage cache of `vmoer reproduce` (experiments/reproduce.cpp) ----------
+// A training stage's config: the Group::evaluation fields reset to their
+// defaults (run_train does not read them), so they cannot change the stage.
+RunConfig training_stage(RunConfig c);
+// What a stage's cache key hashes: every field of the config, serialized
+// through the field tables ({"model": {...}, "router": {...}, "optim": {...},
+// "beta": ..., ...}), except the Use::runtime ones (out, resume, threads,
+// progress). Written to the stage's done.json.
+nlohmann::json stage_inputs(const RunConfig& c);
+// 12 hex digits of the hash of stage_inputs(c): the stage directory's suffix.
+std::string stage_key(const RunConfig& c);
+
 }  // namespace vm::exp
 
 namespace vm {
