@@ -84,9 +84,11 @@ int main(int argc, char** argv) {
               d, mc.d_expert, layers, experts, B, T, samples, omp_get_max_threads(), device.c_str());
   std::printf("%-11s %12s %10s %12s %10s\n", "router", "FLOPs/token", "vs det", "forward ms", "vs det");
   double det_ms = 0, det_flops = 0;
-  for (std::string name : {"det", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"}) {
+  for (size_t k = 0; k < enum_count<nn::RouterKind>(); ++k) {
     nn::RouterConfig rc;
-    rc.name = name;
+    rc.name = (nn::RouterKind)k;
+    if (rc.name != nn::RouterKind::det && !nn::router_info(rc.name).bayesian) continue;  // noisy routes as det here
+    std::string name = rc.name.str();
     rc.samples = samples;
     rc.bayes_layers = {1, 2};
     nn::Model model(mc, rc, 1);
@@ -106,7 +108,7 @@ int main(int argc, char** argv) {
     }
     double m = median(ms);
     double flops = exp::flops_json(model, T)["per_token"].get<double>();
-    if (name == "det") det_ms = m, det_flops = flops;
+    if (rc.name == nn::RouterKind::det) det_ms = m, det_flops = flops;
     std::printf("%-11s %12.0f %+9.2f%% %12.2f %+9.2f%%\n", name.c_str(), flops, 100 * (flops / det_flops - 1), m,
                 100 * (m / det_ms - 1));
   }

@@ -4,6 +4,7 @@
 #include "experiments/checkpoint_io.h"
 
 #include <cmath>
+#include <optional>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -15,44 +16,11 @@ using nlohmann::json;
 
 static const char* kFormat = "vmoer-checkpoint-1";
 
-json router_json(const nn::RouterConfig& r) {
-  return json{{"name", r.name},
-              {"jitter", r.jitter},
-              {"temp", r.temp},
-              {"dropout", r.dropout},
-              {"prior_scale", r.prior_scale},
-              {"samples", r.samples},
-              {"train_samples", r.train_samples},
-              {"temp_mode", r.temp_mode},
-              {"temp_posterior", r.temp_posterior},
-              {"temp_penalty", r.temp_penalty},
-              {"temp_prior_scale", r.temp_prior_scale},
-              {"vtsr_sampler", r.vtsr_sampler},
-              {"bayes_layers", r.bayes_layers}};
-}
-static nn::RouterConfig router_from_json(const json& j) {
-  nn::RouterConfig d, r;
-  r.name = j.value("name", d.name);
-  r.jitter = j.value("jitter", d.jitter);
-  r.temp = j.value("temp", d.temp);
-  r.dropout = j.value("dropout", d.dropout);
-  r.prior_scale = j.value("prior_scale", d.prior_scale);
-  r.samples = j.value("samples", d.samples);
-  r.train_samples = j.value("train_samples", d.train_samples);
-  r.temp_mode = j.value("temp_mode", d.temp_mode);
-  r.temp_posterior = j.value("temp_posterior", d.temp_posterior);
-  r.temp_penalty = j.value("temp_penalty", d.temp_penalty);
-  r.temp_prior_scale = j.value("temp_prior_scale", d.temp_prior_scale);
-  r.vtsr_sampler = j.value("vtsr_sampler", d.vtsr_sampler);
-  r.bayes_layers = j.value("bayes_layers", d.bayes_layers);
-  return r;
-}
-
 void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) {
   nn::SafeTensors f;
   f.metadata["format"] = kFormat;
   f.metadata["model"] = json(model.config()).dump();
-  f.metadata["router"] = router_json(model.router_config()).dump();
+  f.metadata["router"] = json(model.router_config()).dump();
   f.metadata["train_state"] = json{{"stage", st.stage},
                                    {"step", st.step},
                                    {"best_val", st.best_val},
@@ -121,8 +89,10 @@ void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::R
          kFormat + ")");
   try {
     mc = meta_json(f, path, "model").get<nn::ModelConfig>();
-    rc = router_from_json(meta_json(f, path, "router"));
+    rc = meta_json(f, path, "router").get<nn::RouterConfig>();
   } catch (const json::exception& e) {
+    fail(path + ": corrupt config metadata (" + e.what() + ")");
+  } catch (const Error& e) {  // an unknown name (router, norm, ...)
     fail(path + ": corrupt config metadata (" + e.what() + ")");
   }
 }
@@ -146,8 +116,9 @@ TrainState read_checkpoint_state(const std::string& path) {
 
 void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
   TrainState st = read_checkpoint_state(ckpt);
-  if (st.stage != "finetune" && st.stage != "router") return;  // pretraining: another corpus
-  if (!cfg.split_seed_set) {
+  std::optional<Stage> stage = find_enum<Stage>(st.stage);
+  if (stage != Stage::finetune && stage != Stage::router) return;  // pretraining: another corpus
+  if (!cfg.given("--split-seed")) {
     cfg.split_seed = st.split_seed;
   } else if (cfg.split_seed != st.split_seed) {
     std::fprintf(stderr,

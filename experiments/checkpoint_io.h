@@ -33,8 +33,6 @@ TrainState read_checkpoint_state(const std::string& path);
 // that split's test set: take the checkpoint's split seed unless --split-seed
 // was given, and warn when it was given and differs (the sets then overlap).
 void inherit_split_seed(RunConfig& cfg, const std::string& ckpt);
-// The router config as checkpoints and logs store it.
-nlohmann::json router_json(const nn::RouterConfig& r);
 // Read the model and router configs stored in a checkpoint.
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
 

@@ -33,7 +33,7 @@ McTaskData load_mc_task(const RunConfig& cfg) {
   data::McTaskOptions o;
   o.seed = cfg.split_seed;
   o.max_gloss_bytes = (size_t)cfg.gloss_max_bytes;
-  data::McTask t = data::load_mc_task(cfg.task, cache(cfg), o);
+  data::McTask t = data::load_mc_task(cfg.task.str(), cache(cfg), o);
   McTaskData d;
   d.train = to_set("train", t.train, cfg.max_train_examples);
   d.val = to_set("val", t.val, cfg.max_eval_examples);

@@ -185,33 +185,23 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   nn::ModelConfig mc;
   nn::RouterConfig rc;
   read_checkpoint_configs(cfg.init, mc, rc);
-  if (cfg.samples_set) rc.samples = cfg.router.samples;
-  // Router flags given on the command line override the checkpoint's settings
-  // (e.g. a det checkpoint evaluated with sample-k or mc-dropout). Routers with
-  // trained heads (mfvr, fcvr, vtsr) need a stage-2 checkpoint of their own.
-  auto given = [&](const char* f) {
-    return std::find(cfg.router_flags.begin(), cfg.router_flags.end(), f) != cfg.router_flags.end();
-  };
+  // Router flags given on the command line (Use::override in the field
+  // tables) override the checkpoint's settings (e.g. a det checkpoint
+  // evaluated with sample-k or mc-dropout). Routers with trained heads
+  // (mfvr, fcvr, vtsr) need a stage-2 checkpoint of their own.
+  auto overrides = [&](const auto& row) { return (row.use & Use::override) && cfg.given(row.flag); };
   const nn::RouterConfig& want = cfg.router;
-  if (given("--router") && want.name != rc.name) {
-    if (want.name == "mfvr" || want.name == "fcvr" || want.name == "vtsr")
-      fail("--router " + want.name + ": its heads are trained in stage 2, and " + cfg.init + " has router " + rc.name +
-           " (vmoer train --stage router --router " + want.name + " --init " + cfg.init + ")");
-    rc.name = want.name;
-  }
-  if (given("--router-temp")) rc.temp = want.temp;
-  if (given("--router-dropout")) rc.dropout = want.dropout;
-  if (given("--prior-scale")) rc.prior_scale = want.prior_scale;
-  if (given("--temp-mode")) rc.temp_mode = want.temp_mode;
-  if (given("--temp-posterior")) rc.temp_posterior = want.temp_posterior;
-  if (given("--temp-penalty")) rc.temp_penalty = want.temp_penalty;
-  if (given("--temp-prior-scale")) rc.temp_prior_scale = want.temp_prior_scale;
-  if (given("--vtsr-sampler")) rc.vtsr_sampler = want.vtsr_sampler;
-  if (given("--bayes-layers")) rc.bayes_layers = want.bayes_layers;
-  if (!cfg.router_flags.empty()) rc.validate(mc.n_layers, mc.n_experts, mc.top_k);
+  if (cfg.given("--router") && want.name != rc.name && nn::router_info(want.name).heads)
+    fail("--router " + want.name.str() + ": its heads are trained in stage 2, and " + cfg.init + " has router " +
+         rc.name.str() + " (vmoer train --stage router --router " + want.name.str() + " --init " + cfg.init + ")");
+  copy_fields(rc, want, [&](const auto& row, const std::string&) { return overrides(row); });
+  if (cfg.given("--bayes-layers")) rc.bayes_layers = want.bayes_layers;  // parsed from RunConfig::bayes_spec
+  bool any = false;
+  for_each_field(cfg, [&](const auto& row, const auto&, const std::string&) { any = any || overrides(row); });
+  if (any) rc.validate(mc.n_layers, mc.n_experts, mc.top_k);
   auto model = std::make_unique<nn::Model>(mc, rc, cfg.seed);
   load_checkpoint(cfg.init, *model, nullptr);
-  if (cfg.device == "cuda") model->to(Device::CUDA);
+  if (cfg.device == Device::CUDA) model->to(Device::CUDA);
   return model;
 }
 
@@ -221,14 +211,13 @@ int run_eval(RunConfig cfg) {
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);
   inherit_split_seed(cfg, cfg.init);
-  if (cfg.split != "val" && cfg.split != "test") fail("--split: must be val or test, got '" + cfg.split + "'");
-  bool vit = model->config().kind == "vit";
+  bool vit = model->config().kind == nn::ModelKind::vit;
   McTaskData task;
   ImgTaskData itask;
   if (vit) itask = load_image_task(cfg);
   else task = load_mc_task(cfg);
-  McSet& set = cfg.split == "val" ? task.val : task.test;
-  ImgSet& iset = cfg.split == "val" ? itask.val : itask.test;
+  McSet& set = cfg.split == Split::val ? task.val : task.test;
+  ImgSet& iset = cfg.split == Split::val ? itask.val : itask.test;
   EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
   McEval ev = evaluator.run(0.0, &trace);
@@ -245,7 +234,7 @@ int run_eval(RunConfig cfg) {
   out["flops"] = flops_json(*model, vit ? model->config().seq_len_vit() : 128);
   out["ood_convention"] = "OOD is the positive class; a higher score means more OOD (msp is the negated max probability)";
   fs::create_directories(cfg.out);
-  write_probs_csv(cfg.out + "/probs_" + cfg.split + ".csv", ev);
+  write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
   if (cfg.ood) {
     json o = json::object();
     if (vit) {

@@ -10,34 +10,10 @@ RouterFlops router_flops(const nn::ModelConfig& mc, const nn::RouterConfig& rc) 
   double softmax = 3 * E;                    // max, exp, normalise
   double topk = E * std::max(1.0, K);        // partial selection
   f.det = 2 * C * E + softmax + topk + 2 * K;  // + renormalisation
-  const std::string& n = rc.name;
-  if (n == "det" || n == "noisy") return f;
-  if (n == "mfvr" || n == "fcvr") {
-    double trunk = 2 * C * H + H;            // Linear(d → d/4) + ReLU
-    double mu = 2 * H * E;
-    double cov = n == "mfvr" ? 2 * H * E + 2 * E : 2 * H * E * (E + 1) / 2 + E;  // + exp of the diagonal
-    f.heads = trunk + mu + cov;
-    double transform = n == "mfvr" ? 2 * E : E * (E + 1);  // σ ⊙ ε, or L ε (lower triangle)
-    f.sampling = S * (transform + E + softmax) + S * E + topk;  // + add mean, average, top-K of p̄
-    return f;
-  }
-  if (n == "vtsr") {
-    double out = rc.temp_mode == "per-expert" ? E : 1;
-    f.heads = 2 * C * H + H + 2 * H * out + 3 * out;  // MLP + softplus
-    // One selection per token per forward pass, in training and evaluation
-    // alike (the experts run once, on the sampled set): S does not apply.
-    f.sampling = E /*scale l/T*/ + 2 * E /*Gumbel noise add*/ + topk + 3 * K /*gate softmax*/;
-    return f;
-  }
-  if (n == "sample-k") {
-    f.sampling = E + 2 * E + topk + 3 * K;  // one selection per token, as vtsr
-    return f;
-  }
-  if (n == "mc-dropout") {
-    f.heads = S * C;                           // dropout masks on the router input
-    f.sampling = (S - 1) * 2 * C * E + S * E + softmax + topk;  // S router products, average logits
-    return f;
-  }
+  // The rest per router: nn/routers/registry.cpp (det and noisy: nothing more).
+  nn::RouterCost rest = nn::router_info(rc.name).flops(nn::RouterDims{C, E, K, S, H, softmax, topk}, rc);
+  f.heads = rest.heads;
+  f.sampling = rest.sampling;
   return f;
 }
 
@@ -45,10 +21,10 @@ ModelFlops model_flops(const nn::ModelConfig& mc, const nn::RouterConfig& rc, co
                        int T) {
   double C = mc.d_model, F = mc.d_expert, K = mc.top_k, V = mc.vocab;
   double keys = (T + 1) / 2.0;
-  double ffn = (mc.act == "swiglu" ? 6 : 4) * C * F + (mc.act == "swiglu" ? 2 : 1) * F;
+  double ffn = (mc.act == nn::Act::swiglu ? 6 : 4) * C * F + (mc.act == nn::Act::swiglu ? 2 : 1) * F;
   ModelFlops f;
   nn::RouterConfig det = rc;
-  det.name = "det";
+  det.name = nn::RouterKind::det;
   for (int l = 0; l < mc.n_layers; ++l) {
     f.attention += 2 * C * 3 * C + 2 * C * C + 4 * keys * C + 3 * keys * (mc.n_heads);
     if (mc.is_moe_layer(l)) {
@@ -59,7 +35,7 @@ ModelFlops model_flops(const nn::ModelConfig& mc, const nn::RouterConfig& rc, co
       f.dense_ffn += ffn;
     }
   }
-  f.head = mc.kind == "lm" ? 2 * C * V : 0;
+  f.head = mc.kind == nn::ModelKind::lm ? 2 * C * V : 0;
   return f;
 }
 
@@ -69,7 +45,7 @@ nlohmann::json flops_json(nn::Model& model, int T) {
   auto bl = model.bayes_layer_ids();
   ModelFlops m = model_flops(mc, rc, bl, T);
   nn::RouterConfig det = rc;
-  det.name = "det";
+  det.name = nn::RouterKind::det;
   ModelFlops d = model_flops(mc, det, {}, T);
   RouterFlops rf = router_flops(mc, rc);
   return {{"context", T},

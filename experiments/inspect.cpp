@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "data/tokenizer.h"
+#include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
@@ -156,19 +157,11 @@ void register_inspect(CLI::App& app) {
   s->add_option("--ckpt,--init", ic->run.init, "checkpoint")->required();
   s->add_option("--text", ic->text, "input text (e.g. a full prompt ending with 'Answer:')");
   s->add_option("--index", ic->index, "an example of the test split instead of --text");
-  s->add_option("--samples", ic->run.router.samples, "S router samples");
   s->add_option("--last", ic->max_tokens, "show only the last N tokens (0 = all)")->capture_default_str();
-  s->add_option("--seed", ic->run.seed, "seed")->capture_default_str();
-  s->add_option("--split-seed", ic->run.split_seed, "seed of the data split --index reads")->capture_default_str();
-  s->add_option("--threads", ic->run.threads, "threads")->capture_default_str();
-  s->add_option("--device", ic->run.device, "cpu | cuda")->capture_default_str();
-  s->add_flag("--allow-tf32", ic->run.allow_tf32, "cuda: let cuBLAS use TF32 tensor cores");
-  s->add_option("--data-dir", ic->run.data_dir, "dataset cache");
-  s->add_option("--gloss-max-bytes", ic->run.gloss_max_bytes, "as in training")->capture_default_str();
   s->add_flag("--json", ic->as_json, "machine-readable output");
+  cli::add_field_options(s, ic->run, Use::inspect);
   cli::add_runner(s, [ic, s] {
-    ic->run.samples_set = s->count("--samples") > 0;
-    ic->run.split_seed_set = s->count("--split-seed") > 0;
+    ic->run.given_flags = cli::given_flags(s, ic->run, Use::inspect);
     return run_inspect(*ic);
   });
 }

@@ -21,6 +21,11 @@ int main(int argc, char** argv) {
     // Bad flags or values: one line, exit code 2.
     std::fprintf(stderr, "vmoer: %s\n", e.what());
     return 2;
+  } catch (const vm::Error& e) {
+    // A value that parses but is not one of the allowed names (an unknown
+    // --router, --stage, ...): one line, exit code 1, as the other value checks.
+    std::fprintf(stderr, "vmoer: %s\n", e.what());
+    return 1;
   }
   try {
     return vm::cli::run_selected(app);

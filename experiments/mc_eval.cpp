@@ -126,7 +126,9 @@ static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes
   ev.mutual_info = metrics::mutual_information(samples);
 }
 
-static bool stochastic_router(nn::Model& model) { return model.router_config().name != "det" && !model.bayes_layer_ids().empty(); }
+static bool stochastic_router(nn::Model& model) {
+  return model.router_config().name != nn::RouterKind::det && !model.bayes_layer_ids().empty();
+}
 
 static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
                       int samples, uint64_t seed_shift);

@@ -7,6 +7,7 @@
 //   change are reused from <out>/stages/.
 #include <omp.h>
 
+#include <charconv>
 #include <chrono>
 #include <ctime>
 #include <functional>
@@ -18,6 +19,7 @@
 #include <fstream>
 #include <memory>
 
+#include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
@@ -31,51 +33,59 @@ namespace vm::exp {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
+enum class Track : uint8_t { text, vision, both };
+
+}  // namespace vm::exp
+
+template <>
+struct vm::EnumNames<vm::exp::Track> {
+  static constexpr std::array<std::string_view, 3> names{"text", "vision", "both"};
+};
+static_assert(vm::enum_names_ok<vm::exp::Track>());
+
+namespace vm::exp {
+
 struct ReproConfig {
   bool quick = false;
   bool smoke = false;  // tiny end-to-end run for tests (seconds, meaningless numbers)
   int seeds = 3;
   uint64_t seed0 = 1;
-  std::string device = "cpu";
-  bool allow_tf32 = false;
   // The first stage that each seed re-runs; the stages before it are trained
   // once, with the first seed, and shared (see the --reseed-from help).
-  std::string reseed_from = "router";
-  uint64_t split_seed = 1;  // data splits and OOD subsamples: the same for every seed
-  std::string track = "text";
+  Named<Stage> reseed_from = Stage::router;
+  Named<Track> track = Track::text;
   std::string out;
-  std::string data_dir;
-  int threads = 2;
   std::vector<std::string> methods{"det", "det+ts", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
-  std::string ablate;        // key=v1,v2,...
-  // knobs (empty string / negative = preset default)
-  double beta = -1, prior_scale = -1;
-  int samples = -1, top_k = -1, experts = -1;
-  std::string bayes_layers, temp_mode, kl_norm;
-  std::vector<double> gammas;
+  std::string ablate;  // key=v1,v2,...
+  // The RunConfig fields that are flags of reproduce (Use::repro in the field
+  // tables); those given override the preset in every stage.
+  RunConfig run;
 };
 
-// ---- presets --------------------------------------------------------------------------
+// A row of the table: a router, or a router with temperature scaling fitted
+// on the validation split ("det+ts").
+struct Method {
+  nn::RouterKind router = nn::RouterKind::det;
+  bool temperature_scaling = false;
+};
+static Method parse_method(const std::string& s) {
+  static const std::string ts = "+ts";
+  bool scaled = s.size() > ts.size() && s.compare(s.size() - ts.size(), ts.size(), ts) == 0;
+  try {
+    return Method{parse_enum<nn::RouterKind>(scaled ? s.substr(0, s.size() - ts.size()) : s), scaled};
+  } catch (const Error& e) {
+    fail("--methods: " + std::string(e.what()) + "; or a router with +ts (temperature scaling), e.g. det+ts");
+  }
+}
+
+// ---- presets: what differs from the defaults of the field tables (run_config.h) ----
 static RunConfig preset(const ReproConfig& r) {
   RunConfig c;
-  c.device = r.device;
-  c.allow_tf32 = r.allow_tf32;
-  c.data_dir = r.data_dir;
-  c.threads = r.threads;
-  c.progress = true;
   auto& m = c.model;
-  m.kind = "lm";
-  m.n_heads = 4;
-  m.n_experts = 8;
-  m.top_k = 2;
   m.max_seq = 192;
   c.gloss_max_bytes = 100;
-  c.seq = 128;
-  c.router.samples = 35;
-  c.beta = 0.01;
-  c.kl_norm = "token-mean";
-  c.lb_coef = 0.01;
-  c.z_coef = 1e-3;
+  c.bayes_spec = "auto:2";
+  c.given_flags = {"--split-seed"};  // every stage uses the split of the reproduce run, never a checkpoint's
   if (r.smoke) {
     c.progress = false;
     m.d_model = 32;
@@ -90,18 +100,12 @@ static RunConfig preset(const ReproConfig& r) {
     c.ood_size = 12;
   } else if (r.quick) {
     m.d_model = 96;
-    m.n_layers = 4;
     m.d_expert = 192;
     c.gammas = {0.005, 0.01, 0.05};
     c.max_eval_examples = 400;
     c.ood_size = 200;
   } else {
-    m.d_model = 128;
-    m.n_layers = 4;
     m.d_expert = 256;
-    c.gammas = {0.001, 0.002, 0.005, 0.007, 0.01, 0.02, 0.05};
-    c.max_eval_examples = 0;
-    c.ood_size = 1000;
   }
   return c;
 }
@@ -109,9 +113,9 @@ static RunConfig preset(const ReproConfig& r) {
 // The vision track's model: a ViT-MoE over 4×4 patches of 28×28 images.
 static RunConfig vision_config(const RunConfig& text, const ReproConfig& r) {
   RunConfig c = text;
-  c.task = "fashion-mnist";
+  c.task = Task::fashion_mnist;
   auto& m = c.model;
-  m.kind = "vit";
+  m.kind = nn::ModelKind::vit;
   m.max_seq = 64;
   if (r.smoke) {
     m.d_model = 32;
@@ -132,14 +136,16 @@ struct StagePlan {
   int eval_every;
   int patience;
 };
+enum class PlanFor { pretrain, finetune, router, vision };
 // Step counts decide every stage, so a seed gives the same run on any machine.
 // The time limit is only a safety cap (about 3x the expected time on 2 cores);
 // a stage that hits it is reported, because its result then depends on speed.
-static StagePlan plan_for(const std::string& stage, bool quick, bool smoke = false) {
-  if (smoke) return stage == "router" ? StagePlan{3, 0, 8, 1e-3, 3, 0} : StagePlan{4, 0, 8, 1e-3, 0, 0};
-  if (stage == "vision") return quick ? StagePlan{300, 450, 64, 2e-3, 100, 0} : StagePlan{4000, 7200, 64, 2e-3, 250, 0};
-  if (stage == "pretrain") return quick ? StagePlan{900, 600, 16, 2e-3, 0, 0} : StagePlan{8000, 10800, 16, 2e-3, 500, 0};
-  if (stage == "finetune") return quick ? StagePlan{500, 900, 32, 1e-3, 125, 0} : StagePlan{3000, 10800, 32, 1e-3, 250, 0};
+static StagePlan plan_for(PlanFor stage, const ReproConfig& r) {
+  bool quick = r.quick;
+  if (r.smoke) return stage == PlanFor::router ? StagePlan{3, 0, 8, 1e-3, 3, 0} : StagePlan{4, 0, 8, 1e-3, 0, 0};
+  if (stage == PlanFor::vision) return quick ? StagePlan{300, 450, 64, 2e-3, 100, 0} : StagePlan{4000, 7200, 64, 2e-3, 250, 0};
+  if (stage == PlanFor::pretrain) return quick ? StagePlan{900, 600, 16, 2e-3, 0, 0} : StagePlan{8000, 10800, 16, 2e-3, 500, 0};
+  if (stage == PlanFor::finetune) return quick ? StagePlan{500, 900, 32, 1e-3, 125, 0} : StagePlan{3000, 10800, 32, 1e-3, 250, 0};
   return quick ? StagePlan{150, 300, 32, 3e-3, 50, 2} : StagePlan{400, 3600, 32, 2e-3, 50, 4};
 }
 
@@ -154,31 +160,34 @@ static void apply_plan(RunConfig& c, const StagePlan& p) {
   c.patience = p.patience;
 }
 
-// A stage directory is reused when its inputs.json (config + parent) matches.
-static std::string stage_dir(const std::string& root, const std::string& name, const json& inputs) {
-  uint64_t h = nn::name_hash(inputs.dump());
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)h);
-  return root + "/stages/" + name + "-" + std::string(buf).substr(0, 12);
+// ---- the stage cache ---------------------------------------------------------------
+RunConfig training_stage(RunConfig c) {
+  copy_fields(c, RunConfig{}, [](const auto& row, const std::string&) { return row.group == Group::evaluation; });
+  return c;
 }
 
-static json run_json(const RunConfig& c) {
-  json j{{"stage", c.stage},         {"model", c.model},       {"seed", c.seed},
-              {"steps", c.steps},         {"batch", c.batch},       {"seq", c.seq},
-              {"lr", c.optim.lr},         {"warmup", c.optim.warmup}, {"time_limit", c.time_limit_s},
-              {"router", c.router.name},  {"bayes", c.bayes_spec},  {"beta", c.beta},
-              {"kl_norm", c.kl_norm},     {"prior_scale", c.router.prior_scale},
-              {"temp_mode", c.router.temp_mode}, {"train_samples", c.router.train_samples},
-              {"gloss", c.gloss_max_bytes}, {"init", c.init},       {"patience", c.patience},
-              {"eval_every", c.eval_every}};
-  if (c.split_seed != 1) j["split_seed"] = c.split_seed;  // omitted at its default: older stage caches stay valid
+json stage_inputs(const RunConfig& c) {
+  json j = json::object();
+  for_each_field(c, [&](const auto& row, const auto& v, std::string path) {
+    if (row.use & Use::runtime) return;
+    for (char& ch : path)
+      if (ch == '.') ch = '/';
+    j[json::json_pointer("/" + path)] = v;
+  });
   return j;
+}
+
+std::string stage_key(const RunConfig& c) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%016llx", (unsigned long long)nn::name_hash(stage_inputs(c).dump()));
+  return std::string(buf).substr(0, 12);
 }
 
 // Train one stage unless a finished copy with the same inputs exists. Returns the best checkpoint.
 static std::string train_stage(RunConfig c, const std::string& root, const std::string& name) {
-  json inputs = run_json(c);
-  std::string dir = stage_dir(root, name, inputs);
+  c = training_stage(std::move(c));
+  json inputs = stage_inputs(c);
+  std::string dir = root + "/stages/" + name + "-" + stage_key(c);
   std::string done = dir + "/done.json";
   std::string best = dir + "/best.safetensors";
   if (fs::exists(done) && fs::exists(best)) {
@@ -235,27 +244,28 @@ struct TrackData {
 };
 
 // One method on one seed: returns the metrics record.
-static json run_method(const std::string& method, const RunConfig& base, const std::string& root,
+static json run_method(const std::string& method, const ReproConfig& r, const RunConfig& base,
                        const std::string& finetuned, const TrackData& td, const std::vector<int>& bayes,
                        std::map<std::string, std::string>& csvs) {
   RunConfig c = base;
   c.router.bayes_layers = bayes;
-  std::string router = method == "det+ts" ? "det" : method;
-  c.router.name = router;
+  Method how = parse_method(method);
+  c.router.name = how.router;
+  const nn::RouterInfo& router = nn::router_info(how.router);
   std::string ckpt = finetuned;
-  bool trainable = router == "mfvr" || router == "fcvr" || router == "vtsr";
-  if (trainable) {
+  if (router.heads) {
     RunConfig s = c;
-    s.stage = "router";
+    s.stage = Stage::router;
     s.init = finetuned;
     std::string bl;
     for (int l : bayes) bl += (bl.empty() ? "" : ",") + std::to_string(l);
     s.bayes_spec = bl;
-    apply_plan(s, plan_for("router", base.steps < 0, base.steps == -2));
+    apply_plan(s, plan_for(PlanFor::router, r));
     s.optim.warmup = std::max<int64_t>(1, s.steps / 20);
     s.optim.weight_decay = 0.0;
     s.max_eval_examples = std::min(base.max_eval_examples > 0 ? base.max_eval_examples : 100000, 300);
-    ckpt = train_stage(s, root, std::string(td.vit ? "vision-" : "") + "router-" + router + "-seed" + std::to_string(c.seed));
+    ckpt = train_stage(s, r.out, std::string(td.vit ? "vision-" : "") + "router-" + c.router.name.str() + "-seed" +
+                                     std::to_string(c.seed));
   }
   // Model for evaluation: the finetuned weights with the method's router on the chosen layers.
   nn::ModelConfig mc;
@@ -264,12 +274,12 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   nn::RouterConfig rc = c.router;
   nn::Model model(mc, rc, c.seed);
   load_checkpoint(ckpt, model, nullptr);
-  if (c.device == "cuda") model.to(Device::CUDA);
+  if (c.device == Device::CUDA) model.to(Device::CUDA);
   auto t0 = std::chrono::steady_clock::now();
   McEval test = td.vit ? evaluate_images(model, td.img.test, c) : evaluate_mc(model, td.text.test, c);
   double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   double T = 1.0;
-  if (method == "det+ts") {
+  if (how.temperature_scaling) {
     McEval val = td.vit ? evaluate_images(model, td.img.val, c) : evaluate_mc(model, td.text.val, c);
     metrics::Matrix logits = metrics::Matrix::from_rows(val.probs);
     for (auto& x : logits.data) x = std::log(std::max(x, 1e-300));
@@ -280,7 +290,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
   rec["method"] = method;
   rec["seed"] = c.seed;
   rec["checkpoint"] = ckpt;
-  rec["bayes_layers"] = trainable || router == "sample-k" || router == "mc-dropout" ? json(bayes) : json::array();
+  rec["bayes_layers"] = router.bayesian ? json(bayes) : json::array();
   rec["temperature_scaling"] = T;
   rec["id"] = id_metrics(test, c.ece_bins);
   rec["eval_seconds"] = eval_s;
@@ -296,7 +306,7 @@ static json run_method(const std::string& method, const RunConfig& base, const s
       size_t size() const { return n; }
     } os{ood_names[oi].first, ood_names[oi].second};
     McEval oe = td.vit ? evaluate_images(model, td.img_ood[oi], c) : evaluate_mc(model, td.text_ood[oi], c);
-    if (method == "det+ts") oe = temperature_scaled(oe, T);
+    if (how.temperature_scaling) oe = temperature_scaled(oe, T);
     json m = ood_metrics_json(test, oe);
     o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", m}};
     if (m.contains("entropy")) by_kind[ood_kind(os.name)].push_back(m["entropy"]["auroc"].get<double>());
@@ -411,19 +421,20 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
     s += "\n";
   }
   // Headline claims next to ours, as relative changes against det.
-  if (vals.count("det")) {
+  const std::string det(enum_name(nn::RouterKind::det));  // the baseline row
+  if (vals.count(det)) {
     s += "\nRelative change against `det` (paper's headline claims: routing stability +38%, ECE −94%, "
          "OOD AUROC +12%, FLOPs < 1%):\n\n| method | stability (Jaccard γ=0.01) | ECE | AUROC near | AUROC far | FLOPs |\n"
          "|---|---|---|---|---|---|\n";
     auto rel = [&](const std::string& m, size_t i) {
-      double a = mean_of(vals[m][i]), b = mean_of(vals["det"][i]);
+      double a = mean_of(vals[m][i]), b = mean_of(vals[det][i]);
       char out[32];
       if (std::isnan(a) || std::isnan(b) || b == 0) return std::string("—");
       std::snprintf(out, sizeof out, "%+.1f%%", 100.0 * (a - b) / b);
       return std::string(out);
     };
     for (auto& m : methods) {
-      if (m == "det" || !vals.count(m)) continue;
+      if (m == det || !vals.count(m)) continue;
       std::snprintf(buf, sizeof buf, "| %s | %s | %s | %s | %s | %+.2f%% |\n", m.c_str(), rel(m, 6).c_str(),
                     rel(m, 2).c_str(), rel(m, 4).c_str(), rel(m, 5).c_str(), 100 * mean_of(vals[m][7]));
       s += buf;
@@ -440,35 +451,82 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
   return s;
 }
 
+// ---- --ablate KEY=v1,v2: KEY names a field with Use::ablate by its flag -------------
+static std::string ablate_key(std::string_view flag) {
+  std::string k(flag.substr(2));
+  for (char& ch : k)
+    if (ch == '-') ch = '_';
+  return k;  // --top-k -> top_k
+}
+static std::string ablate_keys() {
+  std::string out;
+  const RunConfig d;
+  for_each_field(d, [&](const auto& row, const auto&, const std::string&) {
+    if (!(row.use & Use::ablate)) return;
+    if (!out.empty()) out += ", ";
+    out += ablate_key(row.flag);
+  });
+  return out;
+}
+// Only scalar fields can be ablated (the values are separated by commas).
+template <class C>
+constexpr bool ablate_rows_scalar() {
+  bool ok = true;
+  for_each_row<C>([&](const auto& row) {
+    using T = typename std::remove_cvref_t<decltype(row)>::type;
+    if constexpr (HasFields<T>)
+      ok = ok && ablate_rows_scalar<T>();
+    else if constexpr (is_vector<T>::value || std::is_same_v<T, bool>)
+      ok = ok && !(row.use & Use::ablate);
+  });
+  return ok;
+}
+static_assert(ablate_rows_scalar<RunConfig>(), "an --ablate key must be a number, a name or a string");
+
+// Set the field that --ablate KEY names to `text`; false when KEY names none.
+static bool set_ablated(RunConfig& c, const std::string& key, const std::string& text) {
+  bool found = false;
+  for_each_field(c, [&](const auto& row, auto& v, const std::string&) {
+    using T = std::remove_cvref_t<decltype(v)>;
+    if (!(row.use & Use::ablate) || ablate_key(row.flag) != key) return;
+    found = true;
+    auto not_a_number = [&] { fail("--ablate: value '" + text + "' for " + key + " is not a number"); };
+    if constexpr (is_named<T>::value) {
+      try {
+        v = parse_enum<decltype(v.value())>(text);
+      } catch (const Error& e) {
+        fail("--ablate: value '" + text + "' for " + key + ": " + e.what());
+      }
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      v = text;
+    } else if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+      if (ec != std::errc() || end != text.data() + text.size()) not_a_number();
+    } else if constexpr (std::is_floating_point_v<T>) {
+      char* end = nullptr;
+      v = std::strtod(text.c_str(), &end);
+      if (text.empty() || end != text.c_str() + text.size()) not_a_number();
+    }
+  });
+  return found;
+}
+
+// Pretraining and fine-tuning use the deterministic router on every layer.
+static void reset_router(RunConfig& c) {
+  RunConfig d;
+  c.router = d.router;
+  c.bayes_spec = d.bayes_spec;
+}
+
 static int run_reproduce(ReproConfig r) {
-  if (r.track != "text" && r.track != "vision" && r.track != "both")
-    fail("--track: must be text, vision or both, got '" + r.track + "'");
   if (r.seeds < 1) fail("--seeds: must be >= 1");
-  require_device(r.device, r.allow_tf32);
-  if (r.reseed_from != "pretrain" && r.reseed_from != "finetune" && r.reseed_from != "router")
-    fail("--reseed-from: must be pretrain, finetune or router, got '" + r.reseed_from + "'");
-  omp_set_num_threads(r.threads);
-  if (r.out.empty()) {
-    auto t = std::time(nullptr);
-    char buf[32];
-    std::strftime(buf, sizeof buf, "%Y-%m-%d", std::localtime(&t));
-    r.out = std::string("results/") + buf + (r.smoke ? "-smoke" : r.quick ? "-quick" : "-full");
-  }
-  fs::create_directories(r.out);
+  // The preset, then the RunConfig flags given to reproduce.
   RunConfig base = preset(r);
-  base.split_seed = r.split_seed;
-  base.split_seed_set = true;
-  if (r.quick) base.steps = -1;  // markers used by run_method for the stage-2 plan
-  if (r.smoke) base.steps = -2;
-  if (r.beta >= 0) base.beta = r.beta;
-  if (r.prior_scale > 0) base.router.prior_scale = r.prior_scale;
-  if (r.samples > 0) base.router.samples = r.samples;
-  if (r.top_k > 0) base.model.top_k = r.top_k;
-  if (r.experts > 0) base.model.n_experts = r.experts;
-  if (!r.temp_mode.empty()) base.router.temp_mode = r.temp_mode;
-  if (!r.kl_norm.empty()) base.kl_norm = r.kl_norm;
-  if (!r.gammas.empty()) base.gammas = r.gammas;
-  std::string bayes_spec = r.bayes_layers.empty() ? std::string("auto:2") : r.bayes_layers;
+  copy_fields(base, r.run, [&](const auto& row, const std::string&) { return r.run.given(row.flag); });
+  require_device(base.device, base.allow_tf32);
+  omp_set_num_threads(base.threads);
+  std::vector<Method> parsed_methods;
+  for (auto& m : r.methods) parsed_methods.push_back(parse_method(m));
 
   // Ablation: one knob, several values; each value is a full run of the methods.
   std::string ab_key;
@@ -485,18 +543,25 @@ static int run_reproduce(ReproConfig r) {
       ab_vals.push_back(rest.substr(i, j - i));
       i = j + 1;
     }
-    static const std::set<std::string> keys{"beta", "samples", "top_k", "experts", "prior_scale", "temp_mode",
-                                            "kl_norm", "bayes_layers", "router"};
-    if (!keys.count(ab_key)) fail("--ablate: unknown key '" + ab_key + "' (beta, samples, top_k, experts, "
-                                  "prior_scale, temp_mode, kl_norm, bayes_layers, router)");
+    for (auto& v : ab_vals) {  // every value checked before any training
+      RunConfig scratch = base;
+      if (!set_ablated(scratch, ab_key, v)) fail("--ablate: unknown key '" + ab_key + "' (" + ablate_keys() + ")");
+    }
   }
+  if (r.out.empty()) {
+    auto t = std::time(nullptr);
+    char buf[32];
+    std::strftime(buf, sizeof buf, "%Y-%m-%d", std::localtime(&t));
+    r.out = std::string("results/") + buf + (r.smoke ? "-smoke" : r.quick ? "-quick" : "-full");
+  }
+  fs::create_directories(r.out);
 
   json results;
   results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "");
   results["seeds"] = r.seeds;
   results["reseed_from"] = r.reseed_from;
-  results["split_seed"] = r.split_seed;
-  results["threads"] = r.threads;
+  results["split_seed"] = base.split_seed;
+  results["threads"] = base.threads;
   results["track"] = r.track;
   results["methods"] = r.methods;
   results["ood_convention"] = "OOD is the positive class; higher score = more OOD";
@@ -505,29 +570,17 @@ static int run_reproduce(ReproConfig r) {
   auto t_all = std::chrono::steady_clock::now();
   for (const std::string& av : ab_vals) {
     RunConfig cfg = base;
-    std::string spec = bayes_spec;
     std::vector<std::string> methods = r.methods;
     if (!ab_key.empty()) {
-      try {
-        if (ab_key == "beta") cfg.beta = std::stod(av);
-        if (ab_key == "samples") cfg.router.samples = std::stoi(av);
-        if (ab_key == "top_k") cfg.model.top_k = std::stoi(av);
-        if (ab_key == "experts") cfg.model.n_experts = std::stoi(av);
-        if (ab_key == "prior_scale") cfg.router.prior_scale = std::stod(av);
-      } catch (const std::exception&) {
-        fail("--ablate: value '" + av + "' for " + ab_key + " is not a number");
-      }
-      if (ab_key == "temp_mode") cfg.router.temp_mode = av;
-      if (ab_key == "kl_norm") cfg.kl_norm = av;
-      if (ab_key == "bayes_layers") spec = av;
-      if (ab_key == "router") methods = {"det", av};
+      set_ablated(cfg, ab_key, av);
+      if (ab_key == ablate_key("--router")) methods = {"det", av};  // the router against det
     }
-    std::vector<std::string> tracks;
-    if (r.track == "text" || r.track == "both") tracks.push_back("text");
-    if (r.track == "vision" || r.track == "both") tracks.push_back("vision");
-    std::map<std::string, std::vector<json>> track_recs;
-    for (const std::string& track : tracks) {
-      bool vit = track == "vision";
+    std::vector<Track> tracks;
+    if (r.track != Track::vision) tracks.push_back(Track::text);
+    if (r.track != Track::text) tracks.push_back(Track::vision);
+    std::map<Track, std::vector<json>> track_recs;
+    for (Track track : tracks) {
+      bool vit = track == Track::vision;
       for (int si = 0; si < r.seeds; ++si) {
         RunConfig tc = vit ? vision_config(cfg, r) : cfg;
         tc.seed = r.seed0 + (uint64_t)si;
@@ -535,27 +588,27 @@ static int run_reproduce(ReproConfig r) {
         if (!vit) {
           // ---- stage 0: pretrain on Brown ----------------------------------------------
           RunConfig p = tc;
-          p.seed = r.reseed_from == "pretrain" ? tc.seed : r.seed0;  // shared unless re-seeded
-          p.stage = "pretrain";
-          p.router = nn::RouterConfig{};
-          apply_plan(p, plan_for("pretrain", r.quick, r.smoke));
+          p.seed = r.reseed_from == Stage::pretrain ? tc.seed : r.seed0;  // shared unless re-seeded
+          p.stage = Stage::pretrain;
+          reset_router(p);
+          apply_plan(p, plan_for(PlanFor::pretrain, r));
           p.eval_batches = 4;
           std::string pre = train_stage(p, r.out, "pretrain-seed" + std::to_string(p.seed));
           // ---- stage 1: fine-tune on the WordNet task ---------------------------------
           RunConfig f = p;
-          f.seed = r.reseed_from == "router" ? r.seed0 : tc.seed;
-          f.stage = "finetune";
+          f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
+          f.stage = Stage::finetune;
           f.init = pre;
-          apply_plan(f, plan_for("finetune", r.quick, r.smoke));
+          apply_plan(f, plan_for(PlanFor::finetune, r));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
           fin = train_stage(f, r.out, "finetune-seed" + std::to_string(f.seed));
         } else {
           // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
           RunConfig f = tc;
-          f.seed = r.reseed_from == "router" ? r.seed0 : tc.seed;
-          f.stage = "finetune";
-          f.router = nn::RouterConfig{};
-          apply_plan(f, plan_for("vision", r.quick, r.smoke));
+          f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
+          f.stage = Stage::finetune;
+          reset_router(f);
+          apply_plan(f, plan_for(PlanFor::vision, r));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
           fin = train_stage(f, r.out, "vision-train-seed" + std::to_string(f.seed));
         }
@@ -581,32 +634,31 @@ static int run_reproduce(ReproConfig r) {
         nn::ModelConfig mc;
         nn::RouterConfig rc0;
         read_checkpoint_configs(fin, mc, rc0);
-        if (spec.rfind("auto:", 0) == 0) {
+        if (tc.bayes_spec.rfind("auto:", 0) == 0) {
           nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
           load_checkpoint(fin, probe, nullptr);
-          if (tc.device == "cuda") probe.to(Device::CUDA);
+          if (tc.device == Device::CUDA) probe.to(Device::CUDA);
           RunConfig pc = tc;
           pc.max_eval_examples = 200;
-          int n = std::stoi(spec.substr(5));
+          int n = std::stoi(tc.bayes_spec.substr(5));
           if (vit) {
             ImgTaskData d = load_image_task(pc);
-            bayes = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, 0.01);
+            bayes = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, tc.auto_gamma);
           } else {
             McSet sub = td.text.val;
             sub.prompts.resize(std::min<size_t>(200, sub.size()));
             sub.labels.resize(sub.prompts.size());
-            bayes = susceptible_layers(probe, mc_evaluator(probe, sub, pc), n, 0.01);
+            bayes = susceptible_layers(probe, mc_evaluator(probe, sub, pc), n, tc.auto_gamma);
           }
         } else {
-          RunConfig tmp;
-          tmp.bayes_spec = spec;
+          RunConfig tmp = tc;
           parse_bayes_spec(tmp);
           bayes = tmp.router.bayes_layers;
         }
         std::map<std::string, std::string> track_csvs;
         for (const auto& m : methods) {
-          json rec = run_method(m, tc, r.out, fin, td, bayes, track_csvs);
-          rec["track"] = track;
+          json rec = run_method(m, r, tc, fin, td, bayes, track_csvs);
+          rec["track"] = enum_name(track);
           if (!ab_key.empty()) rec["ablation"] = {{ab_key, av}};
           track_recs[track].push_back(rec);
           results["runs"].push_back(rec);
@@ -631,22 +683,22 @@ static int run_reproduce(ReproConfig r) {
       }
     }
     for (auto& [track, recs] : track_recs) {
-      std::string title = std::string(track == "vision" ? "Vision track (Fashion-MNIST; OOD: OpenCV digits)"
+      std::string title = std::string(track == Track::vision ? "Vision track (Fashion-MNIST; OOD: OpenCV digits)"
                                                         : "Text track (WordNet nouns; near/far OOD)") +
                           (ab_key.empty() ? "" : ", ablation " + ab_key + " = " + av);
-      table += make_table(recs, methods, r.seeds, title, track == "vision") + "\n";
+      table += make_table(recs, methods, r.seeds, title, track == Track::vision) + "\n";
     }
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count();
   results["seconds"] = total_s;
   char buf[128];
   std::snprintf(buf, sizeof buf, "\nSeeds: %d (from %llu). Threads: %d. Wall time: %.1f min.\n", r.seeds,
-                (unsigned long long)r.seed0, r.threads, total_s / 60);
+                (unsigned long long)r.seed0, base.threads, total_s / 60);
   table += buf;
-  if (r.seeds > 1 && r.reseed_from != "pretrain")
+  if (r.seeds > 1 && r.reseed_from != Stage::pretrain)
     table += std::string("Shared across seeds (trained once with seed ") + std::to_string(r.seed0) + "): " +
-             (r.reseed_from == "finetune" ? "the pretrained model" : "the pretrained and the fine-tuned model") +
-             " (`--reseed-from " + r.reseed_from + "`); the ± is over what each seed re-runs.\n";
+             (r.reseed_from == Stage::finetune ? "the pretrained model" : "the pretrained and the fine-tuned model") +
+             " (`--reseed-from " + r.reseed_from.str() + "`); the ± is over what each seed re-runs.\n";
   nn::atomic_write(r.out + "/results.json", results.dump(2) + "\n");
   nn::atomic_write(r.out + "/table.md", table);
   for (auto& [name, csv] : csvs) nn::atomic_write(r.out + "/" + name, csv);
@@ -667,40 +719,27 @@ static int run_reproduce(ReproConfig r) {
 
 void register_reproduce(CLI::App& app) {
   auto r = std::make_shared<ReproConfig>();
+  r->run = preset(*r);  // so that --help shows the full preset's values
   auto* s = app.add_subcommand("reproduce", "the paper's protocol end to end at small scale on real data");
   s->add_flag("--quick", r->quick, "small model, short stages, 1 seed (under 15 minutes on 2 cores)");
   s->add_flag("--smoke", r->smoke, "tiny model and a few steps: checks the pipeline end to end in seconds")
       ->group("");  // hidden: for tests
   s->add_option("--seeds", r->seeds, "seeds (mean ± std)")->capture_default_str();
   s->add_option("--seed", r->seed0, "first seed")->capture_default_str();
-  s->add_option("--reseed-from", r->reseed_from,
-                "first stage each seed re-runs: pretrain (every stage per seed), finetune (one pretrained "
-                "model, trained with the first seed, stands in for the paper's downloaded LLM), or router "
-                "(one fine-tuned model too; seeds vary stage 2 and the evaluation's sampling)")
-      ->capture_default_str();
-  s->add_option("--split-seed", r->split_seed,
-                "seed of the data splits and OOD subsamples, the same for every seed")
-      ->capture_default_str();
-  s->add_option("--track", r->track, "text | vision | both")->capture_default_str();
+  cli::add_enum_option(s, "--reseed-from", r->reseed_from,
+                       "first stage each seed re-runs: pretrain (every stage per seed), finetune (one pretrained "
+                       "model, trained with the first seed, stands in for the paper's downloaded LLM), or router "
+                       "(one fine-tuned model too; seeds vary stage 2 and the evaluation's sampling)");
+  cli::add_enum_option(s, "--track", r->track, "text, vision, or both tracks");
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
-  s->add_option("--data-dir", r->data_dir, "dataset cache");
-  s->add_option("--threads", r->threads, "OpenMP threads")->capture_default_str();
-  s->add_option("--device", r->device, "cpu | cuda")->capture_default_str();
-  s->add_flag("--allow-tf32", r->allow_tf32, "cuda: let cuBLAS use TF32 tensor cores in every stage");
-  s->add_option("--methods", r->methods, "methods to run")->delimiter(',');
-  s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (beta, samples, top_k, experts, prior_scale, "
-                                       "temp_mode, kl_norm, bayes_layers, router)");
-  s->add_option("--beta", r->beta, "β (default 0.01)");
-  s->add_option("--samples", r->samples, "S router samples at evaluation (default 35)");
-  s->add_option("--top-k", r->top_k, "K");
-  s->add_option("--experts", r->experts, "E");
-  s->add_option("--bayes-layers", r->bayes_layers, "list or auto:N (default auto:2)");
-  s->add_option("--prior-scale", r->prior_scale, "s");
-  s->add_option("--temp-mode", r->temp_mode, "vtsr: shared | per-expert");
-  s->add_option("--kl-norm", r->kl_norm, "token-mean | dataset");
-  s->add_option("--gammas", r->gammas, "γ grid for stability")->delimiter(',');
+  s->add_option("--methods", r->methods, "methods to run: routers, or a router with +ts (temperature scaling)")
+      ->delimiter(',');
+  s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (" + ablate_keys() + ")");
+  // The RunConfig flags of reproduce (Use::repro): given, they override the preset in every stage.
+  cli::add_field_options(s, r->run, Use::repro);
   cli::add_runner(s, [r, s] {
     if ((r->quick || r->smoke) && s->count("--seeds") == 0) r->seeds = 1;  // --quick: one seed unless asked
+    r->run.given_flags = cli::given_flags(s, r->run, Use::repro);
     return run_reproduce(*r);
   });
 }

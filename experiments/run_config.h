@@ -1,21 +1,62 @@
-// experiments/run_config.h — every flag of `vmoer train` / `vmoer eval`, with
-// its default. CLI11 binds each field (experiments/flags.cpp); a TOML/INI
-// config file given with --config supplies values that flags then override.
+// experiments/run_config.h — every hyper-parameter of `vmoer train` / `vmoer
+// eval` / `vmoer inspect` / `vmoer reproduce`, with its default, and the
+// field table below it (core/fields.h) that makes each one a flag
+// (experiments/cli_fields.h; a TOML/INI file given with --config supplies
+// values that flags then override), a JSON key, part of a reproduce stage's
+// cache key, and where marked an eval override, a reproduce flag or an
+// --ablate key. The model, router and optimiser fields are nn::ModelConfig,
+// nn::RouterConfig and nn::AdamWConfig with their own tables.
 #pragma once
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "core/fields.h"
+#include "core/tensor.h"
 #include "nn/config.h"
 #include "nn/optim.h"
 #include "nn/router.h"
 
 namespace vm::exp {
 
+enum class Stage : uint8_t { pretrain, finetune, router };
+enum class Task : uint8_t { wordnet_nouns, wordnet_words, fashion_mnist };
+enum class KlNorm : uint8_t { token_mean, dataset };
+enum class Split : uint8_t { val, test };
+
+}  // namespace vm::exp
+
+namespace vm {
+template <>
+struct EnumNames<exp::Stage> {
+  static constexpr std::array<std::string_view, 3> names{"pretrain", "finetune", "router"};
+};
+template <>
+struct EnumNames<exp::Task> {
+  static constexpr std::array<std::string_view, 3> names{"wordnet-nouns", "wordnet-words", "fashion-mnist"};
+};
+template <>
+struct EnumNames<exp::KlNorm> {
+  static constexpr std::array<std::string_view, 2> names{"token-mean", "dataset"};
+};
+template <>
+struct EnumNames<exp::Split> {
+  static constexpr std::array<std::string_view, 2> names{"val", "test"};
+};
+template <>
+struct EnumNames<Device> {  // core/tensor.h
+  static constexpr std::array<std::string_view, 2> names{"cpu", "cuda"};
+};
+static_assert(enum_names_ok<exp::Stage>() && enum_names_ok<exp::Task>() && enum_names_ok<exp::KlNorm>() &&
+              enum_names_ok<exp::Split>() && enum_names_ok<Device>());
+}  // namespace vm
+
+namespace vm::exp {
+
 struct RunConfig {
   // ---- what to run ----------------------------------------------------------
-  std::string stage = "pretrain";  // pretrain | finetune | router
-  std::string task = "wordnet-nouns";  // finetune/router/eval task: wordnet-nouns | wordnet-words | fashion-mnist
+  Named<Stage> stage = Stage::pretrain;
+  Named<Task> task = Task::wordnet_nouns;  // finetune/router/eval task
   std::string data_dir;            // default: vm::data::default_cache_dir()
   std::string out = "runs/latest";
   std::string init;                // checkpoint to start from (finetune, router, eval)
@@ -27,7 +68,7 @@ struct RunConfig {
   // benchmarks are; --seed varies initialisation, batches and sampling only.
   uint64_t split_seed = 1;
   int threads = 2;
-  std::string device = "cpu";
+  Named<Device> device = Device::CPU;
   bool allow_tf32 = false;  // --allow-tf32 (cuda)
   // ---- model ------------------------------------------------------------------
   nn::ModelConfig model;
@@ -46,7 +87,7 @@ struct RunConfig {
   double lb_coef = 0.01;           // Switch load-balancing coefficient
   double z_coef = 1e-3;            // router z-loss coefficient
   double beta = 0.01;              // L = L_task + β · KL
-  std::string kl_norm = "token-mean";  // token-mean | dataset
+  Named<KlNorm> kl_norm = KlNorm::token_mean;
   double gloss_max_bytes = 160;    // cap on the definition length in the MC prompt
   int max_train_examples = 0;      // 0 = all
   int max_eval_examples = 0;       // 0 = all
@@ -54,25 +95,114 @@ struct RunConfig {
   bool progress = true;            // progress bar on stderr
   double time_limit_s = 0;         // stop training after this wall time (0 = none)
   // ---- evaluation ------------------------------------------------------------
-  std::string split = "test";      // val | test
+  Named<Split> split = Split::test;
   int ece_bins = 10;
   std::vector<double> gammas{0.001, 0.002, 0.005, 0.007, 0.01, 0.02, 0.05};
   bool stability = false;          // run the routing-stability sweep in eval
   bool ood = true;                 // evaluate the OOD sets in eval
-  bool samples_set = false;        // eval: --samples given (overrides the checkpoint's S)
-  bool split_seed_set = false;     // --split-seed given (else taken from the checkpoint where it matters)
-  std::vector<std::string> router_flags;  // eval: router flags given explicitly (they override the checkpoint's)
   int mi_samples = 0;              // eval: passes with one router sample each, for mutual information (0 = off)
   std::string bayes_spec;          // --bayes-layers: "2,3" or "auto:N" (N least stable MoE layers)
   double auto_gamma = 0.01;        // γ used to rank layers for auto:N
+  // ---- not a hyper-parameter -------------------------------------------------
+  // The flags given on the command line (or in --config), e.g. "--samples":
+  // eval and inspect override the checkpoint's settings with these only, and
+  // take the checkpoint's split seed unless "--split-seed" is among them.
+  std::vector<std::string> given_flags;
 
+  bool given(std::string_view flag) const;
   void validate() const;  // throws vm::Error naming the flag
+  bool operator==(const RunConfig&) const = default;
 };
 
 // --device: cpu, or cuda where the build has the backend and the machine a
 // GPU; otherwise one line saying which is missing. allow_tf32 (--allow-tf32,
 // cuda only) lets cuBLAS use TF32 tensor cores for float GEMMs; off, they are
 // IEEE fp32 with fp32 accumulation, as the CPU-parity tests expect.
-void require_device(const std::string& device, bool allow_tf32 = false);
+void require_device(Device device, bool allow_tf32 = false);
+
+// ---- the stage cache of `vmoer reproduce` (experiments/reproduce.cpp) ----------
+// A training stage's config: the Group::evaluation fields reset to their
+// defaults (run_train does not read them), so they cannot change the stage.
+RunConfig training_stage(RunConfig c);
+// What a stage's cache key hashes: every field of the config, serialized
+// through the field tables ({"model": {...}, "router": {...}, "optim": {...},
+// "beta": ..., ...}), except the Use::runtime ones (out, resume, threads,
+// progress). Written to the stage's done.json.
+nlohmann::json stage_inputs(const RunConfig& c);
+// 12 hex digits of the hash of stage_inputs(c): the stage directory's suffix.
+std::string stage_key(const RunConfig& c);
 
 }  // namespace vm::exp
+
+namespace vm {
+// One row per field (core/fields.h). Group::evaluation rows are read by
+// evaluation only: reproduce's training stages reset them (so they are not
+// part of a training stage's cache key). Use::runtime rows cannot change a
+// result and are left out of every cache key.
+template <>
+struct FieldTable<exp::RunConfig> {
+  using C = exp::RunConfig;
+  static constexpr unsigned kTrainEval = Use::train | Use::eval;
+  static constexpr unsigned kEverywhere = Use::train | Use::eval | Use::inspect | Use::repro;
+  static constexpr auto rows = std::tuple{
+      VM_FIELD(stage, "--stage", Group::run, Use::train, "training stage"),
+      VM_FIELD(task, "--task", Group::data, kTrainEval, "task of fine-tuning, stage 2 and evaluation"),
+      VM_FIELD(data_dir, "--data-dir", Group::data, kEverywhere, "dataset cache (default: $VMOER_DATA or .cache/data)"),
+      VM_FIELD(out, "--out", Group::run, kTrainEval | Use::runtime, "output directory"),
+      VM_FIELD(init, "--init", Group::run, Use::train, "checkpoint to start from"),
+      VM_FIELD(resume, "--resume", Group::run, Use::train | Use::runtime, "continue <out>/last.safetensors"),
+      VM_FIELD(seed, "--seed", Group::run, kTrainEval | Use::inspect,
+               "random seed: initialisation, batch order, router and dropout noise"),
+      VM_FIELD(split_seed, "--split-seed", Group::data, kEverywhere,
+               "seed of the data splits and OOD subsamples (fixed by default: every --seed sees the same sets; "
+               "eval and inspect: the checkpoint's)"),
+      // Any thread count gives the same bits since commit b1c05d5 (docs/RELIABILITY.md).
+      VM_FIELD(threads, "--threads", Group::run, kEverywhere | Use::runtime, "OpenMP threads"),
+      VM_FIELD(device, "--device", Group::run, kEverywhere, "where the model runs"),
+      VM_FIELD(allow_tf32, "--allow-tf32", Group::run, kEverywhere,
+               "cuda: let cuBLAS use TF32 tensor cores (10-bit mantissa products; off = IEEE fp32 GEMMs)"),
+      VM_FIELD(model, "", Group::model, 0, "the model (nn/config.h)"),
+      VM_FIELD(router, "", Group::router, 0, "the router (nn/router.h)"),
+      VM_FIELD(optim, "", Group::optimisation, 0, "AdamW and its schedule (nn/optim.h)"),
+      VM_FIELD(steps, "--steps", Group::optimisation, Use::train, "optimizer steps"),
+      VM_FIELD(batch, "--batch", Group::optimisation, kTrainEval, "sequences per batch"),
+      VM_FIELD(seq, "--seq", Group::data, Use::train, "pretraining context length"),
+      VM_FIELD(grad_accum, "--grad-accum", Group::optimisation, Use::train, "micro-batches per step"),
+      VM_FIELD(eval_every, "--eval-every", Group::optimisation, Use::train, "steps between evaluations"),
+      VM_FIELD(eval_batches, "--eval-batches", Group::optimisation, Use::train,
+               "pretrain: held-out batches per evaluation"),
+      VM_FIELD(patience, "--patience", Group::optimisation, Use::train,
+               "early stopping patience in evaluations (0 = off)"),
+      VM_FIELD(freeze, "--freeze", Group::optimisation, Use::train, "regex of parameter names to freeze (repeatable)"),
+      VM_FIELD(train_only, "--train-only", Group::optimisation, Use::train,
+               "regex of the only parameters to train (repeatable)"),
+      VM_FIELD(lb_coef, "--lb-coef", Group::optimisation, Use::train, "load-balancing loss coefficient"),
+      VM_FIELD(z_coef, "--z-coef", Group::optimisation, Use::train, "router z-loss coefficient"),
+      VM_FIELD(beta, "--beta", Group::optimisation, Use::train | Use::repro | Use::ablate, "β in L = L_task + β KL"),
+      VM_FIELD(kl_norm, "--kl-norm", Group::optimisation, Use::train | Use::repro | Use::ablate,
+               "KL per routed token, or per batch of an epoch (the minibatch ELBO)"),
+      VM_FIELD(gloss_max_bytes, "--gloss-max-bytes", Group::data, kTrainEval | Use::inspect,
+               "cap on the definition length in the MC prompt"),
+      VM_FIELD(max_train_examples, "--max-train-examples", Group::data, Use::train, "0 = all"),
+      VM_FIELD(max_eval_examples, "--max-eval-examples", Group::data, kTrainEval, "0 = all"),
+      VM_FIELD(ood_size, "--ood-size", Group::evaluation, Use::eval, "examples per OOD set"),
+      VM_FIELD(progress, "--no-progress", Group::run, kTrainEval | Use::negated | Use::runtime, "no progress bar"),
+      VM_FIELD(time_limit_s, "--time-limit", Group::optimisation, Use::train,
+               "stop after this many seconds (0 = none)"),
+      VM_FIELD(split, "--split", Group::evaluation, Use::eval, "split to evaluate"),
+      VM_FIELD(ece_bins, "--ece-bins", Group::evaluation, Use::eval, "ECE bins"),
+      VM_FIELD(gammas, "--gammas", Group::evaluation, Use::eval | Use::repro,
+               "noise levels γ of the stability sweep (σ = γ · mean embedding norm)"),
+      VM_FIELD(stability, "--stability", Group::evaluation, Use::eval, "routing-stability sweep over --gammas"),
+      VM_FIELD(ood, "--no-ood", Group::evaluation, Use::eval | Use::negated, "skip the OOD sets"),
+      VM_FIELD(mi_samples, "--mi-samples", Group::evaluation, Use::eval,
+               "extra passes with one router sample each, for the mutual-information score (0 = off)"),
+      VM_FIELD(bayes_spec, "--bayes-layers", Group::router,
+               kTrainEval | Use::override | Use::repro | Use::ablate,
+               "MoE layers with the Bayesian router: a list like 2,3, or (train) auto:N for the N layers whose "
+               "routing is least stable under input noise (default: all; eval: the checkpoint's)"),
+      VM_FIELD(auto_gamma, "--auto-gamma", Group::router, Use::train, "γ that ranks the layers for auto:N"),
+  };
+};
+static_assert(fields_complete<exp::RunConfig>(/*given_flags*/ 1), "every member of RunConfig needs a row in its table");
+}  // namespace vm

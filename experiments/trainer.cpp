@@ -131,10 +131,10 @@ struct StageData {
 
 static StageData load_stage_data(const RunConfig& cfg, const nn::ModelConfig& mc) {
   StageData d;
-  d.vit = mc.kind == "vit";
-  if (d.vit && cfg.stage == "pretrain")
+  d.vit = mc.kind == nn::ModelKind::vit;
+  if (d.vit && cfg.stage == Stage::pretrain)
     fail("--stage pretrain: the vision model trains from scratch with --stage finetune (Fashion-MNIST)");
-  d.lm = cfg.stage == "pretrain";
+  d.lm = cfg.stage == Stage::pretrain;
   if (d.vit) d.img = load_image_task(cfg);
   else if (d.lm) d.lm_data = load_lm_data(cfg);
   else d.mc = load_mc_task(cfg);
@@ -207,11 +207,11 @@ static Objective objective(const RunConfig& cfg, const Var& task, const nn::Forw
   Objective o;
   o.task = task;
   double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
-  o.kl_term = cfg.kl_norm == "token-mean" ? ops::mul_scalar(res.kl, 1.0 / n_real)
+  o.kl_term = cfg.kl_norm == KlNorm::token_mean ? ops::mul_scalar(res.kl, 1.0 / n_real)
                                           : ops::mul_scalar(res.kl, 1.0 / (double)batches_per_epoch);
   Var loss = task;
-  if (cfg.lb_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
-  if (cfg.z_coef > 0 && cfg.stage != "router") loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
+  if (cfg.lb_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
+  if (cfg.z_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
   loss = ops::add(loss, ops::mul_scalar(o.kl_term, cfg.beta));
   o.loss = ops::add(loss, res.penalty);
   return o;
@@ -253,25 +253,25 @@ static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::Mo
     read_checkpoint_configs(last_path, mc, rc);
     inherit_split_seed(cfg, last_path);
   } else if (!cfg.init.empty()) {
-    if (cfg.stage == "router") inherit_split_seed(cfg, cfg.init);
+    if (cfg.stage == Stage::router) inherit_split_seed(cfg, cfg.init);
     nn::RouterConfig init_rc;
     read_checkpoint_configs(cfg.init, mc, init_rc);
-    if (cfg.stage != "router") rc = init_rc;
+    if (cfg.stage != Stage::router) rc = init_rc;
   }
-  if (cfg.stage == "pretrain" || cfg.stage == "finetune") {
-    if (rc.name != "det" && rc.name != "noisy")
-      fail("--router " + rc.name + ": Bayesian routers are trained in stage 2 (--stage router)");
+  if (cfg.stage == Stage::pretrain || cfg.stage == Stage::finetune) {
+    if (nn::router_info(rc.name).bayesian)
+      fail("--router " + rc.name.str() + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
-  if (mc.kind == "vit" && cfg.task != "fashion-mnist") cfg.task = "fashion-mnist";
-  if (cfg.stage == "router" && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
+  if (mc.kind == nn::ModelKind::vit && cfg.task != Task::fashion_mnist) cfg.task = Task::fashion_mnist;
+  if (cfg.stage == Stage::router && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
     int n = std::stoi(cfg.bayes_spec.substr(5));
     nn::RouterConfig det;
     nn::Model probe(mc, det, cfg.seed);
     load_checkpoint(cfg.init, probe, nullptr);
-    if (cfg.device == "cuda") probe.to(Device::CUDA);
+    if (cfg.device == Device::CUDA) probe.to(Device::CUDA);
     RunConfig pc = cfg;
     pc.max_eval_examples = 256;
-    if (mc.kind == "vit") {
+    if (mc.kind == nn::ModelKind::vit) {
       ImgTaskData d = load_image_task(pc);
       rc.bayes_layers = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
     } else {
@@ -287,10 +287,10 @@ static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::Mo
 // Which parameters train: stage 2 only the router heads (W_r stays frozen);
 // then --train-only and --freeze.
 static void select_trainable(nn::ParamStore& ps, const RunConfig& cfg, const nn::RouterConfig& rc) {
-  if (cfg.stage == "router") {
+  if (cfg.stage == Stage::router) {
     ps.set_trainable(".*", false);
     int n = ps.set_trainable("\\.router\\.", true);
-    if (n == 0) fail("--stage router: router '" + rc.name + "' has no trainable parameters on the chosen layers");
+    if (n == 0) fail("--stage router: router '" + rc.name.str() + "' has no trainable parameters on the chosen layers");
   }
   if (!cfg.train_only.empty()) {
     ps.set_trainable(".*", false);
@@ -361,7 +361,7 @@ int run_train(RunConfig cfg) {
   oc.total_steps = cfg.steps;
   nn::AdamW opt(oc);
   TrainState st;
-  st.stage = cfg.stage;
+  st.stage = cfg.stage.str();
   st.seed = cfg.seed;
   st.split_seed = cfg.split_seed;
   if (cfg.resume) {
@@ -370,11 +370,11 @@ int run_train(RunConfig cfg) {
     std::fprintf(stderr, "resuming %s from step %lld\n", ck.last_path.c_str(), (long long)st.step);
   } else if (!cfg.init.empty()) {
     // Stage 2 adds router heads the fine-tuned checkpoint does not have.
-    load_checkpoint(cfg.init, model, nullptr, cfg.stage == "router" ? "\\.router\\." : "");
+    load_checkpoint(cfg.init, model, nullptr, cfg.stage == Stage::router ? "\\.router\\." : "");
   }
   // --device cuda: parameters and optimizer state move to the GPU once the
   // checkpoints are loaded (load_checkpoint writes host tensors).
-  if (cfg.device == "cuda") {
+  if (cfg.device == Device::CUDA) {
     model.to(Device::CUDA);
     opt.to(Device::CUDA);
   }
@@ -387,11 +387,11 @@ int run_train(RunConfig cfg) {
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
-  log << json{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", router_json(rc)},
+  log << json{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
               {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}}
              .dump()
       << "\n";
-  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.c_str(),
+  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.str().c_str(),
                (long long)ps.count(), (long long)ps.count(true), cfg.threads);
 
   auto t_start = std::chrono::steady_clock::now();
@@ -511,7 +511,7 @@ int run_train(RunConfig cfg) {
   progress_break(cfg.progress);
   if (!fs::exists(ck.best_path)) save_checkpoint(ck.best_path, model, nullptr, st);
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
-  std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.c_str(),
+  std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.str().c_str(),
                (long long)st.step, best.c_str(), cfg.out.c_str());
   return exit_code;
 }

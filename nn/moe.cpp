@@ -92,11 +92,11 @@ MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_
   double std_in = 0.02, std_out = 0.02 / std::sqrt(2.0 * cfg.n_layers);  // GPT-2 style residual scaling
   w_router_ = params.normal(prefix + "w_router", {C, E}, std_in, seed);
   w1_ = params.normal(prefix + "experts.w1", {E, C, F}, std_in, seed);
-  if (cfg.act == "swiglu") w_up_ = params.normal(prefix + "experts.w_up", {E, C, F}, std_in, seed);
+  if (cfg.act == Act::swiglu) w_up_ = params.normal(prefix + "experts.w_up", {E, C, F}, std_in, seed);
   w2_ = params.normal(prefix + "experts.w2", {E, F, C}, std_out, seed);
   if (cfg.shared_expert) {
     s_w1_ = params.normal(prefix + "shared.w1", {C, F}, std_in, seed);
-    if (cfg.act == "swiglu") s_up_ = params.normal(prefix + "shared.w_up", {C, F}, std_in, seed);
+    if (cfg.act == Act::swiglu) s_up_ = params.normal(prefix + "shared.w_up", {C, F}, std_in, seed);
     s_w2_ = params.normal(prefix + "shared.w2", {F, C}, std_out, seed);
   }
   router_ = make_router(rcfg, bayes_layer, params, prefix + "router.", C, E, seed);
@@ -106,7 +106,7 @@ Var MoELayer::experts_ffn(const Var& xs, const std::vector<int64_t>& offsets) {
   // GELU:   y = gelu(x W1_e) W2_e
   // SwiGLU: y = (silu(x W1_e) ⊙ (x Wup_e)) W2_e
   Var h = ops::grouped_matmul(xs, w1_, offsets);
-  if (cfg_.act == "swiglu") h = ops::mul(ops::silu(h), ops::grouped_matmul(xs, w_up_, offsets));
+  if (cfg_.act == Act::swiglu) h = ops::mul(ops::silu(h), ops::grouped_matmul(xs, w_up_, offsets));
   else h = ops::gelu(h);
   return ops::grouped_matmul(h, w2_, offsets);
 }
@@ -156,7 +156,7 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   }
   if (cfg_.shared_expert) {
     Var h = ops::matmul(x, s_w1_);
-    h = cfg_.act == "swiglu" ? ops::mul(ops::silu(h), ops::matmul(x, s_up_)) : ops::gelu(h);
+    h = cfg_.act == Act::swiglu ? ops::mul(ops::silu(h), ops::matmul(x, s_up_)) : ops::gelu(h);
     out = ops::add(out, ops::matmul(h, s_w2_));
   }
 

@@ -5,16 +5,45 @@
 #include <string>
 #include <vector>
 
+#include "core/fields.h"
 #include "nn/params.h"
 
 namespace vm::nn {
 
 struct AdamWConfig {
-  double lr = 3e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1;
+  double lr = 3e-4;
+  double beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  double weight_decay = 0.1;
   double min_lr_ratio = 0.1;  // cosine decays to lr · min_lr_ratio
-  int64_t warmup = 0, total_steps = 1;
+  int64_t warmup = 0;
+  int64_t total_steps = 1;    // set from --steps by the trainer
   double clip = 1.0;          // max global grad norm; 0 = off
+  bool operator==(const AdamWConfig&) const = default;
 };
+
+}  // namespace vm::nn
+
+namespace vm {
+// One row per member (core/fields.h); the flags are `vmoer train`'s.
+template <>
+struct FieldTable<nn::AdamWConfig> {
+  using C = nn::AdamWConfig;
+  static constexpr auto rows = std::tuple{
+      VM_FIELD(lr, "--lr", Group::optimisation, Use::train, "peak learning rate"),
+      VM_FIELD(beta1, "--adam-beta1", Group::optimisation, Use::train, "AdamW β1"),
+      VM_FIELD(beta2, "--adam-beta2", Group::optimisation, Use::train, "AdamW β2"),
+      VM_FIELD(eps, "--adam-eps", Group::optimisation, Use::train, "AdamW ε"),
+      VM_FIELD(weight_decay, "--weight-decay", Group::optimisation, Use::train, "AdamW decoupled weight decay"),
+      VM_FIELD(min_lr_ratio, "--min-lr-ratio", Group::optimisation, Use::train, "cosine floor as a fraction of --lr"),
+      VM_FIELD(warmup, "--warmup", Group::optimisation, Use::train, "linear warm-up steps"),
+      VM_FIELD(total_steps, "", Group::optimisation, Use::derived, "no flag: the trainer sets it to --steps"),
+      VM_FIELD(clip, "--clip", Group::optimisation, Use::train, "max global grad norm (0 = off)"),
+  };
+};
+static_assert(fields_complete<nn::AdamWConfig>(), "every member of AdamWConfig needs a row in its table");
+}  // namespace vm
+
+namespace vm::nn {
 
 // lr at step s (1-based): linear warm-up to lr, then cosine to lr·min_lr_ratio.
 double lr_at(const AdamWConfig& c, int64_t step);

@@ -1,33 +1,18 @@
 #include "nn/router.h"
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 namespace vm::nn {
 
-// Defined in nn/routers/*.cpp
-std::unique_ptr<Router> make_det_router();
-std::unique_ptr<Router> make_noisy_router(ParamStore& params, const std::string& prefix, int C, int E, uint64_t seed);
-std::unique_ptr<Router> make_bayesian_router(const RouterConfig& cfg, ParamStore& params, const std::string& prefix,
-                                             int C, int E, uint64_t seed);
-
 void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
-  static const char* known[] = {"det", "noisy", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
-  bool ok = false;
-  for (auto* k : known) ok = ok || name == k;
-  if (!ok) fail("--router: unknown router '" + name + "' (det, noisy, sample-k, mc-dropout, mfvr, fcvr, vtsr)");
   if (samples < 1) fail("--samples: must be >= 1, got " + std::to_string(samples));
   if (train_samples < 1) fail("--train-samples: must be >= 1, got " + std::to_string(train_samples));
   if (!(temp > 0)) fail("--router-temp: must be > 0, got " + std::to_string(temp));
   if (!(dropout >= 0 && dropout < 1)) fail("--router-dropout: must be in [0, 1), got " + std::to_string(dropout));
   if (!(prior_scale > 0)) fail("--prior-scale: must be > 0, got " + std::to_string(prior_scale));
   if (!(jitter >= 0 && jitter < 1)) fail("--router-jitter: must be in [0, 1), got " + std::to_string(jitter));
-  if (temp_mode != "shared" && temp_mode != "per-expert")
-    fail("--temp-mode: must be shared or per-expert, got '" + temp_mode + "'");
-  if (temp_posterior != "point" && temp_posterior != "lognormal")
-    fail("--temp-posterior: must be point or lognormal, got '" + temp_posterior + "'");
-  if (vtsr_sampler != "gumbel" && vtsr_sampler != "authors")
-    fail("--vtsr-sampler: must be gumbel or authors, got '" + vtsr_sampler + "'");
   if (top_k > n_experts)
     fail("--top-k: K = " + std::to_string(top_k) + " exceeds the number of experts E = " + std::to_string(n_experts));
   for (int l : bayes_layers)
@@ -35,12 +20,8 @@ void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
       fail("--bayes-layers: layer " + std::to_string(l) + " outside [0, " + std::to_string(n_layers) + ")");
 }
 
-std::unique_ptr<Router> make_router(const RouterConfig& cfg, bool bayes_layer, ParamStore& params,
-                                    const std::string& prefix, int C, int E, uint64_t seed) {
-  if (!bayes_layer || cfg.name == "det") return make_det_router();
-  if (cfg.name == "noisy") return make_noisy_router(params, prefix, C, E, seed);
-  return make_bayesian_router(cfg, params, prefix, C, E, seed);
-}
+void to_json(nlohmann::json& j, const RouterConfig& c) { j = fields_to_json<nlohmann::json>(c); }
+void from_json(const nlohmann::json& j, RouterConfig& c) { fields_from_json(j, c); }
 
 TopKGates topk_renormalised(const Var& probs, int K) {
   auto tk = ops::topk_gates(probs, K);  // g_k = p_k / Σ_j p_j over the K chosen

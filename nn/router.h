@@ -5,30 +5,112 @@
 // nn/routers/, one file each.
 #pragma once
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <vector>
 
 #include "autodiff/ops.h"
+#include "core/fields.h"
 #include "nn/params.h"
 
 namespace vm::nn {
 
+// Every router, in the order of the registry (nn/routers/registry.cpp).
+enum class RouterKind : uint8_t { det, noisy, sample_k, mc_dropout, mfvr, fcvr, vtsr, count_ };
+enum class TempMode : uint8_t { shared, per_expert };
+enum class TempPosterior : uint8_t { point, lognormal };
+enum class VtsrSampler : uint8_t { gumbel, authors };  // Gumbel-top-K | hard Gumbel-softmax train, multinomial eval
+
+}  // namespace vm::nn
+
+namespace vm {
+template <>
+struct EnumNames<nn::RouterKind> {
+  static constexpr std::array<std::string_view, (size_t)nn::RouterKind::count_> names{
+      "det", "noisy", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
+  static constexpr std::string_view noun = "router";
+};
+template <>
+struct EnumNames<nn::TempMode> {
+  static constexpr std::array<std::string_view, 2> names{"shared", "per-expert"};
+};
+template <>
+struct EnumNames<nn::TempPosterior> {
+  static constexpr std::array<std::string_view, 2> names{"point", "lognormal"};
+};
+template <>
+struct EnumNames<nn::VtsrSampler> {
+  static constexpr std::array<std::string_view, 2> names{"gumbel", "authors"};
+};
+static_assert(enum_names_ok<nn::RouterKind>() && enum_names_ok<nn::TempMode>() && enum_names_ok<nn::TempPosterior>() &&
+              enum_names_ok<nn::VtsrSampler>());
+}  // namespace vm
+
+namespace vm::nn {
+
 struct RouterConfig {
-  std::string name = "det";  // det | noisy | sample-k | mc-dropout | mfvr | fcvr | vtsr
+  Named<RouterKind> name = RouterKind::det;  // the router of the Bayesian layers (every other MoE layer: det)
   double jitter = 0.0;       // multiplicative router-input jitter in training (Switch), 0 = off
   double temp = 0.3;         // sample-k: fixed temperature T
   double dropout = 0.05;     // mc-dropout: p on the router input
   double prior_scale = 1.0;  // s: prior N(l_det, s² I) (mfvr, fcvr)
   int samples = 35;          // S router samples per token at evaluation
   int train_samples = 1;     // router samples per token in training
-  std::string temp_mode = "shared";      // vtsr: shared | per-expert
-  std::string temp_posterior = "point";  // vtsr: point | lognormal
+  Named<TempMode> temp_mode = TempMode::shared;
+  Named<TempPosterior> temp_posterior = TempPosterior::point;
   double temp_penalty = 1e-3;            // vtsr point: λ in λ Σ −log T
   double temp_prior_scale = 1.0;         // vtsr lognormal: s_T, prior N(0, s_T²) on log T
-  std::string vtsr_sampler = "gumbel";   // gumbel (Gumbel-top-K) | authors (hard Gumbel-softmax train, multinomial eval)
+  Named<VtsrSampler> vtsr_sampler = VtsrSampler::gumbel;
   std::vector<int> bayes_layers;         // MoE layers using `name`; empty = every MoE layer
   void validate(int n_layers, int n_experts, int top_k) const;
+  bool operator==(const RouterConfig&) const = default;
 };
+
+}  // namespace vm::nn
+
+namespace vm {
+// One row per member (core/fields.h): its key in the checkpoint's "router"
+// metadata (the member's name), its flag, where it is used, its help. Which
+// routers read a field is in the registry (RouterInfo::params).
+template <>
+struct FieldTable<nn::RouterConfig> {
+  using C = nn::RouterConfig;
+  static constexpr unsigned kRouterFlag = Use::train | Use::eval;
+  static constexpr auto rows = std::tuple{
+      VM_FIELD(name, "--router", Group::router, kRouterFlag | Use::override | Use::ablate,
+               "router of the Bayesian layers (--bayes-layers)"),
+      VM_FIELD(jitter, "--router-jitter", Group::router, kRouterFlag,
+               "multiplicative router-input jitter in training (every router)"),
+      VM_FIELD(temp, "--router-temp", Group::router, kRouterFlag | Use::override, "sample-k temperature T"),
+      VM_FIELD(dropout, "--router-dropout", Group::router, kRouterFlag | Use::override, "mc-dropout p"),
+      VM_FIELD(prior_scale, "--prior-scale", Group::router,
+               kRouterFlag | Use::override | Use::repro | Use::ablate, "s in the prior N(l_det, s² I)"),
+      VM_FIELD(samples, "--samples", Group::router,
+               kRouterFlag | Use::inspect | Use::override | Use::repro | Use::ablate,
+               "S router samples per token at evaluation"),
+      VM_FIELD(train_samples, "--train-samples", Group::router, kRouterFlag, "router samples per token in training"),
+      VM_FIELD(temp_mode, "--temp-mode", Group::router, kRouterFlag | Use::override | Use::repro | Use::ablate,
+               "vtsr: one temperature per token, or one per expert"),
+      VM_FIELD(temp_posterior, "--temp-posterior", Group::router, kRouterFlag | Use::override,
+               "vtsr: point estimate of T, or a lognormal posterior"),
+      VM_FIELD(temp_penalty, "--temp-penalty", Group::router, kRouterFlag | Use::override,
+               "vtsr point: λ of λ Σ −log T"),
+      VM_FIELD(temp_prior_scale, "--temp-prior-scale", Group::router, kRouterFlag | Use::override,
+               "vtsr lognormal: s_T"),
+      VM_FIELD(vtsr_sampler, "--vtsr-sampler", Group::router, kRouterFlag | Use::override,
+               "selection of K experts: Gumbel-top-K, or the authors' sampler"),
+      VM_FIELD(bayes_layers, "", Group::router, Use::derived,
+               "no flag of its own: resolved from --bayes-layers (RunConfig::bayes_spec)"),
+  };
+};
+static_assert(fields_complete<nn::RouterConfig>(), "every member of RouterConfig needs a row in its table");
+}  // namespace vm
+
+namespace vm::nn {
+
+// The checkpoint's "router" metadata: every field under its member's name.
+void to_json(nlohmann::json& j, const RouterConfig& c);
+void from_json(const nlohmann::json& j, RouterConfig& c);
 
 // What a router needs to know about the call.
 struct RouteCtx {
@@ -68,6 +150,40 @@ class Router {
 // `params` under `prefix` (e.g. "layers.2.moe.router.").
 std::unique_ptr<Router> make_router(const RouterConfig& cfg, bool bayes_layer, ParamStore& params,
                                     const std::string& prefix, int C, int E, uint64_t seed);
+// The router a MoE layer gets: cfg.name on a Bayesian layer, det on the others.
+RouterKind layer_router(const RouterConfig& cfg, bool bayes_layer);
+
+// ---- the registry (nn/routers/registry.cpp): one row per RouterKind ----------------
+// Forward FLOPs per token of a router beyond the deterministic router's
+// l = u W_r, softmax and top-K (experiments/flops.cpp counts those), in the
+// conventions of experiments/flops.h.
+struct RouterCost {
+  double heads = 0;     // variational heads / temperature net / dropout masks
+  double sampling = 0;  // S samples (noise, softmax, averaging), or one stochastic selection
+};
+// The sizes the formulas use: C = d_model, E experts, K = top-K, S = samples,
+// H = max(1, C / 4) (head width), softmax = 3E, topk = E max(1, K).
+struct RouterDims {
+  double C, E, K, S, H, softmax, topk;
+};
+struct RouterInfo {
+  RouterKind kind;
+  // Bayesian/stochastic: routes only the --bayes-layers of a fine-tuned model
+  // (stage 2 or evaluation), never in pretraining or fine-tuning (det, noisy do).
+  bool bayesian;
+  // Has heads of its own, trained in stage 2 (`vmoer train --stage router`);
+  // `vmoer eval --router` cannot switch a checkpoint to it.
+  bool heads;
+  // The RouterConfig keys it reads besides name, bayes_layers and jitter
+  // (which every router shares), space-separated: the flags that apply to it.
+  std::string_view params;
+  std::unique_ptr<Router> (*make)(const RouterConfig& cfg, ParamStore& params, const std::string& prefix, int C,
+                                  int E, uint64_t seed);
+  RouterCost (*flops)(const RouterDims& d, const RouterConfig& cfg);
+};
+const RouterInfo& router_info(RouterKind kind);
+// Whether router `kind` reads the RouterConfig field `key` (RouterInfo::params).
+bool router_reads(RouterKind kind, std::string_view key);
 
 // ---- shared pieces -----------------------------------------------------------------
 // Top-K of probs (N, E) and gates renormalised over the K chosen: g = p_top / Σ p_top.

@@ -11,7 +11,7 @@ Model::Model(ModelConfig cfg, RouterConfig rcfg, uint64_t seed) : cfg_(std::move
   rcfg_.validate(cfg_.n_layers, cfg_.n_experts, cfg_.top_k);
   int C = cfg_.d_model, F = cfg_.d_expert;
   double std_in = 0.02, std_out = 0.02 / std::sqrt(2.0 * cfg_.n_layers);
-  if (cfg_.kind == "lm") {
+  if (cfg_.kind == ModelKind::lm) {
     tok_emb_ = params_.normal("tok_emb", {cfg_.vocab, C}, std_in, seed);
     pos_emb_ = params_.normal("pos_emb", {cfg_.max_seq, C}, std_in, seed);
   } else {
@@ -21,7 +21,7 @@ Model::Model(ModelConfig cfg, RouterConfig rcfg, uint64_t seed) : cfg_(std::move
     cls_tok_ = params_.normal("cls_token", {1, 1, C}, std_in, seed);
     pos_emb_ = params_.normal("pos_emb", {cfg_.seq_len_vit(), C}, std_in, seed);
   }
-  bool layer = cfg_.norm == "layer";
+  bool layer = cfg_.norm == Norm::layer;
   blocks_.resize(cfg_.n_layers);
   for (int l = 0; l < cfg_.n_layers; ++l) {
     Block& b = blocks_[l];
@@ -36,15 +36,16 @@ Model::Model(ModelConfig cfg, RouterConfig rcfg, uint64_t seed) : cfg_(std::move
       bool bayes = rcfg_.bayes_layers.empty() ||
                    std::find(rcfg_.bayes_layers.begin(), rcfg_.bayes_layers.end(), l) != rcfg_.bayes_layers.end();
       b.moe = std::make_unique<MoELayer>(cfg_, rcfg_, bayes, params_, p + "moe.", seed);
+      b.router = layer_router(rcfg_, bayes);
     } else {
       b.f_w1 = params_.normal(p + "ffn.w1", {C, F}, std_in, seed);
-      if (cfg_.act == "swiglu") b.f_up = params_.normal(p + "ffn.w_up", {C, F}, std_in, seed);
+      if (cfg_.act == Act::swiglu) b.f_up = params_.normal(p + "ffn.w_up", {C, F}, std_in, seed);
       b.f_w2 = params_.normal(p + "ffn.w2", {F, C}, std_out, seed);
     }
   }
   lnf_g_ = params_.constant("norm_f.g", {C}, 1.0f);
   if (layer) lnf_b_ = params_.constant("norm_f.b", {C}, 0.0f);
-  if (cfg_.kind == "lm") {
+  if (cfg_.kind == ModelKind::lm) {
     if (!cfg_.tied_head) head_ = params_.normal("head.w", {C, cfg_.vocab}, std_in, seed);
   } else {
     cls_head_ = params_.normal("cls_head.w", {C, cfg_.n_classes}, std_in, seed);
@@ -53,7 +54,7 @@ Model::Model(ModelConfig cfg, RouterConfig rcfg, uint64_t seed) : cfg_(std::move
 }
 
 Var Model::norm(const Var& x, const Var& g, const Var& b) const {
-  return cfg_.norm == "layer" ? ops::layernorm(x, g, b) : ops::rmsnorm(x, g);
+  return cfg_.norm == Norm::layer ? ops::layernorm(x, g, b) : ops::rmsnorm(x, g);
 }
 
 int Model::n_moe_layers() const { return (int)moe_layer_ids().size(); }
@@ -66,7 +67,7 @@ std::vector<int> Model::moe_layer_ids() const {
 std::vector<int> Model::bayes_layer_ids() const {
   std::vector<int> ids;
   for (int l = 0; l < cfg_.n_layers; ++l)
-    if (blocks_[l].moe && blocks_[l].moe->router().name() == rcfg_.name) ids.push_back(l);
+    if (blocks_[l].moe && blocks_[l].router == rcfg_.name) ids.push_back(l);
   return ids;
 }
 
@@ -117,7 +118,7 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
       res.moe.push_back(std::move(aux));
     } else {
       Var a = ops::matmul(h, b.f_w1);
-      a = cfg_.act == "swiglu" ? ops::mul(ops::silu(a), ops::matmul(h, b.f_up)) : ops::gelu(a);
+      a = cfg_.act == Act::swiglu ? ops::mul(ops::silu(a), ops::matmul(h, b.f_up)) : ops::gelu(a);
       f = ops::matmul(a, b.f_w2);
     }
     x = ops::add(x, f);
@@ -137,7 +138,7 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
 
 ForwardResult Model::forward_lm(const std::vector<int32_t>& ids, int B, int T, const std::vector<uint8_t>& mask,
                                 const std::vector<int32_t>& positions, const ForwardOptions& opt) {
-  VM_CHECK(cfg_.kind == "lm", "forward_lm: model kind is " + cfg_.kind);
+  VM_CHECK(cfg_.kind == ModelKind::lm, "forward_lm: model kind is " + cfg_.kind.str());
   VM_CHECK(T <= cfg_.max_seq, "forward_lm: sequence length " + std::to_string(T) + " exceeds max_seq " +
                                   std::to_string(cfg_.max_seq));
   VM_CHECK((int64_t)ids.size() == (int64_t)B * T && mask.size() == ids.size(),
@@ -178,7 +179,7 @@ static Tensor extract_patches(const Tensor& pixels, int S, int P) {
 }
 
 double Model::mean_patch_embedding_norm(const Tensor& pixels) {
-  VM_CHECK(cfg_.kind == "vit", "mean_patch_embedding_norm: model kind is " + cfg_.kind);
+  VM_CHECK(cfg_.kind == ModelKind::vit, "mean_patch_embedding_norm: model kind is " + cfg_.kind.str());
   NoGradGuard ng;
   Var e = ops::add(
       ops::matmul(ops::constant(extract_patches(pixels, cfg_.image_size, cfg_.patch).to(device())), patch_w_), patch_b_);
@@ -194,7 +195,7 @@ double Model::mean_patch_embedding_norm(const Tensor& pixels) {
 }
 
 ForwardResult Model::forward_vit(const Tensor& pixels, const ForwardOptions& opt) {
-  VM_CHECK(cfg_.kind == "vit", "forward_vit: model kind is " + cfg_.kind);
+  VM_CHECK(cfg_.kind == ModelKind::vit, "forward_vit: model kind is " + cfg_.kind.str());
   int S = cfg_.image_size, P = cfg_.patch, G = S / P, C = cfg_.d_model;
   VM_CHECK(pixels.ndim() == 2 && pixels.size(1) == (int64_t)S * S,
            "forward_vit: pixels must be (B, " + std::to_string(S * S) + "), got " + shape_str(pixels.shape()));

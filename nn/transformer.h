@@ -66,6 +66,7 @@ class Model {
     Var w_qkv, w_o;              // (C, 3C), (C, C)
     Var f_w1, f_w2, f_up;        // dense FFN (C, F), (F, C)
     std::unique_ptr<MoELayer> moe;
+    RouterKind router = RouterKind::det;  // the router of its MoE layer (layer_router)
   };
   Var norm(const Var& x, const Var& g, const Var& b) const;
   Var blocks_forward(Var x, int B, int T, bool causal, const std::vector<uint8_t>& mask, const ForwardOptions& opt,

@@ -89,7 +89,7 @@ class ModelConfig:
 
 
 @dataclass
-class RouterConfig:  # nn/router.h RouterConfig; checkpoint metadata "router" (experiments/trainer.cpp router_json)
+class RouterConfig:  # nn/router.h RouterConfig; checkpoint metadata "router" (its field table, nn/router.h)
     name: str = "det"
     jitter: float = 0.0
     temp: float = 0.3

@@ -180,7 +180,7 @@ Ours forward_backward(nn::Model& m, const Batch& b, bool training) {
   nn::ForwardOptions opt;
   opt.training = training;
   opt.seed = 5;
-  bool vit = m.config().kind == "vit";
+  bool vit = m.config().kind == nn::ModelKind::vit;
   auto res = vit ? m.forward_vit(b.pixels, opt) : m.forward_lm(b.ids, b.B, b.T, b.mask, {}, opt);
   Var ce = ops::cross_entropy(res.logits, vit ? b.labels : b.targets);
   Var loss = ops::add(ops::add(ce, ops::mul_scalar(res.lb_loss, kLbCoef)), ops::mul_scalar(res.z_loss, kZCoef));
@@ -328,7 +328,7 @@ TEST_CASE("reference: logits, losses, routing and gradients match the PyTorch tw
     bt.metadata = {{"lb_coef", std::to_string(kLbCoef)}, {"z_coef", std::to_string(kZCoef)},
                    {"training", c.training ? "1" : "0"}, {"seed", "5"}, {"step", "0"}};  // forward_backward's keys
     bt.tensors = lm_batch_tensors(batch);
-    if (c.mc.kind == "vit") {
+    if (c.mc.kind == nn::ModelKind::vit) {
       Tensor lab({batch.B});
       for (int i = 0; i < batch.B; ++i) lab[i] = (float)batch.labels[i];
       bt.tensors = {{"pixels", batch.pixels}, {"targets", lab}};
@@ -526,7 +526,7 @@ std::vector<RouterCase> router_cases() {
 // and many mistakes would too. Give them O(1) outputs: Δμ, log σ², Cholesky entries ~0.5,
 // T around 0.7 (point) or log T ~ N(m, e^ρ) with ρ ≈ −1 (lognormal).
 void perturb_router(nn::Model& m, uint64_t seed) {
-  bool lognormal = m.router_config().temp_posterior == "lognormal";
+  bool lognormal = m.router_config().temp_posterior == nn::TempPosterior::lognormal;
   for (auto& [name, v] : m.params().all()) {
     size_t at = name.find(".router.");
     if (at == std::string::npos) continue;

@@ -11,7 +11,7 @@ namespace vm::nn {
 
 class SampleKRouter : public Router {
  public:
-  explicit SampleKRouter(const RouterConfig& cfg) : T_(cfg.temp), authors_(cfg.vtsr_sampler == "authors") {}
+  explicit SampleKRouter(const RouterConfig& cfg) : T_(cfg.temp), authors_(cfg.vtsr_sampler == VtsrSampler::authors) {}
   std::string name() const override { return "sample-k"; }
   RouterOut route(const Var& u, const Var& w_router, int K, const std::vector<uint8_t>&, const RouteCtx& ctx) override {
     RouterOut out;

@@ -24,8 +24,8 @@ class VtsrRouter : public Router {
   VtsrRouter(const RouterConfig& cfg, ParamStore& ps, const std::string& prefix, int C, int E, uint64_t seed)
       : cfg_(cfg) {
     int H = std::max(1, C / 4);
-    out_ = cfg.temp_mode == "per-expert" ? E : 1;
-    lognormal_ = cfg.temp_posterior == "lognormal";
+    out_ = cfg.temp_mode == TempMode::per_expert ? E : 1;
+    lognormal_ = cfg.temp_posterior == TempPosterior::lognormal;
     w1_ = ps.normal(prefix + "temp.w1", {C, H}, 1.0 / std::sqrt((double)C), seed);
     b1_ = ps.constant(prefix + "temp.b1", {H}, 0.0f);
     w2_ = ps.normal(prefix + "temp.w2", {H, (int64_t)out_ * (lognormal_ ? 2 : 1)}, 1e-3, seed);
@@ -67,7 +67,7 @@ class VtsrRouter : public Router {
     Var z = ops::div(out.logits, T);                                  // l / T (broadcast over experts if shared)
     out.probs = ops::softmax(z);
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-select");
-    out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == "authors", ctx.seed, stream);  // on z's device
+    out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == VtsrSampler::authors, ctx.seed, stream);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));
     out.temperature.assign((size_t)N, 0.f);
     const Tensor Th = T.value().to(Device::CPU);  // diagnostics on the host
