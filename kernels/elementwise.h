@@ -34,23 +34,23 @@ VM_HOST_DEVICE inline T binary_apply(Binary op, T x, T y) {
 }
 }  // namespace vm::kernels
 
-//  unary_fwd     y = f(x); alpha is the scalar of add_scalar / mul_scalar / pow_scalar
-//  unary_bwd     dx += dy ⊙ f'(x) (f' from x and y)
-//  binary_fwd    out = a ∘ b with numpy broadcasting over up to 4 dims (out: broadcast(sa, sb))
-//  binary_bwd    da += reduce_to_sa(∂out/∂a ⊙ g), db likewise; either may be null; g: broadcast shape
-//  sum_axis      x viewed as (outer, n, inner): y[o, i] = Σ_j x[o, j, i] (y += ... when accumulate)
-//  sum_axis_bwd  dx[o, j, i] += g[o, i]
-//  sum_all       out[0] = Σ x
-#define VM_ELEMENTWISE_KERNELS(K)                                                                           \
-  K(void, unary_fwd, (Unary op, const T* x, T* y, int64_t n, double alpha))                                 \
-  K(void, unary_bwd, (Unary op, const T* x, const T* y, const T* dy, T* dx, int64_t n, double alpha))       \
-  K(void, binary_fwd,                                                                                       \
-    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb,     \
-     T* out))                                                                                               \
-  K(void, binary_bwd,                                                                                       \
-    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb,     \
-     const T* g, T* da, T* db))                                                                             \
-  K(void, sum_axis, (const T* x, T* y, int64_t outer, int64_t n, int64_t inner, bool accumulate))           \
-  K(void, sum_axis_bwd, (const T* g, T* dx, int64_t outer, int64_t n, int64_t inner))                       \
+#define VM_ELEMENTWISE_KERNELS(K)                                                                       \
+  /* y = f(x); alpha is the scalar of add_scalar / mul_scalar / pow_scalar */                           \
+  K(void, unary_fwd, (Unary op, const T* x, T* y, int64_t n, double alpha))                             \
+  /* dx += dy ⊙ f'(x) (f' from x and y) */                                                              \
+  K(void, unary_bwd, (Unary op, const T* x, const T* y, const T* dy, T* dx, int64_t n, double alpha))   \
+  /* out = a ∘ b with numpy broadcasting over up to 4 dims (out: broadcast(sa, sb)) */                  \
+  K(void, binary_fwd,                                                                                   \
+    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb, \
+     T* out))                                                                                           \
+  /* da += reduce_to_sa(∂out/∂a ⊙ g), db likewise; either may be null; g: broadcast shape */            \
+  K(void, binary_bwd,                                                                                   \
+    (Binary op, const T* a, const std::vector<int64_t>& sa, const T* b, const std::vector<int64_t>& sb, \
+     const T* g, T* da, T* db))                                                                         \
+  /* x viewed as (outer, n, inner): y[o, i] = Σ_j x[o, j, i] (y += ... when accumulate) */              \
+  K(void, sum_axis, (const T* x, T* y, int64_t outer, int64_t n, int64_t inner, bool accumulate))       \
+  /* dx[o, j, i] += g[o, i] */                                                                          \
+  K(void, sum_axis_bwd, (const T* g, T* dx, int64_t outer, int64_t n, int64_t inner))                   \
+  /* out[0] = Σ x */                                                                                    \
   K(void, sum_all, (const T* x, T* out, int64_t n))
 VM_DECLARE_KERNELS(VM_ELEMENTWISE_KERNELS)

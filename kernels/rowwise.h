@@ -2,44 +2,43 @@
 // cross-entropy fused with the softmax, attention): one signature for both
 // devices (kernels/table.h), defined in kernels/cpu/rowwise.cpp and
 // kernels/cuda/rowwise.cu. Raw row-major buffers; backward kernels accumulate.
-//
-//  softmax_fwd/bwd        y = softmax(x) over rows of length C;  dx += y ⊙ (dy − Σ dy⊙y)
-//  log_softmax_fwd/bwd    y = x − logsumexp(x);  dx += dy − softmax(x) Σ dy
-//  layernorm_fwd/bwd      y = (x − μ) / sqrt(σ² + eps) · γ + β; saves mean and rstd per row
-//  rmsnorm_fwd/bwd        y = x / sqrt(mean(x²) + eps) · γ; saves rstd per row
-//  cross_entropy_fwd      writes the per-row probabilities (for backward) and returns Σ loss
-//                         (double) over rows whose target is not ignore_index, their
-//                         number in *count; targets on the kernel's device. The GPU
-//                         version synchronises (the loss comes back to the host).
-//  cross_entropy_bwd      dlogits += scale · (probs − onehot(target)) for rows not ignored
-//  attention_fwd/bwd      scaled dot-product attention for BH independent heads:
-//                         q, k, v (BH, T, D); P (BH, T, T) saved softmax weights; out (BH, T, D)
 #pragma once
 #include "kernels/table.h"
 
 #define VM_ROWWISE_KERNELS(K)                                                                                 \
+  /* y = softmax(x) over rows of length C;  dx += y ⊙ (dy − Σ dy⊙y) */                                        \
   K(void, softmax_fwd, (const T* x, T* y, int64_t rows, int64_t C))                                           \
   K(void, softmax_bwd, (const T* y, const T* dy, T* dx, int64_t rows, int64_t C))                             \
+  /* y = x − logsumexp(x);  dx += dy − softmax(x) Σ dy */                                                     \
   K(void, log_softmax_fwd, (const T* x, T* y, int64_t rows, int64_t C))                                       \
   K(void, log_softmax_bwd, (const T* y, const T* dy, T* dx, int64_t rows, int64_t C))                         \
+  /* y = (x − μ) / sqrt(σ² + eps) · γ + β; saves mean and rstd per row */                                     \
   K(void, layernorm_fwd,                                                                                      \
     (const T* x, const T* gamma, const T* beta, T* y, T* mean, T* rstd, int64_t rows, int64_t C, double eps)) \
   K(void, layernorm_bwd,                                                                                      \
-    (const T* x, const T* gamma, const T* mean, const T* rstd, const T* dy, T* dx, T* dgamma, T* dbeta,      \
+    (const T* x, const T* gamma, const T* mean, const T* rstd, const T* dy, T* dx, T* dgamma, T* dbeta,       \
      int64_t rows, int64_t C))                                                                                \
+  /* y = x / sqrt(mean(x²) + eps) · γ; saves rstd per row */                                                  \
   K(void, rmsnorm_fwd, (const T* x, const T* gamma, T* y, T* rstd, int64_t rows, int64_t C, double eps))      \
   K(void, rmsnorm_bwd,                                                                                        \
-    (const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, T* dgamma, int64_t rows, int64_t C))     \
+    (const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, T* dgamma, int64_t rows, int64_t C))      \
+  /* writes the per-row probabilities (for backward) and returns Σ loss */                                    \
+  /* (double) over rows whose target is not ignore_index, their */                                            \
+  /* number in *count; targets on the kernel's device. The GPU */                                             \
+  /* version synchronises (the loss comes back to the host). */                                               \
   K(double, cross_entropy_fwd,                                                                                \
     (const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C, int32_t ignore_index,        \
      int64_t* count))                                                                                         \
+  /* dlogits += scale · (probs − onehot(target)) for rows not ignored */                                      \
   K(void, cross_entropy_bwd,                                                                                  \
     (const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C, int32_t ignore_index,       \
      T scale))                                                                                                \
+  /* scaled dot-product attention for BH independent heads: */                                                \
+  /* q, k, v (BH, T, D); P (BH, T, T) saved softmax weights; out (BH, T, D) */                                \
   K(void, attention_fwd,                                                                                      \
-    (const T* q, const T* k, const T* v, T* P, T* out, int64_t BH, int64_t Tn, int64_t D, bool causal))      \
+    (const T* q, const T* k, const T* v, T* P, T* out, int64_t BH, int64_t Tn, int64_t D, bool causal))       \
   K(void, attention_bwd,                                                                                      \
-    (const T* q, const T* k, const T* v, const T* P, const T* dout, T* dq, T* dk, T* dv, int64_t BH,        \
+    (const T* q, const T* k, const T* v, const T* P, const T* dout, T* dq, T* dk, T* dv, int64_t BH,          \
      int64_t Tn, int64_t D, bool causal))
 VM_DECLARE_KERNELS(VM_ROWWISE_KERNELS)
 

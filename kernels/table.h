@@ -4,7 +4,8 @@
 // vm::kernels, kernels/cpu/*.cpp) and the GPU (vm::kernels::cuda,
 // kernels/cuda/*.cu). A family's header (kernels/elementwise.h, layout.h,
 // nn.h, rowwise.h, gemm.h, moe.h) lists its kernels once, as an X-macro of
-// entries K(return type, name, (parameters in T)), and declares them in both
+// entries K(return type, name, (parameters in T)), each after a /* comment */
+// that says what it computes, and declares them in both
 // namespaces with VM_DECLARE_KERNELS; each device's source file defines them
 // and ends with VM_INSTANTIATE_KERNELS (float and double). A kernel missing
 // on one device therefore fails to compile there, and the ops
