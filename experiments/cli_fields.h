@@ -48,6 +48,8 @@ void add_field_options(CLI::App* s, C& cfg, unsigned uses) {
     std::string flag = row.flag, help = row.help;
     if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(row)>::config, nn::RouterConfig>)
       help += routers_reading(row.key);
+    if ((row.use & Use::override) && (uses & (Use::eval | Use::inspect)))
+      help += " [default: the checkpoint's]";
     if constexpr (is_named<T>::value) {
       add_enum_option(s, flag, v, help);
     } else if constexpr (std::is_same_v<T, bool>) {

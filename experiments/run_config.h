@@ -199,8 +199,8 @@ struct FieldTable<exp::RunConfig> {
                "extra passes with one router sample each, for the mutual-information score (0 = off)"),
       VM_FIELD(bayes_spec, "--bayes-layers", Group::router,
                kTrainEval | Use::override | Use::repro | Use::ablate,
-               "MoE layers with the Bayesian router: a list like 2,3, or (train) auto:N for the N layers whose "
-               "routing is least stable under input noise (default: all; eval: the checkpoint's)"),
+               "MoE layers with the Bayesian router: a list like 2,3, or auto:N (train, reproduce) for the N "
+               "layers whose routing is least stable under input noise; empty: every MoE layer"),
       VM_FIELD(auto_gamma, "--auto-gamma", Group::router, Use::train, "γ that ranks the layers for auto:N"),
   };
 };
