@@ -28,7 +28,7 @@ void require_device(Device device, bool allow_tf32) {
   if (!warned) {
     warned = true;
     std::fprintf(stderr,
-                 "warning: --device cuda on %s: the GPU path (autodiff/ops_cuda.cpp) was written and compiled on "
+                 "warning: --device cuda on %s: the GPU path (the ops of autodiff/ with kernels/cuda) was written and compiled on "
                  "machines without a GPU; run `vmoer_tests -tc='cuda*'` here first (it compares every op and a "
                  "training step with the CPU)\n",
                  kernels::cuda::cuda_device_name().c_str());
