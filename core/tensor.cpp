@@ -172,7 +172,8 @@ TensorT<T> TensorT<T>::from(const std::vector<T>& values, Shape shape) {
   TensorT t(std::move(shape));
   VM_CHECK((int64_t)values.size() == t.numel(),
            "tensor: " + std::to_string(values.size()) + " values for shape " + shape_str(t.shape()));
-  std::memcpy(t.data(), values.data(), sizeof(T) * values.size());
+  // memcpy's pointers must be valid even for zero bytes; an empty vector's data() may be null.
+  if (!values.empty()) std::memcpy(t.data(), values.data(), sizeof(T) * values.size());
   return t;
 }
 

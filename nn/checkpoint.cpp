@@ -157,7 +157,7 @@ SafeTensors load_safetensors(const std::string& path) {
       if (!fits || (offs[1] - offs[0]) != sizeof(float) * numel)
         fail(path + ": tensor '" + it.key() + "' byte size does not match its shape " + shape_str(shape));
       Tensor t(shape);
-      std::memcpy(t.data(), bytes.data() + data0 + offs[0], offs[1] - offs[0]);
+      if (offs[1] > offs[0]) std::memcpy(t.data(), bytes.data() + data0 + offs[0], offs[1] - offs[0]);
       items.push_back({offs[0], {it.key(), std::move(t)}});
     } catch (const nlohmann::json::exception& ex) {
       fail(path + ": tensor '" + it.key() + "': malformed entry (" + ex.what() + ")");
