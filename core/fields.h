@@ -51,6 +51,7 @@ struct Use {
     negated = 1u << 7,   // bool set false by its flag (--no-progress)
     bool_arg = 1u << 8,  // bool flag that takes a value (--tied-head false)
     derived = 1u << 9,   // no flag: set by the program (from the data, or from another flag); the help says which
+    inherit = 1u << 10,  // a data setting a checkpoint records: eval/inspect/stage 2 take the checkpoint's value unless given
   };
 };
 

@@ -29,6 +29,7 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
                                    {"split_seed", st.split_seed},
                                    {"optimizer_steps", opt ? opt->steps_done() : 0}}
                                   .dump();
+  f.metadata["data"] = st.data.dump();
   for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
   if (opt) {
     auto& state = const_cast<nn::AdamW*>(opt)->state();
@@ -107,6 +108,7 @@ static TrainState train_state_of(const nn::SafeTensors& f, const std::string& pa
   st.bad_evals = js.value("bad_evals", 0);
   st.seed = js.value("seed", (uint64_t)0);
   st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
+  if (f.metadata.count("data")) st.data = meta_json(f, path, "data");  // older checkpoints have none
   return st;
 }
 
@@ -114,7 +116,15 @@ TrainState read_checkpoint_state(const std::string& path) {
   return train_state_of(nn::load_safetensors(path), path);
 }
 
-void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
+json data_settings(const RunConfig& cfg) {
+  json j = json::object();
+  for_each_field(cfg, [&](const auto& row, const auto& v, const std::string&) {
+    if (row.use & Use::inherit) j[row.key] = v;
+  });
+  return j;
+}
+
+void inherit_data_settings(RunConfig& cfg, const std::string& ckpt) {
   TrainState st = read_checkpoint_state(ckpt);
   std::optional<Stage> stage = find_enum<Stage>(st.stage);
   if (stage != Stage::finetune && stage != Stage::router) return;  // pretraining: another corpus
@@ -126,6 +136,25 @@ void inherit_split_seed(RunConfig& cfg, const std::string& ckpt) {
                  "val/test sets, which overlap its training data\n",
                  ckpt.c_str(), (unsigned long long)st.split_seed, (unsigned long long)cfg.split_seed);
   }
+  for_each_field(cfg, [&](const auto& row, auto& v, const std::string&) {
+    if (!(row.use & Use::inherit) || !st.data.contains(row.key)) return;
+    using T = std::remove_cvref_t<decltype(v)>;
+    T theirs;
+    try {
+      theirs = st.data[row.key].template get<T>();
+    } catch (const std::exception& e) {
+      fail(ckpt + ": corrupt 'data' metadata (" + row.key + ": " + e.what() + ")");
+    }
+    if (theirs == v) return;
+    if (!cfg.given(row.flag)) {
+      std::fprintf(stderr, "note: %s %s from the checkpoint (it was trained with it; give the flag to override)\n",
+                   row.flag, st.data[row.key].dump().c_str());
+      v = theirs;
+    } else {
+      std::fprintf(stderr, "warning: %s was trained with %s %s; %s %s builds other inputs\n", ckpt.c_str(), row.flag,
+                   st.data[row.key].dump().c_str(), row.flag, json(v).dump().c_str());
+    }
+  });
 }
 
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,

@@ -20,7 +20,12 @@ struct TrainState {
   int bad_evals = 0;
   uint64_t seed = 0;
   uint64_t split_seed = 1;  // the data split it was trained on (RunConfig::split_seed)
+  // The RunConfig fields marked Use::inherit (task, gloss cap, ...) it was
+  // trained with: {"gloss_max_bytes": 100, ...}; empty in older checkpoints.
+  nlohmann::json data = nlohmann::json::object();
 };
+// The Use::inherit fields of cfg, for TrainState::data.
+nlohmann::json data_settings(const RunConfig& cfg);
 void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st);
 // Loads parameters into `model` (every tensor in the file must match a
 // parameter by name and shape unless allow_missing lists a regex of model
@@ -30,9 +35,11 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
 // The training state stored in a checkpoint (stage, step, seeds), without loading a model.
 TrainState read_checkpoint_state(const std::string& path);
 // A model fine-tuned (or router-trained) on one data split must be scored on
-// that split's test set: take the checkpoint's split seed unless --split-seed
-// was given, and warn when it was given and differs (the sets then overlap).
-void inherit_split_seed(RunConfig& cfg, const std::string& ckpt);
+// that split's test set, and on prompts built as in its training: take the
+// checkpoint's split seed and its Use::inherit settings (task, gloss cap)
+// unless the flag was given (saying so on stderr when a value changes), and
+// warn when a given value differs from the checkpoint's.
+void inherit_data_settings(RunConfig& cfg, const std::string& ckpt);
 // Read the model and router configs stored in a checkpoint.
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
 

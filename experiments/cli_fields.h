@@ -40,6 +40,13 @@ inline std::string routers_reading(std::string_view key) {
   return n == 0 || n == enum_count<nn::RouterKind>() ? std::string() : " (" + names + ")";
 }
 
+// "Model", "Router", ...: the --help section of a field's group.
+inline std::string group_title(Group g) {
+  std::string t(enum_name(g));
+  t[0] = (char)(t[0] - 'a' + 'A');
+  return t;
+}
+
 template <class C>
 void add_field_options(CLI::App* s, C& cfg, unsigned uses) {
   for_each_field(cfg, [&](const auto& row, auto& v, const std::string&) {
@@ -48,26 +55,28 @@ void add_field_options(CLI::App* s, C& cfg, unsigned uses) {
     std::string flag = row.flag, help = row.help;
     if constexpr (std::is_same_v<typename std::remove_cvref_t<decltype(row)>::config, nn::RouterConfig>)
       help += routers_reading(row.key);
-    if ((row.use & Use::override) && (uses & (Use::eval | Use::inspect)))
+    if ((row.use & (Use::override | Use::inherit)) && (uses & (Use::eval | Use::inspect)))
       help += " [default: the checkpoint's]";
+    CLI::Option* o = nullptr;
     if constexpr (is_named<T>::value) {
-      add_enum_option(s, flag, v, help);
+      o = add_enum_option(s, flag, v, help);
     } else if constexpr (std::is_same_v<T, bool>) {
       if (row.use & Use::bool_arg)
-        s->add_option(flag, v, help)->capture_default_str();
+        o = s->add_option(flag, v, help)->capture_default_str();
       else
-        s->add_flag((row.use & Use::negated ? "!" : "") + flag, v, help);
+        o = s->add_flag((row.use & Use::negated ? "!" : "") + flag, v, help);
     } else if constexpr (is_vector<T>::value) {
-      CLI::Option* o = s->add_option(flag, v, help);
+      o = s->add_option(flag, v, help);
       if constexpr (std::is_arithmetic_v<typename T::value_type>) o->delimiter(',');  // 2,3 (regexes repeat the flag)
     } else {
-      CLI::Option* o = s->add_option(flag, v, help);
+      o = s->add_option(flag, v, help);
       if constexpr (std::is_same_v<T, std::string>) {
         if (!v.empty()) o->capture_default_str();
       } else {
         o->capture_default_str();
       }
     }
+    o->group(group_title(row.group));  // --help lists the flags by group
   });
 }
 

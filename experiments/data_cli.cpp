@@ -1,5 +1,5 @@
-// experiments/data_cli.cpp — `vmoer data fetch [--cache DIR]` (runs scripts/fetch_data.sh)
-// and `vmoer data info [--cache DIR]` (loads every data set, prints counts).
+// experiments/data_cli.cpp — `vmoer data fetch [--data-dir DIR]` (runs scripts/fetch_data.sh)
+// and `vmoer data info [--data-dir DIR]` (loads every data set, prints counts).
 #include <unistd.h>
 
 #include <cstdio>
@@ -124,11 +124,11 @@ void register_data_command(CLI::App& app) {
   auto cache = std::make_shared<std::string>(data::default_cache_dir());
 
   CLI::App* fetch = data->add_subcommand("fetch", "Download, unpack and verify the data sets (scripts/fetch_data.sh)");
-  fetch->add_option("--cache", *cache, "Cache directory ($VMOER_DATA or <repo>/.cache/data)");
+  fetch->add_option("--data-dir", *cache, "data folder ($VMOER_DATA or <repo>/.cache/data), as in every other command");
   add_runner(fetch, [cache] { return run_fetch(*cache); });
 
   CLI::App* info = data->add_subcommand("info", "Load every data set from the cache and print counts");
-  info->add_option("--cache", *cache, "Cache directory ($VMOER_DATA or <repo>/.cache/data)");
+  info->add_option("--data-dir", *cache, "data folder ($VMOER_DATA or <repo>/.cache/data), as in every other command");
   add_runner(info, [cache] { return run_info(*cache); });
 }
 

@@ -210,7 +210,7 @@ int run_eval(RunConfig cfg) {
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   auto model = load_model_for_eval(cfg);
-  inherit_split_seed(cfg, cfg.init);
+  inherit_data_settings(cfg, cfg.init);
   bool vit = model->config().kind == nn::ModelKind::vit;
   McTaskData task;
   ImgTaskData itask;

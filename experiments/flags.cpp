@@ -1,7 +1,7 @@
 // experiments/flags.cpp — `vmoer train` and `vmoer eval`: every field of
 // RunConfig's table (experiments/run_config.h) marked for the subcommand is a
-// flag; --config FILE (TOML/INI) supplies defaults that flags on the command
-// line override.
+// flag; --config FILE (TOML/INI, experiments/commands.cpp) supplies values
+// that flags on the command line override.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <filesystem>
@@ -140,7 +140,6 @@ static void check_flags_against_checkpoint(CLI::App* s, const RunConfig& c) {
 void register_train(CLI::App& app) {
   auto c = std::make_shared<RunConfig>();
   auto* s = app.add_subcommand("train", "train a model: pretrain (Brown), finetune (WordNet task), router (stage 2)");
-  s->set_config("--config", "", "TOML/INI file with flag values (flags on the command line win)");
   cli::add_field_options(s, *c, Use::train);
   cli::add_runner(s, [c, s] {
     c->given_flags = cli::given_flags(s, *c, Use::train);
@@ -153,8 +152,7 @@ void register_train(CLI::App& app) {
 void register_eval(CLI::App& app) {
   auto c = std::make_shared<RunConfig>();
   auto* s = app.add_subcommand("eval", "evaluate a checkpoint on the ID test split and the OOD sets");
-  s->set_config("--config", "", "TOML/INI file with flag values (flags on the command line win)");
-  s->add_option("--init,--ckpt", c->init, "checkpoint to evaluate")->required();
+  s->add_option("--init,--ckpt", c->init, "checkpoint to evaluate (required)")->group("Run");
   cli::add_field_options(s, *c, Use::eval);
   cli::add_runner(s, [c, s] {
     c->given_flags = cli::given_flags(s, *c, Use::eval);
@@ -165,6 +163,7 @@ void register_eval(CLI::App& app) {
     }
     return run_eval(*c);
   });
+  cli::require_option(s, "--ckpt");
 }
 
 }  // namespace vm::exp

@@ -40,12 +40,28 @@ static std::string show_byte(int32_t t) {
   return std::string(1, (char)t);
 }
 
+// --text "a\nb": the escapes \n, \t and \\ as the characters they name.
+static std::string unescape(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == 'n' || s[i + 1] == 't' || s[i + 1] == '\\')) {
+      out += s[i + 1] == 'n' ? '\n' : s[i + 1] == 't' ? '\t' : '\\';
+      ++i;
+    } else {
+      out += s[i];
+    }
+  }
+  return out;
+}
+
 static int run_inspect(InspectConfig ic) {
   RunConfig& cfg = ic.run;
+  if (!ic.text.empty() && ic.index >= 0) fail("--text and --index: give one of them (the input is either your text or a test example)");
+  ic.text = unescape(ic.text);
   require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
   auto model = load_model_for_eval(cfg);
-  inherit_split_seed(cfg, cfg.init);
+  inherit_data_settings(cfg, cfg.init);
   std::string prompt = ic.text;
   int label = -1;
   if (prompt.empty()) {
@@ -120,15 +136,39 @@ static int run_inspect(InspectConfig ic) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   }
-  // Human-readable view.
-  std::printf("checkpoint %s  router %s  S=%d  Bayesian layers:", cfg.init.c_str(), out["router"].get<std::string>().c_str(),
-              out["samples"].get<int>());
-  for (int l : model->bayes_layer_ids()) std::printf(" %d", l);
-  std::printf("\nanswer distribution  A %.3f  B %.3f  C %.3f  D %.3f", ev.probs[0][0], ev.probs[0][1], ev.probs[0][2],
+  // Human-readable view: the input, what applies to this router, a legend.
+  const nn::RouterKind kind = model->router_config().name;
+  const bool posterior = kind == nn::RouterKind::mfvr || kind == nn::RouterKind::fcvr;
+  const bool sampled = kind == nn::RouterKind::sample_k || kind == nn::RouterKind::vtsr;
+  const bool bayes = nn::router_info(kind).bayesian && !model->bayes_layer_ids().empty();
+  const bool uses_S = bayes && nn::router_reads(kind, "samples");
+  std::printf("checkpoint %s\nrouter %s", cfg.init.c_str(), out["router"].get<std::string>().c_str());
+  if (uses_S) std::printf("  S=%d samples", out["samples"].get<int>());
+  std::printf("  Bayesian layers:");
+  if (!bayes) std::printf(" none (deterministic routing everywhere)");
+  else
+    for (int l : model->bayes_layer_ids()) std::printf(" %d", l);
+  std::printf("\n\nprompt (%d tokens with <bos>%s):\n%s\n\n", T, first > 0 ? ", the last shown below" : "", prompt.c_str());
+  std::printf("answer distribution  A %.3f  B %.3f  C %.3f  D %.3f", ev.probs[0][0], ev.probs[0][1], ev.probs[0][2],
               ev.probs[0][3]);
   if (label >= 0) std::printf("   (label %c)", 'A' + label);
-  std::printf("\npredictive entropy %.3f nats   ILV (final token) %.3f   gate entropy (final token) %.3f\n\n",
-              ev.entropy[0], ev.ilv[0], ev.gate_entropy[0]);
+  std::printf("\npredictive entropy %.3f nats   ILV (final token) ", ev.entropy[0]);
+  if (posterior) std::printf("%.3f", ev.ilv[0]);
+  else std::printf("n/a (%s has no logit posterior)", out["router"].get<std::string>().c_str());
+  std::printf("   gate entropy (final token) %.3f\n\n", ev.gate_entropy[0]);
+  std::printf("legend: per token and MoE layer\n"
+              "  experts e(g)  the K experts the token is sent to, with their gates g (renormalised over the K)\n"
+              "  H             entropy (nats) of the routing distribution p\n"
+              "  p             the routing distribution over the E experts%s\n",
+              posterior ? " (p-bar: the average of softmax over the S posterior samples)" : "");
+  if (posterior)
+    std::printf("  σ             posterior std of each logit;  ILV  inferred logit variance tr Σ at this token\n");
+  if (kind == nn::RouterKind::vtsr) std::printf("  T             the token's temperature (vtsr)\n");
+  if (sampled)
+    std::printf("  note: %s samples its selection, so the experts are a draw, not the top-K of p; another --seed gives "
+                "another draw\n",
+                out["router"].get<std::string>().c_str());
+  std::printf("\n");
   for (auto& tok : toks) {
     std::printf("[%3d] '%s'\n", tok["position"].get<int>(), tok["token"].get<std::string>().c_str());
     for (auto& L : tok["layers"]) {
@@ -154,7 +194,7 @@ static int run_inspect(InspectConfig ic) {
 void register_inspect(CLI::App& app) {
   auto ic = std::make_shared<InspectConfig>();
   auto* s = app.add_subcommand("inspect", "per-token routing of one input: experts, gates, posterior, uncertainty");
-  s->add_option("--ckpt,--init", ic->run.init, "checkpoint")->required();
+  s->add_option("--ckpt,--init", ic->run.init, "checkpoint (required)");
   s->add_option("--text", ic->text, "input text (e.g. a full prompt ending with 'Answer:')");
   s->add_option("--index", ic->index, "an example of the test split instead of --text");
   s->add_option("--last", ic->max_tokens, "show only the last N tokens (0 = all)")->capture_default_str();
@@ -164,6 +204,7 @@ void register_inspect(CLI::App& app) {
     ic->run.given_flags = cli::given_flags(s, ic->run, Use::inspect);
     return run_inspect(*ic);
   });
+  cli::require_option(s, "--ckpt");
 }
 
 }  // namespace vm::exp

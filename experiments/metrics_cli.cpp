@@ -25,8 +25,7 @@ void register_metrics_command(CLI::App& app) {
   CLI::App* sub = app.add_subcommand(
       "metrics", "Accuracy, NLL, Brier, ECE/MCE from class probabilities; AUROC, AUPR, FPR95 "
                  "from OOD scores. Prints one JSON object.");
-  sub->add_option("--probs", opt->probs, "CSV with header label,p0,p1,... (rows are renormalised)")
-      ->required();
+  sub->add_option("--probs", opt->probs, "CSV with header label,p0,p1,... (rows are renormalised; required)");
   sub->add_option("--ood", opt->ood,
                   "CSV with header score,is_ood (OOD is positive; higher score = more OOD)");
   sub->add_option("--bins", opt->bins, "number of confidence bins for ECE/MCE")
@@ -63,6 +62,7 @@ void register_metrics_command(CLI::App& app) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;
   });
+  require_option(sub, "--probs");
 }
 
 }  // namespace vm::cli

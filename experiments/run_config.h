@@ -146,7 +146,7 @@ struct FieldTable<exp::RunConfig> {
   static constexpr unsigned kEverywhere = Use::train | Use::eval | Use::inspect | Use::repro;
   static constexpr auto rows = std::tuple{
       VM_FIELD(stage, "--stage", Group::run, Use::train, "training stage"),
-      VM_FIELD(task, "--task", Group::data, kTrainEval, "task of fine-tuning, stage 2 and evaluation"),
+      VM_FIELD(task, "--task", Group::data, kTrainEval | Use::inherit, "task of fine-tuning, stage 2 and evaluation"),
       VM_FIELD(data_dir, "--data-dir", Group::data, kEverywhere, "dataset cache (default: $VMOER_DATA or .cache/data)"),
       VM_FIELD(out, "--out", Group::run, kTrainEval | Use::runtime, "output directory"),
       VM_FIELD(init, "--init", Group::run, Use::train, "checkpoint to start from"),
@@ -181,7 +181,7 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(beta, "--beta", Group::optimisation, Use::train | Use::repro | Use::ablate, "β in L = L_task + β KL"),
       VM_FIELD(kl_norm, "--kl-norm", Group::optimisation, Use::train | Use::repro | Use::ablate,
                "KL per routed token, or per batch of an epoch (the minibatch ELBO)"),
-      VM_FIELD(gloss_max_bytes, "--gloss-max-bytes", Group::data, kTrainEval | Use::inspect,
+      VM_FIELD(gloss_max_bytes, "--gloss-max-bytes", Group::data, kTrainEval | Use::inspect | Use::inherit,
                "cap on the definition length in the MC prompt"),
       VM_FIELD(max_train_examples, "--max-train-examples", Group::data, Use::train, "0 = all"),
       VM_FIELD(max_eval_examples, "--max-eval-examples", Group::data, kTrainEval, "0 = all"),

@@ -24,10 +24,12 @@
 #include <fstream>
 
 #include "core/philox.h"
+#include "experiments/build_info.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
 #include "experiments/metrics.h"
 #include "experiments/train_guards.h"
+#include "nn/checkpoint.h"
 
 namespace vm::exp {
 namespace fs = std::filesystem;
@@ -251,9 +253,9 @@ static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::Mo
   if (cfg.resume) {
     if (!fs::exists(last_path)) fail("--resume: no checkpoint at " + last_path);
     read_checkpoint_configs(last_path, mc, rc);
-    inherit_split_seed(cfg, last_path);
+    inherit_data_settings(cfg, last_path);
   } else if (!cfg.init.empty()) {
-    if (cfg.stage == Stage::router) inherit_split_seed(cfg, cfg.init);
+    if (cfg.stage == Stage::router) inherit_data_settings(cfg, cfg.init);
     nn::RouterConfig init_rc;
     read_checkpoint_configs(cfg.init, mc, init_rc);
     if (cfg.stage != Stage::router) rc = init_rc;
@@ -364,6 +366,7 @@ int run_train(RunConfig cfg) {
   st.stage = cfg.stage.str();
   st.seed = cfg.seed;
   st.split_seed = cfg.split_seed;
+  st.data = data_settings(cfg);  // eval and inspect inherit these (experiments/checkpoint_io.h)
   if (cfg.resume) {
     st = load_checkpoint(ck.last_path, model, &opt);
     ck.saved_step = st.step;
@@ -386,6 +389,21 @@ int run_train(RunConfig cfg) {
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
+  // <out>/config.json: the resolved configuration and where it ran
+  // (experiments/build_info.h); rewritten with "finished" at the end. A
+  // resumed run keeps the first start's record under "first_run".
+  json prov = provenance(cfg.threads, utc_now());
+  prov["config"] = fields_to_json<json>(cfg);
+  prov["paths_relative_to"] = "cwd";
+  if (cfg.resume && fs::exists(cfg.out + "/config.json")) {
+    try {
+      std::ifstream f(cfg.out + "/config.json");
+      json old = json::parse(f);
+      prov["first_run"] = old.contains("first_run") ? old["first_run"] : old;
+    } catch (const std::exception&) {
+    }
+  }
+  nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");
   std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
   log << json{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
               {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}}
@@ -511,6 +529,9 @@ int run_train(RunConfig cfg) {
   progress_break(cfg.progress);
   if (!fs::exists(ck.best_path)) save_checkpoint(ck.best_path, model, nullptr, st);
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
+  prov["finished"] = utc_now();
+  prov["exit_code"] = exit_code;
+  nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");
   std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.str().c_str(),
                (long long)st.step, best.c_str(), cfg.out.c_str());
   return exit_code;

@@ -126,6 +126,17 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(ej["ood"].contains("far-devil"));
   CHECK(ej["ood"]["far-devil"]["scores"].contains("ilv"));  // the Bayesian router's own score
 
+  // The checkpoint carries its data settings: eval without --gloss-max-bytes
+  // builds the prompts as in training (the plan's cap, 100, not the default
+  // 160), says so, and equals an eval that gives the cap explicitly.
+  CHECK(ev.find("note: --gloss-max-bytes 100.0 from the checkpoint") != std::string::npos);
+  std::string ev100;
+  REQUIRE(run(d.bin + " eval --ckpt " + fcvr + " --data-dir " + d.cache + " --out " + d.root + "/eval100 --samples 3" +
+              " --no-ood --gloss-max-bytes 100", &ev100) == 0);
+  auto e100 = nlohmann::json::parse(slurp(d.root + "/eval100/eval.json"));
+  CHECK(e100["id"]["nll"] == ej["id"]["nll"]);
+  CHECK(e100["id"]["accuracy"] == ej["id"]["accuracy"]);
+
   // The written predictions are valid input for `vmoer metrics`, and agree with eval.
   std::string mj;
   REQUIRE(run(d.bin + " metrics --probs " + d.root + "/eval/probs_test.csv", &mj) == 0);
@@ -136,7 +147,9 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   // vmoer inspect --json: per-token experts, gates summing to 1, posterior std on Bayesian layers.
   std::string ij;
   REQUIRE(run(d.bin + " inspect --ckpt " + fcvr + " --data-dir " + d.cache + " --index 0 --last 2 --json", &ij) == 0);
-  auto ins = nlohmann::json::parse(ij);
+  // stderr (merged here) first says which settings came from the checkpoint
+  CHECK(ij.find("note: --gloss-max-bytes 100.0 from the checkpoint") != std::string::npos);
+  auto ins = nlohmann::json::parse(ij.substr(ij.find('{')));
   REQUIRE(ins["tokens"].size() == 2);
   for (auto& L : ins["tokens"][0]["layers"]) {
     double g = 0;

@@ -542,16 +542,16 @@ TEST_CASE("reliability: no space for checkpoints, or an unusable --out, fails be
                   d / "small",
               &out);
   std::string e = last_error_line(out);
-  CHECK(rc == 1);
+  CHECK(rc == 2);  // the message is about a flag (--out): exit 2 (experiments/commands.h)
   CHECK(has(e, "vmoer: --out: cannot reserve 1 MiB for checkpoints in '" + d / "small" + "' (File too large)"));
   CHECK(!has(out, "\"step\""));
   CHECK(logged_steps(d / "small/log.jsonl") == 0);
 
   spit(d / "file", "x");
   rc = vmoer("train" + kTiny + " --steps 2 --out " + d / "file/sub", &out);
-  check_one_line_error(rc, out, 1, {"--out: cannot create directory '" + d / "file/sub" + "' (Not a directory)"});
+  check_one_line_error(rc, out, 2, {"--out: cannot create directory '" + d / "file/sub" + "' (Not a directory)"});
   rc = vmoer("train" + kTiny + " --steps 2 --out " + d / "file", &out);
-  check_one_line_error(rc, out, 1, {"--out: cannot create directory '" + d / "file" + "'"});
+  check_one_line_error(rc, out, 2, {"--out: cannot create directory '" + d / "file" + "'"});
 }
 
 // ---- 4. bad checkpoints ------------------------------------------------------------------
@@ -627,7 +627,7 @@ TEST_CASE("reliability: truncated, corrupted and wrong-version checkpoints give 
   }
   std::string out;
   int rc = vmoer("train" + kTiny + " --steps 4 --resume --out " + d / "nothing", &out);
-  check_one_line_error(rc, out, 1, {"--resume: no checkpoint at " + d / "nothing/last.safetensors"});
+  check_one_line_error(rc, out, 2, {"--resume: no checkpoint at " + d / "nothing/last.safetensors"});
 }
 
 TEST_CASE("reliability: a checkpoint whose config does not match the requested model") {
@@ -637,12 +637,12 @@ TEST_CASE("reliability: a checkpoint whose config does not match the requested m
   std::string out;
   // --resume / --init with an explicit architecture flag that disagrees.
   int rc = vmoer("train" + kData + kArch + " --steps 4 --resume --d-model 32 --out " + d / "ck", &out);
-  check_one_line_error(rc, out, 1,
+  check_one_line_error(rc, out, 2,
                        {"--d-model 32 does not match the checkpoint " + ck + " (d_model = 16)", "use a new --out"});
   rc = vmoer("train --stage finetune --data-dir " + kFix + " --init " + ck + " --experts 8 --out " + d / "ft", &out);
-  check_one_line_error(rc, out, 1, {"--experts 8 does not match the checkpoint " + ck + " (n_experts = 4)"});
+  check_one_line_error(rc, out, 2, {"--experts 8 does not match the checkpoint " + ck + " (n_experts = 4)"});
   rc = vmoer("train" + kTiny + " --steps 4 --resume --router noisy --out " + d / "ck", &out);
-  check_one_line_error(rc, out, 1, {"--router noisy does not match the checkpoint " + ck + " (router det)"});
+  check_one_line_error(rc, out, 2, {"--router noisy does not match the checkpoint " + ck + " (router det)"});
   // Flags that agree are fine.
   rc = vmoer("train" + kTiny + " --steps 3 --eval-every 0 --resume --out " + d / "ck", &out);
   CHECK_MESSAGE(rc == 0, out);
@@ -806,7 +806,7 @@ TEST_CASE("reliability: malformed CSV for `vmoer metrics` is one line naming fil
   check_one_line_error(rc, out, 1, {"vmoer: " + d / "missing.csv" + ": cannot open file"});
 }
 
-TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation) with one line") {
+TEST_CASE("reliability: invalid flags and values exit 2 with one line naming the flag, before any work") {
   require_binary();
   Scratch d;
   const std::string base = "train --data-dir " + kFix + " --out " + d / "run";
@@ -816,20 +816,20 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
     std::string message;
   };
   std::vector<Case> cases{
-      {" --top-k 3 --experts 2", 1, "--top-k: K = 3 exceeds the number of experts E = 2 (--experts)"},
-      {" --samples 0", 1, "--samples: must be >= 1, got 0"},
-      {" --beta -0.5", 1, "--beta: must be >= 0, got -0.5"},
-      {" --router bayes", 1, "--router: unknown router 'bayes'"},
-      {" --layers 2 --bayes-layers 5", 1, "--bayes-layers: layer 5 outside [0, 2)"},
-      {" --layers 2 --moe-layers 0,2", 1, "--moe-layers: layer 2 outside [0, 2) (--layers 2)"},
-      {" --bayes-layers one", 1, "--bayes-layers: 'one' is not a layer index"},
-      {" --bayes-layers auto:0", 1, "--bayes-layers: 'auto:0' is not auto:N with N >= 1"},
-      {" --d-model 30 --heads 4", 1, "--d-model 30 must be a positive multiple of --heads 4"},
-      {" --steps 0", 1, "--steps: must be >= 1, got 0"},
-      {" --lr 0", 1, "--lr: must be > 0"},
-      {" --device tpu", 1, "--device: must be cpu or cuda, got 'tpu'"},
-      {" --allow-tf32", 1, "--allow-tf32: only with --device cuda"},
-      {" --stage nope", 1, "--stage: must be pretrain, finetune or router, got 'nope'"},
+      {" --top-k 3 --experts 2", 2, "--top-k: K = 3 exceeds the number of experts E = 2 (--experts)"},
+      {" --samples 0", 2, "--samples: must be >= 1, got 0"},
+      {" --beta -0.5", 2, "--beta: must be >= 0, got -0.5"},
+      {" --router bayes", 2, "--router: unknown router 'bayes'"},
+      {" --layers 2 --bayes-layers 5", 2, "--bayes-layers: layer 5 outside [0, 2)"},
+      {" --layers 2 --moe-layers 0,2", 2, "--moe-layers: layer 2 outside [0, 2) (--layers 2)"},
+      {" --bayes-layers one", 2, "--bayes-layers: 'one' is not a layer index"},
+      {" --bayes-layers auto:0", 2, "--bayes-layers: 'auto:0' is not auto:N with N >= 1"},
+      {" --d-model 30 --heads 4", 2, "--d-model 30 must be a positive multiple of --heads 4"},
+      {" --steps 0", 2, "--steps: must be >= 1, got 0"},
+      {" --lr 0", 2, "--lr: must be > 0"},
+      {" --device tpu", 2, "--device: must be cpu or cuda, got 'tpu'"},
+      {" --allow-tf32", 2, "--allow-tf32: only with --device cuda"},
+      {" --stage nope", 2, "--stage: must be pretrain, finetune or router, got 'nope'"},
       {" --steps abc", 2, "--steps"},
       {" --beta", 2, "--beta"},
       {" --no-such-flag 1", 2, "--no-such-flag"},
@@ -844,7 +844,7 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
   // without one (or without the backend) it fails in one line saying so.
   if (!gpu_present()) {
     std::string o;
-    check_one_line_error(vmoer(base + " --device cuda --steps 2", &o), o, 1, {"--device cuda: ", "no CUDA "});
+    check_one_line_error(vmoer(base + " --device cuda --steps 2", &o), o, 2, {"--device cuda: ", "no CUDA "});
   }
   CHECK(!fs::exists(d / "run"));  // nothing was created
   std::string out;
@@ -854,11 +854,116 @@ TEST_CASE("reliability: invalid flags and values exit 2 (parse) or 1 (validation
                           "inspect --ckpt " + d / "none.safetensors" + " --text hi"}) {
     CAPTURE(sub);
     if (!gpu_present())
-      check_one_line_error(vmoer(sub + " --device cuda", &out), out, 1, {"--device cuda: ", "no CUDA "});
-    check_one_line_error(vmoer(sub + " --device tpu", &out), out, 1, {"--device: must be cpu or cuda, got 'tpu'"});
+      check_one_line_error(vmoer(sub + " --device cuda", &out), out, 2, {"--device cuda: ", "no CUDA "});
+    check_one_line_error(vmoer(sub + " --device tpu", &out), out, 2, {"--device: must be cpu or cuda, got 'tpu'"});
   }
   CHECK(!fs::exists(d / "repro"));
   check_one_line_error(vmoer("metrics --probs x.csv --bins 0", &out), out, 2, {"--bins"});
-  check_one_line_error(vmoer("frobnicate", &out), out, 2, {"A subcommand is required"});
+  check_one_line_error(vmoer("frobnicate", &out), out, 2, {"unknown command 'frobnicate'"});
   check_one_line_error(vmoer(base + " --steps 2 --steps 3", &out), out, 2, {"--steps: At Most 1 required but received 2"});
+}
+
+// ---- the CLI: config files, --dump-config, exit codes, "did you mean" ------------
+
+namespace {
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text;
+}
+}  // namespace
+
+TEST_CASE("cli: --config applies its keys to the subcommand, flags on the command line win") {
+  require_binary();
+  Scratch d;
+  // Top-level keys and a [train] section; an [eval] section is skipped by train.
+  write_text(d / "run.toml",
+             "steps = 3\nlayers = 2\nheads = 2\nexperts = 4\ntop-k = 2\n"
+             "[train]\nstage = \"pretrain\"\nd_model = 16\nd-expert = 16\nmax-seq = 32\nseq = 16\nbatch = 2\n"
+             "eval-batches = 1\neval-every = 3\nno-progress = true\nthreads = 1\n"
+             "data-dir = \"" + kFix + "\"\n"
+             "[eval]\nsamples = 7\n");
+  std::string out;
+  int rc = vmoer("train --config " + d / "run.toml" + " --out " + d / "a", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  // The run did 3 steps (the file's value, not the default 200) with the file's model.
+  auto last = nlohmann::json::parse(lines_of(slurp(d / "a/log.jsonl")).back());
+  CHECK(last["step"] == 3);
+  auto cfg = nlohmann::json::parse(slurp(d / "a/config.json"));
+  CHECK(cfg["config"]["model"]["d_model"] == 16);
+  CHECK(cfg["config"]["model"]["n_experts"] == 4);
+  CHECK(has(cfg["command"].get<std::string>(), "--config"));
+  CHECK(cfg["build"]["commit"].get<std::string>().size() >= 7);
+  CHECK(cfg.contains("finished"));
+  // A flag on the command line wins over the file.
+  rc = vmoer("train --config " + d / "run.toml" + " --steps 2 --out " + d / "b", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  CHECK(nlohmann::json::parse(lines_of(slurp(d / "b/log.jsonl")).back())["step"] == 2);
+}
+
+TEST_CASE("cli: a bad --config is one line, exit 2, and nothing is created") {
+  require_binary();
+  Scratch d;
+  const std::string train = "train --data-dir " + kFix + " --out " + d / "run --config ";
+  std::string out;
+  check_one_line_error(vmoer(train + d / "missing.toml", &out), out, 2, {"--config " + d / "missing.toml", "cannot read"});
+  write_text(d / "typo.toml", "stpes = 3\n");
+  check_one_line_error(vmoer(train + d / "typo.toml", &out), out, 2, {"unknown key 'stpes'", "did you mean 'steps'?"});
+  write_text(d / "bad.toml", "steps = \"many\"\n");
+  check_one_line_error(vmoer(train + d / "bad.toml", &out), out, 2, {"--config", "key 'steps'"});
+  write_text(d / "enum.toml", "router = \"bayes\"\n");
+  check_one_line_error(vmoer(train + d / "enum.toml", &out), out, 2, {"--config", "unknown router 'bayes'"});
+  write_text(d / "sec.toml", "[trian]\nsteps = 3\n");
+  check_one_line_error(vmoer(train + d / "sec.toml", &out), out, 2, {"unknown section [trian]"});
+  CHECK(!fs::exists(d / "run"));
+}
+
+TEST_CASE("cli: --dump-config prints a file that --config reads back to the same run") {
+  require_binary();
+  Scratch d;
+  std::string dump1, dump2;
+  REQUIRE(vmoer("train --steps 7 --router mfvr --moe-layers 0,1 --no-progress --dump-config", &dump1) == 0);
+  CHECK(has(dump1, "\nsteps = 7\n"));
+  CHECK(has(dump1, "\nrouter = \"mfvr\"\n"));
+  CHECK(has(dump1, "\nmoe-layers = [0, 1]\n"));
+  CHECK(has(dump1, "\n# beta = 0.01\n"));  // not given: commented, with its default
+  CHECK(has(dump1, "# ---- Optimisation"));
+  write_text(d / "dump.toml", dump1);
+  REQUIRE(vmoer("train --config " + d / "dump.toml" + " --dump-config", &dump2) == 0);
+  CHECK(dump1 == dump2);
+  // Every subcommand that runs has it.
+  for (std::string sub : {"eval", "inspect", "reproduce", "metrics", "data fetch"}) {
+    CAPTURE(sub);
+    std::string o;
+    CHECK(vmoer(sub + " --dump-config", &o) == 0);
+    CHECK(has(o, "# vmoer "));
+  }
+}
+
+TEST_CASE("cli: --version, did-you-mean for commands and flags, a required flag from --config") {
+  require_binary();
+  Scratch d;
+  std::string out;
+  REQUIRE(vmoer("--version", &out) == 0);
+  CHECK(has(out, "vmoer "));
+  CHECK(has(out, "CUDA o"));
+  check_one_line_error(vmoer("trian --steps 2", &out), out, 2, {"unknown command 'trian'", "did you mean 'vmoer train'?"});
+  check_one_line_error(vmoer("train --stpes 2", &out), out, 2, {"unknown flag --stpes", "did you mean --steps?"});
+  check_one_line_error(vmoer("eval --split val", &out), out, 2, {"--ckpt: required"});
+  write_text(d / "e.toml", "ckpt = \"" + d / "none.safetensors" + "\"\n");
+  // --ckpt from the file satisfies the requirement; the missing file is then the error.
+  check_one_line_error(vmoer("eval --config " + d / "e.toml", &out), out, 2, {"none.safetensors"});
+}
+
+TEST_CASE("cli: inspect prints the prompt and a legend, reads \\n in --text, refuses --text with --index") {
+  require_binary();
+  Scratch d;
+  std::string ck = make_checkpoint(d), out;
+  check_one_line_error(vmoer("inspect --ckpt " + ck + " --data-dir " + kFix + " --text hi --index 0", &out), out, 2,
+                       {"--text and --index"});
+  REQUIRE(vmoer("inspect --ckpt " + ck + " --data-dir " + kFix + " --threads 1 --text 'one\\ntwo'", &out) == 0);
+  CHECK(has(out, "<bos>):\none\ntwo\n"));  // the escape became a newline
+  CHECK(has(out, "legend:"));
+  CHECK(has(out, "Bayesian layers: none"));
+  CHECK(has(out, "ILV (final token) n/a"));
+  CHECK(!has(out, "S=35"));  // S does not apply to det
 }
