@@ -347,6 +347,12 @@ McEval temperature_scaled(const McEval& ev, double T) {
   }
   o.accuracy = labelled ? (double)correct / labelled : 0;
   o.nll = labelled ? nll / labelled : 0;
+  // the predictive arm is scaled the same way: softmax(log p̂ / T)
+  for (auto& p : o.predictive) {
+    double z = 0;
+    for (auto& q : p) z += (q = std::pow(std::max(q, 1e-300), 1.0 / T));
+    for (auto& q : p) q /= z;
+  }
   return o;
 }
 

@@ -740,6 +740,9 @@ static int run_reproduce(ReproConfig r) {
             bayes = resolve_auto_layers(
                 probe, *autol, [&](nn::Model& m) { return mc_evaluator(m, sub, pc); }, tc.auto_gamma, tc.seed);
           }
+          std::string ls;
+          for (int l : bayes) ls += (ls.empty() ? "" : ",") + std::to_string(l);
+          std::fprintf(stderr, "[reproduce] --bayes-layers %s -> %s\n", tc.bayes_spec.c_str(), ls.c_str());
         } else {
           RunConfig tmp = tc;
           parse_bayes_spec(tmp);
