@@ -44,6 +44,14 @@ bool RunConfig::given(std::string_view flag) const {
   return std::find(given_flags.begin(), given_flags.end(), flag) != given_flags.end();
 }
 
+void validate_evaluation(const RunConfig& c) {
+  if (c.ece_bins < 1) fail("--ece-bins: must be >= 1");
+  if (c.mi_samples < 0) fail("--mi-samples: must be >= 0, got " + std::to_string(c.mi_samples));
+  if (c.stability_draws < 0) fail("--stability-draws: must be >= 0, got " + std::to_string(c.stability_draws));
+  for (double g : c.gammas)
+    if (!(g >= 0)) fail("--gammas: values must be >= 0");
+}
+
 void RunConfig::validate() const {
   auto need = [](bool ok, const std::string& m) {
     if (!ok) fail(m);
@@ -58,11 +66,8 @@ void RunConfig::validate() const {
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));
   need(lb_coef >= 0 && z_coef >= 0, "--lb-coef and --z-coef must be >= 0");
   need(optim.lr > 0, "--lr: must be > 0");
-  need(ece_bins >= 1, "--ece-bins: must be >= 1");
   if (stage == Stage::router) need(!init.empty() || resume, "--stage router needs --init CKPT (the fine-tuned model)");
-  for (double g : gammas) need(g >= 0, "--gammas: values must be >= 0");
-  need(mi_samples >= 0, "--mi-samples: must be >= 0, got " + std::to_string(mi_samples));
-  need(stability_draws >= 0, "--stability-draws: must be >= 0, got " + std::to_string(stability_draws));
+  validate_evaluation(*this);
   // The architecture checks of model.validate(), phrased with the flag names.
   need(model.n_layers >= 1, "--layers: must be >= 1, got " + std::to_string(model.n_layers));
   need(model.n_experts >= 1, "--experts: must be >= 1, got " + std::to_string(model.n_experts));
@@ -172,6 +177,7 @@ void register_eval(CLI::App& app) {
              " ranks layers while training (vmoer train --stage router); give a list like 2,3");
       parse_bayes_spec(*c);
     }
+    validate_evaluation(*c);
     return run_eval(*c);
   });
 }

@@ -24,5 +24,8 @@ struct AutoLayers {
 };
 std::optional<AutoLayers> auto_layers(const std::string& spec);
 int run_eval(RunConfig cfg);
+// The evaluation flags' own checks (--ece-bins, --mi-samples, --stability-draws,
+// --gammas): one error naming the flag. Part of RunConfig::validate; eval calls it alone.
+void validate_evaluation(const RunConfig& cfg);
 
 }  // namespace vm::exp

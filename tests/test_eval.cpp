@@ -241,3 +241,14 @@ TEST_CASE("eval routing sensitivity and --bayes-layers auto-sensitive:N") {
     CHECK(c.router.bayes_layers.empty());
   }
 }
+
+TEST_CASE("eval flags: a negative --stability-draws or --mi-samples is one error naming the flag") {
+  RunConfig c;
+  c.stability_draws = -1;
+  CHECK_THROWS_WITH_AS(validate_evaluation(c), doctest::Contains("--stability-draws"), vm::Error);
+  c.stability_draws = 0;
+  c.mi_samples = -2;
+  CHECK_THROWS_WITH_AS(validate_evaluation(c), doctest::Contains("--mi-samples"), vm::Error);
+  c.mi_samples = 0;
+  CHECK_NOTHROW(validate_evaluation(c));
+}
