@@ -50,6 +50,9 @@ std::map<std::string, std::vector<double>> ood_scores(const McEval& ev) {
     s["gate_entropy"].push_back(ev.gate_entropy[i]);
     s["temperature"].push_back(ev.temperature[i]);
     s["mutual_info"].push_back(ev.mutual_info.empty() ? 0.0 : ev.mutual_info[i]);
+    // the predictive arm (--mi-samples): entropy of p̂ = mean over routing draws
+    if (!ev.predictive.empty())
+      s["predictive_entropy"].push_back(metrics::entropy(ev.predictive[i].data(), ev.predictive[i].size()));
   }
   return s;
 }
@@ -59,12 +62,17 @@ json ood_metrics_json(const McEval& id, const McEval& ood) {
   json out = json::object();
   for (auto& [name, idv] : si) {
     const auto& odv = so[name];
+    if (idv.empty() || odv.empty()) continue;
     bool constant = true;
     for (double v : idv) constant = constant && v == idv[0];
     for (double v : odv) constant = constant && v == idv[0];
     if (constant) continue;  // e.g. ILV of a non-Bayesian router: no information
     auto m = metrics::ood_metrics_from_sets(idv, odv);
-    out[name] = {{"auroc", m.auroc}, {"aupr_in", m.aupr_in}, {"aupr_out", m.aupr_out}, {"fpr95", m.fpr95}};
+    out[name] = {{"auroc", m.auroc},
+                 {"aupr_in", m.aupr_in},
+                 {"aupr_out", m.aupr_out},
+                 {"fpr95_ood_recall", m.fpr95_ood_recall},  // ID flagged OOD at 95% OOD recall (ours)
+                 {"fpr95_id_tpr", m.fpr95_id_tpr}};         // OOD accepted as ID at 95% ID kept (OpenOOD)
   }
   return out;
 }
@@ -86,47 +94,101 @@ static void write_probs_csv(const std::string& path, const McEval& ev) {
 }
 
 // Routing stability: Jaccard of top-K sets with and without embedding noise,
-// σ = γ · mean embedding norm, per layer and averaged (method notes §3).
-// Stochastic routers draw the same random numbers in the clean and the noisy
-// pass (same seed and batch index), so the Jaccard measures the effect of
-// the input noise alone.
+// σ = γ · mean embedding norm, per layer and averaged (method notes §3), under
+// three definitions (docs/vmoer.md "Measuring without artefacts"):
+//   shared:       the noisy pass draws the same router random numbers as the
+//                 clean pass (same seed, set and batch index): the effect of
+//                 the input noise alone, inflated for a router whose own
+//                 noise decides the selection (sample-k, vtsr);
+//   independent:  the noisy pass draws fresh router numbers (draw key
+//                 "stability/<d>"), Jaccard averaged over d = 1..D
+//                 (--stability-draws D): the routing as used, run twice;
+//   distribution: top-K of the routing distribution itself (p̄ for mfvr,
+//                 fcvr and mc-dropout, softmax(l/T) for sample-k and vtsr,
+//                 softmax(l) for det) in the clean and the shared noisy pass.
+// For det all three coincide; for mfvr/fcvr/mc-dropout shared = distribution.
 EvalFn mc_evaluator(nn::Model& model, const McSet& set, const RunConfig& cfg) {
-  return {[&model, &set, &cfg](double noise, RoutingTrace* tr) { return evaluate_mc(model, set, cfg, noise, tr); },
+  RunConfig c = cfg;
+  c.mi_samples = 0;  // the stability passes need the routing, not the predictive arm
+  return {[&model, &set, c](double noise, RoutingTrace* tr, const std::string& draw) {
+            return evaluate_mc(model, set, c, noise, tr, draw);
+          },
           model.mean_embedding_norm()};
 }
 EvalFn image_evaluator(nn::Model& model, const ImgSet& set, const RunConfig& cfg) {
   std::vector<int64_t> first;
   for (int64_t i = 0; i < std::min<int64_t>(256, (int64_t)set.size()); ++i) first.push_back(i);
-  return {[&model, &set, &cfg](double noise, RoutingTrace* tr) { return evaluate_images(model, set, cfg, noise, tr); },
+  RunConfig c = cfg;
+  c.mi_samples = 0;
+  return {[&model, &set, c](double noise, RoutingTrace* tr, const std::string& draw) {
+            return evaluate_images(model, set, c, noise, tr, draw);
+          },
           model.mean_patch_embedding_norm(image_batch(set, first))};
 }
 
-std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const EvalFn& eval, double gamma) {
-  RoutingTrace clean, noisy;
-  eval.run(0.0, &clean);
-  eval.run(gamma * eval.embed_norm, &noisy);
-  int K = model.config().top_k;
-  std::vector<std::pair<int, double>> out;
-  for (size_t l = 0; l < clean.experts.size(); ++l) {
-    std::vector<int> a(clean.experts[l].begin(), clean.experts[l].end());
-    std::vector<int> b(noisy.experts[l].begin(), noisy.experts[l].end());
-    out.push_back({clean.layers[l], metrics::mean_jaccard(a, b, (size_t)K)});
-  }
+static std::vector<double> per_layer_jaccard(const std::vector<std::vector<int32_t>>& a,
+                                             const std::vector<std::vector<int32_t>>& b, int K) {
+  std::vector<double> out;
+  for (size_t l = 0; l < a.size(); ++l)
+    out.push_back(metrics::mean_jaccard(std::vector<int>(a[l].begin(), a[l].end()),
+                                        std::vector<int>(b[l].begin(), b[l].end()), (size_t)K));
   return out;
 }
 
-json stability_sweep(nn::Model& model, const EvalFn& eval, const std::vector<double>& gammas) {
+std::vector<LayerStability> layer_stability3(nn::Model& model, const EvalFn& eval, double gamma, int draws,
+                                             const RoutingTrace* clean_in) {
+  RoutingTrace clean_own, noisy;
+  if (!clean_in) eval.run(0.0, &clean_own, "");
+  const RoutingTrace& clean = clean_in ? *clean_in : clean_own;
+  eval.run(gamma * eval.embed_norm, &noisy, "");
+  int K = model.config().top_k;
+  auto shared = per_layer_jaccard(clean.experts, noisy.experts, K);
+  auto dist = per_layer_jaccard(clean.dist_experts, noisy.dist_experts, K);
+  std::vector<double> indep(shared.size(), 0.0);
+  for (int d = 1; d <= draws; ++d) {
+    RoutingTrace fresh;
+    eval.run(gamma * eval.embed_norm, &fresh, "stability/" + std::to_string(d));
+    auto j = per_layer_jaccard(clean.experts, fresh.experts, K);
+    for (size_t l = 0; l < j.size(); ++l) indep[l] += j[l] / draws;
+  }
+  std::vector<LayerStability> out;
+  for (size_t l = 0; l < shared.size(); ++l)
+    out.push_back({clean.layers[l], shared[l], draws > 0 ? indep[l] : NAN, dist[l]});
+  return out;
+}
+
+std::vector<std::pair<int, double>> layer_stability(nn::Model& model, const EvalFn& eval, double gamma) {
+  std::vector<std::pair<int, double>> out;
+  for (auto& ls : layer_stability3(model, eval, gamma, 0, nullptr)) out.push_back({ls.layer, ls.shared});
+  return out;
+}
+
+static json jaccards(double shared, double indep, double dist) {
+  json j{{"shared", shared}, {"distribution", dist}};
+  j["independent"] = std::isnan(indep) ? json(nullptr) : json(indep);
+  return j;
+}
+
+json stability_sweep(nn::Model& model, const EvalFn& eval, const std::vector<double>& gammas, int draws) {
   double base = eval.embed_norm;
+  RoutingTrace clean;  // one clean pass serves every γ
+  eval.run(0.0, &clean, "");
   json rows = json::array();
   for (double g : gammas) {
-    auto ls = layer_stability(model, eval, g);
+    auto ls = layer_stability3(model, eval, g, draws, &clean);
     json per_layer = json::array();
-    double tot = 0;
-    for (auto& [layer, j] : ls) {
-      per_layer.push_back({{"layer", layer}, {"jaccard", j}});
-      tot += j;
+    double ts = 0, ti = 0, td = 0;
+    for (auto& l : ls) {
+      per_layer.push_back({{"layer", l.layer}, {"jaccard", jaccards(l.shared, l.independent, l.distribution)}});
+      ts += l.shared;
+      ti += l.independent;
+      td += l.distribution;
     }
-    rows.push_back({{"gamma", g}, {"sigma", g * base}, {"jaccard", ls.empty() ? 1.0 : tot / (double)ls.size()},
+    double n = (double)ls.size();
+    rows.push_back({{"gamma", g},
+                    {"sigma", g * base},
+                    {"draws", draws},
+                    {"jaccard", ls.empty() ? jaccards(1, 1, 1) : jaccards(ts / n, ti / n, td / n)},
                     {"per_layer", per_layer}});
   }
   return rows;
@@ -141,6 +203,125 @@ std::vector<int> susceptible_layers(nn::Model& model, const EvalFn& eval, int n,
   for (int i = 0; i < n; ++i) out.push_back(ls[(size_t)i].first);
   std::sort(out.begin(), out.end());
   return out;
+}
+
+// ---- routing sensitivity (--sensitivity, --bayes-layers auto-sensitive:N) ------------------
+// Copy every parameter of `src` that `dst` has under the same name (host copy).
+static void copy_shared_params(nn::Model& src, nn::Model& dst) {
+  for (auto& [name, v] : dst.params().all()) {
+    const Var* s = src.params().find(name);
+    if (!s) fail("routing sensitivity: parameter '" + name + "' missing in the evaluated model");
+    v.value() = s->value().to(Device::CPU).clone();
+  }
+}
+
+std::vector<std::pair<int, double>> routing_sensitivity(nn::Model& trained, const std::function<McEval(nn::Model&)>& eval,
+                                                        uint64_t seed) {
+  const nn::ModelConfig& mc = trained.config();
+  Device dev = trained.device();
+  nn::Model det(mc, nn::RouterConfig{}, seed);
+  copy_shared_params(trained, det);
+  if (dev == Device::CUDA) det.to(dev);
+  double base = eval(det).nll;
+  std::vector<std::pair<int, double>> out;
+  for (int l : det.moe_layer_ids()) {
+    // Layer l routes with sample-k at T = 1e9: l/T is ~0, so softmax(l/T) is
+    // uniform, Gumbel-top-K draws a uniformly random K-subset, and the gates
+    // (softmax over the chosen l/T) are 1/K each. Every other layer: det.
+    nn::RouterConfig rnd;
+    rnd.name = nn::RouterKind::sample_k;
+    rnd.temp = 1e9;
+    rnd.bayes_layers = {l};
+    nn::Model m(mc, rnd, seed);
+    copy_shared_params(trained, m);
+    if (dev == Device::CUDA) m.to(dev);
+    out.push_back({l, eval(m).nll - base});
+  }
+  return out;
+}
+
+std::vector<int> sensitive_layers(const std::vector<std::pair<int, double>>& sens, int n) {
+  if (n < 1 || n > (int)sens.size())
+    fail("--bayes-layers auto-sensitive:" + std::to_string(n) + ": the model has " + std::to_string(sens.size()) +
+         " MoE layers");
+  auto s = sens;
+  std::stable_sort(s.begin(), s.end(), [](auto& a, auto& b) { return a.second > b.second; });
+  std::vector<int> out;
+  for (int i = 0; i < n; ++i) out.push_back(s[(size_t)i].first);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+json sensitivity_json(const std::vector<std::pair<int, double>>& sens) {
+  json a = json::array();
+  for (auto& [l, d] : sens) a.push_back({{"layer", l}, {"delta_nll", d}});
+  return a;
+}
+
+std::vector<int> resolve_auto_layers(nn::Model& probe, const AutoLayers& a,
+                                     const std::function<EvalFn(nn::Model&)>& make_eval, double gamma, uint64_t seed) {
+  if (a.rank == AutoLayers::unstable) return susceptible_layers(probe, make_eval(probe), a.n, gamma);
+  auto sens = routing_sensitivity(
+      probe, [&](nn::Model& m) { return make_eval(m).run(0.0, nullptr, ""); }, seed);
+  return sensitive_layers(sens, a.n);
+}
+
+// ---- what the router heads learned ---------------------------------------------------------
+json head_movement(nn::Model& model, uint64_t init_seed) {
+  // The parameters of the stage-2 heads are drawn from Philox streams keyed by
+  // (seed, parameter name) (nn/params.h), so the same config and seed rebuild
+  // them exactly as they were before stage 2's first step.
+  nn::Model init(model.config(), model.router_config(), init_seed);
+  json out = json::array();
+  for (int l : model.bayes_layer_ids()) {
+    std::string prefix = "layers." + std::to_string(l) + ".moe.router.";
+    json heads = json::array();
+    for (auto& [name, v] : model.params().all()) {
+      if (name.rfind(prefix, 0) != 0) continue;
+      const Var* w0 = init.params().find(name);
+      if (!w0) continue;
+      Tensor w = v.value().to(Device::CPU), i0 = w0->value().to(Device::CPU);
+      double d2 = 0, n2 = 0;  // sequential double sums: thread-count independent
+      for (int64_t k = 0; k < w.numel(); ++k) {
+        double d = (double)w.data()[k] - (double)i0.data()[k];
+        d2 += d * d;
+        n2 += (double)i0.data()[k] * i0.data()[k];
+      }
+      heads.push_back({{"param", name.substr(prefix.size())}, {"norm_init", std::sqrt(n2)},
+                       {"norm_moved", std::sqrt(d2)}});
+    }
+    if (!heads.empty()) out.push_back({{"layer", l}, {"heads", heads}});
+  }
+  return out;
+}
+
+json temperature_stats(const RoutingTrace& tr) {
+  json out = json::array();
+  for (size_t l = 0; l < tr.temperature.size(); ++l) {
+    const auto& t = tr.temperature[l];
+    if (t.empty()) continue;
+    double m = 0, v = 0;
+    for (float x : t) m += x;
+    m /= (double)t.size();
+    for (float x : t) v += ((double)x - m) * ((double)x - m);
+    double sd = t.size() > 1 ? std::sqrt(v / (double)(t.size() - 1)) : 0.0;
+    out.push_back({{"layer", tr.layers[l]}, {"mean", m}, {"std", sd}, {"tokens", t.size()}});
+  }
+  return out;
+}
+
+// ---- the predictive arm ---------------------------------------------------------------------
+json predictive_json(const McEval& ev, int bins) {
+  if (ev.predictive.empty()) return nullptr;
+  McEval p;
+  p.probs = ev.predictive;
+  p.labels = ev.labels;
+  json j = id_metrics(p, bins);
+  j["samples"] = ev.predictive_samples;
+  double mi = 0;
+  for (double x : ev.mutual_info) mi += x;
+  j["mean_mutual_info"] = ev.mutual_info.empty() ? 0.0 : mi / (double)ev.mutual_info.size();
+  return j;
 }
 
 McEval temperature_scaled(const McEval& ev, double T) {
@@ -166,6 +347,12 @@ McEval temperature_scaled(const McEval& ev, double T) {
   }
   o.accuracy = labelled ? (double)correct / labelled : 0;
   o.nll = labelled ? nll / labelled : 0;
+  // the predictive arm is scaled the same way: softmax(log p̂ / T)
+  for (auto& p : o.predictive) {
+    double z = 0;
+    for (auto& q : p) z += (q = std::pow(std::max(q, 1e-300), 1.0 / T));
+    for (auto& q : p) q /= z;
+  }
   return o;
 }
 
@@ -220,7 +407,8 @@ int run_eval(RunConfig cfg) {
   ImgSet& iset = cfg.split == Split::val ? itask.val : itask.test;
   EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
-  McEval ev = evaluator.run(0.0, &trace);
+  // the main pass, with the predictive arm when --mi-samples > 0 (the evaluator's passes skip it)
+  McEval ev = vit ? evaluate_images(*model, iset, cfg, 0.0, &trace) : evaluate_mc(*model, set, cfg, 0.0, &trace);
   json out;
   out["checkpoint"] = cfg.init;
   out["router"] = model->router_config().name;
@@ -230,9 +418,16 @@ int run_eval(RunConfig cfg) {
   out["seed"] = cfg.seed;
   out["split_seed"] = cfg.split_seed;
   out["id"] = id_metrics(ev, cfg.ece_bins);
+  if (json pj = predictive_json(ev, cfg.ece_bins); !pj.is_null()) out["predictive"] = pj;
   out["expert_load"] = expert_load(*model, trace);
+  if (json ts = temperature_stats(trace); !ts.empty()) out["temperature"] = ts;
+  if (nn::router_info(model->router_config().name).heads)
+    out["head_movement"] = head_movement(*model, read_checkpoint_state(cfg.init).seed);
   out["flops"] = flops_json(*model, vit ? model->config().seq_len_vit() : 128);
-  out["ood_convention"] = "OOD is the positive class; a higher score means more OOD (msp is the negated max probability)";
+  out["ood_convention"] =
+      "OOD is the positive class; a higher score means more OOD (msp is the negated max probability); "
+      "fpr95_ood_recall: ID flagged OOD at 95% OOD recall (ours); fpr95_id_tpr: OOD accepted as ID at 95% ID kept "
+      "(OpenOOD's FPR@95)";
   fs::create_directories(cfg.out);
   write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
   if (cfg.ood) {
@@ -250,7 +445,16 @@ int run_eval(RunConfig cfg) {
     }
     out["ood"] = o;
   }
-  if (cfg.stability) out["stability"] = stability_sweep(*model, evaluator, cfg.gammas);
+  if (cfg.stability) out["stability"] = stability_sweep(*model, evaluator, cfg.gammas, cfg.stability_draws);
+  if (cfg.sensitivity) {
+    auto sens = routing_sensitivity(
+        *model,
+        [&](nn::Model& m) { return vit ? image_evaluator(m, iset, cfg).run(0.0, nullptr, "") : mc_evaluator(m, set, cfg).run(0.0, nullptr, ""); },
+        cfg.seed);
+    out["sensitivity"] = {{"gates", "uniform 1/K on a uniformly random K-subset at one layer; det elsewhere"},
+                          {"baseline", "det routing on every MoE layer"},
+                          {"per_layer", sensitivity_json(sens)}};
+  }
   nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

@@ -44,6 +44,14 @@ bool RunConfig::given(std::string_view flag) const {
   return std::find(given_flags.begin(), given_flags.end(), flag) != given_flags.end();
 }
 
+void validate_evaluation(const RunConfig& c) {
+  if (c.ece_bins < 1) fail("--ece-bins: must be >= 1");
+  if (c.mi_samples < 0) fail("--mi-samples: must be >= 0, got " + std::to_string(c.mi_samples));
+  if (c.stability_draws < 0) fail("--stability-draws: must be >= 0, got " + std::to_string(c.stability_draws));
+  for (double g : c.gammas)
+    if (!(g >= 0)) fail("--gammas: values must be >= 0");
+}
+
 void RunConfig::validate() const {
   auto need = [](bool ok, const std::string& m) {
     if (!ok) fail(m);
@@ -58,9 +66,8 @@ void RunConfig::validate() const {
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));
   need(lb_coef >= 0 && z_coef >= 0, "--lb-coef and --z-coef must be >= 0");
   need(optim.lr > 0, "--lr: must be > 0");
-  need(ece_bins >= 1, "--ece-bins: must be >= 1");
   if (stage == Stage::router) need(!init.empty() || resume, "--stage router needs --init CKPT (the fine-tuned model)");
-  for (double g : gammas) need(g >= 0, "--gammas: values must be >= 0");
+  validate_evaluation(*this);
   // The architecture checks of model.validate(), phrased with the flag names.
   need(model.n_layers >= 1, "--layers: must be >= 1, got " + std::to_string(model.n_layers));
   need(model.n_experts >= 1, "--experts: must be >= 1, got " + std::to_string(model.n_experts));
@@ -79,21 +86,27 @@ void RunConfig::validate() const {
   router.validate(model.n_layers, model.n_experts, model.top_k);
 }
 
+std::optional<AutoLayers> auto_layers(const std::string& spec) {
+  for (AutoLayers::Rank rank : {AutoLayers::sensitive, AutoLayers::unstable}) {
+    const std::string head = rank == AutoLayers::sensitive ? "auto-sensitive:" : "auto:";
+    if (spec.rfind(head, 0) != 0) continue;
+    std::string num = spec.substr(head.size());
+    try {
+      size_t pos = 0;
+      int n = std::stoi(num, &pos);
+      if (pos != num.size() || n < 1) throw std::invalid_argument(spec);
+      return AutoLayers{rank, n};
+    } catch (const std::exception&) {
+      fail("--bayes-layers: '" + spec + "' is not " + head + "N with N >= 1");
+    }
+  }
+  return std::nullopt;
+}
+
 void parse_bayes_spec(RunConfig& c) {
   const std::string& s = c.bayes_spec;
   c.router.bayes_layers.clear();
-  if (s.empty() || s.rfind("auto:", 0) == 0) {
-    if (!s.empty()) {
-      try {
-        size_t pos = 0;
-        int n = std::stoi(s.substr(5), &pos);
-        if (pos != s.size() - 5 || n < 1) throw std::invalid_argument(s);
-      } catch (const std::exception&) {
-        fail("--bayes-layers: '" + s + "' is not auto:N with N >= 1");
-      }
-    }
-    return;
-  }
+  if (s.empty() || auto_layers(s)) return;  // auto_layers validates N
   size_t i = 0;
   while (i <= s.size()) {
     size_t j = s.find(',', i);
@@ -105,7 +118,7 @@ void parse_bayes_spec(RunConfig& c) {
       if (pos != tok.size()) throw std::invalid_argument(tok);
       c.router.bayes_layers.push_back(v);
     } catch (const std::exception&) {
-      fail("--bayes-layers: '" + tok + "' is not a layer index (use a list like 2,3 or auto:N)");
+      fail("--bayes-layers: '" + tok + "' is not a layer index (use a list like 2,3, auto:N or auto-sensitive:N)");
     }
     i = j + 1;
   }
@@ -157,10 +170,12 @@ void register_eval(CLI::App& app) {
   cli::add_runner(s, [c, s] {
     c->given_flags = cli::given_flags(s, *c, Use::eval);
     if (c->given("--bayes-layers")) {
-      if (c->bayes_spec.rfind("auto:", 0) == 0)
-        fail("--bayes-layers: auto:N ranks layers while training (vmoer train --stage router); give a list like 2,3");
+      if (auto_layers(c->bayes_spec))
+        fail("--bayes-layers: " + c->bayes_spec +
+             " ranks layers while training (vmoer train --stage router); give a list like 2,3");
       parse_bayes_spec(*c);
     }
+    validate_evaluation(*c);
     return run_eval(*c);
   });
   cli::require_option(s, "--ckpt");

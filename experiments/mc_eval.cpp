@@ -69,15 +69,32 @@ static void append_example(McEval& ev, std::vector<double> p, int32_t label, con
   ev.temperature.push_back(nb ? temp / nb : 0);
 }
 
-static void append_trace(RoutingTrace* trace, const nn::ForwardResult& res, const std::vector<uint8_t>& mask, int K) {
+// Top-K of one row of a routing distribution p (E): the K largest, ties to
+// the lower expert index (the order of ops::topk_gates).
+static void topk_row(const float* p, int E, int K, std::vector<int32_t>& out) {
+  std::vector<int32_t> ix((size_t)E);
+  for (int e = 0; e < E; ++e) ix[(size_t)e] = e;
+  std::partial_sort(ix.begin(), ix.begin() + K, ix.end(), [p](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+  out.insert(out.end(), ix.begin(), ix.begin() + K);
+}
+
+static void append_trace(RoutingTrace* trace, const nn::ForwardResult& res, const std::vector<uint8_t>& mask, int K, int E) {
   if (!trace) return;
   if (trace->layers.empty())
     for (auto& a : res.moe) trace->layers.push_back(a.layer);
   trace->experts.resize(res.moe.size());
-  for (size_t l = 0; l < res.moe.size(); ++l)
-    for (int64_t row = 0; row < (int64_t)mask.size(); ++row)
-      if (mask[row])
-        for (int j = 0; j < K; ++j) trace->experts[l].push_back(res.moe[l].route.experts[row * K + j]);
+  trace->dist_experts.resize(res.moe.size());
+  trace->temperature.resize(res.moe.size());
+  for (size_t l = 0; l < res.moe.size(); ++l) {
+    const nn::RouterOut& r = res.moe[l].route;
+    const Tensor& pr = r.probs.value();  // (rows, E) on the host (host_diagnostics)
+    for (int64_t row = 0; row < (int64_t)mask.size(); ++row) {
+      if (!mask[row]) continue;
+      for (int j = 0; j < K; ++j) trace->experts[l].push_back(r.experts[row * K + j]);
+      topk_row(pr.data() + row * E, E, K, trace->dist_experts[l]);
+      if (!r.temperature.empty()) trace->temperature[l].push_back(r.temperature[row]);
+    }
+  }
 }
 
 // softmax of one row of logits (double): the class / answer-letter distribution.
@@ -102,28 +119,42 @@ static void finish_eval(McEval& ev) {
   ev.accuracy = probs.rows ? metrics::accuracy(probs, labels) : 0;
 }
 
-static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, uint64_t batch_index, double noise,
-                                       int samples = 0, uint64_t seed_shift = 0) {
+uint64_t eval_router_seed(uint64_t seed, const std::string& set, const std::string& draw) {
+  return seed + nn::name_hash("eval/" + set + (draw.empty() ? "" : "/" + draw));
+}
+
+static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, const std::string& set,
+                                       uint64_t batch_index, double noise, int samples, const std::string& draw) {
   nn::ForwardOptions fo;
   fo.training = false;
-  fo.seed = cfg.seed + seed_shift;
+  fo.seed = eval_router_seed(cfg.seed, set, draw);
   fo.step = batch_index;
   fo.samples = samples > 0 ? samples : model.router_config().samples;
   fo.embed_noise = noise;
-  fo.noise_seed = cfg.seed + 7919;
+  fo.noise_seed = cfg.seed + 7919;  // the input noise: the same in every draw (keyed by batch)
   return fo;
 }
 
-// Mutual information between the prediction and the router's randomness,
-// I = H(mean_m p_m) − mean_m H(p_m) (metrics::mutual_information), from M
-// passes that each route every token with a single fresh router sample
-// (--mi-samples M).
-static void add_mutual_information(McEval& ev, const std::vector<McEval>& passes) {
+// The predictive arm and the mutual information between the prediction and
+// the router's randomness from M passes p_m (one router draw each):
+//   p̂ = (1/M) Σ_m p_m,   I = H(p̂) − (1/M) Σ_m H(p_m)   (metrics::mutual_information)
+static void add_routing_average(McEval& ev, const std::vector<McEval>& passes, int M) {
   ev.mutual_info.assign(ev.probs.size(), 0.0);
-  if (passes.empty() || ev.probs.empty()) return;
+  ev.predictive_samples = M;
+  if (M <= 0) return;
+  if (passes.empty()) {  // no router randomness: every draw is the main pass
+    ev.predictive = ev.probs;
+    return;
+  }
   std::vector<metrics::Matrix> samples;
   for (const McEval& p : passes) samples.push_back(metrics::Matrix::from_rows(p.probs));
   ev.mutual_info = metrics::mutual_information(samples);
+  ev.predictive.assign(ev.probs.size(), std::vector<double>(ev.probs.empty() ? 0 : ev.probs[0].size(), 0.0));
+  for (const McEval& p : passes)  // fixed order over m: the same bits at any thread count
+    for (size_t i = 0; i < p.probs.size(); ++i)
+      for (size_t c = 0; c < p.probs[i].size(); ++c) ev.predictive[i][c] += p.probs[i][c];
+  for (auto& row : ev.predictive)
+    for (double& q : row) q /= (double)passes.size();
 }
 
 static bool stochastic_router(nn::Model& model) {
@@ -131,20 +162,27 @@ static bool stochastic_router(nn::Model& model) {
 }
 
 static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
-                      int samples, uint64_t seed_shift);
+                      int samples, const std::string& draw);
+
+static std::string mi_draw(int m) { return "mi/" + std::to_string(m); }
+
+McEval mc_routing_draw(nn::Model& model, const McSet& set, const RunConfig& cfg, int m) {
+  return mc_pass(model, set, cfg, 0.0, nullptr, 1, mi_draw(m));
+}
 
 McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
-                   RoutingTrace* trace) {
-  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, 0);
+                   RoutingTrace* trace, const std::string& draw) {
+  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, draw);
   std::vector<McEval> passes;
-  if (cfg.mi_samples > 0 && stochastic_router(model))
-    for (int m = 0; m < cfg.mi_samples; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
-  add_mutual_information(ev, passes);
+  int M = draw.empty() ? cfg.mi_samples : 0;
+  if (M > 0 && stochastic_router(model))
+    for (int m = 1; m <= M; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, mi_draw(m)));
+  add_routing_average(ev, passes, M);
   return ev;
 }
 
 static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
-                      int samples, uint64_t seed_shift) {
+                      int samples, const std::string& draw) {
   NoGradGuard ng;
   McEval ev;
   const auto& letters = answer_tokens();
@@ -157,7 +195,7 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
     auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
-                                eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+                                eval_options(model, cfg, set.name, s / B, embed_noise, samples, draw));
     host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, V)
     int64_t V = lg.size(1);
@@ -167,7 +205,7 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
       for (int32_t t : letters) z.push_back((double)lg[r * V + t]);
       append_example(ev, answer_distribution(std::move(z)), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
     }
-    append_trace(trace, res, mb.mask, K);
+    append_trace(trace, res, mb.mask, K, E);
   }
   finish_eval(ev);
   return ev;
@@ -185,21 +223,21 @@ Tensor image_batch(const ImgSet& set, const std::vector<int64_t>& idx) {
 }
 
 static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                         RoutingTrace* trace, int samples, uint64_t seed_shift);
+                         RoutingTrace* trace, int samples, const std::string& draw);
 
 McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                       RoutingTrace* trace) {
-  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, 0);
+                       RoutingTrace* trace, const std::string& draw) {
+  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, draw);
   std::vector<McEval> passes;
-  if (cfg.mi_samples > 0 && stochastic_router(model))
-    for (int m = 0; m < cfg.mi_samples; ++m)
-      passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, 1000003ull * (m + 1)));
-  add_mutual_information(ev, passes);
+  int M = draw.empty() ? cfg.mi_samples : 0;
+  if (M > 0 && stochastic_router(model))
+    for (int m = 1; m <= M; ++m) passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, mi_draw(m)));
+  add_routing_average(ev, passes, M);
   return ev;
 }
 
 static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
-                         RoutingTrace* trace, int samples, uint64_t seed_shift) {
+                         RoutingTrace* trace, int samples, const std::string& draw) {
   NoGradGuard ng;
   McEval ev;
   int64_t n = (int64_t)set.size();
@@ -210,7 +248,7 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
   for (int64_t s = 0; s < n; s += B) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
-    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, s / B, embed_noise, samples, seed_shift));
+    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, set.name, s / B, embed_noise, samples, draw));
     host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, classes)
     for (size_t r = 0; r < idx.size(); ++r) {
@@ -218,7 +256,7 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
       for (int c = 0; c < C; ++c) z[(size_t)c] = (double)lg[(int64_t)r * C + c];
       append_example(ev, answer_distribution(std::move(z)), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
     }
-    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K);
+    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K, E);
   }
   finish_eval(ev);
   return ev;

@@ -345,7 +345,8 @@ OodMetrics ood_metrics(const std::vector<double>& scores, const std::vector<int>
   for (size_t i = 0; i < scores.size(); ++i) neg[i] = -scores[i];
   for (size_t i = 0; i < is_ood.size(); ++i) is_id[i] = 1 - is_ood[i];
   m.aupr_in = average_precision(neg, is_id);
-  m.fpr95 = fpr_at_tpr(scores, is_ood, 0.95);
+  m.fpr95_ood_recall = fpr_at_tpr(scores, is_ood, 0.95);
+  m.fpr95_id_tpr = fpr_at_tpr(neg, is_id, 0.95);
   return m;
 }
 

@@ -115,7 +115,13 @@ struct OodMetrics {
   double auroc = 0;
   double aupr_in = 0;   // average_precision(1 − is_ood, −scores): ID positive
   double aupr_out = 0;  // average_precision(is_ood, scores): OOD positive
-  double fpr95 = 0;     // fpr_at_tpr(scores, is_ood, 0.95)
+  // FPR95 in its two conventions (docs/vmoer.md "Measuring without artefacts"):
+  // ours, OOD positive: the fraction of ID examples flagged OOD at the first
+  // threshold that recalls 95% of the OOD set,
+  double fpr95_ood_recall = 0;  // fpr_at_tpr(scores, is_ood, 0.95)
+  // OpenOOD's, ID positive: the fraction of OOD examples accepted as ID at
+  // the first threshold that keeps 95% of the ID set (score −s, label 1 − is_ood).
+  double fpr95_id_tpr = 0;      // fpr_at_tpr(−scores, 1 − is_ood, 0.95)
 };
 OodMetrics ood_metrics(const std::vector<double>& scores, const std::vector<int>& is_ood);
 // Same, from the scores of an ID set and an OOD set.

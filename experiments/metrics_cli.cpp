@@ -23,8 +23,9 @@ void register_metrics_command(CLI::App& app) {
   };
   auto opt = std::make_shared<Options>();
   CLI::App* sub = app.add_subcommand(
-      "metrics", "Accuracy, NLL, Brier, ECE/MCE from class probabilities; AUROC, AUPR, FPR95 "
-                 "from OOD scores. Prints one JSON object.");
+      "metrics", "Accuracy, NLL, Brier, ECE/MCE from class probabilities; AUROC, AUPR, FPR95 (two "
+                 "conventions: fpr95_ood_recall, ours; fpr95_id_tpr, OpenOOD's) from OOD scores. "
+                 "Prints one JSON object.");
   sub->add_option("--probs", opt->probs, "CSV with header label,p0,p1,... (rows are renormalised; required)");
   sub->add_option("--ood", opt->ood,
                   "CSV with header score,is_ood (OOD is positive; higher score = more OOD)");
@@ -56,7 +57,8 @@ void register_metrics_command(CLI::App& app) {
       out["auroc"] = m.auroc;
       out["aupr_in"] = m.aupr_in;
       out["aupr_out"] = m.aupr_out;
-      out["fpr95"] = m.fpr95;
+      out["fpr95_ood_recall"] = m.fpr95_ood_recall;  // ID flagged OOD at 95% OOD recall (ours)
+      out["fpr95_id_tpr"] = m.fpr95_id_tpr;          // OOD accepted as ID at 95% ID kept (OpenOOD)
       out["convention"] = "OOD is the positive class; a higher score means more OOD";
     }
     std::printf("%s\n", out.dump(2).c_str());

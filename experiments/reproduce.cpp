@@ -95,6 +95,7 @@ static RunConfig preset(const ReproConfig& r) {
     m.d_expert = 48;
     m.max_seq = 160;
     c.router.samples = 4;
+    c.mi_samples = 2;
     c.gammas = {0.01};
     c.max_eval_examples = 24;
     c.ood_size = 12;
@@ -102,10 +103,12 @@ static RunConfig preset(const ReproConfig& r) {
     m.d_model = 96;
     m.d_expert = 192;
     c.gammas = {0.005, 0.01, 0.05};
+    c.mi_samples = 4;
     c.max_eval_examples = 400;
     c.ood_size = 200;
   } else {
     m.d_expert = 256;
+    c.mi_samples = 8;
   }
   return c;
 }
@@ -309,7 +312,11 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
     if (how.temperature_scaling) oe = temperature_scaled(oe, T);
     json m = ood_metrics_json(test, oe);
     o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", m}};
-    if (m.contains("entropy")) by_kind[ood_kind(os.name)].push_back(m["entropy"]["auroc"].get<double>());
+    if (m.contains("entropy")) {
+      by_kind[ood_kind(os.name)].push_back(m["entropy"]["auroc"].get<double>());
+      by_kind["fpr95_ood_recall"].push_back(m["entropy"]["fpr95_ood_recall"].get<double>());
+      by_kind["fpr95_id_tpr"].push_back(m["entropy"]["fpr95_id_tpr"].get<double>());
+    }
     for (auto& [score, vals] : m.items())
       if (vals.contains("auroc"))
         by_kind[ood_kind(os.name) + ":" + score].push_back(vals["auroc"].get<double>());
@@ -336,10 +343,13 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
   rec["auroc_mean"] = summary;
   // stability on a subset of the test split
   EvalFn ev = td.vit ? image_evaluator(model, td.img_sub, c) : mc_evaluator(model, td.text_sub, c);
-  rec["stability"] = stability_sweep(model, ev, c.gammas);
+  rec["stability"] = stability_sweep(model, ev, c.gammas, c.stability_draws);
   RoutingTrace tr;
-  ev.run(0.0, &tr);
+  ev.run(0.0, &tr, "");
   rec["expert_load"] = expert_load(model, tr);
+  rec["temperature"] = temperature_stats(tr);  // per layer: vtsr's learned T (sample-k: its fixed T)
+  rec["head_movement"] = router.heads ? head_movement(model, read_checkpoint_state(ckpt).seed) : json::array();
+  rec["predictive"] = predictive_json(test, c.ece_bins);  // null for det and when --mi-samples is 0
   rec["flops"] = flops_json(model, td.vit ? model.config().seq_len_vit() : 128);
   // reliability diagram rows
   std::string& rel = csvs["reliability.csv"];
@@ -349,13 +359,18 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
            std::to_string(b["hi"].get<double>()) + "," + std::to_string(b["count"].get<size_t>()) + "," +
            std::to_string(b["confidence"].get<double>()) + "," + std::to_string(b["accuracy"].get<double>()) + "\n";
   std::string& st = csvs["stability.csv"];
-  if (st.empty()) st = "method,seed,gamma,layer,jaccard\n";
+  // stability.csv: the three definitions of eval.cpp (shared / independent / distribution) as columns
+  if (st.empty()) st = "method,seed,gamma,layer,shared,independent,distribution\n";
+  auto jcols = [](const json& j) {
+    auto num = [](const json& v) { return v.is_null() ? std::string("nan") : std::to_string(v.get<double>()); };
+    return num(j["shared"]) + "," + num(j["independent"]) + "," + num(j["distribution"]);
+  };
   for (auto& row : rec["stability"]) {
     st += method + "," + std::to_string(c.seed) + "," + std::to_string(row["gamma"].get<double>()) + ",mean," +
-          std::to_string(row["jaccard"].get<double>()) + "\n";
+          jcols(row["jaccard"]) + "\n";
     for (auto& pl : row["per_layer"])
       st += method + "," + std::to_string(c.seed) + "," + std::to_string(row["gamma"].get<double>()) + "," +
-            std::to_string(pl["layer"].get<int>()) + "," + std::to_string(pl["jaccard"].get<double>()) + "\n";
+            std::to_string(pl["layer"].get<int>()) + "," + jcols(pl["jaccard"]) + "\n";
   }
   std::string& ld = csvs["expert_load.csv"];
   if (ld.empty()) ld = "method,seed,layer,expert,count\n";
@@ -372,9 +387,13 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
   return rec;
 }
 
-static double jaccard_at(const json& rec, double gamma) {
+// Mean Jaccard at γ under one definition: "shared", "independent" or "distribution".
+static double jaccard_at(const json& rec, double gamma, const char* def = "shared") {
   for (auto& row : rec["stability"])
-    if (std::abs(row["gamma"].get<double>() - gamma) < 1e-12) return row["jaccard"].get<double>();
+    if (std::abs(row["gamma"].get<double>() - gamma) < 1e-12) {
+      const json& v = row["jaccard"][def];
+      return v.is_null() ? NAN : v.get<double>();
+    }
   return NAN;
 }
 
@@ -392,7 +411,7 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
       {"MCE", [](const json& r) { return r["id"]["mce"].get<double>(); }},
       {"AUROC near", [](const json& r) { return r["auroc_mean"].value("near", NAN); }},
       {"AUROC far", [](const json& r) { return r["auroc_mean"].value("far", NAN); }},
-      {"Jaccard γ=0.01", [](const json& r) { return jaccard_at(r, 0.01); }},
+      {"Jaccard γ=0.01 (shared)", [](const json& r) { return jaccard_at(r, 0.01); }},
       {"FLOPs overhead", [](const json& r) { return r["flops"]["overhead_vs_det"].get<double>(); }},
   };
   std::map<std::string, std::vector<std::vector<double>>> vals;  // method -> col -> seeds
@@ -424,7 +443,7 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
   const std::string det(enum_name(nn::RouterKind::det));  // the baseline row
   if (vals.count(det)) {
     s += "\nRelative change against `det` (paper's headline claims: routing stability +38%, ECE −94%, "
-         "OOD AUROC +12%, FLOPs < 1%):\n\n| method | stability (Jaccard γ=0.01) | ECE | AUROC near | AUROC far | FLOPs |\n"
+         "OOD AUROC +12%, FLOPs < 1%):\n\n| method | stability (Jaccard γ=0.01, shared noise) | ECE | AUROC near | AUROC far | FLOPs |\n"
          "|---|---|---|---|---|---|\n";
     auto rel = [&](const std::string& m, size_t i) {
       double a = mean_of(vals[m][i]), b = mean_of(vals[det][i]);
@@ -448,6 +467,76 @@ static std::string make_table(const std::vector<json>& recs, const std::vector<s
     s += "\nAUROC: predictive entropy of the 4-way answer distribution as the OOD score (OOD = positive class, "
          "higher score = more OOD), averaged over the near sets (near-nouns, near-verbs) and far sets (far-devil, "
          "far-jargon). Other scores (ILV, gate entropy, MSP) are in results.json.\n";
+  return s;
+}
+
+// The measurement columns of issue 16 (docs/vmoer.md "Measuring without
+// artefacts"), one row per method, mean over seeds: stability at γ = 0.01
+// under the three definitions, both FPR95 conventions of the entropy score
+// (mean over OOD sets), the predictive arm (p̂ averaged over --mi-samples
+// routing draws) and its mutual-information AUROC, the router's temperature
+// per layer (vtsr: learned), and how far the router heads moved from their
+// initialisation (‖W − W₀‖ / ‖W₀‖, mean over the Bayesian layers).
+static std::string make_measurement_table(const std::vector<json>& recs, const std::vector<std::string>& methods) {
+  auto cell = [](const std::vector<double>& v, const char* fmt = " %.3f |") {
+    char b[48];
+    double m = mean_of(v);
+    if (std::isnan(m)) return std::string(" — |");
+    std::snprintf(b, sizeof b, fmt, m);
+    return std::string(b);
+  };
+  auto num = [](const json& j, const char* k) {
+    return j.is_object() && j.contains(k) && j[k].is_number() ? j[k].get<double>() : NAN;
+  };
+  std::string s =
+      "\nMeasurement (Jaccard at γ = 0.01: shared router noise / independent draws / top-K of the routing "
+      "distribution; FPR95 of the entropy score, ours = ID flagged at 95% OOD recall, OpenOOD = OOD accepted at 95% "
+      "ID kept; p̂ = answer distribution averaged over the routing draws; T: temperature per layer, mean ± std over "
+      "tokens; heads: ‖W − W₀‖ / ‖W₀‖ per head, mean over layers):\n\n"
+      "| method | J shared | J indep. | J dist. | FPR95 ours | FPR95 OpenOOD | p̂ ACC | p̂ NLL | p̂ ECE | MI AUROC near | "
+      "MI AUROC far | T per layer | heads moved |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+  for (auto& m : methods) {
+    std::vector<std::vector<double>> v(10);
+    std::string temps, heads;
+    for (auto& r : recs) {
+      if (r["method"].get<std::string>() != m) continue;
+      v[0].push_back(jaccard_at(r, 0.01, "shared"));
+      v[1].push_back(jaccard_at(r, 0.01, "independent"));
+      v[2].push_back(jaccard_at(r, 0.01, "distribution"));
+      v[3].push_back(num(r["auroc_mean"], "fpr95_ood_recall"));
+      v[4].push_back(num(r["auroc_mean"], "fpr95_id_tpr"));
+      const json& p = r.value("predictive", json());
+      v[5].push_back(num(p, "accuracy"));
+      v[6].push_back(num(p, "nll"));
+      v[7].push_back(num(p, "ece"));
+      v[8].push_back(num(r["auroc_mean"], "near:mutual_info"));
+      v[9].push_back(num(r["auroc_mean"], "far:mutual_info"));
+      if (temps.empty())  // the first seed's
+        for (auto& t : r.value("temperature", json::array())) {
+          char b[64];
+          std::snprintf(b, sizeof b, "%sL%d %.3g±%.2g", temps.empty() ? "" : ", ", t["layer"].get<int>(),
+                        t["mean"].get<double>(), t["std"].get<double>());
+          temps += b;
+        }
+      if (heads.empty()) {
+        std::map<std::string, std::vector<double>> ratio;  // head -> per layer ‖ΔW‖/‖W₀‖
+        for (auto& l : r.value("head_movement", json::array()))
+          for (auto& h : l["heads"])
+            if (h["norm_init"].get<double>() > 0)
+              ratio[h["param"].get<std::string>()].push_back(h["norm_moved"].get<double>() /
+                                                             h["norm_init"].get<double>());
+        for (auto& [name, rs] : ratio) {
+          char b[80];
+          std::snprintf(b, sizeof b, "%s%s %.3g", heads.empty() ? "" : ", ", name.c_str(), mean_of(rs));
+          heads += b;
+        }
+      }
+    }
+    if (v[0].empty()) continue;
+    s += "| " + m + " |";
+    for (size_t i = 0; i < 10; ++i) s += cell(v[i]);
+    s += " " + (temps.empty() ? std::string("—") : temps) + " | " + (heads.empty() ? std::string("—") : heads) + " |\n";
+  }
   return s;
 }
 
@@ -634,22 +723,26 @@ static int run_reproduce(ReproConfig r) {
         nn::ModelConfig mc;
         nn::RouterConfig rc0;
         read_checkpoint_configs(fin, mc, rc0);
-        if (tc.bayes_spec.rfind("auto:", 0) == 0) {
+        if (std::optional<AutoLayers> autol = auto_layers(tc.bayes_spec)) {
           nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
           load_checkpoint(fin, probe, nullptr);
           if (tc.device == Device::CUDA) probe.to(Device::CUDA);
           RunConfig pc = tc;
           pc.max_eval_examples = 200;
-          int n = std::stoi(tc.bayes_spec.substr(5));
           if (vit) {
             ImgTaskData d = load_image_task(pc);
-            bayes = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, tc.auto_gamma);
+            bayes = resolve_auto_layers(
+                probe, *autol, [&](nn::Model& m) { return image_evaluator(m, d.val, pc); }, tc.auto_gamma, tc.seed);
           } else {
             McSet sub = td.text.val;
             sub.prompts.resize(std::min<size_t>(200, sub.size()));
             sub.labels.resize(sub.prompts.size());
-            bayes = susceptible_layers(probe, mc_evaluator(probe, sub, pc), n, tc.auto_gamma);
+            bayes = resolve_auto_layers(
+                probe, *autol, [&](nn::Model& m) { return mc_evaluator(m, sub, pc); }, tc.auto_gamma, tc.seed);
           }
+          std::string ls;
+          for (int l : bayes) ls += (ls.empty() ? "" : ",") + std::to_string(l);
+          std::fprintf(stderr, "[reproduce] --bayes-layers %s -> %s\n", tc.bayes_spec.c_str(), ls.c_str());
         } else {
           RunConfig tmp = tc;
           parse_bayes_spec(tmp);
@@ -686,7 +779,8 @@ static int run_reproduce(ReproConfig r) {
       std::string title = std::string(track == Track::vision ? "Vision track (Fashion-MNIST; OOD: OpenCV digits)"
                                                         : "Text track (WordNet nouns; near/far OOD)") +
                           (ab_key.empty() ? "" : ", ablation " + ab_key + " = " + av);
-      table += make_table(recs, methods, r.seeds, title, track == Track::vision) + "\n";
+      table += make_table(recs, methods, r.seeds, title, track == Track::vision) +
+               make_measurement_table(recs, methods) + "\n";
     }
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count();

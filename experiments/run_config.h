@@ -100,8 +100,11 @@ struct RunConfig {
   std::vector<double> gammas{0.001, 0.002, 0.005, 0.007, 0.01, 0.02, 0.05};
   bool stability = false;          // run the routing-stability sweep in eval
   bool ood = true;                 // evaluate the OOD sets in eval
-  int mi_samples = 0;              // eval: passes with one router sample each, for mutual information (0 = off)
-  std::string bayes_spec;          // --bayes-layers: "2,3" or "auto:N" (N least stable MoE layers)
+  int mi_samples = 0;              // eval: M passes with one router draw each: predictive arm + mutual information (0 = off)
+  int stability_draws = 3;         // eval: independent-noise stability averaged over this many fresh router draws
+  bool sensitivity = false;        // eval: per-layer routing sensitivity (ΔNLL under a random top-K)
+  std::string bayes_spec;          // --bayes-layers: "2,3", "auto:N" (N least stable MoE layers) or
+                                   // "auto-sensitive:N" (N layers whose random top-K changes the answer NLL most)
   double auto_gamma = 0.01;        // γ used to rank layers for auto:N
   // ---- not a hyper-parameter -------------------------------------------------
   // The flags given on the command line (or in --config), e.g. "--samples":
@@ -196,11 +199,20 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(stability, "--stability", Group::evaluation, Use::eval, "routing-stability sweep over --gammas"),
       VM_FIELD(ood, "--no-ood", Group::evaluation, Use::eval | Use::negated, "skip the OOD sets"),
       VM_FIELD(mi_samples, "--mi-samples", Group::evaluation, Use::eval,
-               "extra passes with one router sample each, for the mutual-information score (0 = off)"),
+               "M extra passes with one router draw each (cost: M more passes per set, stochastic routers only): the "
+               "predictive arm averaging the answer distribution over them (its own acc/NLL/ECE) and the "
+               "mutual-information OOD score (0 = off)"),
+      VM_FIELD(stability_draws, "--stability-draws", Group::evaluation, Use::eval | Use::repro,
+               "stability with independent router noise: fresh router draws per γ, averaged (cost: this many more "
+               "noisy passes per γ; 0 = off)"),
+      VM_FIELD(sensitivity, "--sensitivity", Group::evaluation, Use::eval,
+               "per-layer routing sensitivity: answer-NLL change when one MoE layer routes to a random K-subset "
+               "(cost: one pass per MoE layer + 1)"),
       VM_FIELD(bayes_spec, "--bayes-layers", Group::router,
                kTrainEval | Use::override | Use::repro | Use::ablate,
                "MoE layers with the Bayesian router: a list like 2,3, or auto:N (train, reproduce) for the N "
-               "layers whose routing is least stable under input noise; empty: every MoE layer"),
+               "layers whose routing is least stable under input noise, or auto-sensitive:N for the N layers whose "
+               "answer NLL changes most under a random top-K; empty: every MoE layer"),
       VM_FIELD(auto_gamma, "--auto-gamma", Group::router, Use::train, "γ that ranks the layers for auto:N"),
   };
 };

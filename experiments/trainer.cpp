@@ -246,7 +246,8 @@ static double validation_nll(nn::Model& model, const StageData& d, const RunConf
 // The model and router configs a run trains: --resume continues the
 // checkpoint's; --init takes the model from the checkpoint (stage 2 keeps its
 // own router); --bayes-layers auto:N picks the N MoE layers whose routing is
-// least stable under input noise in the fine-tuned (det) model.
+// least stable under input noise in the fine-tuned (det) model, auto-sensitive:N
+// the N whose answer NLL changes most when their top-K is random (eval.cpp).
 static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
   mc = cfg.model;
   rc = cfg.router;
@@ -265,8 +266,8 @@ static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::Mo
       fail("--router " + rc.name.str() + ": Bayesian routers are trained in stage 2 (--stage router)");
   }
   if (mc.kind == nn::ModelKind::vit && cfg.task != Task::fashion_mnist) cfg.task = Task::fashion_mnist;
-  if (cfg.stage == Stage::router && !cfg.resume && cfg.bayes_spec.rfind("auto:", 0) == 0) {
-    int n = std::stoi(cfg.bayes_spec.substr(5));
+  std::optional<AutoLayers> autol = auto_layers(cfg.bayes_spec);
+  if (cfg.stage == Stage::router && !cfg.resume && autol) {
     nn::RouterConfig det;
     nn::Model probe(mc, det, cfg.seed);
     load_checkpoint(cfg.init, probe, nullptr);
@@ -275,14 +276,21 @@ static void resolve_configs(RunConfig& cfg, const std::string& last_path, nn::Mo
     pc.max_eval_examples = 256;
     if (mc.kind == nn::ModelKind::vit) {
       ImgTaskData d = load_image_task(pc);
-      rc.bayes_layers = susceptible_layers(probe, image_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
+      rc.bayes_layers = resolve_auto_layers(
+          probe, *autol, [&](nn::Model& m) { return image_evaluator(m, d.val, pc); }, cfg.auto_gamma, cfg.seed);
     } else {
       McTaskData d = load_mc_task(pc);
-      rc.bayes_layers = susceptible_layers(probe, mc_evaluator(probe, d.val, pc), n, cfg.auto_gamma);
+      rc.bayes_layers = resolve_auto_layers(
+          probe, *autol, [&](nn::Model& m) { return mc_evaluator(m, d.val, pc); }, cfg.auto_gamma, cfg.seed);
     }
     std::string ls;
     for (int l : rc.bayes_layers) ls += (ls.empty() ? "" : ",") + std::to_string(l);
-    std::fprintf(stderr, "--bayes-layers auto:%d -> %s (least stable at gamma %.3g)\n", n, ls.c_str(), cfg.auto_gamma);
+    if (autol->rank == AutoLayers::unstable)
+      std::fprintf(stderr, "--bayes-layers %s -> %s (least stable at gamma %.3g)\n", cfg.bayes_spec.c_str(), ls.c_str(),
+                   cfg.auto_gamma);
+    else
+      std::fprintf(stderr, "--bayes-layers %s -> %s (largest answer-NLL change under a random top-K)\n",
+                   cfg.bayes_spec.c_str(), ls.c_str());
   }
 }
 

@@ -13,7 +13,8 @@ definitions (docs/vmoer-method.md §3, experiments/metrics.h) in numpy:
   auroc    = roc_auc_score(is_ood, score)
   aupr_out = average_precision_score(is_ood, score)
   aupr_in  = average_precision_score(1 - is_ood, -score)
-  fpr95    = fpr at the first roc_curve(is_ood, score) point with tpr >= 0.95
+  fpr95_ood_recall = fpr at the first roc_curve(is_ood, score) point with tpr >= 0.95
+  fpr95_id_tpr     = the same on roc_curve(1 - is_ood, -score) (OpenOOD's FPR@95)
   roc      = roc_curve(is_ood, score) arrays (drop_intermediate=True)
 
 Probability rows are renormalised to sum to 1. This script does not validate
@@ -85,11 +86,13 @@ def main():
         s = np.array([float(r[0]) for r in rows], dtype=np.float64)
         t = np.array([int(r[1]) for r in rows], dtype=np.int64)
         fpr, tpr, thr = roc_curve(t, s)
+        fpr_i, tpr_i, _ = roc_curve(1 - t, -s)
         out.update({
             "auroc": float(roc_auc_score(t, s)),
             "aupr_in": float(average_precision_score(1 - t, -s)),
             "aupr_out": float(average_precision_score(t, s)),
-            "fpr95": float(fpr[np.argmax(tpr >= 0.95)]),
+            "fpr95_ood_recall": float(fpr[np.argmax(tpr >= 0.95)]),
+            "fpr95_id_tpr": float(fpr_i[np.argmax(tpr_i >= 0.95)]),
             "roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": thr.tolist()},
         })
     print(json.dumps(out))

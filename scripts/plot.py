@@ -59,14 +59,24 @@ def reliability(d):
 
 
 def stability(d):
-    data = defaultdict(lambda: defaultdict(list))
+    # columns shared / independent / distribution (experiments/eval.cpp): solid
+    # lines independent router noise (the routing as used), dashed shared noise
+    data = {k: defaultdict(lambda: defaultdict(list)) for k in ("independent", "shared")}
     for r in rows(os.path.join(d, "stability.csv")):
         if r["layer"] == "mean":
-            data[r["method"]][float(r["gamma"])].append(float(r["jaccard"]))
+            if "jaccard" in r:  # results written before issue 16: shared noise only
+                r = dict(r, shared=r["jaccard"], independent="nan")
+            for k in data:
+                if r[k] != "nan":
+                    data[k][r["method"]][float(r["gamma"])].append(float(r[k]))
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    for m, g in data.items():
-        xs = sorted(g)
-        ax.plot(xs, [sum(g[x]) / len(g[x]) for x in xs], marker="o", label=m)
+    methods = list(dict.fromkeys(list(data["independent"]) + list(data["shared"])))
+    colour = {m: f"C{i % 10}" for i, m in enumerate(methods)}
+    for k, style in (("independent", "-"), ("shared", "--")):
+        for m, g in data[k].items():
+            xs = sorted(g)
+            ax.plot(xs, [sum(g[x]) / len(g[x]) for x in xs], marker="o", linestyle=style, color=colour[m],
+                    label=f"{m} ({k})")
     ax.set_xscale("log")
     ax.set_xlabel("noise level γ (σ = γ · mean embedding norm)")
     ax.set_ylabel("Jaccard of top-K sets (clean vs noisy)")

@@ -227,7 +227,8 @@ TEST_CASE("stage cache key: changing any field of a stage's config changes its k
   // thread count (bitwise-identical results for any count since b1c05d5).
   CHECK(runtime == std::set<std::string>{"out", "resume", "threads", "progress"});
   // Read by evaluation only, so reset in training stages.
-  CHECK(eval_only == std::set<std::string>{"ood_size", "split", "ece_bins", "gammas", "stability", "ood", "mi_samples"});
+  CHECK(eval_only == std::set<std::string>{"ood_size", "split", "ece_bins", "gammas", "stability", "ood", "mi_samples",
+                                          "stability_draws", "sensitivity"});
   // stage_inputs is the whole config less the runtime fields.
   json in = exp::stage_inputs(base);
   CHECK(!in.contains("threads"));

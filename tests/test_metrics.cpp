@@ -223,7 +223,8 @@ TEST_CASE("metrics: ROC, AUROC, AUPR, FPR95 by hand (values as scikit-learn 1.2)
     CHECK_CLOSE(m.auroc, 0.75);
     CHECK_CLOSE(m.aupr_out, 5.0 / 6);  // .5·1 + .5·(2/3)
     CHECK_CLOSE(m.aupr_in, 5.0 / 6);
-    CHECK(m.fpr95 == 0.5);
+    CHECK(m.fpr95_ood_recall == 0.5);
+    CHECK(m.fpr95_id_tpr == 0.5);  // symmetric case: both conventions agree
     mt::OodMetrics m2 = mt::ood_metrics_from_sets({0.1, 0.4}, {0.35, 0.8});
     CHECK(m2.auroc == m.auroc);
     CHECK(m2.aupr_in == m.aupr_in);
@@ -238,7 +239,7 @@ TEST_CASE("metrics: ROC, AUROC, AUPR, FPR95 by hand (values as scikit-learn 1.2)
     CHECK_CLOSE(m.auroc, 0.75);
     CHECK_CLOSE(m.aupr_out, 2.0 / 3);  // one threshold: recall 1 at precision 2/3
     CHECK_CLOSE(m.aupr_in, 0.75);      // −0.2 (ID) first: .5·1 + .5·(2/4)
-    CHECK(m.fpr95 == 0.5);
+    CHECK(m.fpr95_ood_recall == 0.5);
     CHECK_CLOSE(mt::auroc({1, 1, 1, 1}, {0, 1, 0, 1}), 0.5);  // all tied
   }
   SUBCASE("drop_intermediate removes collinear points") {
@@ -270,6 +271,20 @@ TEST_CASE("metrics: ROC, AUROC, AUPR, FPR95 by hand (values as scikit-learn 1.2)
     CHECK(error_of([] { mt::auroc({0.1, NAN}, {0, 1}); }).find("not finite") != std::string::npos);
     CHECK(error_of([] { mt::auroc({0.1}, {0, 1}); }).find("1 scores for 2 labels") != std::string::npos);
   }
+}
+
+TEST_CASE("metrics: FPR95 in both conventions on an asymmetric case, by hand") {
+  // ID scores {0.1, 0.2, 0.3, 0.9}, OOD {0.5, 0.6, 0.7, 0.95} (higher = more OOD).
+  // Ours (OOD positive): the threshold 0.5 recalls all OOD and flags one ID
+  // example (0.9) of four: 0.25. OpenOOD's (ID positive, score −s): keeping
+  // 95% of ID needs the threshold −0.9, which accepts three OOD of four: 0.75.
+  mt::OodMetrics m = mt::ood_metrics_from_sets({0.1, 0.2, 0.3, 0.9}, {0.5, 0.6, 0.7, 0.95});
+  CHECK(m.fpr95_ood_recall == 0.25);
+  CHECK(m.fpr95_id_tpr == 0.75);
+  // Swapping the roles of the sets (and the sign of the score) swaps the conventions.
+  mt::OodMetrics r = mt::ood_metrics_from_sets({-0.5, -0.6, -0.7, -0.95}, {-0.1, -0.2, -0.3, -0.9});
+  CHECK(r.fpr95_ood_recall == m.fpr95_id_tpr);
+  CHECK(r.fpr95_id_tpr == m.fpr95_ood_recall);
 }
 
 TEST_CASE("metrics: uncertainty scores") {
@@ -550,7 +565,7 @@ std::string random_ood_csv(std::mt19937_64& rng, size_t n, bool all_tied) {
 
 void check_against(const nlohmann::json& ref, const nlohmann::json& got, bool ood) {
   std::vector<std::string> keys{"accuracy", "nll", "brier", "ece", "mce"};
-  if (ood) keys.insert(keys.end(), {"auroc", "aupr_in", "aupr_out", "fpr95"});
+  if (ood) keys.insert(keys.end(), {"auroc", "aupr_in", "aupr_out", "fpr95_ood_recall", "fpr95_id_tpr"});
   CHECK(got.at("n").get<long>() == ref.at("n").get<long>());
   for (const auto& key : keys)
     CHECK_MESSAGE(close(got.at(key).get<double>(), ref.at(key).get<double>()), key, ": ours ",
@@ -600,7 +615,8 @@ TEST_CASE("metrics: agreement with scikit-learn to 1e-12 (random CSVs, many ties
                           {"auroc", m.auroc},
                           {"aupr_in", m.aupr_in},
                           {"aupr_out", m.aupr_out},
-                          {"fpr95", m.fpr95}};
+                          {"fpr95_ood_recall", m.fpr95_ood_recall},
+                          {"fpr95_id_tpr", m.fpr95_id_tpr}};
     check_against(ref, got, true);
 
     // The ROC curve itself, point for point (drop_intermediate as sklearn).
@@ -627,15 +643,16 @@ TEST_CASE("metrics: `vmoer metrics` end to end") {
     REQUIRE_MESSAGE(r.status == 0, r.out);
     nlohmann::json j = nlohmann::json::parse(r.out);
     for (const char* key : {"n", "accuracy", "nll", "brier", "ece", "mce", "auroc", "aupr_in",
-                            "aupr_out", "fpr95", "convention"})
+                            "aupr_out", "fpr95_ood_recall", "fpr95_id_tpr", "convention"})
       CHECK_MESSAGE(j.contains(key), "missing key ", key);
-    CHECK(j.size() == 11);
+    CHECK(j.size() == 12);
     CHECK(j["n"] == 4);
     CHECK(j["accuracy"].get<double>() == 0.5);
     CHECK_CLOSE(j["ece"].get<double>(), 0.5);
     CHECK_CLOSE(j["mce"].get<double>(), 0.8);
     CHECK_CLOSE(j["auroc"].get<double>(), 0.75);
-    CHECK(j["fpr95"].get<double>() == 0.5);
+    CHECK(j["fpr95_ood_recall"].get<double>() == 0.5);
+    CHECK(j["fpr95_id_tpr"].get<double>() == 0.5);
     const std::string conv = j["convention"];
     CHECK(conv.find("OOD is the positive class") != std::string::npos);
     CHECK(conv.find("higher score means more OOD") != std::string::npos);

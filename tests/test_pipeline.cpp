@@ -272,3 +272,72 @@ TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
   CHECK(run(base + " --ablate beta=x --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--ablate: value 'x' for beta is not a number") != std::string::npos);
 }
+
+// Issue 16 §1 and §3 end to end: reproduce resolves --bayes-layers
+// auto-sensitive:N and prints the measurement columns; `vmoer eval` writes
+// the stability definitions, the predictive arm, head movement, vtsr's
+// temperature and the routing sensitivity; train --stage router resolves
+// auto-sensitive:N; a bad N is one line naming the flag.
+TEST_CASE("pipeline: measurement columns, eval's new keys and --bayes-layers auto-sensitive:N") {
+  PipelineDirs d;
+  std::string log;
+  make_cache(d);
+  REQUIRE_MESSAGE(run(d.bin + " reproduce --smoke --track text --methods det,vtsr --bayes-layers auto-sensitive:1" +
+                          " --data-dir " + d.cache + " --out " + d.out, &log) == 0, log);
+  CHECK(log.find("--bayes-layers auto-sensitive:1 -> ") != std::string::npos);
+  std::string table = slurp(d.out + "/table.md");
+  for (const char* col : {"J shared", "J indep.", "J dist.", "FPR95 ours", "FPR95 OpenOOD", "p̂ ECE", "MI AUROC near",
+                          "T per layer", "heads moved"})
+    CHECK_MESSAGE(table.find(col) != std::string::npos, col);
+  auto res = nlohmann::json::parse(slurp(d.out + "/results.json"));
+  REQUIRE(res["runs"].size() == 2);
+  for (auto& r : res["runs"]) {
+    CHECK(r["ood"]["far-devil"]["scores"]["entropy"].contains("fpr95_id_tpr"));
+    CHECK(r["ood"]["far-devil"]["scores"]["entropy"].contains("fpr95_ood_recall"));
+    CHECK(r["stability"][0]["jaccard"].contains("independent"));
+    if (r["method"] == "vtsr") {
+      CHECK(r["bayes_layers"].size() == 1);
+      CHECK(r["temperature"].size() == 1);  // the one Bayesian layer's learned T
+      CHECK(r["head_movement"][0]["heads"].size() >= 2);
+      CHECK(r["predictive"]["samples"] == 2);
+    }
+  }
+  std::string vtsr;
+  for (auto& e : fs::directory_iterator(d.out + "/stages"))
+    if (e.path().filename().string().rfind("router-vtsr", 0) == 0) vtsr = e.path().string() + "/best.safetensors";
+  REQUIRE(!vtsr.empty());
+  std::string ev;
+  REQUIRE_MESSAGE(run(d.bin + " eval --ckpt " + vtsr + " --data-dir " + d.cache + " --out " + d.root + "/eval" +
+                          " --stability --gammas 0.01 --stability-draws 2 --mi-samples 2 --sensitivity --ood-size 10 --max-eval-examples 16",
+                      &ev) == 0, ev);
+  auto ej = nlohmann::json::parse(slurp(d.root + "/eval/eval.json"));
+  CHECK(ej["stability"][0]["draws"] == 2);
+  CHECK(ej["predictive"]["samples"] == 2);
+  CHECK(ej["ood"]["far-devil"]["scores"].contains("mutual_info"));
+  CHECK(ej["temperature"][0]["mean"].get<double>() > 0);
+  CHECK(ej["head_movement"][0]["heads"][0]["norm_moved"].get<double>() > 0);  // stage 2 moved its heads
+  CHECK(ej["sensitivity"]["per_layer"].size() == 2);
+  // without the flags: no predictive arm, no sensitivity
+  REQUIRE(run(d.bin + " eval --ckpt " + vtsr + " --data-dir " + d.cache + " --out " + d.root + "/eval2 --no-ood --max-eval-examples 16", &ev) == 0);
+  auto ej2 = nlohmann::json::parse(slurp(d.root + "/eval2/eval.json"));
+  CHECK_FALSE(ej2.contains("predictive"));
+  CHECK_FALSE(ej2.contains("sensitivity"));
+  // train --stage router resolves auto-sensitive:N on the fine-tuned model
+  std::string fin;
+  for (auto& e : fs::directory_iterator(d.out + "/stages"))
+    if (e.path().filename().string().rfind("finetune", 0) == 0) fin = e.path().string() + "/best.safetensors";
+  REQUIRE(!fin.empty());
+  std::string tr;
+  REQUIRE_MESSAGE(run(d.bin + " train --stage router --router mfvr --init " + fin + " --bayes-layers auto-sensitive:2" +
+                          " --steps 2 --eval-every 2 --batch 4 --max-eval-examples 8 --no-progress --data-dir " +
+                          d.cache + " --out " + d.root + "/s2", &tr) == 0, tr);
+  CHECK(tr.find("--bayes-layers auto-sensitive:2 -> 0,1") != std::string::npos);
+  // a bad N: one line naming the flag, non-zero exit
+  for (const char* bad : {"auto-sensitive:0", "auto-sensitive:3"}) {
+    std::string out;
+    CHECK(run(d.bin + " train --stage router --router mfvr --init " + fin + " --bayes-layers " + bad +
+                  " --steps 1 --no-progress --data-dir " + d.cache + " --out " + d.root + "/s3", &out) != 0);
+    CHECK_MESSAGE(out.find("--bayes-layers") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("auto-sensitive:") != std::string::npos, out);
+  }
+}
