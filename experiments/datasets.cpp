@@ -58,8 +58,10 @@ TrainSplit split_train(size_t n, const RunConfig& cfg) {
     fail("--train-size " + std::to_string(cfg.train_size) + " exceeds the " + std::to_string(rest) +
          " prompts of the train split" + (heldout ? " left after the held-out part" : ""));
   size_t m = cfg.train_size > 0 ? (size_t)cfg.train_size : rest;
-  t.heldout.assign(perm.begin(), perm.begin() + (ptrdiff_t)h);
-  t.finetune.assign(perm.begin() + (ptrdiff_t)h, perm.begin() + (ptrdiff_t)(h + m));
+  // fine-tuning from the front of the permutation, the held-out part from its
+  // back: with --train-size the fine-tuning set is the same with or without it
+  t.finetune.assign(perm.begin(), perm.begin() + (ptrdiff_t)m);
+  t.heldout.assign(perm.end() - (ptrdiff_t)h, perm.end());
   std::sort(t.heldout.begin(), t.heldout.end());
   std::sort(t.finetune.begin(), t.finetune.end());
   return t;

@@ -17,11 +17,13 @@ LmData load_lm_data(const RunConfig& cfg);
 // The ID train split divided for the two training stages (RunConfig::train_size,
 // router_data, heldout_size): indices into the split, each list ascending.
 //   perm      = permutation of [0, n) seeded by --split-seed (its own stream)
-//   heldout   = perm[0, H)             --router-data heldout (H = --heldout-size, 0: n/5); else empty
-//   finetune  = perm[H, H + N)         N = --train-size (0: all the rest)
-// With the defaults (train_size 0, router_data train) finetune = 0..n−1 in split
-// order, today's set. Both stages read the same fields, so fine-tuning never sees
-// the held-out prompts when reproduce (or the user) gives them to both.
+//   finetune  = perm[0, N)             N = --train-size (0: n − H)
+//   heldout   = perm[n − H, n)         --router-data heldout (H = --heldout-size, 0: n/5); else H = 0, empty
+// N + H <= n, so the two never overlap; with --train-size the fine-tuning set
+// does not depend on --router-data. With the defaults (train_size 0,
+// router_data train) finetune = 0..n−1 in split order, today's set. Both
+// stages read the same fields, so fine-tuning never sees the held-out prompts
+// when reproduce (or the user) gives them to both.
 struct TrainSplit {
   std::vector<size_t> finetune, heldout;
 };

@@ -118,7 +118,10 @@ static RunConfig preset(const ReproConfig& r) {
   // The over-confident regime (issue 16 §3): a small fine-tuning set, many
   // epochs, the last checkpoint. Stage 2 trains on the same prompts unless
   // --router-data heldout.
-  if (r.plan == Plan::overconfident) c.train_size = r.smoke ? 24 : 2120;
+  if (r.plan == Plan::overconfident) {
+    c.train_size = r.smoke ? 24 : 2120;
+    c.heldout_size = c.train_size;  // --router-data heldout: as many held-out prompts as fine-tuning ones
+  }
   return c;
 }
 
@@ -634,10 +637,10 @@ static int run_reproduce(ReproConfig r) {
   std::string table = std::string("# vmoer reproduce") + (r.quick ? " --quick" : "") +
                       (r.plan == Plan::standard ? "" : " --plan " + r.plan.str()) + "\n\n";
   if (r.plan == Plan::overconfident)
-    table += "Plan overconfident: the quick model fine-tuned on " + std::to_string(base.train_size) +
-             " prompts of the train split (--train-size) for " +
+    table += std::string("Plan overconfident: the ") + (r.smoke ? "smoke" : "quick") + " model fine-tuned on " +
+             std::to_string(base.train_size) + " prompts of the train split (--train-size) for " +
              std::to_string(plan_for(PlanFor::finetune, r).epochs) +
-             " epochs without early stopping; every method starts from the LAST fine-tuning checkpoint. Stage 2: " +
+             " epoch(s) without early stopping; every method starts from the LAST fine-tuning checkpoint. Stage 2: " +
              (base.router_data == RouterData::heldout ? "a held-out part of the train split"
                                                        : "the same prompts as fine-tuning") +
              ".\n\n";
@@ -675,9 +678,20 @@ static int run_reproduce(ReproConfig r) {
           f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
           f.stage = Stage::finetune;
           f.init = pre;
-          f.train_size = tc.train_size;  // the fine-tuning set (and --router-data heldout's carve-out)
-          f.router_data = tc.router_data;
-          f.heldout_size = tc.heldout_size;
+          // The fine-tuning set. With --train-size it is the same prompts whatever
+          // --router-data says (split_train), so the stage is shared by both;
+          // without, the held-out part is carved out of it: fine-tuning reads the field.
+          f.train_size = tc.train_size;
+          if (tc.train_size == 0) {
+            f.router_data = tc.router_data;
+            f.heldout_size = tc.heldout_size;
+          } else {
+            RunConfig whole = tc;  // the whole train split's size: N + H must fit, fail before training
+            whole.train_size = 0;
+            whole.router_data = RouterData::train;
+            whole.max_train_examples = 0;
+            split_train(load_mc_task(whole).train.size(), tc);
+          }
           f.max_eval_examples = r.smoke ? 16 : (r.quick || r.plan == Plan::overconfident) ? 300 : 1000;
           StagePlan fp = plan_for(PlanFor::finetune, r);
           apply_plan(f, fp);

@@ -105,9 +105,9 @@ struct RunConfig {
   Named<KlNorm> kl_norm = KlNorm::token_mean;
   Named<RouterLoss> router_loss = RouterLoss::answer;  // stage 2's task loss
   // Data of the MC/image training stages (experiments/datasets.cpp, split_train):
-  // the ID train split is permuted with --split-seed; with --router-data heldout
-  // its first heldout_size examples are stage 2's prompts and no other stage's;
-  // of the rest, the first train_size (0 = all) are the fine-tuning set.
+  // the ID train split is permuted with --split-seed; its first train_size
+  // examples (0 = all but the held-out part) are the fine-tuning set; with
+  // --router-data heldout its last heldout_size are stage 2's and no other stage's.
   int train_size = 0;              // 0 = the whole train split (less the held-out part)
   Named<RouterData> router_data = RouterData::train;
   int heldout_size = 0;            // --router-data heldout: 0 = a fifth of the train split

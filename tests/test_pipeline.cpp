@@ -285,6 +285,10 @@ TEST_CASE("data: --router-data heldout is disjoint from fine-tuning, validation 
     for (auto& p : held) CHECK(other->count(p) == 0);
   for (auto& p : held) CHECK(all_train.count(p) == 1);  // carved from the ID train split
   for (auto& p : tr) CHECK(all_train.count(p) == 1);
+  // with --train-size, fine-tuning gets the same prompts whatever --router-data says
+  vm::exp::RunConfig same = c;
+  same.router_data = vm::exp::RouterData::train;
+  CHECK(vm::exp::load_mc_task(same).train.prompts == h.train.prompts);
   // deterministic in --split-seed, and a different seed carves a different part
   CHECK(vm::exp::load_mc_task(c).heldout.prompts == h.heldout.prompts);
   c.split_seed = 2;
@@ -325,7 +329,7 @@ TEST_CASE("pipeline: reproduce --plan overconfident runs at smoke scale (train s
       ++seen;
       CHECK(done["train_size"] == 24);
       CHECK(done["epochs"] == 1);
-      CHECK(done["router_data"] == "heldout");
+      CHECK(done["router_data"] == "train");  // with --train-size the fine-tuning set is the same either way
       CHECK(last["step"] == 3);
       CHECK(last.contains("val_nll"));  // validated at the end of the epoch
     } else if (name.rfind("router-", 0) == 0) {
