@@ -351,3 +351,28 @@ TEST_CASE("pipeline: reproduce --plan overconfident runs at smoke scale (train s
   CHECK(run(d.bin + " reproduce --smoke --plan overconfident --track vision --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--plan overconfident: the text track only") != std::string::npos);
 }
+
+TEST_CASE("train: --epochs sets the steps from the training set and validates once per epoch") {
+  PipelineDirs d;
+  std::string log;
+  make_cache(d);
+  std::string out = d.root + "/ft";
+  std::string cmd = d.bin + " train --stage finetune --d-model 16 --layers 2 --heads 2 --experts 4 --d-expert 16 "
+                    "--max-seq 160 --gloss-max-bytes 60 --batch 8 --train-size 20 --epochs 3 --steps 999 "
+                    "--eval-every 1 --max-eval-examples 8 --no-progress --data-dir " + d.cache + " --out " + out;
+  REQUIRE_MESSAGE(run(cmd, &log) == 0, log);
+  CHECK(log.find("--epochs 3: 20 training examples, 3 steps per epoch, 9 steps") != std::string::npos);
+  std::vector<int> evals;
+  int last = 0;
+  std::ifstream lf(out + "/log.jsonl");
+  for (std::string line; std::getline(lf, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("step")) continue;
+    last = j["step"];
+    if (j.contains("val_nll")) evals.push_back(last);
+  }
+  CHECK(last == 9);                                // 3 epochs of ⌈20 / 8⌉ steps, --steps ignored
+  CHECK(evals == std::vector<int>{3, 6, 9});       // --eval-every replaced by the epoch
+  CHECK(run(d.bin + " train --stage pretrain --epochs 2 --data-dir " + d.cache + " --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--epochs: pretraining samples token windows and has no epochs") != std::string::npos);
+}
