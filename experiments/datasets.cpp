@@ -1,5 +1,7 @@
 #include "experiments/datasets.h"
 
+#include <algorithm>
+
 #include "data/io.h"
 #include "data/lm.h"
 #include "data/shuffle.h"
@@ -28,6 +30,42 @@ static McSet to_set(const std::string& name, const std::vector<data::McExample>&
   }
   return s;
 }
+// The examples xs[idx[i]], the first max_n of them (0 = all).
+static McSet to_set(const std::string& name, const std::vector<data::McExample>& xs, const std::vector<size_t>& idx,
+                    int max_n) {
+  std::vector<data::McExample> sub;
+  for (size_t i : idx) sub.push_back(xs[i]);
+  return to_set(name, sub, max_n);
+}
+
+TrainSplit split_train(size_t n, const RunConfig& cfg) {
+  TrainSplit t;
+  if (cfg.train_size < 0) fail("--train-size: must be >= 0, got " + std::to_string(cfg.train_size));
+  if (cfg.heldout_size < 0) fail("--heldout-size: must be >= 0, got " + std::to_string(cfg.heldout_size));
+  const bool heldout = cfg.router_data == RouterData::heldout;
+  if (cfg.train_size == 0 && !heldout) {  // today's set: the whole split in its order
+    for (size_t i = 0; i < n; ++i) t.finetune.push_back(i);
+    return t;
+  }
+  PhiloxStream rng{cfg.split_seed, nn::name_hash("train-split/finetune-heldout"), 0};
+  std::vector<size_t> perm = data::permutation(n, rng);
+  size_t h = !heldout ? 0 : cfg.heldout_size > 0 ? (size_t)cfg.heldout_size : n / 5;
+  if (heldout && (h == 0 || h >= n))
+    fail("--heldout-size: " + std::to_string(h) + " held-out prompts out of a train split of " + std::to_string(n) +
+         " (need 1 .. " + std::to_string(n > 0 ? n - 1 : 0) + ")");
+  size_t rest = n - h;
+  if ((size_t)cfg.train_size > rest)
+    fail("--train-size " + std::to_string(cfg.train_size) + " exceeds the " + std::to_string(rest) +
+         " prompts of the train split" + (heldout ? " left after the held-out part" : ""));
+  size_t m = cfg.train_size > 0 ? (size_t)cfg.train_size : rest;
+  // fine-tuning from the front of the permutation, the held-out part from its
+  // back: with --train-size the fine-tuning set is the same with or without it
+  t.finetune.assign(perm.begin(), perm.begin() + (ptrdiff_t)m);
+  t.heldout.assign(perm.end() - (ptrdiff_t)h, perm.end());
+  std::sort(t.heldout.begin(), t.heldout.end());
+  std::sort(t.finetune.begin(), t.finetune.end());
+  return t;
+}
 
 McTaskData load_mc_task(const RunConfig& cfg) {
   data::McTaskOptions o;
@@ -35,7 +73,9 @@ McTaskData load_mc_task(const RunConfig& cfg) {
   o.max_gloss_bytes = (size_t)cfg.gloss_max_bytes;
   data::McTask t = data::load_mc_task(cfg.task.str(), cache(cfg), o);
   McTaskData d;
-  d.train = to_set("train", t.train, cfg.max_train_examples);
+  TrainSplit ts = split_train(t.train.size(), cfg);
+  d.train = to_set("train", t.train, ts.finetune, cfg.max_train_examples);
+  d.heldout = to_set("heldout", t.train, ts.heldout, cfg.max_train_examples);
   d.val = to_set("val", t.val, cfg.max_eval_examples);
   d.test = to_set("test", t.test, cfg.max_eval_examples);
   return d;
@@ -63,10 +103,22 @@ ImgTaskData load_image_task(const RunConfig& cfg) {
   d.test.name = "test";
   d.train.src = d.val.src = train;
   d.test.src = test;
+  ImgSet all_train;
   for (size_t i = 0; i < perm.size(); ++i) {
-    ImgSet& s = i < n_val ? d.val : d.train;
+    ImgSet& s = i < n_val ? d.val : all_train;
     s.idx.push_back((int32_t)perm[i]);
     s.labels.push_back(train->labels[perm[i]]);
+  }
+  TrainSplit ts = split_train(all_train.size(), cfg);  // --train-size, --router-data heldout
+  d.heldout.name = "heldout";
+  d.heldout.src = train;
+  for (size_t i : ts.finetune) {
+    d.train.idx.push_back(all_train.idx[i]);
+    d.train.labels.push_back(all_train.labels[i]);
+  }
+  for (size_t i : ts.heldout) {
+    d.heldout.idx.push_back(all_train.idx[i]);
+    d.heldout.labels.push_back(all_train.labels[i]);
   }
   std::sort(d.val.idx.begin(), d.val.idx.end());
   d.val.labels.clear();
@@ -80,10 +132,11 @@ ImgTaskData load_image_task(const RunConfig& cfg) {
     d.val.idx.resize((size_t)cfg.max_eval_examples);
     d.val.labels.resize((size_t)cfg.max_eval_examples);
   }
-  if (cfg.max_train_examples > 0 && (int)d.train.idx.size() > cfg.max_train_examples) {
-    d.train.idx.resize((size_t)cfg.max_train_examples);
-    d.train.labels.resize((size_t)cfg.max_train_examples);
-  }
+  for (ImgSet* s : {&d.train, &d.heldout})
+    if (cfg.max_train_examples > 0 && (int)s->idx.size() > cfg.max_train_examples) {
+      s->idx.resize((size_t)cfg.max_train_examples);
+      s->labels.resize((size_t)cfg.max_train_examples);
+    }
   return d;
 }
 

@@ -62,6 +62,12 @@ void RunConfig::validate() const {
   need(batch >= 1, "--batch: must be >= 1, got " + std::to_string(batch));
   need(seq >= 2, "--seq: must be >= 2, got " + std::to_string(seq));
   if (model.kind == nn::ModelKind::lm) need(seq <= model.max_seq, "--seq " + std::to_string(seq) + " exceeds --max-seq " + std::to_string(model.max_seq));
+  need(epochs >= 0, "--epochs: must be >= 0, got " + std::to_string(epochs));
+  need(train_size >= 0, "--train-size: must be >= 0, got " + std::to_string(train_size));
+  need(heldout_size >= 0, "--heldout-size: must be >= 0, got " + std::to_string(heldout_size));
+  need(val_size >= 0, "--val-size: must be >= 0, got " + std::to_string(val_size));
+  need(!(router_loss == RouterLoss::all && model.kind == nn::ModelKind::vit),
+       "--router-loss all: the vision model has one supervised position (the class token); use answer");
   need(grad_accum >= 1, "--grad-accum: must be >= 1, got " + std::to_string(grad_accum));
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));
   need(lb_coef >= 0 && z_coef >= 0, "--lb-coef and --z-coef must be >= 0");

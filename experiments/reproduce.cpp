@@ -34,6 +34,9 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 
 enum class Track : uint8_t { text, vision, both };
+// --plan: the stage plans (plan_for). standard: the paper's protocol at small
+// scale (today's); overconfident: a regime where det is over-confident.
+enum class Plan : uint8_t { standard, overconfident };
 
 }  // namespace vm::exp
 
@@ -41,7 +44,11 @@ template <>
 struct vm::EnumNames<vm::exp::Track> {
   static constexpr std::array<std::string_view, 3> names{"text", "vision", "both"};
 };
-static_assert(vm::enum_names_ok<vm::exp::Track>());
+template <>
+struct vm::EnumNames<vm::exp::Plan> {
+  static constexpr std::array<std::string_view, 2> names{"standard", "overconfident"};
+};
+static_assert(vm::enum_names_ok<vm::exp::Track>() && vm::enum_names_ok<vm::exp::Plan>());
 
 namespace vm::exp {
 
@@ -54,6 +61,7 @@ struct ReproConfig {
   // once, with the first seed, and shared (see the --reseed-from help).
   Named<Stage> reseed_from = Stage::router;
   Named<Track> track = Track::text;
+  Named<Plan> plan = Plan::standard;
   std::string out;
   std::vector<std::string> methods{"det", "det+ts", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
   std::string ablate;  // key=v1,v2,...
@@ -99,7 +107,7 @@ static RunConfig preset(const ReproConfig& r) {
     c.gammas = {0.01};
     c.max_eval_examples = 24;
     c.ood_size = 12;
-  } else if (r.quick) {
+  } else if (r.quick || r.plan == Plan::overconfident) {  // the overconfident plan: the quick model
     m.d_model = 96;
     m.d_expert = 192;
     c.gammas = {0.005, 0.01, 0.05};
@@ -109,6 +117,13 @@ static RunConfig preset(const ReproConfig& r) {
   } else {
     m.d_expert = 256;
     c.mi_samples = 8;
+  }
+  // The over-confident regime (issue 16 §3): a small fine-tuning set, many
+  // epochs, the last checkpoint. Stage 2 trains on the same prompts unless
+  // --router-data heldout.
+  if (r.plan == Plan::overconfident) {
+    c.train_size = r.smoke ? 24 : 2120;
+    c.heldout_size = c.train_size;  // --router-data heldout: as many held-out prompts as fine-tuning ones
   }
   return c;
 }
@@ -138,13 +153,27 @@ struct StagePlan {
   double lr;
   int eval_every;
   int patience;
+  int epochs = 0;     // > 0: steps = epochs over the stage's training set, validation per epoch (--epochs)
+  bool last = false;  // evaluate the last checkpoint, not the best on validation
 };
 enum class PlanFor { pretrain, finetune, router, vision };
 // Step counts decide every stage, so a seed gives the same run on any machine.
 // The time limit is only a safety cap (about 3x the expected time on 2 cores);
 // a stage that hits it is reported, because its result then depends on speed.
+//
+// --plan overconfident (quick model, --train-size 2120): fine-tuning runs 15
+// epochs of batch 32 (≈ 1,000 steps, as the issue's measurement: det's last
+// checkpoint ECE 0.212) with no early stopping, and the LAST checkpoint is the
+// model every method starts from; stage 2 runs up to 10 epochs over its
+// prompts with patience 2 epochs, validated on the whole val split (up to
+// --val-size 1000). --smoke shrinks it to 1 epoch of 24 prompts.
 static StagePlan plan_for(PlanFor stage, const ReproConfig& r) {
-  bool quick = r.quick;
+  if (r.plan == Plan::overconfident && (stage == PlanFor::finetune || stage == PlanFor::router)) {
+    if (stage == PlanFor::finetune)
+      return r.smoke ? StagePlan{0, 0, 8, 1e-3, 0, 0, 1, true} : StagePlan{0, 2700, 32, 1e-3, 0, 0, 15, true};
+    return r.smoke ? StagePlan{0, 0, 8, 1e-3, 0, 0, 1} : StagePlan{0, 1800, 32, 3e-3, 0, 2, 10};
+  }
+  bool quick = r.quick || r.plan == Plan::overconfident;
   if (r.smoke) return stage == PlanFor::router ? StagePlan{3, 0, 8, 1e-3, 3, 0} : StagePlan{4, 0, 8, 1e-3, 0, 0};
   if (stage == PlanFor::vision) return quick ? StagePlan{300, 450, 64, 2e-3, 100, 0} : StagePlan{4000, 7200, 64, 2e-3, 250, 0};
   if (stage == PlanFor::pretrain) return quick ? StagePlan{900, 600, 16, 2e-3, 0, 0} : StagePlan{8000, 10800, 16, 2e-3, 500, 0};
@@ -152,7 +181,18 @@ static StagePlan plan_for(PlanFor stage, const ReproConfig& r) {
   return quick ? StagePlan{150, 300, 32, 3e-3, 50, 2} : StagePlan{400, 3600, 32, 2e-3, 50, 4};
 }
 
-// Copy a stage plan into a run configuration (5% linear warm-up).
+// --epochs E for a stage: the trainer derives steps and validation from the
+// training set (run_train); here the same steps, for the 5% warm-up.
+static void set_epochs(RunConfig& c, int epochs) {
+  c.epochs = epochs;
+  if (epochs <= 0) return;
+  c.steps = epochs * steps_per_epoch(stage_train_size(c), c.batch, c.grad_accum);
+  c.eval_every = 0;  // the trainer validates once per epoch
+  c.optim.warmup = c.steps / 20;
+}
+
+// Copy a stage plan into a run configuration (5% linear warm-up). c.stage and
+// its data fields must be set (an epoch plan counts the stage's examples).
 static void apply_plan(RunConfig& c, const StagePlan& p) {
   c.steps = p.steps;
   c.time_limit_s = p.time_limit;
@@ -161,6 +201,20 @@ static void apply_plan(RunConfig& c, const StagePlan& p) {
   c.optim.warmup = p.steps / 20;
   c.eval_every = p.eval_every;
   c.patience = p.patience;
+  set_epochs(c, p.epochs);
+}
+
+// Fields read by stage 2 only (and, for the data fields, fine-tuning): reset
+// to their defaults in the stages that do not read them, so giving them to
+// reproduce does not retrain those stages (their cache keys stay the same).
+static void reset_stage2_fields(RunConfig& c, bool keep_data) {
+  const RunConfig d;
+  c.router_loss = d.router_loss;
+  c.epochs = d.epochs;
+  if (keep_data) return;
+  c.train_size = d.train_size;
+  c.router_data = d.router_data;
+  c.heldout_size = d.heldout_size;
 }
 
 // ---- the stage cache ---------------------------------------------------------------
@@ -186,16 +240,18 @@ std::string stage_key(const RunConfig& c) {
   return std::string(buf).substr(0, 12);
 }
 
-// Train one stage unless a finished copy with the same inputs exists. Returns the best checkpoint.
-static std::string train_stage(RunConfig c, const std::string& root, const std::string& name) {
+// Train one stage unless a finished copy with the same inputs exists. Returns
+// the best checkpoint, or with `last` the last one.
+static std::string train_stage(RunConfig c, const std::string& root, const std::string& name, bool last = false) {
   c = training_stage(std::move(c));
   json inputs = stage_inputs(c);
   std::string dir = root + "/stages/" + name + "-" + stage_key(c);
   std::string done = dir + "/done.json";
   std::string best = dir + "/best.safetensors";
-  if (fs::exists(done) && fs::exists(best)) {
+  const std::string result = last ? dir + "/last.safetensors" : best;
+  if (fs::exists(done) && fs::exists(result)) {
     std::fprintf(stderr, "[reproduce] %s: reusing %s\n", name.c_str(), dir.c_str());
-    return best;
+    return result;
   }
   fs::create_directories(dir);
   c.out = dir;
@@ -220,7 +276,7 @@ static std::string train_stage(RunConfig c, const std::string& root, const std::
     std::fprintf(stderr, "[reproduce] WARNING: stage %s hit its %.0f s time cap: its result depends on machine speed\n",
                  name.c_str(), c.time_limit_s);
   nn::atomic_write(done, json{{"inputs", inputs}, {"seconds", secs}, {"time_capped", capped}}.dump(2) + "\n");
-  return best;
+  return result;
 }
 
 static double mean_of(const std::vector<double>& v) {
@@ -263,10 +319,18 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
     std::string bl;
     for (int l : bayes) bl += (bl.empty() ? "" : ",") + std::to_string(l);
     s.bayes_spec = bl;
-    apply_plan(s, plan_for(PlanFor::router, r));
-    s.optim.warmup = std::max<int64_t>(1, s.steps / 20);
     s.optim.weight_decay = 0.0;
-    s.max_eval_examples = std::min(base.max_eval_examples > 0 ? base.max_eval_examples : 100000, 300);
+    StagePlan sp = plan_for(PlanFor::router, r);
+    if (sp.epochs > 0) {
+      // epoch plans validate on the whole val split, up to --val-size 1000 (smoke: its 24)
+      s.max_eval_examples = r.smoke ? base.max_eval_examples : 0;
+      s.val_size = 1000;
+    } else {
+      s.max_eval_examples = std::min(base.max_eval_examples > 0 ? base.max_eval_examples : 100000, 300);
+    }
+    apply_plan(s, sp);
+    if (base.epochs > 0) set_epochs(s, base.epochs);  // --epochs given to reproduce: stage 2's length
+    s.optim.warmup = std::max<int64_t>(1, s.steps / 20);
     ckpt = train_stage(s, r.out, std::string(td.vit ? "vision-" : "") + "router-" + c.router.name.str() + "-seed" +
                                      std::to_string(c.seed));
   }
@@ -609,6 +673,8 @@ static void reset_router(RunConfig& c) {
 
 static int run_reproduce(ReproConfig r) {
   if (r.seeds < 1) fail("--seeds: must be >= 1");
+  if (r.plan == Plan::overconfident && r.track != Track::text)
+    fail("--plan overconfident: the text track only (--track text); its --train-size is a WordNet subset");
   // The preset, then the RunConfig flags given to reproduce.
   RunConfig base = preset(r);
   copy_fields(base, r.run, [&](const auto& row, const std::string&) { return r.run.given(row.flag); });
@@ -641,12 +707,15 @@ static int run_reproduce(ReproConfig r) {
     auto t = std::time(nullptr);
     char buf[32];
     std::strftime(buf, sizeof buf, "%Y-%m-%d", std::localtime(&t));
-    r.out = std::string("results/") + buf + (r.smoke ? "-smoke" : r.quick ? "-quick" : "-full");
+    r.out = std::string("results/") + buf + (r.smoke ? "-smoke" : "") +
+            (r.plan == Plan::overconfident ? "-overconfident" : r.smoke ? "" : r.quick ? "-quick" : "-full");
   }
   fs::create_directories(r.out);
 
   json results;
-  results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "");
+  results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "") +
+                       (r.plan == Plan::standard ? "" : " --plan " + r.plan.str());
+  results["plan"] = r.plan;
   results["seeds"] = r.seeds;
   results["reseed_from"] = r.reseed_from;
   results["split_seed"] = base.split_seed;
@@ -654,7 +723,16 @@ static int run_reproduce(ReproConfig r) {
   results["track"] = r.track;
   results["methods"] = r.methods;
   results["ood_convention"] = "OOD is the positive class; higher score = more OOD";
-  std::string table = std::string("# vmoer reproduce") + (r.quick ? " --quick" : "") + "\n\n";
+  std::string table = std::string("# vmoer reproduce") + (r.quick ? " --quick" : "") +
+                      (r.plan == Plan::standard ? "" : " --plan " + r.plan.str()) + "\n\n";
+  if (r.plan == Plan::overconfident)
+    table += std::string("Plan overconfident: the ") + (r.smoke ? "smoke" : "quick") + " model fine-tuned on " +
+             std::to_string(base.train_size) + " prompts of the train split (--train-size) for " +
+             std::to_string(plan_for(PlanFor::finetune, r).epochs) +
+             " epoch(s) without early stopping; every method starts from the LAST fine-tuning checkpoint. Stage 2: " +
+             (base.router_data == RouterData::heldout ? "a held-out part of the train split"
+                                                       : "the same prompts as fine-tuning") +
+             ".\n\n";
   std::map<std::string, std::string> csvs;
   auto t_all = std::chrono::steady_clock::now();
   for (const std::string& av : ab_vals) {
@@ -680,6 +758,7 @@ static int run_reproduce(ReproConfig r) {
           p.seed = r.reseed_from == Stage::pretrain ? tc.seed : r.seed0;  // shared unless re-seeded
           p.stage = Stage::pretrain;
           reset_router(p);
+          reset_stage2_fields(p, false);
           apply_plan(p, plan_for(PlanFor::pretrain, r));
           p.eval_batches = 4;
           std::string pre = train_stage(p, r.out, "pretrain-seed" + std::to_string(p.seed));
@@ -688,15 +767,31 @@ static int run_reproduce(ReproConfig r) {
           f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
           f.stage = Stage::finetune;
           f.init = pre;
-          apply_plan(f, plan_for(PlanFor::finetune, r));
-          f.max_eval_examples = r.smoke ? 16 : r.quick ? 300 : 1000;
-          fin = train_stage(f, r.out, "finetune-seed" + std::to_string(f.seed));
+          // The fine-tuning set. With --train-size it is the same prompts whatever
+          // --router-data says (split_train), so the stage is shared by both;
+          // without, the held-out part is carved out of it: fine-tuning reads the field.
+          f.train_size = tc.train_size;
+          if (tc.train_size == 0) {
+            f.router_data = tc.router_data;
+            f.heldout_size = tc.heldout_size;
+          } else {
+            RunConfig whole = tc;  // the whole train split's size: N + H must fit, fail before training
+            whole.train_size = 0;
+            whole.router_data = RouterData::train;
+            whole.max_train_examples = 0;
+            split_train(load_mc_task(whole).train.size(), tc);
+          }
+          f.max_eval_examples = r.smoke ? 16 : (r.quick || r.plan == Plan::overconfident) ? 300 : 1000;
+          StagePlan fp = plan_for(PlanFor::finetune, r);
+          apply_plan(f, fp);
+          fin = train_stage(f, r.out, "finetune-seed" + std::to_string(f.seed), fp.last);
         } else {
           // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
           RunConfig f = tc;
           f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
           f.stage = Stage::finetune;
           reset_router(f);
+          reset_stage2_fields(f, true);
           apply_plan(f, plan_for(PlanFor::vision, r));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
           fin = train_stage(f, r.out, "vision-train-seed" + std::to_string(f.seed));
@@ -704,7 +799,7 @@ static int run_reproduce(ReproConfig r) {
         // ---- data for evaluation ----------------------------------------------------------
         TrackData td;
         td.vit = vit;
-        size_t ns = r.smoke ? 16 : r.quick ? 150 : 500;
+        size_t ns = r.smoke ? 16 : (r.quick || r.plan == Plan::overconfident) ? 150 : 500;
         if (vit) {
           td.img = load_image_task(tc);
           td.img_ood = load_image_ood_sets(tc);
@@ -825,6 +920,9 @@ void register_reproduce(CLI::App& app) {
                        "model, trained with the first seed, stands in for the paper's downloaded LLM), or router "
                        "(one fine-tuned model too; seeds vary stage 2 and the evaluation's sampling)");
   cli::add_enum_option(s, "--track", r->track, "text, vision, or both tracks");
+  cli::add_enum_option(s, "--plan", r->plan,
+                       "stage plans: standard, or overconfident (quick model, --train-size 2120, 15 fine-tuning "
+                       "epochs, last checkpoint, stage 2 by epochs: det is over-confident; text track)");
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
   s->add_option("--methods", r->methods, "methods to run: routers, or a router with +ts (temperature scaling)")
       ->delimiter(',');
@@ -832,7 +930,8 @@ void register_reproduce(CLI::App& app) {
   // The RunConfig flags of reproduce (Use::repro): given, they override the preset in every stage.
   cli::add_field_options(s, r->run, Use::repro);
   cli::add_runner(s, [r, s] {
-    if ((r->quick || r->smoke) && s->count("--seeds") == 0) r->seeds = 1;  // --quick: one seed unless asked
+    if ((r->quick || r->smoke || r->plan == Plan::overconfident) && s->count("--seeds") == 0)
+      r->seeds = 1;  // --quick, --plan overconfident: one seed unless asked
     r->run.given_flags = cli::given_flags(s, r->run, Use::repro);
     return run_reproduce(*r);
   });

@@ -21,7 +21,9 @@ namespace vm::exp {
 
 enum class Stage : uint8_t { pretrain, finetune, router };
 enum class Task : uint8_t { wordnet_nouns, wordnet_words, fashion_mnist };
-enum class KlNorm : uint8_t { token_mean, dataset };
+enum class KlNorm : uint8_t { token_mean, dataset, sequence_sum };
+enum class RouterLoss : uint8_t { answer, all };   // stage 2's task loss: answer letter only, or every prompt position
+enum class RouterData : uint8_t { train, heldout };  // stage 2's prompts: the fine-tuning ones, or a disjoint held-out split
 enum class Split : uint8_t { val, test };
 
 }  // namespace vm::exp
@@ -37,7 +39,15 @@ struct EnumNames<exp::Task> {
 };
 template <>
 struct EnumNames<exp::KlNorm> {
-  static constexpr std::array<std::string_view, 2> names{"token-mean", "dataset"};
+  static constexpr std::array<std::string_view, 3> names{"token-mean", "dataset", "sequence-sum"};
+};
+template <>
+struct EnumNames<exp::RouterLoss> {
+  static constexpr std::array<std::string_view, 2> names{"answer", "all"};
+};
+template <>
+struct EnumNames<exp::RouterData> {
+  static constexpr std::array<std::string_view, 2> names{"train", "heldout"};
 };
 template <>
 struct EnumNames<exp::Split> {
@@ -48,7 +58,8 @@ struct EnumNames<Device> {  // core/tensor.h
   static constexpr std::array<std::string_view, 2> names{"cpu", "cuda"};
 };
 static_assert(enum_names_ok<exp::Stage>() && enum_names_ok<exp::Task>() && enum_names_ok<exp::KlNorm>() &&
-              enum_names_ok<exp::Split>() && enum_names_ok<Device>());
+              enum_names_ok<exp::RouterLoss>() && enum_names_ok<exp::RouterData>() && enum_names_ok<exp::Split>() &&
+              enum_names_ok<Device>());
 }  // namespace vm
 
 namespace vm::exp {
@@ -76,6 +87,10 @@ struct RunConfig {
   // ---- optimisation -------------------------------------------------------------
   nn::AdamWConfig optim;
   int64_t steps = 200;
+  // > 0: the run lasts `epochs` passes over its training set (steps =
+  // epochs · ⌈n_train / (batch · grad_accum)⌉, --steps ignored) and validates
+  // at the end of every epoch, so --patience counts epochs. 0: --steps and --eval-every.
+  int epochs = 0;
   int batch = 16;
   int seq = 128;                   // pretrain context length
   int grad_accum = 1;
@@ -88,6 +103,15 @@ struct RunConfig {
   double z_coef = 1e-3;            // router z-loss coefficient
   double beta = 0.01;              // L = L_task + β · KL
   Named<KlNorm> kl_norm = KlNorm::token_mean;
+  Named<RouterLoss> router_loss = RouterLoss::answer;  // stage 2's task loss
+  // Data of the MC/image training stages (experiments/datasets.cpp, split_train):
+  // the ID train split is permuted with --split-seed; its first train_size
+  // examples (0 = all but the held-out part) are the fine-tuning set; with
+  // --router-data heldout its last heldout_size are stage 2's and no other stage's.
+  int train_size = 0;              // 0 = the whole train split (less the held-out part)
+  Named<RouterData> router_data = RouterData::train;
+  int heldout_size = 0;            // --router-data heldout: 0 = a fifth of the train split
+  int val_size = 0;                // training's validation: first N of the val split, 0 = all (after --max-eval-examples)
   double gloss_max_bytes = 160;    // cap on the definition length in the MC prompt
   int max_train_examples = 0;      // 0 = all
   int max_eval_examples = 0;       // 0 = all
@@ -168,6 +192,9 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(router, "", Group::router, 0, "the router (nn/router.h)"),
       VM_FIELD(optim, "", Group::optimisation, 0, "AdamW and its schedule (nn/optim.h)"),
       VM_FIELD(steps, "--steps", Group::optimisation, Use::train, "optimizer steps"),
+      VM_FIELD(epochs, "--epochs", Group::optimisation, Use::train | Use::repro | Use::ablate,
+               "> 0: train this many epochs of the training set (replaces --steps), validate after each, "
+               "--patience in epochs; reproduce: stage 2's epochs (0: the plan's)"),
       VM_FIELD(batch, "--batch", Group::optimisation, kTrainEval, "sequences per batch"),
       VM_FIELD(seq, "--seq", Group::data, Use::train, "pretraining context length"),
       VM_FIELD(grad_accum, "--grad-accum", Group::optimisation, Use::train, "micro-batches per step"),
@@ -183,7 +210,20 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(z_coef, "--z-coef", Group::optimisation, Use::train, "router z-loss coefficient"),
       VM_FIELD(beta, "--beta", Group::optimisation, Use::train | Use::repro | Use::ablate, "β in L = L_task + β KL"),
       VM_FIELD(kl_norm, "--kl-norm", Group::optimisation, Use::train | Use::repro | Use::ablate,
-               "KL per routed token, or per batch of an epoch (the minibatch ELBO)"),
+               "KL per routed token (token-mean), per batch of an epoch (dataset: the minibatch ELBO), or summed "
+               "over each sequence's tokens and layers and averaged over sequences (sequence-sum: per-example ELBO)"),
+      VM_FIELD(router_loss, "--router-loss", Group::optimisation, Use::train | Use::repro | Use::ablate,
+               "stage 2's task loss: the answer letter only, or every position of the prompt (next byte) too"),
+      VM_FIELD(train_size, "--train-size", Group::data, Use::train | Use::repro | Use::ablate,
+               "fine-tuning/stage-2 prompts: a subset of this size of the ID train split, seeded by --split-seed "
+               "(0 = all)"),
+      VM_FIELD(router_data, "--router-data", Group::data, Use::train | Use::repro | Use::ablate,
+               "stage 2 trains on the fine-tuning prompts (train) or a held-out part of the train split that "
+               "fine-tuning does not see (heldout; give it to both stages)"),
+      VM_FIELD(heldout_size, "--heldout-size", Group::data, Use::train | Use::repro | Use::ablate,
+               "--router-data heldout: prompts in the held-out part (0 = a fifth of the train split)"),
+      VM_FIELD(val_size, "--val-size", Group::data, Use::train,
+               "validation prompts during training: first N of the val split (0 = all)"),
       VM_FIELD(gloss_max_bytes, "--gloss-max-bytes", Group::data, kTrainEval | Use::inspect | Use::inherit,
                "cap on the definition length in the MC prompt"),
       VM_FIELD(max_train_examples, "--max-train-examples", Group::data, Use::train, "0 = all"),

@@ -140,9 +140,49 @@ static StageData load_stage_data(const RunConfig& cfg, const nn::ModelConfig& mc
   if (d.vit) d.img = load_image_task(cfg);
   else if (d.lm) d.lm_data = load_lm_data(cfg);
   else d.mc = load_mc_task(cfg);
+  // --router-data heldout: stage 2 trains on the held-out part of the train
+  // split (fine-tuning, reading the same field, trained on the rest).
+  if (cfg.stage == Stage::router && cfg.router_data == RouterData::heldout) {
+    if (d.vit) d.img.train = d.img.heldout;
+    else if (!d.lm) d.mc.train = d.mc.heldout;
+  }
+  // --val-size: the first N prompts of the validation split.
+  if (cfg.val_size > 0) {
+    size_t n = (size_t)cfg.val_size;
+    if (d.vit && d.img.val.size() > n) {
+      d.img.val.idx.resize(n);
+      d.img.val.labels.resize(n);
+    } else if (!d.lm && !d.vit && d.mc.val.size() > n) {
+      d.mc.val.prompts.resize(n);
+      d.mc.val.labels.resize(n);
+    }
+  }
   d.n_train = d.vit ? (int64_t)d.img.train.size() : d.lm ? 0 : (int64_t)d.mc.train.size();
+  if (!d.lm && d.n_train == 0) fail("--stage " + cfg.stage.str() + ": the training set is empty");
   d.batches_per_epoch = d.lm ? 1 : std::max<int64_t>(1, (d.n_train + cfg.batch - 1) / cfg.batch);
   return d;
+}
+
+// --epochs E > 0: the run's length and validation follow the training set.
+//   steps_per_epoch = ⌈n_train / (batch · grad_accum)⌉,  steps = E · steps_per_epoch,
+//   validation after every epoch (eval_every = steps_per_epoch), so --patience counts epochs.
+int64_t steps_per_epoch(int64_t n_train, int batch, int grad_accum) {
+  int64_t per_step = (int64_t)batch * grad_accum;
+  return std::max<int64_t>(1, (n_train + per_step - 1) / per_step);
+}
+int64_t stage_train_size(const RunConfig& cfg) {
+  if (cfg.stage == Stage::pretrain) return 0;
+  return load_stage_data(cfg, cfg.model).n_train;
+}
+static void apply_epochs(RunConfig& cfg, const StageData& d) {
+  if (cfg.epochs < 0) fail("--epochs: must be >= 0, got " + std::to_string(cfg.epochs));
+  if (cfg.epochs == 0) return;
+  if (d.lm) fail("--epochs: pretraining samples token windows and has no epochs; use --steps");
+  int64_t spe = steps_per_epoch(d.n_train, cfg.batch, cfg.grad_accum);
+  cfg.steps = cfg.epochs * spe;
+  cfg.eval_every = (int)spe;
+  std::fprintf(stderr, "--epochs %d: %lld training examples, %lld steps per epoch, %lld steps\n", cfg.epochs,
+               (long long)d.n_train, (long long)spe, (long long)cfg.steps);
 }
 
 // ---- batch → forward → task loss ----------------------------------------------------
@@ -153,7 +193,27 @@ struct TaskForward {
   nn::ForwardResult res;
   Var task;
   double tokens = 0;
+  int64_t n_seq = 1;           // sequences (examples) in the micro-batch
+  std::vector<uint8_t> mask;   // (rows routed per MoE layer) 1 = real token; empty = all real
 };
+
+McTargets mc_targets(const McBatch& mb, RouterLoss which) {
+  McTargets t;
+  if (which == RouterLoss::answer) {  // one row per prompt: its last token predicts the letter
+    t.positions = mb.last;
+    for (int32_t l : mb.labels) t.targets.push_back(answer_tokens()[(size_t)l]);
+    return t;
+  }
+  // every real row r = b·T + t: target ids[r + 1] (the next prompt byte), the letter at the last row
+  for (int b = 0; b < mb.B; ++b)
+    for (int i = 0; i < mb.T; ++i) {
+      int32_t r = b * mb.T + i;
+      if (!mb.mask[(size_t)r]) continue;
+      t.positions.push_back(r);
+      t.targets.push_back(r == mb.last[(size_t)b] ? answer_tokens()[(size_t)mb.labels[(size_t)b]] : mb.ids[(size_t)r + 1]);
+    }
+  return t;
+}
 
 static TaskForward forward_task(nn::Model& model, const StageData& d, const RunConfig& cfg, uint64_t key,
                                 const nn::ForwardOptions& fo) {
@@ -172,15 +232,19 @@ static TaskForward forward_task(nn::Model& model, const StageData& d, const RunC
     f.res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
     f.task = ops::cross_entropy(f.res.logits, tg);
     f.tokens = (double)ids.size();
-  } else {  // L_task = CE(answer letter), at the last prompt token only
+  } else {  // L_task = CE(answer letter) at the last prompt token; stage 2 with --router-loss all: every position
     McBatch mb = make_mc_batch(d.mc.train, batch_indices(d.n_train, cfg.batch, (int64_t)key, cfg.seed),
                                model.config().max_seq);
-    f.res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
-    std::vector<int32_t> tg;
-    for (int32_t l : mb.labels) tg.push_back(answer_tokens()[(size_t)l]);
-    f.task = ops::cross_entropy(f.res.logits, tg);
+    RouterLoss which = cfg.stage == Stage::router ? cfg.router_loss.value() : RouterLoss::answer;
+    McTargets t = mc_targets(mb, which);
+    f.res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, t.positions, fo);
+    f.task = ops::cross_entropy(f.res.logits, t.targets);
     for (auto m : mb.mask) f.tokens += m;
+    f.mask = mb.mask;
+    f.n_seq = mb.B;
+    return f;
   }
+  f.n_seq = cfg.batch;  // mask stays empty: every row is real
   return f;
 }
 
@@ -194,23 +258,33 @@ static TaskForward forward_task(nn::Model& model, const StageData& d, const RunC
 //   L_z     router z-loss, λ_z = --z-coef                  } finetune only;
 //   KL      Σ over Bayesian layers and routed tokens of KL(q(Δl | h) ‖ p(Δl)),
 //           the variational routers' term; β = --beta. n normalises it:
-//           --kl-norm token-mean: n = real tokens routed per layer;
-//           --kl-norm dataset:    n = batches per epoch (the minibatch ELBO
-//                                 of the whole training set);
-//   Ω       the router's own penalty (vtsr: λ_T · mean(−log T)).
+//           --kl-norm token-mean:   n = real tokens routed per layer;
+//           --kl-norm dataset:      n = batches per epoch (the minibatch ELBO
+//                                   of the whole training set);
+//           --kl-norm sequence-sum: n = sequences in the batch, i.e.
+//                                   (1/B) Σ_b Σ_layers Σ_{t in b} KL: the per-example
+//                                   ELBO (with β = 1 and one supervised position per
+//                                   example, L = −ELBO/example); n_real/B times token-mean;
+//   Ω       the router's own penalty (vtsr: λ_T · mean or sum of −log T).
 //
 // -(L_task + KL / n) is logged as "elbo" (β = 1).
 struct Objective {
   Var loss, task, kl_term;
 };
 
-static Objective objective(const RunConfig& cfg, const Var& task, const nn::ForwardResult& res,
+Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch) {
+  double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
+  double n = cfg.kl_norm == KlNorm::token_mean ? n_real
+             : cfg.kl_norm == KlNorm::dataset  ? (double)batches_per_epoch
+                                               : (double)std::max<int64_t>(1, n_seq);
+  return ops::mul_scalar(res.kl, 1.0 / n);
+}
+
+static Objective objective(const RunConfig& cfg, const Var& task, const nn::ForwardResult& res, int64_t n_seq,
                            int64_t batches_per_epoch) {
   Objective o;
   o.task = task;
-  double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
-  o.kl_term = cfg.kl_norm == KlNorm::token_mean ? ops::mul_scalar(res.kl, 1.0 / n_real)
-                                          : ops::mul_scalar(res.kl, 1.0 / (double)batches_per_epoch);
+  o.kl_term = kl_term(cfg, res, n_seq, batches_per_epoch);
   Var loss = task;
   if (cfg.lb_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
   if (cfg.z_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
@@ -339,6 +413,7 @@ struct RunCheckpoints {
 struct StepStats {
   double loss = 0, task = 0, kl = 0, lb = 0, z = 0, penalty = 0, tokens = 0;
   std::vector<json> layers;  // expert load of the last micro-batch, per MoE layer
+  std::vector<json> temperature;  // vtsr: learned T of the last micro-batch, per Bayesian layer
 };
 
 static std::vector<json> layer_load(const nn::ForwardResult& res) {
@@ -355,6 +430,27 @@ static std::vector<json> layer_load(const nn::ForwardResult& res) {
   return out;
 }
 
+// vtsr: the learned temperature per layer, mean and std over the real tokens
+// of the micro-batch (RouterOut::temperature: a token's mean over its T's).
+static std::vector<json> layer_temperature(const nn::ForwardResult& res, const std::vector<uint8_t>& mask) {
+  std::vector<json> out;
+  for (auto& a : res.moe) {
+    const auto& T = a.route.temperature;
+    if (T.empty()) continue;
+    double s = 0, s2 = 0, n = 0;
+    for (size_t i = 0; i < T.size(); ++i) {
+      if (!mask.empty() && !mask[i]) continue;
+      s += T[i];
+      s2 += (double)T[i] * T[i];
+      n += 1;
+    }
+    if (n == 0) continue;
+    double m = s / n;
+    out.push_back(json{{"layer", a.layer}, {"mean", m}, {"std", std::sqrt(std::max(0.0, s2 / n - m * m))}});
+  }
+  return out;
+}
+
 // ---- the run ---------------------------------------------------------------------------------
 int run_train(RunConfig cfg) {
   // setup: output folder, model, trainable parameters, optimiser, data
@@ -366,6 +462,8 @@ int run_train(RunConfig cfg) {
   nn::ModelConfig mc;
   nn::RouterConfig rc;
   resolve_configs(cfg, ck.last_path, mc, rc);
+  StageData data = load_stage_data(cfg, mc);
+  apply_epochs(cfg, data);
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;
   oc.total_steps = cfg.steps;
@@ -393,7 +491,6 @@ int run_train(RunConfig cfg) {
   select_trainable(ps, cfg, rc);
   reserve_checkpoint_space(cfg.out, ps);
   NanInjection inject = nan_injection(ps);
-  StageData data = load_stage_data(cfg, mc);
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -443,7 +540,7 @@ int run_train(RunConfig cfg) {
       fo.samples = rc.train_samples;
       TaskForward f = forward_task(model, data, cfg, key, fo);
       // → objective
-      Objective obj = objective(cfg, f.task, f.res, data.batches_per_epoch);
+      Objective obj = objective(cfg, f.task, f.res, f.n_seq, data.batches_per_epoch);
       if (!std::isfinite(obj.loss.item())) {
         fail("step " + std::to_string(step) + ": loss is " + std::to_string(obj.loss.item()) + " (task " +
              std::to_string(f.task.item()) + ", KL " + std::to_string(f.res.kl.item()) +
@@ -466,7 +563,10 @@ int run_train(RunConfig cfg) {
       s.z += f.res.z_loss.item();
       s.penalty += f.res.penalty.item();
       s.tokens += f.tokens;
-      if (micro == cfg.grad_accum - 1) s.layers = layer_load(f.res);
+      if (micro == cfg.grad_accum - 1) {
+        s.layers = layer_load(f.res);
+        s.temperature = layer_temperature(f.res, f.mask);
+      }
     }
     // → guards: a non-finite gradient stops the run before the update
     std::string bad = first_nonfinite_grad(ps);
@@ -490,6 +590,7 @@ int run_train(RunConfig cfg) {
              {"lb_loss", s.lb / ga}, {"z_loss", s.z / ga},        {"penalty", s.penalty / ga},
              {"lr", opt.last_lr()},  {"grad_norm", gnorm},        {"tokens_per_s", tps},
              {"layers", s.layers}};
+    if (!s.temperature.empty()) rec["temperature"] = s.temperature;
     bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
     bool stop = false;
     if (do_eval) {

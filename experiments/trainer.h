@@ -28,4 +28,21 @@ int run_eval(RunConfig cfg);
 // --gammas): one error naming the flag. Part of RunConfig::validate; eval calls it alone.
 void validate_evaluation(const RunConfig& cfg);
 
+// Pieces of the training objective, exposed for the tests (docs/vmoer.md,
+// "Training signal for the routers"):
+// The rows of an MC batch whose logits the task loss reads and their targets:
+// answer = the last prompt token -> the answer letter (B rows); all = every
+// real token -> the next prompt byte, the letter at the last one.
+struct McTargets {
+  std::vector<int32_t> positions, targets;
+};
+McTargets mc_targets(const McBatch& mb, RouterLoss which);
+// KL / n of the objective for --kl-norm (n: real tokens per layer, batches per
+// epoch, or n_seq sequences).
+Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch);
+// --epochs: optimizer steps in one epoch of n_train examples.
+int64_t steps_per_epoch(int64_t n_train, int batch, int grad_accum);
+// Examples the stage of cfg trains on (after --train-size, --router-data; 0 for pretraining).
+int64_t stage_train_size(const RunConfig& cfg);
+
 }  // namespace vm::exp

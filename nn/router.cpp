@@ -1,5 +1,6 @@
 #include "nn/router.h"
 
+#include <cmath>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -12,6 +13,8 @@ void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
   if (!(temp > 0)) fail("--router-temp: must be > 0, got " + std::to_string(temp));
   if (!(dropout >= 0 && dropout < 1)) fail("--router-dropout: must be in [0, 1), got " + std::to_string(dropout));
   if (!(prior_scale > 0)) fail("--prior-scale: must be > 0, got " + std::to_string(prior_scale));
+  if (!(std::isfinite(logvar_init) && std::abs(logvar_init) <= 30))
+    fail("--logvar-init: must be a finite number in [-30, 30], got " + std::to_string(logvar_init));
   if (!(jitter >= 0 && jitter < 1)) fail("--router-jitter: must be in [0, 1), got " + std::to_string(jitter));
   if (top_k > n_experts)
     fail("--top-k: K = " + std::to_string(top_k) + " exceeds the number of experts E = " + std::to_string(n_experts));

@@ -20,6 +20,11 @@ enum class RouterKind : uint8_t { det, noisy, sample_k, mc_dropout, mfvr, fcvr, 
 enum class TempMode : uint8_t { shared, per_expert };
 enum class TempPosterior : uint8_t { point, lognormal };
 enum class VtsrSampler : uint8_t { gumbel, authors };  // Gumbel-top-K | hard Gumbel-softmax train, multinomial eval
+// Initialisation of the mean head Δμ = h W_μ + b_μ (mfvr, fcvr): W_μ ~ N(0, 1e-3²), b_μ = 0 (small), or
+// PyTorch's nn.Linear default W_μ, b_μ ~ U(−1/√H, 1/√H) (pytorch; the authors' heads).
+enum class MeanInit : uint8_t { small, pytorch };
+// vtsr point posterior: λ · mean over real tokens of Σ_j −log T (mean), or λ · the sum over them (sum, the authors').
+enum class PenaltyNorm : uint8_t { mean, sum };
 
 }  // namespace vm::nn
 
@@ -42,8 +47,16 @@ template <>
 struct EnumNames<nn::VtsrSampler> {
   static constexpr std::array<std::string_view, 2> names{"gumbel", "authors"};
 };
+template <>
+struct EnumNames<nn::MeanInit> {
+  static constexpr std::array<std::string_view, 2> names{"small", "pytorch"};
+};
+template <>
+struct EnumNames<nn::PenaltyNorm> {
+  static constexpr std::array<std::string_view, 2> names{"mean", "sum"};
+};
 static_assert(enum_names_ok<nn::RouterKind>() && enum_names_ok<nn::TempMode>() && enum_names_ok<nn::TempPosterior>() &&
-              enum_names_ok<nn::VtsrSampler>());
+              enum_names_ok<nn::VtsrSampler>() && enum_names_ok<nn::MeanInit>() && enum_names_ok<nn::PenaltyNorm>());
 }  // namespace vm
 
 namespace vm::nn {
@@ -61,6 +74,9 @@ struct RouterConfig {
   double temp_penalty = 1e-3;            // vtsr point: λ in λ Σ −log T
   double temp_prior_scale = 1.0;         // vtsr lognormal: s_T, prior N(0, s_T²) on log T
   Named<VtsrSampler> vtsr_sampler = VtsrSampler::gumbel;
+  double logvar_init = 0.0;              // mfvr/fcvr: initial bias of the log σ² head (σ² starts at e^v)
+  Named<MeanInit> mean_init = MeanInit::small;       // mfvr/fcvr: initialisation of the mean head Δμ
+  Named<PenaltyNorm> temp_penalty_norm = PenaltyNorm::mean;  // vtsr point: mean or sum of −log T over tokens
   std::vector<int> bayes_layers;         // MoE layers using `name`; empty = every MoE layer
   void validate(int n_layers, int n_experts, int top_k) const;
   bool operator==(const RouterConfig&) const = default;
@@ -88,7 +104,8 @@ struct FieldTable<nn::RouterConfig> {
       VM_FIELD(samples, "--samples", Group::router,
                kRouterFlag | Use::inspect | Use::override | Use::repro | Use::ablate,
                "S router samples per token at evaluation"),
-      VM_FIELD(train_samples, "--train-samples", Group::router, kRouterFlag, "router samples per token in training"),
+      VM_FIELD(train_samples, "--train-samples", Group::router, kRouterFlag | Use::repro | Use::ablate,
+               "router samples per token in training (S >= 2: routing by p̄, every expert's logit gets a gradient)"),
       VM_FIELD(temp_mode, "--temp-mode", Group::router, kRouterFlag | Use::override | Use::repro | Use::ablate,
                "one temperature per token, or one per expert"),
       VM_FIELD(temp_posterior, "--temp-posterior", Group::router, kRouterFlag | Use::override,
@@ -99,6 +116,12 @@ struct FieldTable<nn::RouterConfig> {
                "lognormal posterior: s_T of the prior N(0, s_T²) on log T"),
       VM_FIELD(vtsr_sampler, "--vtsr-sampler", Group::router, kRouterFlag | Use::override,
                "selection of K experts: Gumbel-top-K, or the authors' sampler"),
+      VM_FIELD(logvar_init, "--logvar-init", Group::router, Use::train | Use::repro | Use::ablate,
+               "mfvr/fcvr: initial bias v of the log σ² head: σ² starts at e^v (0: at the prior when s = 1)"),
+      VM_FIELD(mean_init, "--mean-init", Group::router, Use::train | Use::repro | Use::ablate,
+               "mfvr/fcvr: mean-head init: small (N(0, 1e-3²), bias 0) or pytorch (nn.Linear's U(±1/√fan_in))"),
+      VM_FIELD(temp_penalty_norm, "--temp-penalty-norm", Group::router, Use::train | Use::repro | Use::ablate,
+               "vtsr point: λ times the mean of −log T over real tokens, or the sum (the authors')"),
       VM_FIELD(bayes_layers, "", Group::router, Use::derived,
                "no flag of its own: resolved from --bayes-layers (RunConfig::bayes_spec)"),
   };

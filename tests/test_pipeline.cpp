@@ -15,6 +15,8 @@
 #include <set>
 #include <string>
 
+#include "experiments/datasets.h"
+
 namespace fs = std::filesystem;
 
 namespace {
@@ -340,4 +342,119 @@ TEST_CASE("pipeline: measurement columns, eval's new keys and --bayes-layers aut
     CHECK_MESSAGE(out.find("--bayes-layers") != std::string::npos, out);
     CHECK_MESSAGE(out.find("auto-sensitive:") != std::string::npos, out);
   }
+}
+
+TEST_CASE("data: --router-data heldout is disjoint from fine-tuning, validation and test; --train-size subsets") {
+  PipelineDirs d;
+  make_cache(d);
+  vm::exp::RunConfig c;
+  c.data_dir = d.cache;
+  vm::exp::McTaskData base = vm::exp::load_mc_task(c);  // defaults: today's sets
+  REQUIRE(base.train.size() > 40);
+  CHECK(base.heldout.size() == 0);
+  auto as_set = [](const vm::exp::McSet& s) { return std::set<std::string>(s.prompts.begin(), s.prompts.end()); };
+  c.router_data = vm::exp::RouterData::heldout;
+  c.train_size = 30;
+  vm::exp::McTaskData h = vm::exp::load_mc_task(c);
+  CHECK(h.heldout.size() == base.train.size() / 5);  // default --heldout-size: a fifth of the split
+  CHECK(h.train.size() == 30);
+  CHECK(h.val.prompts == base.val.prompts);
+  CHECK(h.test.prompts == base.test.prompts);
+  auto held = as_set(h.heldout), tr = as_set(h.train), all_train = as_set(base.train);
+  auto val = as_set(h.val), test = as_set(h.test);
+  CHECK(!held.empty());
+  for (auto* other : {&tr, &val, &test})
+    for (auto& p : held) CHECK(other->count(p) == 0);
+  for (auto& p : held) CHECK(all_train.count(p) == 1);  // carved from the ID train split
+  for (auto& p : tr) CHECK(all_train.count(p) == 1);
+  // with --train-size, fine-tuning gets the same prompts whatever --router-data says
+  vm::exp::RunConfig same = c;
+  same.router_data = vm::exp::RouterData::train;
+  CHECK(vm::exp::load_mc_task(same).train.prompts == h.train.prompts);
+  // deterministic in --split-seed, and a different seed carves a different part
+  CHECK(vm::exp::load_mc_task(c).heldout.prompts == h.heldout.prompts);
+  c.split_seed = 2;
+  CHECK(vm::exp::load_mc_task(c).heldout.prompts != h.heldout.prompts);
+  c.split_seed = 1;
+  c.heldout_size = 7;
+  CHECK(vm::exp::load_mc_task(c).heldout.size() == 7);
+  c.train_size = 100000;
+  CHECK_THROWS_WITH_AS(vm::exp::load_mc_task(c), doctest::Contains("--train-size 100000 exceeds"), vm::Error);
+}
+
+TEST_CASE("pipeline: reproduce --plan overconfident runs at smoke scale (train size, epochs, last checkpoint)") {
+  PipelineDirs d;
+  std::string log;
+  make_cache(d);
+  std::string cmd = d.bin + " reproduce --smoke --plan overconfident --methods det,mfvr,vtsr --router-data heldout "
+                    "--heldout-size 16 --kl-norm sequence-sum --router-loss all --train-samples 2 --data-dir " +
+                    d.cache + " --out " + d.out;
+  REQUIRE_MESSAGE(run(cmd, &log) == 0, log);
+  std::string table = slurp(d.out + "/table.md");
+  CHECK(table.find("--plan overconfident") != std::string::npos);
+  CHECK(table.find("LAST fine-tuning checkpoint") != std::string::npos);
+  auto res = nlohmann::json::parse(slurp(d.out + "/results.json"));
+  REQUIRE(res["runs"].size() == 3);
+  for (auto& r : res["runs"]) CHECK(r["checkpoint"].get<std::string>().find("safetensors") != std::string::npos);
+  CHECK(res["runs"][0]["checkpoint"].get<std::string>().find("/last.safetensors") != std::string::npos);  // det
+  // the stages: fine-tuning on 24 prompts for 1 epoch of batch 8 = 3 steps; stage 2 on the 16 held-out prompts = 2
+  int seen = 0;
+  for (auto& e : fs::directory_iterator(d.out + "/stages")) {
+    std::string name = e.path().filename().string();
+    auto done = nlohmann::json::parse(slurp(e.path().string() + "/done.json"))["inputs"];
+    std::string lastline, line;
+    std::ifstream lf(e.path().string() + "/log.jsonl");
+    while (std::getline(lf, line)) lastline = line;
+    auto last = nlohmann::json::parse(lastline);
+    INFO(name);
+    if (name.rfind("finetune", 0) == 0) {
+      ++seen;
+      CHECK(done["train_size"] == 24);
+      CHECK(done["epochs"] == 1);
+      CHECK(done["router_data"] == "train");  // with --train-size the fine-tuning set is the same either way
+      CHECK(last["step"] == 3);
+      CHECK(last.contains("val_nll"));  // validated at the end of the epoch
+    } else if (name.rfind("router-", 0) == 0) {
+      ++seen;
+      CHECK(done["router_data"] == "heldout");
+      CHECK(done["router_loss"] == "all");
+      CHECK(last["step"] == 2);
+      CHECK(last.contains("val_nll"));
+      if (name.rfind("router-vtsr", 0) == 0) {
+        REQUIRE(last.contains("temperature"));  // the learned T per Bayesian layer
+        CHECK(last["temperature"][0]["mean"].get<double>() > 0);
+      }
+    } else if (name.rfind("pretrain", 0) == 0) {
+      CHECK(done["train_size"] == 0);  // the pretraining stage is shared with --smoke
+      CHECK(done["router_data"] == "train");
+    }
+  }
+  CHECK(seen == 3);
+  CHECK(run(d.bin + " reproduce --smoke --plan overconfident --track vision --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--plan overconfident: the text track only") != std::string::npos);
+}
+
+TEST_CASE("train: --epochs sets the steps from the training set and validates once per epoch") {
+  PipelineDirs d;
+  std::string log;
+  make_cache(d);
+  std::string out = d.root + "/ft";
+  std::string cmd = d.bin + " train --stage finetune --d-model 16 --layers 2 --heads 2 --experts 4 --d-expert 16 "
+                    "--max-seq 160 --gloss-max-bytes 60 --batch 8 --train-size 20 --epochs 3 --steps 999 "
+                    "--eval-every 1 --max-eval-examples 8 --no-progress --data-dir " + d.cache + " --out " + out;
+  REQUIRE_MESSAGE(run(cmd, &log) == 0, log);
+  CHECK(log.find("--epochs 3: 20 training examples, 3 steps per epoch, 9 steps") != std::string::npos);
+  std::vector<int> evals;
+  int last = 0;
+  std::ifstream lf(out + "/log.jsonl");
+  for (std::string line; std::getline(lf, line);) {
+    auto j = nlohmann::json::parse(line);
+    if (!j.contains("step")) continue;
+    last = j["step"];
+    if (j.contains("val_nll")) evals.push_back(last);
+  }
+  CHECK(last == 9);                                // 3 epochs of ⌈20 / 8⌉ steps, --steps ignored
+  CHECK(evals == std::vector<int>{3, 6, 9});       // --eval-every replaced by the epoch
+  CHECK(run(d.bin + " train --stage pretrain --epochs 2 --data-dir " + d.cache + " --out " + d.root + "/bad", &log) != 0);
+  CHECK(log.find("--epochs: pretraining samples token windows and has no epochs") != std::string::npos);
 }

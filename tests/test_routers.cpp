@@ -26,6 +26,8 @@
 #include <vector>
 
 #include "autodiff/ops.h"
+#include "experiments/trainer.h"
+#include "nn/transformer.h"
 #include "nn/params.h"
 #include "nn/router.h"
 
@@ -884,4 +886,213 @@ TEST_CASE("router padding: rows with mask 0 enter neither the KL nor the VTSR pe
       CHECK(base == doctest::Approx(cfg.temp_penalty * s / 4).epsilon(1e-4));
     }
   }
+}
+
+// ---- issue 16 §2: a training signal for the routers (docs/vmoer.md, "Training signal for the routers") ----
+
+TEST_CASE("router training signal: --train-samples S >= 2 gives every expert's Δμ a task gradient; S = 1 only the K chosen") {
+  // One token, so the mean head's bias b_μ (E) is that token's Δμ offset. The
+  // "task" is Σ_k c_k g_k with fixed c: its gradient reaches Δμ only through
+  // the gates. S = 1: g = softmax of the K selected logits, so the E − K others
+  // get exactly 0. S >= 2: g = p̄_K / Σ p̄_K, p̄ a mean of S softmaxes whose
+  // normalisers differ, so every logit enters.
+  const int C = 16, E = 6, K = 2;
+  for (std::string name : {"mfvr", "fcvr"}) {
+    for (int S : {1, 4}) {
+      INFO(name << " S = " << S);
+      Fix f(rcfg(name), 1, C, E, K, 31);
+      Rng rng(32);
+      f.randomise("mu.w", 0.3, rng);
+      RouterOut o = f.route(ctx_of(true, S));
+      Tensor c({1, (int64_t)K});
+      c[0] = 1.0f;
+      c[1] = -0.7f;
+      vm::backward(ops::sum_all(ops::mul(o.gates, ops::constant(c))));
+      const Tensor& g = f.p("mu.b").grad();
+      REQUIRE(g.defined());
+      std::set<int> chosen(o.experts.begin(), o.experts.end());
+      double gmax = 0;
+      for (int e = 0; e < E; ++e) gmax = std::max(gmax, (double)std::abs(g[e]));
+      REQUIRE(gmax > 1e-4);
+      for (int e = 0; e < E; ++e) {
+        INFO("expert " << e << (chosen.count(e) ? " (chosen)" : " (not chosen)") << ": " << g[e] << " of max " << gmax);
+        // S = 1: zero up to float rounding (the softmax normaliser cancels in p_K / Σ p_K only in exact arithmetic)
+        if (S == 1 && !chosen.count(e)) CHECK(std::abs(g[e]) < 1e-5 * gmax);
+        else CHECK(std::abs(g[e]) > 1e-3 * gmax);
+      }
+    }
+  }
+}
+
+TEST_CASE("router training signal: --logvar-init v starts σ² at e^v; --mean-init sets the mean head's scale") {
+  const int N = 64, C = 32, E = 6, K = 2;
+  const int H = C / 4;
+  for (std::string name : {"mfvr", "fcvr"}) {
+    for (double v : {0.0, -4.0, 1.5}) {
+      RouterConfig cfg = rcfg(name);
+      cfg.logvar_init = v;
+      Fix f(cfg, N, C, E, K, 41);
+      RouterOut o = f.route(ctx_of(false, 2));
+      // The head's weights (std 1e-3) move log σ² by O(1e-3 · |h|); FCVR's off-diagonal L adds O(1e-6).
+      double worst = 0;
+      for (float s : o.post_std) worst = std::max(worst, std::abs(std::log((double)s * s) - v));
+      INFO(name << " v = " << v << ": max |log σ² − v| = " << worst);
+      CHECK(worst < 0.03);
+    }
+  }
+  // mean head: small = N(0, 1e-3²) and bias 0; pytorch = U(−1/√H, 1/√H) for weight and bias (std a/√3)
+  for (std::string init : {"small", "pytorch"}) {
+    RouterConfig cfg = rcfg("mfvr");
+    cfg.mean_init = init;
+    Fix f(cfg, 2, C, E, K, 43);
+    const Tensor& w = f.p("mu.w").value();
+    const Tensor& b = f.p("mu.b").value();
+    double s2 = 0, mx = 0, bmax = 0;
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      s2 += (double)w[i] * w[i];
+      mx = std::max(mx, (double)std::abs(w[i]));
+    }
+    for (int64_t i = 0; i < b.numel(); ++i) bmax = std::max(bmax, (double)std::abs(b[i]));
+    double sd = std::sqrt(s2 / (double)w.numel()), a = 1.0 / std::sqrt((double)H);
+    INFO(init << ": std " << sd << ", max " << mx << ", bias max " << bmax);
+    if (init == "small") {
+      CHECK(sd == doctest::Approx(1e-3).epsilon(0.25));
+      CHECK(bmax == 0.0);
+    } else {
+      CHECK(sd == doctest::Approx(a / std::sqrt(3.0)).epsilon(0.2));  // 48 draws
+      CHECK(mx <= a);
+      CHECK(mx > 0.7 * a);
+      CHECK(bmax > 0.0);
+      CHECK(bmax <= a);
+    }
+  }
+}
+
+TEST_CASE("router training signal: --temp-penalty-norm sum = mean × real tokens (vtsr point)") {
+  const int N = 9, C = 16, E = 5, K = 2;
+  double pen[2];
+  for (int i = 0; i < 2; ++i) {
+    RouterConfig cfg = rcfg("vtsr");
+    cfg.temp_penalty_norm = i == 0 ? "mean" : "sum";
+    Fix f(cfg, N, C, E, K, 51);
+    Rng rng(52);
+    f.randomise("temp.w2", 0.5, rng);
+    f.mask = {1, 1, 0, 1, 1, 1, 0, 1, 1};  // 7 real tokens
+    pen[i] = f.route(ctx_of(true, 1)).penalty.item();
+  }
+  CHECK(pen[0] != 0);
+  CHECK(pen[1] == doctest::Approx(7.0 * pen[0]).epsilon(1e-5));
+}
+
+namespace {
+// A tiny LM with `router` on every MoE layer, and a padded batch of two prompts.
+struct TinyLm {
+  nn::ModelConfig mc;
+  exp::McSet set;
+  TinyLm() {
+    mc.d_model = 16;
+    mc.n_layers = 2;
+    mc.n_heads = 2;
+    mc.n_experts = 4;
+    mc.top_k = 2;
+    mc.d_expert = 16;
+    mc.max_seq = 40;
+    set.prompts = {"Definition: a cat\nA. x\nB. y\nAnswer:", "Definition: an oak tree\nA. x\nB. y\nAnswer:"};
+    set.labels = {1, 3};
+  }
+};
+}  // namespace
+
+TEST_CASE("router training signal: --kl-norm sequence-sum = token-mean × real tokens / sequences") {
+  TinyLm t;
+  nn::RouterConfig rc;
+  rc.name = "mfvr";
+  nn::Model m(t.mc, rc, 7);
+  for (auto& [name, v] : m.params().all())  // move q off the prior so the KL is not 0
+    if (name.find("mu.w") != std::string::npos)
+      for (int64_t i = 0; i < v.value().numel(); ++i) v.value()[i] = (float)(0.3 * std::sin(1.0 + i));
+  for (int B : {1, 2}) {
+    std::vector<int64_t> idx;
+    for (int b = 0; b < B; ++b) idx.push_back(b);
+    exp::McBatch mb = exp::make_mc_batch(t.set, idx, t.mc.max_seq);
+    nn::ForwardOptions fo;
+    fo.training = true;
+    fo.seed = 3;
+    auto res = m.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last, fo);
+    double n_real = 0;
+    for (auto x : mb.mask) n_real += x;
+    exp::RunConfig cfg;
+    cfg.kl_norm = "token-mean";
+    double tm = exp::kl_term(cfg, res, mb.B, 100).item();
+    cfg.kl_norm = "sequence-sum";
+    double ss = exp::kl_term(cfg, res, mb.B, 100).item();
+    cfg.kl_norm = "dataset";
+    double ds = exp::kl_term(cfg, res, mb.B, 100).item();
+    INFO("B = " << B << ", real tokens " << n_real);
+    REQUIRE(tm > 0);
+    // sequence-sum: (1/B) Σ_b Σ_layers Σ_t KL; token-mean: Σ_layers Σ_t KL / n_real
+    CHECK(ss == doctest::Approx(tm * n_real / B).epsilon(1e-5));
+    CHECK(ss == doctest::Approx(res.kl.item() / B).epsilon(1e-6));
+    CHECK(ds == doctest::Approx(res.kl.item() / 100).epsilon(1e-6));
+  }
+}
+
+TEST_CASE("router training signal: --router-loss all supervises every prompt position; answer the letter only") {
+  TinyLm t;
+  exp::McBatch mb = exp::make_mc_batch(t.set, {0, 1}, t.mc.max_seq);
+  exp::McTargets ans = exp::mc_targets(mb, exp::RouterLoss::answer);
+  exp::McTargets all = exp::mc_targets(mb, exp::RouterLoss::all);
+  int n_real = 0;
+  for (auto x : mb.mask) n_real += x;
+  CHECK(ans.positions == mb.last);
+  CHECK(ans.targets == std::vector<int32_t>{exp::answer_tokens()[1], exp::answer_tokens()[3]});
+  REQUIRE((int)all.positions.size() == n_real);
+  for (size_t i = 0; i < all.positions.size(); ++i) {
+    int32_t r = all.positions[i];
+    bool last = r == mb.last[0] || r == mb.last[1];
+    CHECK(all.targets[i] == (last ? (r == mb.last[0] ? exp::answer_tokens()[1] : exp::answer_tokens()[3]) : mb.ids[(size_t)r + 1]));
+  }
+  // Stage 2's gradient: the router heads get a gradient from the non-answer
+  // positions alone, and the two losses differ.
+  nn::RouterConfig rc;
+  rc.name = "mfvr";
+  nn::Model m(t.mc, rc, 9);
+  m.params().set_trainable(".*", false);
+  m.params().set_trainable("\\.router\\.", true);
+  nn::ForwardOptions fo;
+  fo.training = true;
+  fo.seed = 4;
+  fo.samples = 2;
+  auto loss_at = [&](const std::vector<int32_t>& pos, const std::vector<int32_t>& tg) {
+    m.params().zero_grad();
+    auto res = m.forward_lm(mb.ids, mb.B, mb.T, mb.mask, pos, fo);
+    Var l = ops::cross_entropy(res.logits, tg);
+    vm::backward(l);
+    double g = 0;
+    for (auto& [name, v] : m.params().trainable())
+      if (v.grad().defined())
+        for (int64_t i = 0; i < v.grad().numel(); ++i) g += std::abs(v.grad()[i]);
+    return std::pair<double, double>{l.item(), g};
+  };
+  auto [la, ga] = loss_at(ans.positions, ans.targets);
+  auto [lall, gall] = loss_at(all.positions, all.targets);
+  std::vector<int32_t> pos, tg;  // the non-answer positions only
+  for (size_t i = 0; i < all.positions.size(); ++i)
+    if (all.positions[i] != mb.last[0] && all.positions[i] != mb.last[1]) {
+      pos.push_back(all.positions[i]);
+      tg.push_back(all.targets[i]);
+    }
+  auto [lrest, grest] = loss_at(pos, tg);
+  CHECK(std::abs(lall - la) > 1e-3);
+  CHECK(ga > 0);
+  CHECK(grest > 0);
+  // the mean over all positions = the weighted mean of its two parts
+  CHECK(lall == doctest::Approx((2 * la + (double)pos.size() * lrest) / (double)all.positions.size()).epsilon(1e-4));
+}
+
+TEST_CASE("training length: --epochs steps per epoch") {
+  CHECK(exp::steps_per_epoch(2120, 32, 1) == 67);
+  CHECK(exp::steps_per_epoch(64, 32, 1) == 2);
+  CHECK(exp::steps_per_epoch(65, 32, 2) == 2);
+  CHECK(exp::steps_per_epoch(0, 8, 1) == 1);
 }

@@ -71,13 +71,13 @@ constexpr std::array<RouterInfo, (size_t)RouterKind::count_> kRouters{{
        f.sampling = (d.S - 1) * 2 * d.C * d.E + d.S * d.E + d.softmax + d.topk;  // S router products, average logits
        return f;
      }},
-    {RouterKind::mfvr, true, true, "prior_scale samples train_samples", make_mfvr_router,
+    {RouterKind::mfvr, true, true, "prior_scale samples train_samples logvar_init mean_init", make_mfvr_router,
      [](const Dims& d, const RouterConfig&) { return variational_cost(d, false); }},
-    {RouterKind::fcvr, true, true, "prior_scale samples train_samples", make_fcvr_router,
+    {RouterKind::fcvr, true, true, "prior_scale samples train_samples logvar_init mean_init", make_fcvr_router,
      [](const Dims& d, const RouterConfig&) { return variational_cost(d, true); }},
     // One selection per token per forward pass, in training and evaluation
     // alike (the experts run once, on the sampled set): S does not apply.
-    {RouterKind::vtsr, true, true, "temp_mode temp_posterior temp_penalty temp_prior_scale vtsr_sampler",
+    {RouterKind::vtsr, true, true, "temp_mode temp_posterior temp_penalty temp_penalty_norm temp_prior_scale vtsr_sampler",
      make_vtsr_router,
      [](const Dims& d, const RouterConfig& cfg) {
        double C = d.C, E = d.E, H = d.H;

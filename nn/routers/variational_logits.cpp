@@ -11,8 +11,13 @@
 //   KL (MF)     ½ Σ_e (σ_e²/s² + Δμ_e²/s² − 1 − log σ_e² + log s²)
 //   KL (FC)     ½ (tr(L Lᵀ)/s² + ‖Δμ‖²/s² − E + E log s² − 2 Σ_e log L_ee)
 //   routing     p̄ = (1/S) Σ_s softmax(l*_s);  top-K of p̄;  g = p̄_K / Σ p̄_K
-// The last layer of each head starts at std 1e-3 (bias 0), so q starts at
-// N(l_det, I), the prior when s = 1.
+// Initialisation (docs/vmoer.md, "Training signal for the routers"):
+//   mean head   --mean-init small:   W_μ ~ N(0, 1e-3²), b_μ = 0  (Δμ ≈ 0)
+//               --mean-init pytorch: W_μ, b_μ ~ U(−1/√H, 1/√H)   (nn.Linear's default, the authors' heads)
+//   cov head    W ~ N(0, 1e-3²);  bias v = --logvar-init:
+//               MFVR  b_σ = v                 -> σ² = e^v at W = 0
+//               FCVR  b_L[diag] = v/2, else 0 -> L_ee = e^{v/2}, Σ_ee = e^v at W = 0
+// With the defaults (small, v = 0) q starts at N(l_det, I), the prior when s = 1.
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -82,11 +87,29 @@ class VariationalLogitRouter : public Router {
       : full_(full_cov), s_(cfg.prior_scale), E_(E) {
     int H = std::max(1, C / 4);
     w_t_ = ps.normal(prefix + "trunk.w", {C, H}, 1.0 / std::sqrt((double)C), seed);
-    w_mu_ = ps.normal(prefix + "mu.w", {H, E}, 1e-3, seed);
-    b_mu_ = ps.constant(prefix + "mu.b", {E}, 0.0f);
+    if (cfg.mean_init == MeanInit::pytorch) {
+      const double a = 1.0 / std::sqrt((double)H);  // fan_in = H
+      w_mu_ = uniform(ps, prefix + "mu.w", {H, E}, a, seed);
+      b_mu_ = uniform(ps, prefix + "mu.b", {E}, a, seed);
+    } else {
+      w_mu_ = ps.normal(prefix + "mu.w", {H, E}, 1e-3, seed);
+      b_mu_ = ps.constant(prefix + "mu.b", {E}, 0.0f);
+    }
     int P = full_ ? E * (E + 1) / 2 : E;
     w_cov_ = ps.normal(prefix + (full_ ? "chol.w" : "logvar.w"), {H, P}, 1e-3, seed);
     b_cov_ = ps.constant(prefix + (full_ ? "chol.b" : "logvar.b"), {P}, 0.0f);
+    Tensor b({(int64_t)P});  // log σ² = v (MFVR); log L_ee = v/2 on the packed diagonal (FCVR)
+    for (int e = 0; e < E; ++e) b[full_ ? e * (e + 1) / 2 + e : e] = (float)(full_ ? cfg.logvar_init / 2 : cfg.logvar_init);
+    b_cov_.value() = b;
+  }
+  // A parameter drawn from U(−a, a) with its own Philox stream (hash of the name), like ParamStore::normal.
+  static Var uniform(ParamStore& ps, const std::string& name, Shape shape, double a, uint64_t seed) {
+    Var& v = ps.constant(name, shape, 0.0f);
+    Tensor t(shape);
+    const uint64_t stream = name_hash(name);
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = (float)(a * (2.0 * philox_uniform(seed, stream, (uint64_t)i) - 1.0));
+    v.value() = t;
+    return v;
   }
   std::string name() const override { return full_ ? "fcvr" : "mfvr"; }
   bool bayesian() const override { return true; }

@@ -4,7 +4,8 @@
 //   frozen logits      l = u W_r
 //   temperature net    a(u) = ReLU(u W_1 + b_1) W_2 + b_2,   W_1: (C, C/4),  out: 1 (shared) or E (per-expert)
 //   point posterior    T(u) = softplus(a(u)) + 1e-6
-//                      penalty = λ · mean over real tokens of Σ (−log T)        (authors' regulariser)
+//                      penalty = λ · mean over real tokens of Σ_j (−log T_j)    (--temp-penalty-norm mean)
+//                              = λ · sum  over real tokens of Σ_j (−log T_j)    (sum: the authors' scripts)
 //   lognormal          a(u) = (m, ρ):  q(log T | u) = N(m, v),  v = exp(ρ)
 //                      log T = m + sqrt(v) ξ,  ξ ~ N(0, 1)  (reparameterised)
 //                      prior log T ~ N(0, s_T²):  KL = ½ (v/s_T² + m²/s_T² − 1 − log v + log s_T²)
@@ -50,10 +51,11 @@ class VtsrRouter : public Router {
     Var T;  // (N, 1) or (N, E)
     if (!lognormal_) {
       T = ops::add_scalar(ops::softplus(a), 1e-6);
-      // penalty = λ · (1/N_real) Σ_n mask_n Σ_j (−log T_nj)
+      // mean: penalty = λ · (1/N_real) Σ_n mask_n Σ_j (−log T_nj);  sum: λ · Σ_n mask_n Σ_j (−log T_nj)
       Var neglog = ops::neg(ops::sum(ops::log(T), 1));
       double n_real = std::max(1.0f, count_real(mask));
-      out.penalty = ops::mul_scalar(routers::masked_sum(neglog, mask), cfg_.temp_penalty / n_real);
+      double norm = cfg_.temp_penalty_norm == PenaltyNorm::sum ? 1.0 : n_real;
+      out.penalty = ops::mul_scalar(routers::masked_sum(neglog, mask), cfg_.temp_penalty / norm);
     } else {
       Var m = ops::slice(a, 1, 0, out_), rho = ops::slice(a, 1, out_, 2 * out_);
       Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"));
