@@ -170,15 +170,26 @@ McEval mc_routing_draw(nn::Model& model, const McSet& set, const RunConfig& cfg,
   return mc_pass(model, set, cfg, 0.0, nullptr, 1, mi_draw(m));
 }
 
-McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
-                   RoutingTrace* trace, const std::string& draw) {
-  McEval ev = mc_pass(model, set, cfg, embed_noise, trace, 0, draw);
+// The main pass (with its trace, S = the router's samples) and, for a
+// top-level call (no `draw`) on a stochastic router, the --mi-samples routing
+// draws (S = 1 each) averaged into it. pass(trace, samples, draw) -> McEval.
+template <class Pass>
+static McEval with_routing_draws(nn::Model& model, const RunConfig& cfg, RoutingTrace* trace, const std::string& draw,
+                                 Pass pass) {
+  McEval ev = pass(trace, 0, draw);
   std::vector<McEval> passes;
   int M = draw.empty() ? cfg.mi_samples : 0;
   if (M > 0 && stochastic_router(model))
-    for (int m = 1; m <= M; ++m) passes.push_back(mc_pass(model, set, cfg, embed_noise, nullptr, 1, mi_draw(m)));
+    for (int m = 1; m <= M; ++m) passes.push_back(pass(nullptr, 1, mi_draw(m)));
   add_routing_average(ev, passes, M);
   return ev;
+}
+
+McEval evaluate_mc(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise,
+                   RoutingTrace* trace, const std::string& draw) {
+  return with_routing_draws(model, cfg, trace, draw, [&](RoutingTrace* t, int samples, const std::string& d) {
+    return mc_pass(model, set, cfg, embed_noise, t, samples, d);
+  });
 }
 
 static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, double embed_noise, RoutingTrace* trace,
@@ -227,13 +238,9 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
 
 McEval evaluate_images(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
                        RoutingTrace* trace, const std::string& draw) {
-  McEval ev = image_pass(model, set, cfg, embed_noise, trace, 0, draw);
-  std::vector<McEval> passes;
-  int M = draw.empty() ? cfg.mi_samples : 0;
-  if (M > 0 && stochastic_router(model))
-    for (int m = 1; m <= M; ++m) passes.push_back(image_pass(model, set, cfg, embed_noise, nullptr, 1, mi_draw(m)));
-  add_routing_average(ev, passes, M);
-  return ev;
+  return with_routing_draws(model, cfg, trace, draw, [&](RoutingTrace* t, int samples, const std::string& d) {
+    return image_pass(model, set, cfg, embed_noise, t, samples, d);
+  });
 }
 
 static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& cfg, double embed_noise,
