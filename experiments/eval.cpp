@@ -8,10 +8,12 @@
 #include <filesystem>
 #include <fstream>
 
+#include "experiments/build_info.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
 #include "experiments/flops.h"
 #include "experiments/metrics.h"
+#include "experiments/train_guards.h"
 #include "experiments/trainer.h"
 #include "nn/checkpoint.h"
 
@@ -393,6 +395,7 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
 }
 
 int run_eval(RunConfig cfg) {
+  const std::string started = utc_now();
   require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
@@ -405,6 +408,12 @@ int run_eval(RunConfig cfg) {
   else task = load_mc_task(cfg);
   McSet& set = cfg.split == Split::val ? task.val : task.test;
   ImgSet& iset = cfg.split == Split::val ? itask.val : itask.test;
+  // --out is checked (created, writable) before any pass runs, and once it
+  // is, an eval.json of an earlier run is removed: an interrupted eval must
+  // not leave new predictions next to an old summary. Both files are written
+  // atomically at the end, eval.json last.
+  prepare_out_dir(cfg.out);
+  fs::remove(cfg.out + "/eval.json");
   EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
   // the main pass, with the predictive arm when --mi-samples > 0 (the evaluator's passes skip it)
@@ -428,8 +437,6 @@ int run_eval(RunConfig cfg) {
       "OOD is the positive class; a higher score means more OOD (msp is the negated max probability); "
       "fpr95_ood_recall: ID flagged OOD at 95% OOD recall (ours); fpr95_id_tpr: OOD accepted as ID at 95% ID kept "
       "(OpenOOD's FPR@95)";
-  fs::create_directories(cfg.out);
-  write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
   if (cfg.ood) {
     json o = json::object();
     if (vit) {
@@ -455,6 +462,14 @@ int run_eval(RunConfig cfg) {
                           {"baseline", "det routing on every MoE layer"},
                           {"per_layer", sensitivity_json(sens)}};
   }
+  // Where this came from (experiments/build_info.h): the resolved config,
+  // the command, commit, CPU, times. Paths are as given, relative to "cwd".
+  json prov = provenance(cfg.threads, started);
+  prov["config"] = fields_to_json<json>(cfg);
+  prov["paths_relative_to"] = "cwd";
+  prov["finished"] = utc_now();
+  out["provenance"] = prov;
+  write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
   nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

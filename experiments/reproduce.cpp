@@ -19,6 +19,7 @@
 #include <fstream>
 #include <memory>
 
+#include "experiments/build_info.h"
 #include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/datasets.h"
@@ -672,6 +673,7 @@ static void reset_router(RunConfig& c) {
 }
 
 static int run_reproduce(ReproConfig r) {
+  const std::string started = utc_now();
   if (r.seeds < 1) fail("--seeds: must be >= 1");
   if (r.plan == Plan::overconfident && r.track != Track::text)
     fail("--plan overconfident: the text track only (--track text); its --train-size is a WordNet subset");
@@ -880,6 +882,15 @@ static int run_reproduce(ReproConfig r) {
   }
   double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_all).count();
   results["seconds"] = total_s;
+  // Where this came from (experiments/build_info.h): the base configuration
+  // of every stage (before each stage's plan), the command, commit, CPU,
+  // times. Stage paths in "runs" are relative to "cwd".
+  json prov = provenance(base.threads, started);
+  prov["config"] = fields_to_json<json>(base);
+  prov["paths_relative_to"] = "cwd";
+  prov["finished"] = utc_now();
+  results["provenance"] = prov;
+  table += "\nBuilt as: " + version_line() + ". Command: `" + command_line() + "`.\n";
   char buf[128];
   std::snprintf(buf, sizeof buf, "\nSeeds: %d (from %llu). Threads: %d. Wall time: %.1f min.\n", r.seeds,
                 (unsigned long long)r.seed0, base.threads, total_s / 60);

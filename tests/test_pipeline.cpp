@@ -90,6 +90,8 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
 
   // results.json: 7 methods x 2 tracks, each with the paper's measurements.
   auto res = nlohmann::json::parse(slurp(d.out + "/results.json"));
+  CHECK(res["provenance"]["build"]["commit"].get<std::string>().size() >= 7);
+  CHECK(res["provenance"]["config"].contains("beta"));
   REQUIRE(res["runs"].size() == 14);
   for (auto& r : res["runs"]) {
     INFO(r["method"].get<std::string>());
@@ -124,6 +126,11 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   auto ej = nlohmann::json::parse(slurp(d.root + "/eval/eval.json"));
   CHECK(ej["router"] == "fcvr");
   CHECK(ej["samples"] == 3);
+  // Provenance: the resolved config, the command, the build and the machine.
+  CHECK(ej["provenance"]["config"]["router"]["samples"] == 3);
+  CHECK(ej["provenance"]["command"].get<std::string>().find(" eval --ckpt ") != std::string::npos);
+  CHECK(ej["provenance"]["build"]["commit"].get<std::string>().size() >= 7);
+  CHECK(ej["provenance"].contains("finished"));
   CHECK(ej["stability"].size() == 2);
   CHECK(ej["ood"].contains("far-devil"));
   CHECK(ej["ood"]["far-devil"]["scores"].contains("ilv"));  // the Bayesian router's own score

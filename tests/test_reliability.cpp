@@ -949,6 +949,11 @@ TEST_CASE("cli: --version, did-you-mean for commands and flags, a required flag 
   check_one_line_error(vmoer("trian --steps 2", &out), out, 2, {"unknown command 'trian'", "did you mean 'vmoer train'?"});
   check_one_line_error(vmoer("train --stpes 2", &out), out, 2, {"unknown flag --stpes", "did you mean --steps?"});
   check_one_line_error(vmoer("eval --split val", &out), out, 2, {"--ckpt: required"});
+  // eval checks --out before its passes: an unusable one is one line, and no pass ran.
+  std::string ck = make_checkpoint(d);
+  write_text(d / "file", "x");
+  check_one_line_error(vmoer("eval --ckpt " + ck + " --data-dir " + kFix + " --no-ood --out " + d / "file/sub", &out), out,
+                       2, {"--out: cannot create directory"});
   write_text(d / "e.toml", "ckpt = \"" + d / "none.safetensors" + "\"\n");
   // --ckpt from the file satisfies the requirement; the missing file is then the error.
   check_one_line_error(vmoer("eval --config " + d / "e.toml", &out), out, 2, {"none.safetensors"});
