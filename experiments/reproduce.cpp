@@ -260,6 +260,7 @@ static std::string train_stage(RunConfig c, const std::string& root, const std::
   // last checkpoint here: continue it. Resuming reproduces the uninterrupted
   // run (tests/test_reliability.cpp), so the cache stays a function of inputs.
   c.resume = fs::exists(dir + "/last.safetensors");
+  c.force = !c.resume;  // stopped before its first checkpoint: nothing in it is worth keeping
   std::fprintf(stderr, "[reproduce] %s %s %s\n", name.c_str(), c.resume ? "resuming in" : "->", dir.c_str());
   auto t0 = std::chrono::steady_clock::now();
   int rc = run_train(c);

@@ -72,6 +72,7 @@ struct RunConfig {
   std::string out = "runs/latest";
   std::string init;                // checkpoint to start from (finetune, router, eval)
   bool resume = false;             // continue <out>/last.safetensors
+  bool force = false;              // start afresh in an --out that holds a run (replacing it)
   uint64_t seed = 1;
   // Seed of the data splits (WordNet train/val/test, Brown train/val,
   // Fashion-MNIST val) and of the OOD subsamples. Fixed by default so that
@@ -178,6 +179,9 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(out, "--out", Group::run, kTrainEval | Use::runtime, "output directory"),
       VM_FIELD(init, "--init", Group::run, Use::train, "checkpoint to start from"),
       VM_FIELD(resume, "--resume", Group::run, Use::train | Use::runtime, "continue <out>/last.safetensors"),
+      VM_FIELD(force, "--force", Group::run, Use::train | Use::runtime,
+               "start afresh in an --out that holds a run (its checkpoints and log are replaced); without it "
+               "such an --out is refused"),
       VM_FIELD(seed, "--seed", Group::run, kTrainEval | Use::inspect,
                "random seed: initialisation, batch order, router and dropout noise"),
       VM_FIELD(split_seed, "--split-seed", Group::data, kEverywhere,

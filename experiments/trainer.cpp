@@ -456,6 +456,14 @@ int run_train(RunConfig cfg) {
   // setup: output folder, model, trainable parameters, optimiser, data
   cfg.validate();
   omp_set_num_threads(cfg.threads);
+  // No silent overwrite: an --out that holds a run is continued (--resume) or
+  // replaced (--force), never both, never by accident.
+  if (cfg.resume && cfg.force) fail("--force: with --resume the run is continued, not replaced; give one of them");
+  if (!cfg.resume && !cfg.force)
+    for (const char* f : {"last.safetensors", "best.safetensors", "log.jsonl"})
+      if (fs::exists(cfg.out + "/" + f))
+        fail("--out: '" + cfg.out + "' holds a run (" + f + "); --resume continues it, --force replaces it, or choose "
+             "another --out");
   prepare_out_dir(cfg.out);
   RunCheckpoints ck{cfg.out + "/last.safetensors", cfg.out + "/best.safetensors"};
 

@@ -83,7 +83,7 @@ check "every binary's libraries resolve (ldd: nothing 'not found')" \
 check "every binary starts (exit 0-2 on --help, not 127 or a signal)" \
   "$export_ld cd $ROOT && for b in $B/*; do \$b --help >/dev/null 2>&1; rc=\$?; echo \"\$(basename \$b) --help: exit \$rc\"; [ \$rc -le 2 ] || exit 1; done"
 check "vmoer train --device cpu runs and writes last.safetensors" \
-  "$export_ld cd $ROOT && $B/vmoer train --stage pretrain --data-dir tests/fixtures/data --steps 3 --batch 2 --seq 16 --max-seq 32 --d-model 16 --layers 1 --heads 2 --experts 2 --d-expert 16 --eval-every 3 --eval-batches 1 --no-progress --out /tmp/rehearse/cpu && test -s /tmp/rehearse/cpu/last.safetensors"
+  "$export_ld cd $ROOT && $B/vmoer train --stage pretrain --data-dir tests/fixtures/data --steps 3 --batch 2 --seq 16 --max-seq 32 --d-model 16 --layers 1 --heads 2 --experts 2 --d-expert 16 --eval-every 3 --eval-batches 1 --no-progress --force --out /tmp/rehearse/cpu && test -s /tmp/rehearse/cpu/last.safetensors"
 check "vmoer train --device cuda fails with one clear line" \
   "$export_ld cd $ROOT && out=\$($B/vmoer train --device cuda --steps 1 --out /tmp/rehearse/gpu 2>&1); rc=\$?; echo \"\$out\"; [ \$rc -ne 0 ] && echo \"\$out\" | grep -q 'no CUDA device'"
 check "the CUDA tests skip with 'no CUDA device' and pass" \

@@ -227,7 +227,7 @@ TEST_CASE("stage cache key: changing any field of a stage's config changes its k
   // output directory and whether to resume (both follow from the key itself;
   // a resumed stage equals an uninterrupted one), the progress bar, and the
   // thread count (bitwise-identical results for any count since b1c05d5).
-  CHECK(runtime == std::set<std::string>{"out", "resume", "threads", "progress"});
+  CHECK(runtime == std::set<std::string>{"out", "resume", "force", "threads", "progress"});
   // Read by evaluation only, so reset in training stages.
   CHECK(eval_only == std::set<std::string>{"ood_size", "split", "ece_bins", "gammas", "stability", "ood", "mi_samples",
                                           "stability_draws", "sensitivity"});

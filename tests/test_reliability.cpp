@@ -972,3 +972,17 @@ TEST_CASE("cli: inspect prints the prompt and a legend, reads \\n in --text, ref
   CHECK(has(out, "ILV (final token) n/a"));
   CHECK(!has(out, "S=35"));  // S does not apply to det
 }
+
+TEST_CASE("cli: train refuses an --out that holds a run unless --resume or --force") {
+  require_binary();
+  Scratch d;
+  std::string out;
+  const std::string run = "train" + kTiny + " --steps 2 --eval-every 2 --threads 1 --out " + d / "r";
+  REQUIRE_MESSAGE(vmoer(run, &out) == 0, out);
+  const std::string before = slurp(d / "r/last.safetensors");
+  check_one_line_error(vmoer(run, &out), out, 2, {"--out: '" + d / "r" + "' holds a run", "--force replaces it"});
+  CHECK(slurp(d / "r/last.safetensors") == before);  // untouched
+  check_one_line_error(vmoer(run + " --resume --force", &out), out, 2, {"--force: with --resume"});
+  REQUIRE_MESSAGE(vmoer(run + " --force --seed 2", &out) == 0, out);
+  CHECK(slurp(d / "r/last.safetensors") != before);  // replaced
+}
