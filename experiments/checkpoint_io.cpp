@@ -158,7 +158,7 @@ void inherit_data_settings(RunConfig& cfg, const std::string& ckpt) {
 }
 
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
-                           const std::string& allow_missing) {
+                           const std::string& allow_missing, const std::string& allow_unused) {
   nn::SafeTensors f = nn::load_safetensors(path);
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kFormat)
@@ -177,9 +177,10 @@ TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW*
     VM_CHECK(!v.value().is_cuda(), "load_checkpoint: load " + path + " before moving the model to the GPU");
     std::copy(t->data(), t->data() + t->numel(), v.value().data());
   }
+  std::regex unused_ok(allow_unused.empty() ? "$^" : allow_unused);
   for (auto& [name, t] : f.tensors) {
     if (name.rfind("__adam_", 0) == 0) continue;
-    if (!model.params().has(name))
+    if (!model.params().has(name) && !std::regex_search(name, unused_ok))
       fail(path + ": checkpoint has parameter '" + name + "' that the requested model lacks (config mismatch)");
   }
   TrainState st = train_state_of(f, path);

@@ -29,9 +29,11 @@ nlohmann::json data_settings(const RunConfig& cfg);
 void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st);
 // Loads parameters into `model` (every tensor in the file must match a
 // parameter by name and shape unless allow_missing lists a regex of model
-// parameters the file may lack, e.g. new router heads in stage 2).
+// parameters the file may lack, e.g. new router heads in stage 2; and every
+// tensor of the file must be a parameter unless allow_unused matches it, e.g.
+// a stage-2 checkpoint's heads when eval overrides its router).
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
-                           const std::string& allow_missing = "");
+                           const std::string& allow_missing = "", const std::string& allow_unused = "");
 // The training state stored in a checkpoint (stage, step, seeds), without loading a model.
 TrainState read_checkpoint_state(const std::string& path);
 // A model fine-tuned (or router-trained) on one data split must be scored on

@@ -383,13 +383,19 @@ std::unique_ptr<nn::Model> load_model_for_eval(const RunConfig& cfg) {
   if (cfg.given("--router") && want.name != rc.name && nn::router_info(want.name).heads)
     fail("--router " + want.name.str() + ": its heads are trained in stage 2, and " + cfg.init + " has router " +
          rc.name.str() + " (vmoer train --stage router --router " + want.name.str() + " --init " + cfg.init + ")");
+  // A router without heads (sample-k, mc-dropout, ...) on a stage-2
+  // checkpoint: the checkpoint's heads (parameters under ".router.") go unused.
+  const bool heads_unused = cfg.given("--router") && want.name != rc.name && nn::router_info(rc.name).heads;
+  if (heads_unused)
+    std::fprintf(stderr, "note: --router %s on a %s checkpoint: its %s heads are not used\n", want.name.str().c_str(),
+                 rc.name.str().c_str(), rc.name.str().c_str());
   copy_fields(rc, want, [&](const auto& row, const std::string&) { return overrides(row); });
   if (cfg.given("--bayes-layers")) rc.bayes_layers = want.bayes_layers;  // parsed from RunConfig::bayes_spec
   bool any = false;
   for_each_field(cfg, [&](const auto& row, const auto&, const std::string&) { any = any || overrides(row); });
   if (any) rc.validate(mc.n_layers, mc.n_experts, mc.top_k);
   auto model = std::make_unique<nn::Model>(mc, rc, cfg.seed);
-  load_checkpoint(cfg.init, *model, nullptr);
+  load_checkpoint(cfg.init, *model, nullptr, "", heads_unused ? "\\.router\\." : "");
   if (cfg.device == Device::CUDA) model->to(Device::CUDA);
   return model;
 }

@@ -146,6 +146,13 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(e100["id"]["nll"] == ej["id"]["nll"]);
   CHECK(e100["id"]["accuracy"] == ej["id"]["accuracy"]);
 
+  // A router without heads can be evaluated on the fcvr checkpoint: its heads go unused, said on stderr.
+  std::string evsk;
+  REQUIRE_MESSAGE(run(d.bin + " eval --ckpt " + fcvr + " --data-dir " + d.cache + " --out " + d.root +
+                          "/evalsk --router sample-k --no-ood", &evsk) == 0, evsk);
+  CHECK(evsk.find("note: --router sample-k on a fcvr checkpoint: its fcvr heads are not used") != std::string::npos);
+  CHECK(nlohmann::json::parse(slurp(d.root + "/evalsk/eval.json"))["router"] == "sample-k");
+
   // The written predictions are valid input for `vmoer metrics`, and agree with eval.
   std::string mj;
   REQUIRE(run(d.bin + " metrics --probs " + d.root + "/eval/probs_test.csv", &mj) == 0);
