@@ -408,6 +408,8 @@ int run_eval(RunConfig cfg) {
   auto model = load_model_for_eval(cfg);
   inherit_data_settings(cfg, cfg.init);
   bool vit = model->config().kind == nn::ModelKind::vit;
+  // A cap on the ID prompts caps the OOD sets too (they would cost most of the run).
+  if (cfg.max_eval_examples > 0 && !cfg.given("--ood-size")) cfg.ood_size = std::min(cfg.ood_size, cfg.max_eval_examples);
   McTaskData task;
   ImgTaskData itask;
   if (vit) itask = load_image_task(cfg);
@@ -420,6 +422,18 @@ int run_eval(RunConfig cfg) {
   // atomically at the end, eval.json last.
   prepare_out_dir(cfg.out);
   fs::remove(cfg.out + "/eval.json");
+  // What this eval will cost, before it starts.
+  const bool stoch = nn::router_info(model->router_config().name).bayesian && !model->bayes_layer_ids().empty();
+  std::fprintf(stderr,
+               "eval: %zu %s prompts%s; router %s%s%s%s%s\n", vit ? iset.size() : set.size(), cfg.split.str().c_str(),
+               cfg.ood ? (", OOD sets of up to " + std::to_string(cfg.ood_size) + " each").c_str() : ", no OOD sets",
+               model->router_config().name.str().c_str(),
+               stoch ? (" (S = " + std::to_string(model->router_config().samples) + ")").c_str() : "",
+               stoch && cfg.mi_samples > 0 ? (", +" + std::to_string(cfg.mi_samples) + " routing draws per set").c_str() : "",
+               cfg.stability ? (", stability at " + std::to_string(cfg.gammas.size()) + " gammas x (2 + " +
+                                std::to_string(cfg.stability_draws) + ") passes").c_str()
+                             : "",
+               cfg.sensitivity ? ", sensitivity: one pass per MoE layer + 1" : "");
   EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
   // the main pass, with the predictive arm when --mi-samples > 0 (the evaluator's passes skip it)

@@ -986,3 +986,22 @@ TEST_CASE("cli: train refuses an --out that holds a run unless --resume or --for
   REQUIRE_MESSAGE(vmoer(run + " --force --seed 2", &out) == 0, out);
   CHECK(slurp(d / "r/last.safetensors") != before);  // replaced
 }
+
+TEST_CASE("cli: eval --max-eval-examples caps the OOD sets too, and says what it will cost first") {
+  require_binary();
+  Scratch d;
+  std::string ck = make_checkpoint(d), out;
+  REQUIRE_MESSAGE(vmoer("eval --ckpt " + ck + " --data-dir " + kFix + " --threads 1 --max-eval-examples 3 --out " +
+                            d / "e",
+                        &out) == 0,
+                  out);
+  CHECK(has(out, "OOD sets of up to 3 each"));
+  auto ej = nlohmann::json::parse(slurp(d / "e/eval.json"));
+  REQUIRE(!ej["ood"].empty());
+  for (auto& [name, o] : ej["ood"].items()) CHECK_MESSAGE(o["n"].get<int>() <= 3, name);
+  // --ood-size given: it wins.
+  REQUIRE(vmoer("eval --ckpt " + ck + " --data-dir " + kFix + " --threads 1 --max-eval-examples 3 --ood-size 5 --out " +
+                    d / "f",
+                &out) == 0);
+  CHECK(has(out, "OOD sets of up to 5 each"));
+}
