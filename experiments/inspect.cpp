@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "data/tokenizer.h"
+#include "experiments/build_info.h"
 #include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/datasets.h"
@@ -55,6 +56,7 @@ static std::string unescape(const std::string& s) {
 }
 
 static int run_inspect(InspectConfig ic) {
+  const std::string started = utc_now();
   RunConfig& cfg = ic.run;
   if (!ic.text.empty() && ic.index >= 0) fail("--text and --index: give one of them (the input is either your text or a test example)");
   ic.text = unescape(ic.text);
@@ -132,6 +134,10 @@ static int run_inspect(InspectConfig ic) {
     toks.push_back(tok);
   }
   out["tokens"] = toks;
+  json prov = provenance(cfg.threads, started);  // experiments/build_info.h
+  prov["config"] = fields_to_json<json>(cfg);
+  prov["paths_relative_to"] = "cwd";
+  out["provenance"] = prov;
   if (ic.as_json) {
     std::printf("%s\n", out.dump(2).c_str());
     return 0;

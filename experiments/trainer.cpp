@@ -597,6 +597,7 @@ int run_train(RunConfig cfg) {
              {"kl", s.kl / ga},      {"elbo", -(s.task + s.kl) / ga},
              {"lb_loss", s.lb / ga}, {"z_loss", s.z / ga},        {"penalty", s.penalty / ga},
              {"lr", opt.last_lr()},  {"grad_norm", gnorm},        {"tokens_per_s", tps},
+             {"seconds", el},
              {"layers", s.layers}};
     if (!s.temperature.empty()) rec["temperature"] = s.temperature;
     bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);

@@ -2,11 +2,17 @@
 """Figures for `vmoer reproduce`, drawn from the CSVs it writes.
 
 usage: /usr/bin/python3 scripts/plot.py RESULTS_DIR
+       /usr/bin/python3 scripts/plot.py --train RUN_DIR [RUN_DIR ...]
 
 Writes RESULTS_DIR/fig_reliability.png, fig_stability.png, fig_roc.png and
-fig_expert_load.png. Needs matplotlib (Debian python3-matplotlib).
+fig_expert_load.png; with --train, the training curves of `vmoer train` runs
+(their log.jsonl) into the first RUN_DIR's fig_training.png: loss and task
+loss (validation NLL as points), the normalised KL term, and the expert-load
+CV per MoE layer, against the step, with each run's wall time. Needs
+matplotlib (Debian python3-matplotlib).
 """
 import csv
+import json
 import os
 import sys
 from collections import defaultdict
@@ -137,7 +143,62 @@ def expert_load(d):
     plt.close(fig)
 
 
+def log_records(run_dir):
+    """The step records of RUN_DIR/log.jsonl; a resumed run's repeated steps keep the last."""
+    path = os.path.join(run_dir, "log.jsonl")
+    if not os.path.exists(path):
+        sys.exit(f"plot.py: {path} is missing (not a `vmoer train` output folder?)")
+    by_step = {}
+    with open(path) as f:
+        for line in f:
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if "step" in r and "loss" in r:
+                by_step[r["step"]] = r
+            elif "step" in r and "val_nll" in r and r["step"] in by_step:
+                by_step[r["step"]]["val_nll"] = r["val_nll"]
+    return [by_step[k] for k in sorted(by_step)]
+
+
+def training(run_dirs):
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4))
+    for d in run_dirs:
+        recs = log_records(d)
+        if not recs:
+            sys.exit(f"plot.py: {d}/log.jsonl has no step records")
+        name = os.path.basename(os.path.normpath(d))
+        secs = recs[-1].get("seconds")
+        label = name + (f" ({secs / 60:.1f} min)" if secs is not None else "")
+        steps = [r["step"] for r in recs]
+        line, = ax[0].plot(steps, [r["loss"] for r in recs], label=label + " loss")
+        ax[0].plot(steps, [r["task_loss"] for r in recs], "--", color=line.get_color(), alpha=0.6)
+        val = [(r["step"], r["val_nll"]) for r in recs if "val_nll" in r]
+        if val:
+            ax[0].plot(*zip(*val), "o", color=line.get_color(), label=name + " val NLL")
+        ax[1].plot(steps, [r["kl"] for r in recs], color=line.get_color(), label=name)
+        layers = defaultdict(list)
+        for r in recs:
+            for L in r.get("layers", []):
+                layers[L["layer"]].append((r["step"], L["cv"]))
+        for l, pts in sorted(layers.items()):
+            ax[2].plot(*zip(*pts), label=f"{name} layer {l}", alpha=0.8)
+    ax[0].set(xlabel="step", ylabel="loss (solid), task loss (dashed)", title="objective")
+    ax[1].set(xlabel="step", ylabel="KL / n (--kl-norm)", title="KL term (before β)")
+    ax[2].set(xlabel="step", ylabel="CV of expert load", title="expert load per MoE layer")
+    for a in ax:
+        a.legend(fontsize=7)
+    fig.tight_layout()
+    out = os.path.join(run_dirs[0], "fig_training.png")
+    fig.savefig(out, dpi=110)
+    print(f"plot.py: {out}")
+
+
 def main():
+    if len(sys.argv) >= 3 and sys.argv[1] == "--train":
+        training(sys.argv[2:])
+        return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     d = sys.argv[1]

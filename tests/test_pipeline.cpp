@@ -166,6 +166,7 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   // stderr (merged here) first says which settings came from the checkpoint
   CHECK(ij.find("note: --gloss-max-bytes 100.0 from the checkpoint") != std::string::npos);
   auto ins = nlohmann::json::parse(ij.substr(ij.find('{')));
+  CHECK(ins["provenance"]["command"].get<std::string>().find(" inspect ") != std::string::npos);
   REQUIRE(ins["tokens"].size() == 2);
   for (auto& L : ins["tokens"][0]["layers"]) {
     double g = 0;

@@ -197,7 +197,7 @@ int logged_steps(const std::string& log_path) {
 }
 
 // Per step: the deterministic fields of each record (every occurrence: a
-// resumed log repeats the steps after its checkpoint). tokens_per_s is wall time.
+// resumed log repeats the steps after its checkpoint). tokens_per_s and seconds are wall time.
 std::map<int64_t, std::vector<std::string>> log_records(const std::string& log_path) {
   std::map<int64_t, std::vector<std::string>> out;
   std::ifstream f(log_path);
@@ -210,6 +210,7 @@ std::map<int64_t, std::vector<std::string>> log_records(const std::string& log_p
     }
     if (!j.contains("step")) continue;
     j.erase("tokens_per_s");
+    j.erase("seconds");
     out[j["step"].get<int64_t>()].push_back(j.dump());
   }
   return out;
@@ -949,6 +950,10 @@ TEST_CASE("cli: --version, did-you-mean for commands and flags, a required flag 
   check_one_line_error(vmoer("trian --steps 2", &out), out, 2, {"unknown command 'trian'", "did you mean 'vmoer train'?"});
   check_one_line_error(vmoer("train --stpes 2", &out), out, 2, {"unknown flag --stpes", "did you mean --steps?"});
   check_one_line_error(vmoer("eval --split val", &out), out, 2, {"--ckpt: required"});
+  // reproduce checks its methods before any stage runs: nothing is created.
+  check_one_line_error(vmoer("reproduce --smoke --methods det,foo --out " + d / "repro", &out), out, 2,
+                       {"--methods: unknown router 'foo'"});
+  CHECK(!fs::exists(d / "repro"));
   // eval checks --out before its passes: an unusable one is one line, and no pass ran.
   std::string ck = make_checkpoint(d);
   write_text(d / "file", "x");
@@ -1004,4 +1009,18 @@ TEST_CASE("cli: eval --max-eval-examples caps the OOD sets too, and says what it
                     d / "f",
                 &out) == 0);
   CHECK(has(out, "OOD sets of up to 5 each"));
+}
+
+TEST_CASE("cli: log.jsonl records carry wall time, and scripts/plot.py --train draws the curves") {
+  require_binary();
+  Scratch d;
+  make_checkpoint(d);
+  auto last = nlohmann::json::parse(lines_of(slurp(d / "ck/log.jsonl")).back());
+  CHECK(last["seconds"].get<double>() > 0);
+  std::string out;
+  int rc = sh("/usr/bin/python3 " + kSrc + "/scripts/plot.py --train " + d / "ck", &out);
+  REQUIRE_MESSAGE(rc == 0, out);
+  CHECK(fs::file_size(d / "ck/fig_training.png") > 1000);
+  CHECK(sh("/usr/bin/python3 " + kSrc + "/scripts/plot.py --train " + d / "nothing", &out) != 0);
+  CHECK(has(out, "log.jsonl is missing"));
 }
