@@ -267,7 +267,9 @@ static TaskForward forward_task(nn::Model& model, const StageData& d, const RunC
 //                                   example, L = −ELBO/example); n_real/B times token-mean;
 //   Ω       the router's own penalty (vtsr: λ_T · mean or sum of −log T).
 //
-// -(L_task + KL / n) is logged as "elbo" (β = 1).
+// Logged per step: "loss" = L (what is minimised); "elbo" = −(L_task + KL/n),
+// the evidence lower bound (β = 1, per normalisation unit n); "elbo_beta" =
+// −(L_task + β KL/n), the β-weighted ELBO (= −L without L_lb, L_z and Ω).
 struct Objective {
   Var loss, task, kl_term;
 };
@@ -595,6 +597,7 @@ int run_train(RunConfig cfg) {
     double ga = cfg.grad_accum;
     json rec{{"step", step},         {"loss", s.loss / ga},       {"task_loss", s.task / ga},
              {"kl", s.kl / ga},      {"elbo", -(s.task + s.kl) / ga},
+             {"elbo_beta", -(s.task + cfg.beta * s.kl) / ga},
              {"lb_loss", s.lb / ga}, {"z_loss", s.z / ga},        {"penalty", s.penalty / ga},
              {"lr", opt.last_lr()},  {"grad_norm", gnorm},        {"tokens_per_s", tps},
              {"seconds", el},

@@ -97,6 +97,8 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
     INFO(r["method"].get<std::string>());
     CHECK(r["id"].contains("ece"));
     CHECK(r["id"]["accuracy"].get<double>() >= 0.0);
+    CHECK(r["val"]["n"].get<int>() > 0);  // the validation split: what a choice between configs may use
+    CHECK(r["val"].contains("nll"));
     CHECK(r["ood"].size() >= 1);
     CHECK(r["stability"].size() == 1);  // the smoke γ grid
     CHECK(r["flops"]["per_token"].get<double>() > 0);
@@ -134,6 +136,24 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(ej["stability"].size() == 2);
   CHECK(ej["ood"].contains("far-devil"));
   CHECK(ej["ood"]["far-devil"]["scores"].contains("ilv"));  // the Bayesian router's own score
+
+  // Issue 19: evaluating a reproduce checkpoint with no flags but where the
+  // data and output live reproduces the table's ID numbers exactly (the
+  // checkpoint carries the settings that change what the model sees).
+  {
+    std::string evplain;
+    REQUIRE_MESSAGE(run(d.bin + " eval --ckpt " + fcvr + " --data-dir " + d.cache + " --out " + d.root +
+                            "/evalplain --no-ood", &evplain) == 0, evplain);
+    auto ep = nlohmann::json::parse(slurp(d.root + "/evalplain/eval.json"));
+    nlohmann::json rec;
+    for (auto& r : res["runs"])
+      if (r["method"] == "fcvr" && r["track"] == "text") rec = r;
+    REQUIRE(rec.is_object());
+    CHECK(ep["id"]["n"] == rec["id"]["n"]);
+    CHECK(ep["id"]["nll"] == rec["id"]["nll"]);
+    CHECK(ep["id"]["ece"] == rec["id"]["ece"]);
+    CHECK(ep["id"]["accuracy"] == rec["id"]["accuracy"]);
+  }
 
   // The checkpoint carries its data settings: eval without --gloss-max-bytes
   // builds the prompts as in training (the plan's cap, 100, not the default
@@ -435,6 +455,14 @@ TEST_CASE("pipeline: reproduce --plan overconfident runs at smoke scale (train s
       CHECK(done["router_loss"] == "all");
       CHECK(last["step"] == 2);
       CHECK(last.contains("val_nll"));
+      // The logged objective terms: elbo (β = 1) and the β-weighted ELBO;
+      // stage 2 adds no L_lb/L_z, so loss = −elbo_beta + penalty.
+      double task = last["task_loss"], kl = last["kl"], beta = done["beta"];
+      CHECK(last["elbo"].get<double>() == doctest::Approx(-(task + kl)));
+      CHECK(last["elbo_beta"].get<double>() == doctest::Approx(-(task + beta * kl)));
+      CHECK(last["loss"].get<double>() ==
+            doctest::Approx(-last["elbo_beta"].get<double>() + last["penalty"].get<double>()));
+      if (name.rfind("router-mfvr", 0) == 0) CHECK(kl > 0);
       if (name.rfind("router-vtsr", 0) == 0) {
         REQUIRE(last.contains("temperature"));  // the learned T per Bayesian layer
         CHECK(last["temperature"][0]["mean"].get<double>() > 0);
