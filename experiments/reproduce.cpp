@@ -883,7 +883,7 @@ static int run_reproduce(ReproConfig r) {
     for (auto& [track, recs] : track_recs) {
       std::string title = std::string(track == Track::vision ? "Vision track (Fashion-MNIST; OOD: OpenCV digits)"
                                                         : "Text track (WordNet nouns; near/far OOD)") +
-                          (ab_key.empty() ? "" : ", ablation " + ab_key + " = " + av);
+                          (ab_key.empty() ? "" : ", ablation " + ab_key + " = " + (av.empty() ? "\"\" (empty)" : av));
       table += make_table(recs, methods, r.seeds, title, track == Track::vision) +
                make_measurement_table(recs, methods) + "\n";
     }
