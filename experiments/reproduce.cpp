@@ -4,7 +4,7 @@
 //   [det, det+TS, sample-k, mc-dropout, mfvr, fcvr, vtsr] stage 2 where it has
 //   parameters -> evaluation on ID test, near- and far-OOD -> stability vs γ
 //   -> FLOPs; over --seeds seeds (mean ± std). Stages whose inputs did not
-//   change are reused from <out>/stages/.
+//   change are reused from the stage cache (--stages, default <out>/stages/).
 #include <omp.h>
 
 #include <charconv>
@@ -64,6 +64,7 @@ struct ReproConfig {
   Named<Track> track = Track::text;
   Named<Plan> plan = Plan::standard;
   std::string out;
+  std::string stages;  // the stage cache; empty: <out>/stages
   std::vector<std::string> methods{"det", "det+ts", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
   std::string ablate;  // key=v1,v2,...
   // The RunConfig fields that are flags of reproduce (Use::repro in the field
@@ -243,10 +244,16 @@ std::string stage_key(const RunConfig& c) {
 
 // Train one stage unless a finished copy with the same inputs exists. Returns
 // the best checkpoint, or with `last` the last one.
-static std::string train_stage(RunConfig c, const std::string& root, const std::string& name, bool last = false) {
+// `stages` is the cache folder. A stage that starts from another stage's
+// checkpoint (--init under `stages`) is keyed by that checkpoint's place in
+// the cache, not by the absolute path: moving or sharing the cache (several
+// --out folders, one --stages) keeps the keys.
+static std::string train_stage(RunConfig c, const std::string& stages, const std::string& name, bool last = false) {
   c = training_stage(std::move(c));
-  json inputs = stage_inputs(c);
-  std::string dir = root + "/stages/" + name + "-" + stage_key(c);
+  RunConfig keyed = c;
+  if (keyed.init.rfind(stages + "/", 0) == 0) keyed.init = "<stages>/" + keyed.init.substr(stages.size() + 1);
+  json inputs = stage_inputs(keyed);
+  std::string dir = stages + "/" + name + "-" + stage_key(keyed);
   std::string done = dir + "/done.json";
   std::string best = dir + "/best.safetensors";
   const std::string result = last ? dir + "/last.safetensors" : best;
@@ -333,7 +340,7 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
     apply_plan(s, sp);
     if (base.epochs > 0) set_epochs(s, base.epochs);  // --epochs given to reproduce: stage 2's length
     s.optim.warmup = std::max<int64_t>(1, s.steps / 20);
-    ckpt = train_stage(s, r.out, std::string(td.vit ? "vision-" : "") + "router-" + c.router.name.str() + "-seed" +
+    ckpt = train_stage(s, r.stages, std::string(td.vit ? "vision-" : "") + "router-" + c.router.name.str() + "-seed" +
                                      std::to_string(c.seed));
   }
   // Model for evaluation: the finetuned weights with the method's router on the chosen layers.
@@ -721,6 +728,8 @@ static int run_reproduce(ReproConfig r) {
             (r.plan == Plan::overconfident ? "-overconfident" : r.smoke ? "" : r.quick ? "-quick" : "-full");
   }
   fs::create_directories(r.out);
+  if (r.stages.empty()) r.stages = r.out + "/stages";
+  while (r.stages.size() > 1 && r.stages.back() == '/') r.stages.pop_back();
 
   json results;
   results["command"] = "vmoer reproduce" + std::string(r.quick ? " --quick" : "") +
@@ -732,6 +741,7 @@ static int run_reproduce(ReproConfig r) {
   results["threads"] = base.threads;
   results["track"] = r.track;
   results["methods"] = r.methods;
+  results["stages"] = r.stages;  // the stage cache this run read and wrote
   results["ood_convention"] = "OOD is the positive class; higher score = more OOD";
   std::string table = std::string("# vmoer reproduce") + (r.quick ? " --quick" : "") +
                       (r.plan == Plan::standard ? "" : " --plan " + r.plan.str()) + "\n\n";
@@ -771,7 +781,7 @@ static int run_reproduce(ReproConfig r) {
           reset_stage2_fields(p, false);
           apply_plan(p, plan_for(PlanFor::pretrain, r));
           p.eval_batches = 4;
-          std::string pre = train_stage(p, r.out, "pretrain-seed" + std::to_string(p.seed));
+          std::string pre = train_stage(p, r.stages, "pretrain-seed" + std::to_string(p.seed));
           // ---- stage 1: fine-tune on the WordNet task ---------------------------------
           RunConfig f = p;
           f.seed = r.reseed_from == Stage::router ? r.seed0 : tc.seed;
@@ -794,7 +804,7 @@ static int run_reproduce(ReproConfig r) {
           f.max_eval_examples = r.smoke ? 16 : (r.quick || r.plan == Plan::overconfident) ? 300 : 1000;
           StagePlan fp = plan_for(PlanFor::finetune, r);
           apply_plan(f, fp);
-          fin = train_stage(f, r.out, "finetune-seed" + std::to_string(f.seed), fp.last);
+          fin = train_stage(f, r.stages, "finetune-seed" + std::to_string(f.seed), fp.last);
         } else {
           // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
           RunConfig f = tc;
@@ -804,7 +814,7 @@ static int run_reproduce(ReproConfig r) {
           reset_stage2_fields(f, true);
           apply_plan(f, plan_for(PlanFor::vision, r));
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
-          fin = train_stage(f, r.out, "vision-train-seed" + std::to_string(f.seed));
+          fin = train_stage(f, r.stages, "vision-train-seed" + std::to_string(f.seed));
         }
         // ---- data for evaluation ----------------------------------------------------------
         TrackData td;
@@ -943,6 +953,9 @@ void register_reproduce(CLI::App& app) {
                        "stage plans: standard, or overconfident (quick model, --train-size 2120, 15 fine-tuning "
                        "epochs, last checkpoint, stage 2 by epochs: det is over-confident; text track)");
   s->add_option("--out", r->out, "output directory (default results/<date>-quick|full)");
+  s->add_option("--stages", r->stages,
+                "stage cache: checkpoints of every trained stage, reused when a stage's inputs agree "
+                "(default <out>/stages; give several runs one folder to share their stages)");
   s->add_option("--methods", r->methods, "methods to run: routers, or a router with +ts (temperature scaling)")
       ->delimiter(',');
   s->add_option("--ablate", r->ablate, "sweep one knob: key=v1,v2 (" + ablate_keys() + ")");

@@ -198,6 +198,27 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(any_posterior);
 }
 
+// --stages: one stage cache for several output folders; the keys do not
+// depend on where the cache or the output lives.
+TEST_CASE("pipeline: reproduce --stages shares one stage cache between output folders") {
+  PipelineDirs d;
+  std::string log1, log2;
+  make_cache(d);
+  std::string base = d.bin + " reproduce --smoke --seeds 1 --methods det,mfvr --data-dir " + d.cache +
+                     " --stages " + d.root + "/cache";
+  REQUIRE_MESSAGE(run(base + " --out " + d.root + "/a", &log1) == 0, log1);
+  CHECK(log1.find("finetune done") != std::string::npos);
+  CHECK(!fs::exists(d.root + "/a/stages"));
+  REQUIRE_MESSAGE(run(base + " --out " + d.root + "/b", &log2) == 0, log2);
+  CHECK(log2.find("reusing") != std::string::npos);
+  CHECK(log2.find(" done: step") == std::string::npos);  // no stage trained again
+  auto ra = nlohmann::json::parse(slurp(d.root + "/a/results.json"));
+  auto rb = nlohmann::json::parse(slurp(d.root + "/b/results.json"));
+  CHECK(rb["stages"] == d.root + "/cache");
+  REQUIRE(ra["runs"].size() == rb["runs"].size());
+  for (size_t i = 0; i < ra["runs"].size(); ++i) CHECK(ra["runs"][i]["id"] == rb["runs"][i]["id"]);
+}
+
 // --reseed-from decides which stages each seed re-runs; the rest are trained
 // once with the first seed and shared (their stage directories say which).
 TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from") {
