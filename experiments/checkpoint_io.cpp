@@ -30,6 +30,7 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
                                    {"optimizer_steps", opt ? opt->steps_done() : 0}}
                                   .dump();
   f.metadata["data"] = st.data.dump();
+  if (!st.evaluation.empty()) f.metadata["evaluation"] = st.evaluation.dump();
   for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
   if (opt) {
     auto& state = const_cast<nn::AdamW*>(opt)->state();
@@ -109,6 +110,7 @@ static TrainState train_state_of(const nn::SafeTensors& f, const std::string& pa
   st.seed = js.value("seed", (uint64_t)0);
   st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
   if (f.metadata.count("data")) st.data = meta_json(f, path, "data");  // older checkpoints have none
+  if (f.metadata.count("evaluation")) st.evaluation = meta_json(f, path, "evaluation");
   return st;
 }
 
@@ -155,6 +157,29 @@ void inherit_data_settings(RunConfig& cfg, const std::string& ckpt) {
                    st.data[row.key].dump().c_str(), row.flag, json(v).dump().c_str());
     }
   });
+}
+
+void inherit_eval_protocol(RunConfig& cfg, const std::string& ckpt) {
+  const json ev = read_checkpoint_state(ckpt).evaluation;
+  if (ev.empty()) return;
+  std::string said;
+  for_each_field(cfg, [&](const auto& row, auto& v, const std::string&) {
+    if (!ev.contains(row.key) || cfg.given(row.flag)) return;
+    using T = std::remove_cvref_t<decltype(v)>;
+    T theirs;
+    try {
+      theirs = ev[row.key].template get<T>();
+    } catch (const std::exception& e) {
+      fail(ckpt + ": corrupt 'evaluation' metadata (" + row.key + ": " + e.what() + ")");
+    }
+    cfg.given_flags.push_back(row.flag);  // as if given: e.g. --ood-size is then not capped
+    if (theirs == v) return;
+    v = theirs;
+    said += std::string(said.empty() ? "" : ", ") + row.flag + " " + ev[row.key].dump();
+  });
+  if (!said.empty())
+    std::fprintf(stderr, "note: %s from the checkpoint (the evaluation of the `vmoer reproduce` run that trained it; "
+                 "give a flag to override)\n", said.c_str());
 }
 
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,

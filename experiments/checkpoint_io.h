@@ -23,6 +23,9 @@ struct TrainState {
   // The RunConfig fields marked Use::inherit (task, gloss cap, ...) it was
   // trained with: {"gloss_max_bytes": 100, ...}; empty in older checkpoints.
   nlohmann::json data = nlohmann::json::object();
+  // The evaluation settings of the `vmoer reproduce` run that trained it
+  // (RunConfig::eval_protocol); empty for `vmoer train` and older checkpoints.
+  nlohmann::json evaluation = nlohmann::json::object();
 };
 // The Use::inherit fields of cfg, for TrainState::data.
 nlohmann::json data_settings(const RunConfig& cfg);
@@ -42,6 +45,11 @@ TrainState read_checkpoint_state(const std::string& path);
 // unless the flag was given (saying so on stderr when a value changes), and
 // warn when a given value differs from the checkpoint's.
 void inherit_data_settings(RunConfig& cfg, const std::string& ckpt);
+// `vmoer eval` on a checkpoint of `vmoer reproduce`: the fields of its stored
+// evaluation settings (test-set and OOD sizes, seed, γ grid, ...) that were
+// not given take the run's values, each said on stderr; so an eval with no
+// flags repeats the numbers of the run's table.
+void inherit_eval_protocol(RunConfig& cfg, const std::string& ckpt);
 // Read the model and router configs stored in a checkpoint.
 void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc);
 

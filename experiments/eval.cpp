@@ -405,6 +405,7 @@ int run_eval(RunConfig cfg) {
   require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
+  inherit_eval_protocol(cfg, cfg.init);  // before the model: --seed keys its router draws
   auto model = load_model_for_eval(cfg);
   inherit_data_settings(cfg, cfg.init);
   bool vit = model->config().kind == nn::ModelKind::vit;

@@ -312,6 +312,16 @@ struct TrackData {
 };
 
 // One method on one seed: returns the metrics record.
+// The evaluation settings of this run (c: a seed's config), stored in the
+// checkpoints of its fine-tuning and stage-2 stages: `vmoer eval` on one of
+// them with no flags repeats this run's ID and OOD numbers
+// (inherit_eval_protocol in experiments/checkpoint_io.h).
+static json eval_protocol(const RunConfig& c) {
+  return json{{"max_eval_examples", c.max_eval_examples}, {"ood_size", c.ood_size}, {"mi_samples", c.mi_samples},
+              {"gammas", c.gammas},   {"stability_draws", c.stability_draws}, {"ece_bins", c.ece_bins},
+              {"seed", c.seed}};
+}
+
 static json run_method(const std::string& method, const ReproConfig& r, const RunConfig& base,
                        const std::string& finetuned, const TrackData& td, const std::vector<int>& bayes,
                        std::map<std::string, std::string>& csvs) {
@@ -329,6 +339,7 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
     for (int l : bayes) bl += (bl.empty() ? "" : ",") + std::to_string(l);
     s.bayes_spec = bl;
     s.optim.weight_decay = 0.0;
+    s.eval_protocol = eval_protocol(c);
     StagePlan sp = plan_for(PlanFor::router, r);
     if (sp.epochs > 0) {
       // epoch plans validate on the whole val split, up to --val-size 1000 (smoke: its 24)
@@ -804,6 +815,8 @@ static int run_reproduce(ReproConfig r) {
           f.max_eval_examples = r.smoke ? 16 : (r.quick || r.plan == Plan::overconfident) ? 300 : 1000;
           StagePlan fp = plan_for(PlanFor::finetune, r);
           apply_plan(f, fp);
+          f.eval_protocol = eval_protocol(tc);
+          f.eval_protocol["seed"] = f.seed;
           fin = train_stage(f, r.stages, "finetune-seed" + std::to_string(f.seed), fp.last);
         } else {
           // ---- stage 1 (vision): the ViT-MoE trained from scratch on Fashion-MNIST -----
@@ -813,6 +826,8 @@ static int run_reproduce(ReproConfig r) {
           reset_router(f);
           reset_stage2_fields(f, true);
           apply_plan(f, plan_for(PlanFor::vision, r));
+          f.eval_protocol = eval_protocol(tc);
+          f.eval_protocol["seed"] = f.seed;
           f.max_eval_examples = r.smoke ? 16 : r.quick ? 500 : 2000;
           fin = train_stage(f, r.stages, "vision-train-seed" + std::to_string(f.seed));
         }

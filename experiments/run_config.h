@@ -136,6 +136,11 @@ struct RunConfig {
   // eval and inspect override the checkpoint's settings with these only, and
   // take the checkpoint's split seed unless "--split-seed" is among them.
   std::vector<std::string> given_flags;
+  // reproduce: the evaluation settings of its run, by field key ({"ood_size":
+  // 200, "seed": 2, ...}); its training stages store them in their checkpoints
+  // ("evaluation" metadata) so that `vmoer eval` on one repeats the run's
+  // evaluation (inherit_eval_protocol). Not part of a stage's cache key.
+  nlohmann::json eval_protocol = nlohmann::json::object();
 
   bool given(std::string_view flag) const;
   void validate() const;  // throws vm::Error naming the flag
@@ -261,5 +266,5 @@ struct FieldTable<exp::RunConfig> {
       VM_FIELD(auto_gamma, "--auto-gamma", Group::router, Use::train, "γ that ranks the layers for auto:N"),
   };
 };
-static_assert(fields_complete<exp::RunConfig>(/*given_flags*/ 1), "every member of RunConfig needs a row in its table");
+static_assert(fields_complete<exp::RunConfig>(/*given_flags, eval_protocol*/ 2), "every member of RunConfig needs a row in its table");
 }  // namespace vm

@@ -483,6 +483,7 @@ int run_train(RunConfig cfg) {
   st.seed = cfg.seed;
   st.split_seed = cfg.split_seed;
   st.data = data_settings(cfg);  // eval and inspect inherit these (experiments/checkpoint_io.h)
+  st.evaluation = cfg.eval_protocol;
   if (cfg.resume) {
     st = load_checkpoint(ck.last_path, model, &opt);
     ck.saved_step = st.step;

@@ -6,8 +6,9 @@ usage: /usr/bin/python3 scripts/study.py STUDY_DIR --out OUT_DIR
 STUDY_DIR holds one folder per `vmoer reproduce` run, named by convention:
   <regime>-main       the default configuration, several fine-tuning seeds
                       (--seeds 3 --reseed-from finetune)
-  <regime>-s<k>-...   the screening: one seed, one factor per run (--ablate),
-                      plus <regime>-s0-default (no ablation)
+  <regime>-s<k>-...   the screening: seed 1, one factor per run (--ablate);
+                      its default is <regime>-s0-default if present, else
+                      the main run's seed 1 (the same stages: --stages)
   <regime>-best       the best combination per router, several seeds
 <regime> is "std" (the standard quick plan) or "oc" (--plan overconfident).
 
@@ -240,6 +241,8 @@ def effects_table(tab):
 def screening(study, regime):
     """Validation NLL per router, factor and level (seed 1)."""
     default = os.path.join(study, f"{regime}-s0-default")
+    if not os.path.exists(os.path.join(default, "results.json")):
+        default = os.path.join(study, f"{regime}-main")  # its seed 1 is the screening's default
     if not os.path.exists(os.path.join(default, "results.json")):
         return None
     base = by_method_seed(load(default))

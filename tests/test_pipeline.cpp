@@ -137,22 +137,30 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(ej["ood"].contains("far-devil"));
   CHECK(ej["ood"]["far-devil"]["scores"].contains("ilv"));  // the Bayesian router's own score
 
-  // Issue 19: evaluating a reproduce checkpoint with no flags but where the
-  // data and output live reproduces the table's ID numbers exactly (the
-  // checkpoint carries the settings that change what the model sees).
-  {
-    std::string evplain;
-    REQUIRE_MESSAGE(run(d.bin + " eval --ckpt " + fcvr + " --data-dir " + d.cache + " --out " + d.root +
-                            "/evalplain --no-ood", &evplain) == 0, evplain);
-    auto ep = nlohmann::json::parse(slurp(d.root + "/evalplain/eval.json"));
+  // Issue 19: `vmoer eval` on a reproduce checkpoint with no flags but where
+  // the data and output live repeats the table's ID and OOD numbers exactly:
+  // the checkpoint carries the settings that change what the model sees and
+  // the run's evaluation settings (test/OOD sizes, seed), and says so.
+  for (const char* method : {"det", "fcvr", "vtsr"}) {
+    INFO(method);
     nlohmann::json rec;
     for (auto& r : res["runs"])
-      if (r["method"] == "fcvr" && r["track"] == "text") rec = r;
+      if (r["method"] == method && r["track"] == "text") rec = r;
     REQUIRE(rec.is_object());
+    std::string evplain, dir = d.root + "/evalplain-" + method;
+    REQUIRE_MESSAGE(run(d.bin + " eval --ckpt " + rec["checkpoint"].get<std::string>() + " --data-dir " + d.cache +
+                            " --out " + dir, &evplain) == 0, evplain);
+    CHECK(evplain.find("from the checkpoint (the evaluation of the `vmoer reproduce` run") != std::string::npos);
+    auto ep = nlohmann::json::parse(slurp(dir + "/eval.json"));
     CHECK(ep["id"]["n"] == rec["id"]["n"]);
     CHECK(ep["id"]["nll"] == rec["id"]["nll"]);
     CHECK(ep["id"]["ece"] == rec["id"]["ece"]);
     CHECK(ep["id"]["accuracy"] == rec["id"]["accuracy"]);
+    REQUIRE(ep["ood"].size() == rec["ood"].size());
+    for (auto& [name, o] : rec["ood"].items()) {
+      CHECK(ep["ood"][name]["n"] == o["n"]);
+      CHECK(ep["ood"][name]["scores"]["entropy"]["auroc"] == o["scores"]["entropy"]["auroc"]);
+    }
   }
 
   // The checkpoint carries its data settings: eval without --gloss-max-bytes
