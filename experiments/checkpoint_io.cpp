@@ -83,12 +83,18 @@ static json meta_json(const nn::SafeTensors& f, const std::string& path, const s
   return j;
 }
 
-void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
-  nn::SafeTensors f = nn::load_safetensors(path);
+// Every reader checks the format first: a file that is not a vmoer checkpoint
+// gets that one line, not a complaint about a missing piece of it.
+static void check_format(const nn::SafeTensors& f, const std::string& path) {
   auto fmt = f.metadata.find("format");
   if (fmt == f.metadata.end() || fmt->second != kFormat)
     fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
          kFormat + ")");
+}
+
+void read_checkpoint_configs(const std::string& path, nn::ModelConfig& mc, nn::RouterConfig& rc) {
+  nn::SafeTensors f = nn::load_safetensors(path);
+  check_format(f, path);
   try {
     mc = meta_json(f, path, "model").get<nn::ModelConfig>();
     rc = meta_json(f, path, "router").get<nn::RouterConfig>();
@@ -115,7 +121,9 @@ static TrainState train_state_of(const nn::SafeTensors& f, const std::string& pa
 }
 
 TrainState read_checkpoint_state(const std::string& path) {
-  return train_state_of(nn::load_safetensors(path), path);
+  nn::SafeTensors f = nn::load_safetensors(path);
+  check_format(f, path);
+  return train_state_of(f, path);
 }
 
 json data_settings(const RunConfig& cfg) {
@@ -185,10 +193,7 @@ void inherit_eval_protocol(RunConfig& cfg, const std::string& ckpt) {
 TrainState load_checkpoint(const std::string& path, nn::Model& model, nn::AdamW* opt,
                            const std::string& allow_missing, const std::string& allow_unused) {
   nn::SafeTensors f = nn::load_safetensors(path);
-  auto fmt = f.metadata.find("format");
-  if (fmt == f.metadata.end() || fmt->second != kFormat)
-    fail(path + ": unsupported checkpoint format '" + (fmt == f.metadata.end() ? "" : fmt->second) + "' (want " +
-         kFormat + ")");
+  check_format(f, path);
   std::regex missing_ok(allow_missing.empty() ? "$^" : allow_missing);
   for (auto& [name, v] : model.params().all()) {
     const Tensor* t = f.find(name);

@@ -383,8 +383,10 @@ TEST_CASE("pipeline: measurement columns, eval's new keys and --bayes-layers aut
   CHECK(ej["temperature"][0]["mean"].get<double>() > 0);
   CHECK(ej["head_movement"][0]["heads"][0]["norm_moved"].get<double>() > 0);  // stage 2 moved its heads
   CHECK(ej["sensitivity"]["per_layer"].size() == 2);
-  // without the flags: no predictive arm, no sensitivity
-  REQUIRE(run(d.bin + " eval --ckpt " + vtsr + " --data-dir " + d.cache + " --out " + d.root + "/eval2 --no-ood --max-eval-examples 16", &ev) == 0);
+  // without the flags: no sensitivity; no predictive arm with --mi-samples 0
+  // (a reproduce checkpoint carries its run's --mi-samples, here 2)
+  REQUIRE(run(d.bin + " eval --ckpt " + vtsr + " --data-dir " + d.cache + " --out " + d.root +
+                  "/eval2 --no-ood --max-eval-examples 16 --mi-samples 0", &ev) == 0);
   auto ej2 = nlohmann::json::parse(slurp(d.root + "/eval2/eval.json"));
   CHECK_FALSE(ej2.contains("predictive"));
   CHECK_FALSE(ej2.contains("sensitivity"));
