@@ -67,6 +67,7 @@ struct ReproConfig {
   std::string stages;  // the stage cache; empty: <out>/stages
   std::vector<std::string> methods{"det", "det+ts", "sample-k", "mc-dropout", "mfvr", "fcvr", "vtsr"};
   std::string ablate;  // key=v1,v2,...
+  bool no_time_caps = false;  // stages run their step counts whatever the wall time
   // The RunConfig fields that are flags of reproduce (Use::repro in the field
   // tables); those given override the preset in every stage.
   RunConfig run;
@@ -78,6 +79,11 @@ struct Method {
   nn::RouterKind router = nn::RouterKind::det;
   bool temperature_scaling = false;
 };
+static std::string slurp_file(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
 static Method parse_method(const std::string& s) {
   static const std::string ts = "+ts";
   bool scaled = s.size() > ts.size() && s.compare(s.size() - ts.size(), ts.size(), ts) == 0;
@@ -169,7 +175,13 @@ enum class PlanFor { pretrain, finetune, router, vision };
 // model every method starts from; stage 2 runs up to 10 epochs over its
 // prompts with patience 2 epochs, validated on the whole val split (up to
 // --val-size 1000). --smoke shrinks it to 1 epoch of 24 prompts.
+static StagePlan plan_for_capped(PlanFor stage, const ReproConfig& r);
 static StagePlan plan_for(PlanFor stage, const ReproConfig& r) {
+  StagePlan p = plan_for_capped(stage, r);
+  if (r.no_time_caps) p.time_limit = 0;
+  return p;
+}
+static StagePlan plan_for_capped(PlanFor stage, const ReproConfig& r) {
   if (r.plan == Plan::overconfident && (stage == PlanFor::finetune || stage == PlanFor::router)) {
     if (stage == PlanFor::finetune)
       return r.smoke ? StagePlan{0, 0, 8, 1e-3, 0, 0, 1, true} : StagePlan{0, 2700, 32, 1e-3, 0, 0, 15, true};
@@ -257,9 +269,23 @@ static std::string train_stage(RunConfig c, const std::string& stages, const std
   std::string done = dir + "/done.json";
   std::string best = dir + "/best.safetensors";
   const std::string result = last ? dir + "/last.safetensors" : best;
+  double earlier_s = 0;  // a capped stage continued: the wall time before
   if (fs::exists(done) && fs::exists(result)) {
-    std::fprintf(stderr, "[reproduce] %s: reusing %s\n", name.c_str(), dir.c_str());
-    return result;
+    json dj = json::parse(slurp_file(done), nullptr, false);
+    bool capped = dj.is_object() && dj.value("time_capped", false);
+    double cap = dj.is_object() ? dj.value("time_limit_s", -1.0) : -1.0;  // -1: not recorded (older done.json)
+    if (!capped || (c.time_limit_s > 0 && (cap < 0 || c.time_limit_s <= cap))) {
+      if (capped)
+        std::fprintf(stderr, "[reproduce] WARNING: reusing %s, which stopped at its time cap before its last step "
+                     "(--no-time-caps continues it)\n", dir.c_str());
+      else
+        std::fprintf(stderr, "[reproduce] %s: reusing %s\n", name.c_str(), dir.c_str());
+      return result;
+    }
+    std::fprintf(stderr, "[reproduce] %s stopped at its time cap before; continuing it to its last step\n",
+                 name.c_str());
+    earlier_s = dj.value("seconds", 0.0);
+    fs::remove(done);
   }
   fs::create_directories(dir);
   c.out = dir;
@@ -273,18 +299,25 @@ static std::string train_stage(RunConfig c, const std::string& stages, const std
   int rc = run_train(c);
   if (rc != 0) fail("reproduce: stage " + name + " stopped with exit code " + std::to_string(rc));
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  // Did the stage run all its steps (or stop early on validation NLL), or hit the time cap?
+  secs += earlier_s;
+  // Did the stage run all its steps (or stop early on validation NLL), or
+  // stop at the time cap (the log's last line is then the time_limit event)?
   bool capped = false;
   {
     std::ifstream lf(dir + "/log.jsonl");
-    std::string line;
+    std::string line, last_line;
     while (std::getline(lf, line))
-      if (line.find("\"time_limit\"") != std::string::npos) capped = true;
+      if (!line.empty()) last_line = line;
+    capped = last_line.find("\"time_limit\"") != std::string::npos;
   }
   if (capped)
     std::fprintf(stderr, "[reproduce] WARNING: stage %s hit its %.0f s time cap: its result depends on machine speed\n",
                  name.c_str(), c.time_limit_s);
-  nn::atomic_write(done, json{{"inputs", inputs}, {"seconds", secs}, {"time_capped", capped}}.dump(2) + "\n");
+  nn::atomic_write(done, json{{"inputs", inputs},
+                              {"seconds", secs},
+                              {"time_capped", capped},
+                              {"time_limit_s", c.time_limit_s}}
+                             .dump(2) + "\n");
   return result;
 }
 
@@ -958,6 +991,9 @@ void register_reproduce(CLI::App& app) {
   s->add_flag("--smoke", r->smoke, "tiny model and a few steps: checks the pipeline end to end in seconds")
       ->group("");  // hidden: for tests
   s->add_option("--seeds", r->seeds, "seeds (mean ± std)")->capture_default_str();
+  s->add_flag("--no-time-caps", r->no_time_caps,
+              "train every stage to its step count whatever the wall time (default: a stage stops at about 3x "
+              "its expected time on 2 cores, and says so; a capped stage in the cache is continued with this flag)");
   s->add_option("--seed", r->seed0, "first seed")->capture_default_str();
   cli::add_enum_option(s, "--reseed-from", r->reseed_from,
                        "first stage each seed re-runs: pretrain (every stage per seed), finetune (one pretrained "

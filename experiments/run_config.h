@@ -240,7 +240,10 @@ struct FieldTable<exp::RunConfig> {
                "cap on the val/test prompts (0 = all); in eval it caps each OOD set too unless --ood-size is given"),
       VM_FIELD(ood_size, "--ood-size", Group::evaluation, Use::eval, "examples per OOD set"),
       VM_FIELD(progress, "--no-progress", Group::run, kTrainEval | Use::negated | Use::runtime, "no progress bar"),
-      VM_FIELD(time_limit_s, "--time-limit", Group::optimisation, Use::train,
+      // runtime: a cap changes nothing unless it is hit, and a stage that hits
+      // it says so (reproduce: done.json "time_capped", continued when rerun
+      // with a larger cap or none), so it is not part of a stage's cache key
+      VM_FIELD(time_limit_s, "--time-limit", Group::optimisation, Use::train | Use::runtime,
                "stop after this many seconds (0 = none)"),
       VM_FIELD(split, "--split", Group::evaluation, Use::eval, "split to evaluate"),
       VM_FIELD(ece_bins, "--ece-bins", Group::evaluation, Use::eval, "ECE bins"),

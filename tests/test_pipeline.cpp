@@ -225,6 +225,25 @@ TEST_CASE("pipeline: reproduce --stages shares one stage cache between output fo
   CHECK(rb["stages"] == d.root + "/cache");
   REQUIRE(ra["runs"].size() == rb["runs"].size());
   for (size_t i = 0; i < ra["runs"].size(); ++i) CHECK(ra["runs"][i]["id"] == rb["runs"][i]["id"]);
+
+  // A stage that stopped at its time cap is continued when the run is given
+  // no cap (--no-time-caps; the smoke plan has none): mark the router stage
+  // capped, rerun, and it is resumed (here at its last step: nothing changes).
+  std::string router_dir;
+  for (auto& e : fs::directory_iterator(d.root + "/cache"))
+    if (e.path().filename().string().rfind("router-mfvr", 0) == 0) router_dir = e.path().string();
+  REQUIRE(!router_dir.empty());
+  auto dj = nlohmann::json::parse(slurp(router_dir + "/done.json"));
+  CHECK(dj["time_capped"] == false);
+  dj["time_capped"] = true;
+  dj["time_limit_s"] = 1.0;
+  { std::ofstream(router_dir + "/done.json") << dj.dump(2); }
+  std::string log3;
+  REQUIRE_MESSAGE(run(base + " --no-time-caps --out " + d.root + "/c", &log3) == 0, log3);
+  CHECK(log3.find("router-mfvr-seed1 stopped at its time cap before; continuing it") != std::string::npos);
+  CHECK(nlohmann::json::parse(slurp(router_dir + "/done.json"))["time_capped"] == false);
+  auto rc = nlohmann::json::parse(slurp(d.root + "/c/results.json"));
+  for (size_t i = 0; i < ra["runs"].size(); ++i) CHECK(ra["runs"][i]["id"] == rc["runs"][i]["id"]);
 }
 
 // --reseed-from decides which stages each seed re-runs; the rest are trained
