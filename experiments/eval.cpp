@@ -491,6 +491,7 @@ int run_eval(RunConfig cfg) {
   prov["finished"] = utc_now();
   out["provenance"] = prov;
   write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
+  nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");  // as train's: every output folder has one
   nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
   std::printf("%s\n", out.dump(2).c_str());
   return 0;

@@ -958,6 +958,10 @@ static int run_reproduce(ReproConfig r) {
   prov["config"] = fields_to_json<json>(base);
   prov["paths_relative_to"] = "cwd";
   prov["finished"] = utc_now();
+  prov["reproduce"] = {{"plan", r.plan},       {"quick", r.quick},   {"seeds", r.seeds},
+                       {"seed", r.seed0},      {"reseed_from", r.reseed_from}, {"track", r.track},
+                       {"methods", r.methods}, {"ablate", r.ablate}, {"stages", r.stages},
+                       {"no_time_caps", r.no_time_caps}};
   results["provenance"] = prov;
   table += "\nBuilt as: " + version_line() + ". Command: `" + command_line() + "`.\n";
   char buf[128];
@@ -968,6 +972,7 @@ static int run_reproduce(ReproConfig r) {
     table += std::string("Shared across seeds (trained once with seed ") + std::to_string(r.seed0) + "): " +
              (r.reseed_from == Stage::finetune ? "the pretrained model" : "the pretrained and the fine-tuned model") +
              " (`--reseed-from " + r.reseed_from.str() + "`); the ± is over what each seed re-runs.\n";
+  nn::atomic_write(r.out + "/config.json", prov.dump(2) + "\n");  // as train's and eval's
   nn::atomic_write(r.out + "/results.json", results.dump(2) + "\n");
   nn::atomic_write(r.out + "/table.md", table);
   for (auto& [name, csv] : csvs) nn::atomic_write(r.out + "/" + name, csv);

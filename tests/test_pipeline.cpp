@@ -108,6 +108,10 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   }
   for (const char* f : {"reliability.csv", "stability.csv", "roc.csv", "expert_load.csv"})
     CHECK_MESSAGE(fs::exists(d.out + "/" + f), f);
+  // config.json in every output folder: the provenance block, with reproduce's own options
+  auto rcfg = nlohmann::json::parse(slurp(d.out + "/config.json"));
+  CHECK(rcfg == res["provenance"]);
+  CHECK(rcfg["reproduce"]["track"] == "both");
 
   // A second run reuses every cached stage and gives the same table (same seed -> same numbers).
   std::string log2;
@@ -127,6 +131,7 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
               " --stability --gammas 0.01,0.05 --ood-size 10", &ev) == 0);
   auto ej = nlohmann::json::parse(slurp(d.root + "/eval/eval.json"));
   CHECK(ej["router"] == "fcvr");
+  CHECK(nlohmann::json::parse(slurp(d.root + "/eval/config.json")) == ej["provenance"]);
   CHECK(ej["samples"] == 3);
   // Provenance: the resolved config, the command, the build and the machine.
   CHECK(ej["provenance"]["config"]["router"]["samples"] == 3);
