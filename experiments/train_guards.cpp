@@ -113,6 +113,16 @@ void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps) {
          out + "' (" + std::strerror(rc) + "); free some space or choose another --out");
 }
 
+void check_out_dir(const std::string& out) {
+  fs::path p = fs::absolute(fs::path(out.empty() ? "." : out));
+  while (!fs::exists(p) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+  if (!fs::is_directory(p))
+    fail("--out: cannot create directory '" + out + "' ('" + p.string() + "' exists and is not a directory)");
+  if (::access(p.c_str(), W_OK | X_OK) != 0)
+    fail("--out: cannot create directory '" + out + "' ('" + p.string() + "' is not writable: " +
+         std::strerror(errno) + ")");
+}
+
 void prepare_out_dir(const std::string& out) {
   std::error_code ec;
   fs::create_directories(out, ec);

@@ -39,5 +39,9 @@ NanInjection nan_injection(nn::ParamStore& ps);
 void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps);
 // --out: created if missing and checked writable before any work.
 void prepare_out_dir(const std::string& out);
+// The same check without creating anything: --out is a writable directory,
+// or its nearest existing parent is one (so prepare_out_dir will succeed).
+// Runs before the setup, so a rejected input leaves no folder behind.
+void check_out_dir(const std::string& out);
 
 }  // namespace vm::exp

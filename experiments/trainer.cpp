@@ -466,7 +466,10 @@ int run_train(RunConfig cfg) {
       if (fs::exists(cfg.out + "/" + f))
         fail("--out: '" + cfg.out + "' holds a run (" + f + "); --resume continues it, --force replaces it, or choose "
              "another --out");
-  prepare_out_dir(cfg.out);
+  // Checked here, created only once the setup has accepted every input: a
+  // missing --init or a bad --bayes-layers leaves no folder behind.
+  check_out_dir(cfg.out);
+  if (!cfg.resume && !cfg.init.empty() && !fs::exists(cfg.init)) fail("--init: no such file '" + cfg.init + "'");
   RunCheckpoints ck{cfg.out + "/last.safetensors", cfg.out + "/best.safetensors"};
 
   nn::ModelConfig mc;
@@ -474,6 +477,7 @@ int run_train(RunConfig cfg) {
   resolve_configs(cfg, ck.last_path, mc, rc);
   StageData data = load_stage_data(cfg, mc);
   apply_epochs(cfg, data);
+  prepare_out_dir(cfg.out);
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;
   oc.total_steps = cfg.steps;

@@ -834,6 +834,7 @@ TEST_CASE("reliability: invalid flags and values exit 2 with one line naming the
       {" --steps abc", 2, "--steps"},
       {" --beta", 2, "--beta"},
       {" --no-such-flag 1", 2, "--no-such-flag"},
+      {" --stage finetune --init " + d / "none.safetensors", 2, "--init: no such file '" + d / "none.safetensors" + "'"},
   };
   for (auto& c : cases) {
     CAPTURE(c.args);
@@ -859,6 +860,16 @@ TEST_CASE("reliability: invalid flags and values exit 2 with one line naming the
     check_one_line_error(vmoer(sub + " --device tpu", &out), out, 2, {"--device: must be cpu or cuda, got 'tpu'"});
   }
   CHECK(!fs::exists(d / "repro"));
+  // A bad --bayes-layers found only once the fine-tuned model is read (auto:9
+  // on a 2-layer model) stops the run before its folder exists.
+  const std::string tiny = " --d-model 16 --layers 2 --heads 2 --experts 4 --d-expert 16 --max-seq 160 --batch 4 "
+                           "--max-eval-examples 8 --no-progress --data-dir " + kFix;
+  REQUIRE(vmoer("train --stage finetune --steps 1" + tiny + " --out " + d / "ft", &out) == 0);
+  int rc9 = vmoer("train --stage router --router mfvr --steps 1 --bayes-layers auto:9 --init " +
+                      d / "ft/best.safetensors" + tiny + " --out " + d / "r9", &out);
+  CHECK(rc9 != 0);
+  CHECK_MESSAGE(has(out, "auto:9"), out);
+  CHECK(!fs::exists(d / "r9"));
   check_one_line_error(vmoer("metrics --probs x.csv --bins 0", &out), out, 2, {"--bins"});
   check_one_line_error(vmoer("frobnicate", &out), out, 2, {"unknown command 'frobnicate'"});
   check_one_line_error(vmoer(base + " --steps 2 --steps 3", &out), out, 2, {"--steps: At Most 1 required but received 2"});
