@@ -426,6 +426,23 @@ std::pair<std::vector<int32_t>, VarT<T>> cpu_topk_renormalised(const VarT<T>& pr
 // runtime
 // ======================================================================================================
 
+// The shared-memory check of every launch that opts in past 48 KB
+// (core/cuda/device.h): plain arithmetic, so it is checked without a GPU.
+TEST_CASE("cuda shared memory check: static + dynamic against the limit, one clear error naming both") {
+  CHECK_NOTHROW(cu::check_shared_memory("k", 1024, 48 * 1024, 49 * 1024));  // exactly the limit
+  CHECK_NOTHROW(cu::check_shared_memory("k", 0, 0, 0));
+  bool threw = false;
+  try {
+    cu::check_shared_memory("cuda vr_route_fwd (E = 2048, double)", 128, 49152, 49152);  // the static part tips it
+  } catch (const vm::Error& e) {
+    threw = true;
+    CHECK(std::string(e.what()) ==
+          "cuda vr_route_fwd (E = 2048, double): needs 128 bytes of static + 49152 bytes of dynamic shared memory "
+          "per block; the device allows at most 49152");
+  }
+  CHECK(threw);
+}
+
 // The group size the row-wise tests derive their error bounds from
 // (kernels/cuda/rowwise.h): host arithmetic, checked without a GPU.
 TEST_CASE("cuda row_group_threads: one warp per row up to C = 1024, else the block; explicit launches as given") {
@@ -1423,6 +1440,44 @@ CUDA_CASE("cuda fused mfvr/fcvr S-sample loop (fwd/bwd) vs the CPU router graph"
   }
 }
 
+// Past 48 KB of shared memory per block (3·E floats of dynamic memory, plus
+// the kernel's static top-K values) vr_route_fwd opts in to more, up to the
+// device's limit: E = 5000 without a top-K (60,000 bytes) runs and matches the
+// CPU graph; E = 30,000 (360,000 bytes) fails with one clear vm::Error before
+// launching. pbar: both sides' softmax sums over E terms (the CPU's left to
+// right, depth E − 1; the GPU's over a warp, ⌈E/32⌉ + 4) plus the exps'
+// arguments (|l − max| < 64 here): tolerance (E + ⌈E/32⌉ + 64)·u relative.
+CUDA_CASE("cuda vr_route_fwd beyond 48 KB of shared memory: opts in and matches the CPU; past the device limit, a clear error") {
+  const int64_t N = 3;
+  const int E = 5000, S = 2;
+  const uint64_t seed = 42, stream = 0xABCDEFULL;
+  auto mean = randn<float>((size_t)(N * E), 11100, 1.5);
+  auto scale = randu<float>((size_t)(N * E), 11101, 0.1, 1.5);
+  VarT<float> mv = leaf(mean, {N, E}, false), sv = leaf(scale, {N, E}, false);
+  Tensor eps = nn::routers::normals((int64_t)S * N, E, seed, stream);
+  Var lstar = ops::add(nn::routers::tile_rows(mv, S), ops::mul(nn::routers::tile_rows(sv, S), ops::constant(eps)));
+  Var pbar = nn::routers::mean_over_samples(ops::softmax(lstar), S, N);
+  Guarded<float> gm(mean), gs(scale), gp((size_t)(N * E));
+  cu::vr_route_fwd(gm.data(), gs.data(), N, E, S, false, seed, stream, 1, gp.data(), (int32_t*)nullptr, (float*)nullptr);
+  const double tol = (double)(E + (E + 31) / 32 + 64) * std::ldexp(1.0, -24);
+  expect_close("vr pbar E = 5000", gp.get(), pbar.value().to_vector(), tol, 1e-30);
+  CHECK_GUARDS(gp);
+  const int Ebig = 30000;
+  Guarded<float> bm((size_t)Ebig), bs((size_t)Ebig), bp((size_t)Ebig);
+  bool threw = false;
+  try {
+    cu::vr_route_fwd(bm.data(), bs.data(), 1, Ebig, 1, false, seed, stream, 1, bp.data(), (int32_t*)nullptr, (float*)nullptr);
+  } catch (const vm::Error& e) {
+    threw = true;
+    const std::string msg = e.what();
+    INFO(msg);
+    CHECK(msg.find("vr_route_fwd") != std::string::npos);
+    CHECK(msg.find("shared memory") != std::string::npos);
+    CHECK(msg.find("360000") != std::string::npos);
+  }
+  CHECK(threw);
+  cu::synchronize();  // nothing was launched: the stream is still usable
+}
 
 // Closed-form KL per token vs the CPU graphs of
 // variational_logits.cpp / vtsr.cpp. float 1e-5 / floor 1 (sums over E,

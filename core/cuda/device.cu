@@ -44,6 +44,16 @@ void curand_fail(curandStatus_t s, const char* expr, const char* file, int line)
   throw vm::Error(where(expr, file, line) + curand_status_name(s) + " (" + std::to_string((int)s) + ")");
 }
 
+void prepare_dynamic_smem_raw(const void* kernel, size_t dynamic, const std::string& what) {
+  cudaFuncAttributes a{};
+  CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, context().device));
+  check_shared_memory(what, a.sharedSizeBytes, dynamic, (size_t)optin);
+  if (dynamic > (size_t)a.maxDynamicSharedSizeBytes)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic));
+}
+
 int to_int(int64_t v, const char* what) {
   if (v < 0 || v > INT32_MAX)
     throw vm::Error(std::string("cuda: ") + what + " = " + std::to_string(v) + " does not fit a 32-bit int");
@@ -183,6 +193,13 @@ void fill_bytes(void* dst, int value, size_t bytes) {
   CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
 }
 void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
+
+void check_shared_memory(const std::string& what, size_t static_bytes, size_t dynamic_bytes, size_t limit) {
+  if (static_bytes + dynamic_bytes <= limit) return;
+  throw vm::Error(what + ": needs " + std::to_string(static_bytes) + " bytes of static + " +
+                  std::to_string(dynamic_bytes) + " bytes of dynamic shared memory per block; the device allows at most " +
+                  std::to_string(limit));
+}
 
 namespace {
 template <class T>

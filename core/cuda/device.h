@@ -47,6 +47,10 @@ void fill_bytes(void* dst_dev, int byte_value, size_t bytes);
 template <class T>
 void fill_value(T* p, int64_t n, T v);
 void synchronize();  // wait for everything enqueued on this thread's stream
+// A launch's shared memory: throws vm::Error("<what>: needs S bytes of static
+// + D bytes of dynamic shared memory per block; the device allows at most L")
+// when static_bytes + dynamic_bytes > limit. (Plain arithmetic: no device needed.)
+void check_shared_memory(const std::string& what, size_t static_bytes, size_t dynamic_bytes, size_t limit);
 // Bytes the pool holds from the driver (reserved) and hands out (used).
 struct PoolStats {
   uint64_t reserved = 0, used = 0;

@@ -539,12 +539,17 @@ void vr_route_fwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
   if (experts) check_ek(E, K, "cuda vr_route_fwd");
   if (S < 1) throw vm::Error("cuda vr_route_fwd: S must be >= 1");
   if (N <= 0) return;
+  // eps, p and the sample sum per row in dynamic shared memory (+ the static top-K values):
+  // past 48 KB in all the kernel opts in to more, up to the device's limit per block.
   const size_t smem = 3 * (size_t)E * sizeof(T);
-  if (smem > 48 * 1024) throw vm::Error("cuda vr_route_fwd: E too large");
-  if (full_cov)
+  const std::string what = "cuda vr_route_fwd (E = " + std::to_string(E) + ", " + (sizeof(T) == 4 ? "float" : "double") + ")";
+  if (full_cov) {
+    prepare_dynamic_smem(vr_fwd_k<T, true>, smem, what);
     vr_fwd_k<T, true><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, K, pbar, experts, gates);
-  else
+  } else {
+    prepare_dynamic_smem(vr_fwd_k<T, false>, smem, what);
     vr_fwd_k<T, false><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, K, pbar, experts, gates);
+  }
   CUDA_CHECK_LAUNCH();
 }
 
