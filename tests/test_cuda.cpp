@@ -1228,6 +1228,49 @@ CUDA_CASE("cuda topk_gates (top-K + renormalised gates, fwd/bwd) vs nn::topk_ren
   topk_gates_case<double>();
 }
 
+// NaN inputs (a diverging router): the warp top-K ranks NaN as −inf (kernels/moe.h,
+// topk_key), as the CPU does, so the experts are the CPU's exactly and distinct;
+// gates too (same sums in the same order; NaN where a NaN was chosen). The
+// Gumbel top-K picks every finite logit before a NaN or −inf one.
+CUDA_CASE("cuda warp top-K with NaN inputs (topk_gates, gumbel_topk): NaN ranks as -inf, experts distinct") {
+  for (int E : {8, 33, 64, 2048}) {
+    const int64_t N = 40;
+    for (int K : {1, 2, std::min(16, E)}) {
+      CAPTURE(E);
+      CAPTURE(K);
+      auto p = separated<float>(N, E, 600 + E);  // distinct finite values
+      for (size_t i = 0; i < p.size(); ++i) {
+        float u = philox_uniform(8, 9, i);
+        if (u < 0.25f) p[i] = NAN;
+        else if (u < 0.3f) p[i] = -INFINITY;
+      }
+      for (int e = 0; e < E; ++e) p[(size_t)e] = NAN;  // row 0: all NaN
+      std::vector<int32_t> want((size_t)(N * K));
+      std::vector<float> want_g((size_t)(N * K));
+      cpu::topk_gates(p.data(), want.data(), want_g.data(), N, E, K);
+      Guarded<float> gp(p), gg((size_t)(N * K));
+      Guarded<int32_t> ge((size_t)(N * K)), go((size_t)(N * K));
+      cu::topk_gates(gp.data(), ge.data(), gg.data(), N, E, K);
+      expect_exact("topk_gates experts with NaN", ge.get(), want);
+      expect_exact("topk_gates gates with NaN", gg.get(), want_g);
+      cu::gumbel_topk(gp.data(), N, E, K, 7, 99, go.data());
+      auto got = ge.get(), gum = go.get();
+      for (int64_t n = 0; n < N; ++n) {
+        std::set<int32_t> a(got.begin() + n * K, got.begin() + (n + 1) * K), b(gum.begin() + n * K, gum.begin() + (n + 1) * K);
+        CHECK_MESSAGE(a.size() == (size_t)K, "topk_gates row " << n << " picked an expert twice");
+        CHECK_MESSAGE(b.size() == (size_t)K, "gumbel_topk row " << n << " picked an expert twice");
+        int finite = 0;
+        for (int e = 0; e < E; ++e) finite += std::isfinite(p[(size_t)(n * E + e)]);
+        for (int j = 0; j < std::min(K, finite); ++j)
+          CHECK_MESSAGE(std::isfinite(p[(size_t)(n * E + gum[(size_t)(n * K + j)])]), "gumbel_topk row " << n << " rank " << j);
+      }
+      CHECK_GUARDS(ge);
+      CHECK_GUARDS(gg);
+      CHECK_GUARDS(go);
+    }
+  }
+}
+
 // Dispatch plan: exact (integers). Gather/combine fwd: exact (rounded
 // products added in the CPU's order); gather bwd exact; combine bwd dys
 // 1e-6 / floor 1e-6, dgates (a dot product over C) 1e-5 / floor sqrt(C).
