@@ -37,6 +37,10 @@ std::string first_nonfinite_grad(nn::ParamStore& ps) {
   return "";
 }
 
+std::string nonfinite_grad_given_norm(nn::ParamStore& ps, double grad_norm) {
+  return std::isfinite(grad_norm) ? std::string() : first_nonfinite_grad(ps);
+}
+
 std::string first_nonfinite_param(nn::ParamStore& ps) {
   for (auto& [name, v] : ps.all()) {
     const Tensor t = v.value().to(Device::CPU);

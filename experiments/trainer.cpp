@@ -583,8 +583,10 @@ int run_train(RunConfig cfg) {
         s.temperature = layer_temperature(f.res, f.mask);
       }
     }
-    // → guards: a non-finite gradient stops the run before the update
-    std::string bad = first_nonfinite_grad(ps);
+    // → guards: a non-finite gradient stops the run before the update; the
+    // gradients are searched only when their global norm is not finite
+    const double gnorm_pre = nn::global_grad_norm(ps);
+    std::string bad = nonfinite_grad_given_norm(ps, gnorm_pre);
     if (!bad.empty()) {
       std::string bad_value = first_nonfinite_param(ps);  // the likely origin, if a value is already bad
       fail("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
@@ -592,7 +594,7 @@ int run_train(RunConfig cfg) {
            "; stopped, last good checkpoint: " + ck.last_good());
     }
     // → update
-    double gnorm = opt.step(ps);
+    double gnorm = opt.step(ps, gnorm_pre);
     st.step = step;
 
     // → log, validation, checkpoint

@@ -32,6 +32,15 @@ VM_HOST_DEVICE inline T binary_apply(Binary op, T x, T y) {
     default: return x / y;
   }
 }
+// GELU's tanh u in float on both devices: 1 − 2 / (e^{2u} + 1), e^{2u} from the
+// device's exp (the CPU's fast_expf, kernels/cpu/fastmath.h; the GPU's expf).
+// Every other step rounds alike, so the two devices differ only where their
+// exps do (and then by about an ulp of t, except that e^{2u} + 1 may round to
+// a neighbouring float when e^{2u} < 2^-24). Double uses tanh on both.
+template <class T>
+VM_HOST_DEVICE inline T tanh_from_exp2u(T e2u) {
+  return T(1) - T(2) / (e2u + T(1));
+}
 }  // namespace vm::kernels
 
 #define VM_ELEMENTWISE_KERNELS(K)                                                                       \

@@ -6,11 +6,31 @@
 //  (a dispatch: slot s = n·K + j of token n's j-th choice; grouped rows m < M hold
 //   token[m], slot[m]; pos_of_slot[s] = the grouped row of slot s, −1 if dropped)
 #pragma once
+#include <cmath>  // INFINITY
+
 #include "kernels/table.h"
+
+namespace vm::kernels {
+#ifdef __CUDACC__
+#define VM_TOPK_HD __host__ __device__
+#else
+#define VM_TOPK_HD
+#endif
+// The value every top-K of both devices ranks by (topk_select, the routers'
+// Gumbel top-K, the GPU's warp top-K): larger first, ties to the lower
+// index, and NaN as −inf (below every number, tied with −inf). Comparing
+// raw NaNs is no order at all: the CPU's partial sort then has no defined
+// result, and the GPU's warp top-K could pick one expert twice.
+template <class T>
+VM_TOPK_HD inline T topk_key(T v) {
+  return v != v ? -static_cast<T>(INFINITY) : v;
+}
+#undef VM_TOPK_HD
+}  // namespace vm::kernels
 
 #define VM_MOE_KERNELS(K)                                                                                   \
   /* probs (N, E): experts (N, K) = the K largest per row (ties to the */                                   \
-  /* lower index); gates (N, K) = p_k / Σ_j p_j over the K chosen */                                        \
+  /* lower index, NaN ranked as −inf: topk_key); gates (N, K) = p_k / Σ_j p_j over the K chosen */          \
   /* (sum in j order). GPU: E <= 2048, K <= 16 (warp top-K) */                                              \
   K(void, topk_gates, (const T* probs, int32_t* experts, T* gates, int64_t N, int E, int K))                \
   /* dprobs[n, experts[n,j]] += dg_j / S − Σ_i dg_i p_i / S², S = Σ_j p_j */                                \

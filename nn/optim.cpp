@@ -49,8 +49,9 @@ void AdamW::to(Device dev) {
   }
 }
 
-double AdamW::step(ParamStore& params) {
-  double norm = global_grad_norm(params);
+double AdamW::step(ParamStore& params) { return step(params, global_grad_norm(params)); }
+
+double AdamW::step(ParamStore& params, double norm) {
   float scale = 1.0f;
   if (cfg_.clip > 0 && norm > cfg_.clip) scale = (float)(cfg_.clip / (norm + 1e-6));
   ++t_;

@@ -56,6 +56,10 @@ class AdamW {
   // Device parameters are updated on the GPU (kernels/cuda adamw_step), with
   // the state kept beside them.
   double step(ParamStore& params);
+  // The same with the pre-clip norm already computed (global_grad_norm of
+  // these gradients; the trainer's non-finite check needs it first): on the
+  // GPU the norm is one device-to-host read, not made twice.
+  double step(ParamStore& params, double grad_norm);
   void to(Device dev);  // move the (m, v) state, e.g. after ParamStore::to
   int64_t steps_done() const { return t_; }
   void set_steps_done(int64_t t) { t_ = t; }

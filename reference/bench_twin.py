@@ -17,14 +17,15 @@ import statistics
 import sys
 import time
 
+# The twin needs torch and numpy (vmoer_twin imports both): without either,
+# one clear line and exit status 1, not a traceback (scripts/gpu_check.sh logs it).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import torch
-except ImportError as e:  # one clear line, not a traceback (scripts/gpu_check.sh logs it)
-    sys.exit(f"bench_twin.py: cannot import torch with {sys.executable} ({e}); "
-             "use a Python that has PyTorch (PYTHON=... for scripts/gpu_check.sh)")
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from vmoer_twin import ModelConfig, VmoerTwin  # noqa: E402
+    from vmoer_twin import ModelConfig, VmoerTwin
+except ImportError as e:
+    sys.exit(f"bench_twin.py: cannot import {e.name or 'a module'} with {sys.executable} ({e}); "
+             "use a Python that has PyTorch and numpy (PYTHON=... for scripts/gpu_check.sh)")
 
 
 def main():

@@ -27,6 +27,7 @@
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/rowwise.h"
 #include "nn/moe.h"
+#include "nn/routers/selection.h"
 #include "tests/op_cases.h"
 
 using namespace vm;
@@ -378,6 +379,76 @@ TEST_CASE("topk: indices match the reference, ties go to the lower index") {
     auto xs = make_inputs(c, false);
     for (int k = 1; k <= xs[0].size(1); ++k)
       CHECK(ops::topk(Var(xs[0].cast<float>()), k).indices == ref::topk_indices(xs[0], k));
+  }
+}
+
+// NaN in a row (a diverging router): it ranks as −inf, tied with −inf, ties
+// to the lower index (kernels/moe.h, topk_key) — in ops::topk, topk_gates,
+// the reference and the routers' Gumbel top-K — so each row's experts are
+// distinct and the choice is defined (a raw NaN in the comparator is no
+// strict weak order: std::partial_sort's result was undefined, and the GPU's
+// warp top-K could pick one expert twice).
+TEST_CASE("topk with NaN: NaN ranks as -inf (ties to the lower index), experts distinct, every top-K agrees") {
+  const float nan = std::nanf(""), inf = INFINITY;
+  const int E = 6;
+  const std::vector<float> rows = {nan, 0.3f, nan, 0.5f, -inf, 0.1f,  /**/ nan, nan, nan, nan, nan, nan,
+                                   -inf, nan, 2.0f, nan, -inf, 1.0f,  /**/ 0.2f, 0.2f, nan, 0.9f, 0.2f, nan};
+  const int64_t N = (int64_t)rows.size() / E;
+  // the definition: sort (key desc, index asc), key = NaN ? −inf : value
+  auto expected = [&](int k) {
+    std::vector<int32_t> out;
+    for (int64_t n = 0; n < N; ++n) {
+      std::vector<std::pair<float, int32_t>> kv;
+      for (int e = 0; e < E; ++e) {
+        float v = rows[(size_t)(n * E + e)];
+        kv.push_back({std::isnan(v) ? -inf : v, e});
+      }
+      std::stable_sort(kv.begin(), kv.end(), [](auto& a, auto& b) { return a.first > b.first; });
+      for (int j = 0; j < k; ++j) out.push_back(kv[(size_t)j].second);
+    }
+    return out;
+  };
+  CHECK(expected(4) == std::vector<int32_t>{3, 1, 5, 0, /**/ 0, 1, 2, 3, /**/ 2, 5, 0, 1, /**/ 3, 0, 1, 4});
+  Tensor x = Tensor::from(rows, {N, E});
+  TensorD xd = x.cast<double>();
+  for (int k = 1; k <= E; ++k) {
+    CAPTURE(k);
+    auto want = expected(k);
+    CHECK(ops::topk(Var(x), k).indices == want);
+    CHECK(ops::topk_gates(Var(x), k).indices == want);
+    CHECK(ref::topk_indices(xd, k) == want);
+  }
+  // larger rows, NaN and −inf sprinkled: the op agrees with the reference; experts distinct
+  const int64_t N2 = 300;
+  const int E2 = 64;
+  std::vector<float> big((size_t)(N2 * E2));
+  for (size_t i = 0; i < big.size(); ++i) {
+    float u = philox_uniform(5, 6, i);
+    big[i] = u < 0.15f ? nan : u < 0.2f ? -inf : (float)(philox_u32(5, 7, i) % 50) / 7.0f;  // many ties too
+  }
+  TensorD bd = Tensor::from(big, {N2, E2}).cast<double>();
+  for (int k : {1, 4, 16, 64}) {
+    CAPTURE(k);
+    auto got = ops::topk(Var(Tensor::from(big, {N2, E2})), k).indices;
+    CHECK(got == ref::topk_indices(bd, k));
+    for (int64_t n = 0; n < N2; ++n) {
+      std::set<int32_t> seen(got.begin() + n * k, got.begin() + (n + 1) * k);
+      CHECK(seen.size() == (size_t)k);
+    }
+  }
+  // the routers' Gumbel top-K: NaN logits are chosen only after every finite one
+  std::vector<int32_t> pick((size_t)(N2 * 8));
+  nn::routers::gumbel_topk(big.data(), N2, E2, 8, 3, 4, pick.data());
+  for (int64_t n = 0; n < N2; ++n) {
+    int finite = 0;
+    for (int e = 0; e < E2; ++e) finite += !std::isnan(big[(size_t)(n * E2 + e)]) && big[(size_t)(n * E2 + e)] > -inf;
+    std::set<int32_t> seen;
+    for (int j = 0; j < 8; ++j) {
+      int32_t e = pick[(size_t)(n * 8 + j)];
+      seen.insert(e);
+      if (j < finite) CHECK_MESSAGE(std::isfinite(big[(size_t)(n * E2 + e)]), "row " << n << " rank " << j);
+    }
+    CHECK(seen.size() == 8u);
   }
 }
 

@@ -34,9 +34,11 @@
 #include "core/tensor.h"
 #include "data/vision.h"
 #include "experiments/metrics.h"
+#include "experiments/train_guards.h"
 #include "experiments/trainer.h"
 #include "kernels/cpu/gemm.h"
 #include "nn/checkpoint.h"
+#include "nn/optim.h"
 #ifdef VMOER_HAVE_CUDA
 #include "core/cuda/device.h"
 #endif
@@ -440,6 +442,31 @@ TEST_CASE("reliability: SIGTERM and SIGINT save a checkpoint and exit with 128 +
     auto recs = log_records(d / "run/log.jsonl");
     CHECK(recs.rbegin()->first == step);
   }
+}
+
+// The trainer's gradient check (experiments/trainer.cpp): it reads the global
+// norm the update needs anyway and searches the gradients only when that is
+// not finite (on the GPU the search downloads every gradient).
+TEST_CASE("reliability: the gradient check searches only when the global norm is not finite, then names the parameter") {
+  using namespace vm;
+  nn::ParamStore ps;
+  Var a = ps.normal("layers.0.a", {3, 4}, 1.0, 1);  // copies share the node (the store may reallocate)
+  Var b = ps.normal("layers.1.b", {5}, 1.0, 1);
+  a.grad() = Tensor::full({3, 4}, 0.5f);
+  b.grad() = Tensor::full({5}, 0.25f);
+  double gn = nn::global_grad_norm(ps);
+  CHECK(gn == doctest::Approx(std::sqrt(12 * 0.25 + 5 * 0.0625)));
+  CHECK(exp::nonfinite_grad_given_norm(ps, gn).empty());
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    b.grad()[2] = bad;
+    gn = nn::global_grad_norm(ps);
+    CHECK(!std::isfinite(gn));
+    CHECK(exp::nonfinite_grad_given_norm(ps, gn) == "layers.1.b");
+    CHECK(exp::first_nonfinite_grad(ps) == "layers.1.b");
+  }
+  b.grad()[2] = 0.25f;
+  // a non-finite norm from finite gradients (a float Σg² overflowing on the GPU): nothing to name, as before
+  CHECK(exp::nonfinite_grad_given_norm(ps, INFINITY).empty());
 }
 
 TEST_CASE("reliability: NaN stops the run naming step, layer and tensor; resuming the kept checkpoint is exact") {

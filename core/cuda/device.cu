@@ -1,5 +1,6 @@
 // core/cuda/device.cu — error reporting, device discovery, the per-thread
 // context (stream + cuBLAS handle) and the stream-ordered caching allocator.
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -42,6 +43,16 @@ void cublas_fail(cublasStatus_t s, const char* expr, const char* file, int line)
 }
 void curand_fail(curandStatus_t s, const char* expr, const char* file, int line) {
   throw vm::Error(where(expr, file, line) + curand_status_name(s) + " (" + std::to_string((int)s) + ")");
+}
+
+void prepare_dynamic_smem_raw(const void* kernel, size_t dynamic, const std::string& what) {
+  cudaFuncAttributes a{};
+  CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+  int optin = 0;
+  CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, context().device));
+  check_shared_memory(what, a.sharedSizeBytes, dynamic, (size_t)optin);
+  if (dynamic > (size_t)a.maxDynamicSharedSizeBytes)
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)dynamic));
 }
 
 int to_int(int64_t v, const char* what) {
@@ -126,6 +137,17 @@ Context& context() {
   return owner->c;
 }
 
+// ---- synchronisation counts --------------------------------------------------------
+namespace {
+std::atomic<uint64_t> g_h2d{0}, g_d2h{0}, g_waits{0};
+}  // namespace
+SyncCounts sync_counts() { return {g_h2d.load(), g_d2h.load(), g_waits.load()}; }
+void reset_sync_counts() {
+  g_h2d = 0;
+  g_d2h = 0;
+  g_waits = 0;
+}
+
 // ---- memory -----------------------------------------------------------------------
 void* device_malloc(size_t bytes) {
   if (bytes == 0) return nullptr;
@@ -135,6 +157,7 @@ void* device_malloc(size_t bytes) {
     cudaError_t e = cudaMallocAsync(&p, bytes, c.stream);
     if (e == cudaErrorMemoryAllocation) {  // give cached blocks back and retry once
       (void)cudaGetLastError();
+      ++g_waits;
       CUDA_CHECK(cudaStreamSynchronize(c.stream));
       trim_pool();
       e = cudaMallocAsync(&p, bytes, c.stream);
@@ -165,12 +188,14 @@ void device_free(void* p) noexcept {
 void copy_h2d(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   Context& c = context();
+  ++g_h2d;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c.stream));
   CUDA_CHECK(cudaStreamSynchronize(c.stream));
 }
 void copy_d2h(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   Context& c = context();
+  ++g_d2h;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c.stream));
   CUDA_CHECK(cudaStreamSynchronize(c.stream));
 }
@@ -182,7 +207,18 @@ void fill_bytes(void* dst, int value, size_t bytes) {
   if (!bytes) return;
   CUDA_CHECK(cudaMemsetAsync(dst, value, bytes, stream()));
 }
-void synchronize() { CUDA_CHECK(cudaStreamSynchronize(stream())); }
+void synchronize() {
+  cudaStream_t s = stream();
+  ++g_waits;
+  CUDA_CHECK(cudaStreamSynchronize(s));
+}
+
+void check_shared_memory(const std::string& what, size_t static_bytes, size_t dynamic_bytes, size_t limit) {
+  if (static_bytes + dynamic_bytes <= limit) return;
+  throw vm::Error(what + ": needs " + std::to_string(static_bytes) + " bytes of static + " +
+                  std::to_string(dynamic_bytes) + " bytes of dynamic shared memory per block; the device allows at most " +
+                  std::to_string(limit));
+}
 
 namespace {
 template <class T>

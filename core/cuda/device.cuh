@@ -143,6 +143,18 @@ inline unsigned row_grid(int64_t rows, bool block_per_row, int block) {
 // Checked narrowing for cuBLAS / launch dimensions.
 int to_int(int64_t v, const char* what);
 
+// Before launching `kernel` with `dynamic` bytes of dynamic shared memory:
+// checks its static + dynamic shared memory against the device's opt-in
+// limit per block (cudaDevAttrMaxSharedMemoryPerBlockOptin; a clear vm::Error
+// from check_shared_memory past it), and raises the kernel's dynamic limit
+// (cudaFuncAttributeMaxDynamicSharedMemorySize) when `dynamic` exceeds the
+// default (48 KB minus the static part). Host-side queries only: no sync.
+void prepare_dynamic_smem_raw(const void* kernel, size_t dynamic, const std::string& what);
+template <class K>
+void prepare_dynamic_smem(K* kernel, size_t dynamic, const std::string& what) {
+  prepare_dynamic_smem_raw(reinterpret_cast<const void*>(kernel), dynamic, what);
+}
+
 // Precision-explicit math (float -> expf etc., double -> exp): never the
 // fast intrinsics, so the kernels follow the CPU formulas' precision.
 __device__ __forceinline__ float vexp(float x) { return expf(x); }

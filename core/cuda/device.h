@@ -47,6 +47,20 @@ void fill_bytes(void* dst_dev, int byte_value, size_t bytes);
 template <class T>
 void fill_value(T* p, int64_t n, T v);
 void synchronize();  // wait for everything enqueued on this thread's stream
+// Host <-> device synchronisations: every call above that makes the host wait
+// for the GPU (copy_h2d, copy_d2h, synchronize, and the allocator's retry after
+// an out-of-memory) counts one, over all threads — the only ways this backend
+// waits, so tests can bound the waits of a training step (tests/test_cuda_ops.cpp).
+struct SyncCounts {
+  uint64_t h2d = 0, d2h = 0, waits = 0;  // waits: synchronize() and the allocator's
+  uint64_t total() const { return h2d + d2h + waits; }
+};
+SyncCounts sync_counts();
+void reset_sync_counts();
+// A launch's shared memory: throws vm::Error("<what>: needs S bytes of static
+// + D bytes of dynamic shared memory per block; the device allows at most L")
+// when static_bytes + dynamic_bytes > limit. (Plain arithmetic: no device needed.)
+void check_shared_memory(const std::string& what, size_t static_bytes, size_t dynamic_bytes, size_t limit);
 // Bytes the pool holds from the driver (reserved) and hands out (used).
 struct PoolStats {
   uint64_t reserved = 0, used = 0;

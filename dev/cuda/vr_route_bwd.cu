@@ -73,13 +73,17 @@ void vr_route_bwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
                   uint64_t stream_id, const T* dpbar, T* dmean, T* dscale) {
   if (S < 1) throw vm::Error("cuda vr_route_bwd: S must be >= 1");
   if (N <= 0) return;
+  // the per-row buffers and the dL tile in dynamic shared memory; past 48 KB the
+  // kernel opts in to more, up to the device's limit per block (else a clear error)
   const size_t smem = (4 * (size_t)E + (full_cov ? (size_t)E * E : (size_t)E)) * sizeof(T);
-  if (smem > 48 * 1024)
-    throw vm::Error("cuda vr_route_bwd: E = " + std::to_string(E) + " too large for the shared-memory dL tile");
-  if (full_cov)
+  const std::string what = "cuda vr_route_bwd (E = " + std::to_string(E) + (full_cov ? ", full covariance" : "") + ")";
+  if (full_cov) {
+    prepare_dynamic_smem(vr_bwd_k<T, true>, smem, what);
     vr_bwd_k<T, true><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, dpbar, dmean, dscale);
-  else
+  } else {
+    prepare_dynamic_smem(vr_bwd_k<T, false>, smem, what);
     vr_bwd_k<T, false><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, dpbar, dmean, dscale);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

@@ -11,6 +11,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include "kernels/elementwise.h"  // tanh_from_exp2u
+
 namespace vm::kernels {
 
 inline float fast_expf(float x) {
@@ -36,11 +38,12 @@ inline T exp_(T x) {
   else return std::exp(x);
 }
 
-// tanh for GELU: 1 − 2 / (e^{2u} + 1). Absolute error ~1e-7 (relative error is
-// larger only where |tanh u| itself is tiny, which GELU's 1 + tanh absorbs).
+// tanh for GELU: 1 − 2 / (e^{2u} + 1) (kernels/elementwise.h, the GPU's formula
+// too). Absolute error ~1e-7 (relative error is larger only where |tanh u|
+// itself is tiny, which GELU's 1 + tanh absorbs).
 template <class T>
 inline T tanh_gelu(T u) {
-  if constexpr (std::is_same_v<T, float>) return 1.0f - 2.0f / (fast_expf(2.0f * u) + 1.0f);
+  if constexpr (std::is_same_v<T, float>) return tanh_from_exp2u(fast_expf(2.0f * u));
   else return std::tanh(u);
 }
 

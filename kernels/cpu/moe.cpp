@@ -29,7 +29,8 @@ void topk_select(const T* x, int64_t N, int64_t E, int k, int32_t* idx) {
     std::iota(order.begin(), order.end(), 0);
     const T* row = x + n * E;
     std::partial_sort(order.begin(), order.begin() + k, order.end(), [row](int32_t a, int32_t b) {
-      return row[a] > row[b] || (row[a] == row[b] && a < b);
+      const T ka = topk_key(row[a]), kb = topk_key(row[b]);  // NaN ranks as −inf: a strict weak order
+      return ka > kb || (ka == kb && a < b);
     });
     std::copy(order.begin(), order.begin() + k, idx + n * k);
   }

@@ -381,10 +381,12 @@ std::vector<int32_t> topk_indices(const TensorD& x, int k) {
   std::vector<int32_t> idx;
   for (int64_t n = 0; n < N; ++n) {
     std::vector<bool> taken((size_t)E, false);
+    // NaN ranks as −inf (tied with it), as in the kernels
+    auto key = [](double v) { return std::isnan(v) ? -std::numeric_limits<double>::infinity() : v; };
     for (int j = 0; j < k; ++j) {
       int64_t best = -1;
       for (int64_t e = 0; e < E; ++e)
-        if (!taken[e] && (best < 0 || x[n * E + e] > x[n * E + best])) best = e;  // strict: ties keep lower e
+        if (!taken[e] && (best < 0 || key(x[n * E + e]) > key(x[n * E + best]))) best = e;  // strict: ties keep lower e
       taken[best] = true;
       idx.push_back((int32_t)best);
     }

@@ -16,6 +16,11 @@ __device__ __forceinline__ T gelu_inner(T x) {  // sqrt(2/pi) (x + 0.044715 x^3)
   return T(0.7978845608028654) * (x + T(0.044715) * x * x * x);
 }
 
+// tanh u for GELU: the CPU's formula (kernels/elementwise.h, tanh_from_exp2u;
+// kernels/cpu/fastmath.h, tanh_gelu): 1 − 2/(e^{2u} + 1) in float, tanh in double.
+__device__ __forceinline__ float gelu_tanh(float u) { return tanh_from_exp2u(vexp(2.0f * u)); }
+__device__ __forceinline__ double gelu_tanh(double u) { return vtanh(u); }
+
 template <Unary OP, class T>
 __device__ __forceinline__ T unary_f(T x, T a) {
   if constexpr (OP == Unary::Exp) return vexp(x);
@@ -24,7 +29,7 @@ __device__ __forceinline__ T unary_f(T x, T a) {
   else if constexpr (OP == Unary::Softplus) return max(x, T(0)) + vlog1p(vexp(-vabs(x)));
   else if constexpr (OP == Unary::Sigmoid) return T(1) / (T(1) + vexp(-x));
   else if constexpr (OP == Unary::Relu) return x > T(0) ? x : T(0);
-  else if constexpr (OP == Unary::Gelu) return T(0.5) * x * (T(1) + vtanh(gelu_inner(x)));
+  else if constexpr (OP == Unary::Gelu) return T(0.5) * x * (T(1) + gelu_tanh(gelu_inner(x)));
   else if constexpr (OP == Unary::Silu) return x / (T(1) + vexp(-x));
   else if constexpr (OP == Unary::Tanh) return vtanh(x);
   else if constexpr (OP == Unary::AddScalar) return x + a;
@@ -42,7 +47,7 @@ __device__ __forceinline__ T unary_df(T x, T y, T a, T a_m1) {
   else if constexpr (OP == Unary::Sigmoid) return y * (T(1) - y);
   else if constexpr (OP == Unary::Relu) return x > T(0) ? T(1) : T(0);
   else if constexpr (OP == Unary::Gelu) {
-    T t = vtanh(gelu_inner(x));
+    T t = gelu_tanh(gelu_inner(x));
     T du = T(0.7978845608028654) * (T(1) + T(3 * 0.044715) * x * x);
     return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * du;
   } else if constexpr (OP == Unary::Silu) {

@@ -27,9 +27,12 @@ void check_ek(int E, int K, const char* op) {
 }
 
 // K rounds of warp argmax over vals[0..E) (ties to the lower index; −inf and
-// equal values handled by the (value, index) order). Every lane returns; lane
-// j of the warp gets nothing special — the caller writes from lane 0.
-// idx_out/val_out: K entries each, written by lane 0.
+// equal values handled by the (value, index) order; NaN ranks as −inf,
+// topk_key: a raw NaN compares false both ways, so lanes could disagree on
+// the winner and the lane that owns it would not mark it taken — one expert
+// picked twice). Every lane returns; lane j of the warp gets nothing special
+// — the caller writes from lane 0. idx_out/val_out: K entries each, written
+// by lane 0; val_out holds the values themselves (NaN stays NaN).
 template <class T>
 __device__ void warp_topk(const T* vals, int E, int K, int32_t* idx_out, T* val_out) {
   const int lane = threadIdx.x & 31;
@@ -39,7 +42,7 @@ __device__ void warp_topk(const T* vals, int E, int K, int32_t* idx_out, T* val_
     int bi = INT_MAX;
     for (int k = 0, e = lane; e < E; ++k, e += 32) {
       if ((taken >> k) & 1) continue;
-      T v = vals[e];
+      T v = topk_key(vals[e]);
       if (bi == INT_MAX || v > bv) {  // e increases: strict > keeps the lower index on ties
         bv = v;
         bi = e;
@@ -58,7 +61,7 @@ __device__ void warp_topk(const T* vals, int E, int K, int32_t* idx_out, T* val_
     if (bi != INT_MAX && (bi & 31) == lane) taken |= 1ull << (bi >> 5);
     if (lane == 0) {
       idx_out[j] = bi;
-      val_out[j] = bv;
+      val_out[j] = vals[bi];  // bi < E: K <= E (check_ek), so every round finds one
     }
   }
 }
@@ -539,12 +542,17 @@ void vr_route_fwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
   if (experts) check_ek(E, K, "cuda vr_route_fwd");
   if (S < 1) throw vm::Error("cuda vr_route_fwd: S must be >= 1");
   if (N <= 0) return;
+  // eps, p and the sample sum per row in dynamic shared memory (+ the static top-K values):
+  // past 48 KB in all the kernel opts in to more, up to the device's limit per block.
   const size_t smem = 3 * (size_t)E * sizeof(T);
-  if (smem > 48 * 1024) throw vm::Error("cuda vr_route_fwd: E too large");
-  if (full_cov)
+  const std::string what = "cuda vr_route_fwd (E = " + std::to_string(E) + ", " + (sizeof(T) == 4 ? "float" : "double") + ")";
+  if (full_cov) {
+    prepare_dynamic_smem(vr_fwd_k<T, true>, smem, what);
     vr_fwd_k<T, true><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, K, pbar, experts, gates);
-  else
+  } else {
+    prepare_dynamic_smem(vr_fwd_k<T, false>, smem, what);
     vr_fwd_k<T, false><<<blocks_for_rows(N), 32, smem, stream()>>>(mean, scale, N, E, S, seed, stream_id, K, pbar, experts, gates);
+  }
   CUDA_CHECK_LAUNCH();
 }
 

@@ -335,6 +335,11 @@ __global__ void adamw_k(float* __restrict__ param, const float* __restrict__ gra
 }  // namespace
 
 // ---- entry points ------------------------------------------------------------------------------------
+int row_group_threads(int64_t C, Launch l) {
+  RowLaunch rl = pick(C, l, "cuda row_group_threads");
+  return rl.block ? rl.threads : 32;
+}
+
 template <class T>
 void softmax_fwd(const T* x, T* y, int64_t rows, int64_t C, Launch l) {
   if (rows <= 0 || C <= 0) return;

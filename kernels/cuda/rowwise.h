@@ -22,6 +22,11 @@ namespace vm::kernels::cuda {
 // ---- launch variants for the dev harness and the tests ------------------------------
 // version 1: one warp per row (block/32 rows per block); 2: one block per row.
 // block: threads per block (multiple of 32, <= 1024). {0, 0}: the default.
+// How many threads share one row of length C under launch l (32: one warp
+// per row; else the block): the row sums are strided over them, then a tree
+// (dev/cuda/error_bounds.h bounds their rounding from this). Throws
+// vm::Error for an invalid launch, as the kernels do.
+int row_group_threads(int64_t C, Launch l);
 template <class T> void softmax_fwd(const T* x, T* y, int64_t rows, int64_t C, Launch l);
 template <class T> void softmax_bwd(const T* y, const T* dy, T* dx, int64_t rows, int64_t C, Launch l);
 template <class T>

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include "kernels/moe.h"  // topk_key
+
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/moe.h"
 #endif
@@ -16,6 +18,7 @@ void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_
     for (int e = 0; e < E; ++e) key[e] = z[n * E + e] + philox_gumbel(seed, stream, (uint64_t)(n * E + e));
     std::vector<int32_t> order((size_t)E);
     std::iota(order.begin(), order.end(), 0);
+    for (float& k : key) k = kernels::topk_key(k);  // NaN ranks as −inf, as on the GPU
     std::partial_sort(order.begin(), order.begin() + K, order.end(),
                       [&](int32_t a, int32_t b) { return key[a] > key[b] || (key[a] == key[b] && a < b); });
     std::copy(order.begin(), order.begin() + K, out + n * K);
