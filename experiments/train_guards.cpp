@@ -120,11 +120,12 @@ void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps) {
 void check_out_dir(const std::string& out) {
   fs::path p = fs::absolute(fs::path(out.empty() ? "." : out));
   while (!fs::exists(p) && p.has_parent_path() && p.parent_path() != p) p = p.parent_path();
+  // the messages of prepare_out_dir (the errno text of the call that would fail)
   if (!fs::is_directory(p))
-    fail("--out: cannot create directory '" + out + "' ('" + p.string() + "' exists and is not a directory)");
+    fail("--out: cannot create directory '" + out + "' (" +
+         (p == fs::absolute(fs::path(out)) ? "exists and is not a directory" : std::strerror(ENOTDIR)) + ")");
   if (::access(p.c_str(), W_OK | X_OK) != 0)
-    fail("--out: cannot create directory '" + out + "' ('" + p.string() + "' is not writable: " +
-         std::strerror(errno) + ")");
+    fail("--out: cannot create directory '" + out + "' (" + std::strerror(errno) + ")");
 }
 
 void prepare_out_dir(const std::string& out) {

@@ -226,8 +226,10 @@ TEST_CASE("stage cache key: changing any field of a stage's config changes its k
   // What a stage's key leaves out, and why (experiments/run_config.h): the
   // output directory and whether to resume (both follow from the key itself;
   // a resumed stage equals an uninterrupted one), the progress bar, and the
-  // thread count (bitwise-identical results for any count since b1c05d5).
-  CHECK(runtime == std::set<std::string>{"out", "resume", "force", "threads", "progress"});
+  // thread count (bitwise-identical results for any count since b1c05d5),
+  // and the time cap (it changes nothing unless hit; a capped stage says so
+  // and is continued when rerun without a cap).
+  CHECK(runtime == std::set<std::string>{"out", "resume", "force", "threads", "progress", "time_limit_s"});
   // Read by evaluation only, so reset in training stages.
   CHECK(eval_only == std::set<std::string>{"ood_size", "split", "ece_bins", "gammas", "stability", "ood", "mi_samples",
                                           "stability_draws", "sensitivity"});
