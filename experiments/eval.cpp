@@ -55,6 +55,7 @@ std::map<std::string, std::vector<double>> ood_scores(const McEval& ev) {
     // the predictive arm (--mi-samples): entropy of p̂ = mean over routing draws
     if (!ev.predictive.empty())
       s["predictive_entropy"].push_back(metrics::entropy(ev.predictive[i].data(), ev.predictive[i].size()));
+    if (ev.length.size() == ev.probs.size()) s["length"].push_back(ev.length[i]);  // the model-free baseline (constant for images)
   }
   return s;
 }
@@ -77,6 +78,28 @@ json ood_metrics_json(const McEval& id, const McEval& ood) {
                  {"fpr95_id_tpr", m.fpr95_id_tpr}};         // OOD accepted as ID at 95% ID kept (OpenOOD)
   }
   return out;
+}
+
+// Every OOD score of every example, ID and each OOD set (set, kind, index,
+// score columns): what the AUROCs are computed from, for checks such as
+// "does this score only track prompt length?".
+static std::string scores_csv_rows(const std::string& set, const std::string& kind, const McEval& ev,
+                                   std::vector<std::string>& cols) {
+  auto sc = ood_scores(ev);
+  if (cols.empty())
+    for (auto& [name, v] : sc) cols.push_back(name);
+  std::string s;
+  char buf[64];
+  for (size_t i = 0; i < ev.probs.size(); ++i) {
+    s += set + "," + kind + "," + std::to_string(i);
+    for (auto& c : cols) {
+      auto it = sc.find(c);
+      std::snprintf(buf, sizeof buf, ",%.9g", it == sc.end() || it->second.size() <= i ? NAN : it->second[i]);
+      s += buf;
+    }
+    s += "\n";
+  }
+  return s;
 }
 
 static void write_probs_csv(const std::string& path, const McEval& ev) {
@@ -458,17 +481,21 @@ int run_eval(RunConfig cfg) {
       "OOD is the positive class; a higher score means more OOD (msp is the negated max probability); "
       "fpr95_ood_recall: ID flagged OOD at 95% OOD recall (ours); fpr95_id_tpr: OOD accepted as ID at 95% ID kept "
       "(OpenOOD's FPR@95)";
+  std::vector<std::string> score_cols;
+  std::string scores = scores_csv_rows(cfg.split.str(), "id", ev, score_cols);
   if (cfg.ood) {
     json o = json::object();
     if (vit) {
       for (auto& os : load_image_ood_sets(cfg)) {
         McEval oe = evaluate_images(*model, os, cfg);
         o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+        scores += scores_csv_rows(os.name, ood_kind(os.name), oe, score_cols);
       }
     } else {
       for (auto& os : load_ood_sets(cfg)) {
         McEval oe = evaluate_mc(*model, os, cfg);
         o[os.name] = {{"kind", ood_kind(os.name)}, {"n", os.size()}, {"scores", ood_metrics_json(ev, oe)}};
+        scores += scores_csv_rows(os.name, ood_kind(os.name), oe, score_cols);
       }
     }
     out["ood"] = o;
@@ -491,6 +518,11 @@ int run_eval(RunConfig cfg) {
   prov["finished"] = utc_now();
   out["provenance"] = prov;
   write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
+  {
+    std::string header = "set,kind,index";
+    for (auto& c : score_cols) header += "," + c;
+    nn::atomic_write(cfg.out + "/scores.csv", header + "\n" + scores);
+  }
   nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");  // as train's: every output folder has one
   nn::atomic_write(cfg.out + "/eval.json", out.dump(2) + "\n");
   std::printf("%s\n", out.dump(2).c_str());

@@ -215,6 +215,7 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
       std::vector<double> z;
       for (int32_t t : letters) z.push_back((double)lg[r * V + t]);
       append_example(ev, answer_distribution(std::move(z)), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
+      ev.length.push_back((double)(mb.last[r] - (int64_t)r * mb.T + 1));
     }
     append_trace(trace, res, mb.mask, K, E);
   }
@@ -262,6 +263,7 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
       std::vector<double> z((size_t)C);
       for (int c = 0; c < C; ++c) z[(size_t)c] = (double)lg[(int64_t)r * C + c];
       append_example(ev, answer_distribution(std::move(z)), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
+      ev.length.push_back((double)T);
     }
     append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K, E);
   }

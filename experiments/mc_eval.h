@@ -46,6 +46,10 @@ struct McEval {
   std::vector<double> gate_entropy;        // entropy of the routing distribution at the final token, mean over MoE layers
   std::vector<double> temperature;         // vtsr mean temperature at the final token (0 if none)
   std::vector<double> mutual_info;         // I(y; router noise) from --mi-samples passes (0 when off)
+  // Tokens in the example (prompt bytes; image patches + class token): the
+  // "length" OOD score, a baseline that knows nothing of the model — a score
+  // that only tracks how many tokens are routed shows up against it.
+  std::vector<double> length;
   // The predictive-average arm (--mi-samples M): p̂(y|x) = (1/M) Σ_m p_m(y|x)
   // over M passes that each route every token with one fresh router draw
   // (mc_routing_draw). Empty when M = 0; equal to probs for a router without

@@ -141,6 +141,20 @@ TEST_CASE("pipeline: reproduce --smoke on both tracks, then eval, inspect and me
   CHECK(ej["stability"].size() == 2);
   CHECK(ej["ood"].contains("far-devil"));
   CHECK(ej["ood"]["far-devil"]["scores"].contains("ilv"));  // the Bayesian router's own score
+  // the model-free baseline score: the prompt's length in tokens
+  CHECK(ej["ood"]["far-devil"]["scores"].contains("length"));
+  {  // scores.csv: every example's scores, ID and each OOD set; its length column is the prompt's
+    auto lines = std::vector<std::string>{};
+    std::ifstream sf(d.root + "/eval/scores.csv");
+    for (std::string l; std::getline(sf, l);) lines.push_back(l);
+    REQUIRE(lines.size() > 1);
+    CHECK(lines[0].rfind("set,kind,index,", 0) == 0);
+    CHECK(lines[0].find(",length") != std::string::npos);
+    size_t n = ej["id"]["n"].get<size_t>();
+    for (auto& [name, o] : ej["ood"].items()) n += o["n"].get<size_t>();
+    CHECK(lines.size() == n + 1);
+    CHECK(lines[1].rfind("test,id,0,", 0) == 0);
+  }
 
   // Issue 19: `vmoer eval` on a reproduce checkpoint with no flags but where
   // the data and output live repeats the table's ID and OOD numbers exactly:
