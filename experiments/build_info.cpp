@@ -6,6 +6,8 @@
 #include <set>
 #include <sstream>
 
+#include "core/dist.h"
+
 #include "vmoer_version.h"  // generated: VMOER_GIT_COMMIT, VMOER_GIT_DIRTY
 
 namespace vm::exp {
@@ -35,13 +37,14 @@ std::string version_line() {
   std::string c = b.commit.size() > 12 ? b.commit.substr(0, 12) : b.commit;
   return "vmoer " + c + (b.dirty ? " (uncommitted changes)" : "") + ", " + b.build_type + ", " +
          (b.arch.empty() ? std::string("default arch") : "-march=" + b.arch) + ", CUDA " + (b.cuda ? "on" : "off") +
-         ", " + b.compiler;
+         ", MPI " + (vm::dist::built_with_mpi() ? "on" : "off") + ", " + b.compiler;
 }
 
 nlohmann::json build_json() {
   const BuildInfo& b = build_info();
   return {{"commit", b.commit}, {"dirty", b.dirty},   {"build_type", b.build_type},
-          {"arch", b.arch},     {"cuda", b.cuda},     {"compiler", b.compiler}};
+          {"arch", b.arch},     {"cuda", b.cuda},     {"compiler", b.compiler},
+          {"mpi", vm::dist::built_with_mpi()}};
 }
 
 nlohmann::json machine_json() {
@@ -102,8 +105,10 @@ std::string utc_now() {
 nlohmann::json provenance(int threads, const std::string& started) {
   std::error_code ec;
   auto cwd = std::filesystem::current_path(ec);
-  return {{"command", command_line()}, {"cwd", ec ? std::string() : cwd.string()}, {"build", build_json()},
-          {"machine", machine_json()}, {"threads", threads},        {"started", started}};
+  nlohmann::json p{{"command", command_line()}, {"cwd", ec ? std::string() : cwd.string()}, {"build", build_json()},
+                   {"machine", machine_json()}, {"threads", threads},        {"started", started}};
+  if (vm::dist::active()) p["ranks"] = vm::dist::describe();  // a multi-process run (docs/SCALE.md)
+  return p;
 }
 
 }  // namespace vm::exp

@@ -10,6 +10,7 @@
 #include <string>
 #include <sys/wait.h>
 
+#include "core/dist.h"
 #include "core/tensor.h"
 #include "data/data.h"
 #include "experiments/commands.h"
@@ -42,6 +43,8 @@ std::string shell_quote(const std::string& s) {
 }
 
 int run_fetch(const std::string& cache) {
+  if (dist::active())
+    dist::fail_all("vmoer data fetch: run it once without mpirun (every rank would download into the same folder)");
   std::string cmd = "bash " + shell_quote(find_fetch_script()) + " " + shell_quote(cache);
   std::fflush(stdout);
   int rc = std::system(cmd.c_str());

@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "core/dist.h"
+
 namespace vm::nn {
 
 const Tensor* SafeTensors::find(const std::string& name) const {
@@ -20,6 +22,9 @@ const Tensor* SafeTensors::find(const std::string& name) const {
 }
 
 void atomic_write(const std::string& path, const std::string& bytes) {
+  // A multi-process run writes from rank 0 only (docs/SCALE.md); the callers
+  // agree on the outcome through dist::on_root where later work depends on it.
+  if (!dist::root()) return;
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) fail(path + ": cannot write (" + std::strerror(errno) + ")");
