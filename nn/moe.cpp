@@ -85,6 +85,13 @@ DevicePlan device_plan(const std::vector<int32_t>& experts, const std::vector<ui
 }  // namespace
 #endif
 
+Var moe_lb_loss(const Var& p_mean, const std::vector<int64_t>& wanted, float n_real, int K) {
+  const int E = (int)wanted.size();
+  Tensor f({1, (int64_t)E});
+  for (int e = 0; e < E; ++e) f[e] = (float)wanted[e] / (n_real * (float)K);
+  return ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f.to(p_mean.value().device())))), (double)E);
+}
+
 MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,
                    const std::string& prefix, uint64_t seed)
     : cfg_(cfg), rcfg_(rcfg) {
@@ -123,8 +130,10 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   if (ctx.training && rcfg_.jitter > 0) {
     Tensor noise({N, C});
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "jitter");
+    // element (n, c) draws counter (row0 + n)·C + c: its row in the whole batch (RouteCtx::row0)
+    const uint64_t first = (uint64_t)ctx.row0 * (uint64_t)C;
     for (int64_t i = 0; i < noise.numel(); ++i)
-      noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, (uint64_t)i) - 1.0f);
+      noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, first + (uint64_t)i) - 1.0f);
     u = ops::mul(x, ops::constant(noise.to(x.value().device())));
   }
   aux.route = router_->route(u, w_router_, K, mask, ctx);
@@ -163,6 +172,10 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   // ---- auxiliary losses over real tokens ------------------------------------------
   float n_real = count_real(mask);
   aux.n_real = (int64_t)n_real;
+  aux.wanted = wanted;
+  // The per-token means divide by the real tokens of the whole batch (this
+  // call's unless it is a shard of a larger one: RouteCtx::n_real).
+  const float n_norm = ctx.n_real > 0 ? (float)ctx.n_real : n_real;
   Tensor mrow({1, N});
   for (int64_t n = 0; n < N; ++n) mrow[n] = mask[n] ? 1.0f : 0.0f;
   Device dev = x.value().device();
@@ -171,13 +184,11 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
     // Switch load balancing: L_lb = E Σ_e f_e P_e, f_e = share of the N_real·K
     // assignments routed to e (before capacity, no gradient), P_e = mean
     // router probability over real tokens (softmax of the deterministic logits).
-    Tensor f({1, (int64_t)E});
-    for (int e = 0; e < E; ++e) f[e] = (float)wanted[e] / (n_real * (float)K);
-    Var p_mean = ops::mul_scalar(ops::matmul(mask_row, ops::softmax(r.logits)), 1.0 / n_real);  // (1, E)
-    aux.lb_loss = ops::mul_scalar(ops::sum_all(ops::mul(p_mean, ops::constant(f.to(dev)))), (double)E);
+    aux.p_mean = ops::mul_scalar(ops::matmul(mask_row, ops::softmax(r.logits)), 1.0 / n_norm);  // (1, E)
+    aux.lb_loss = moe_lb_loss(aux.p_mean, wanted, n_norm, K);
     // z-loss: mean over real tokens of logsumexp(l)²
     Var lse = ops::reshape(ops::logsumexp(r.logits), {1, N});
-    aux.z_loss = ops::mul_scalar(ops::sum_all(ops::mul(ops::square(lse), mask_row)), 1.0 / n_real);
+    aux.z_loss = ops::mul_scalar(ops::sum_all(ops::mul(ops::square(lse), mask_row)), 1.0 / n_norm);
   } else {
     aux.lb_loss = ops::constant(Tensor::scalar(0).to(dev));
     aux.z_loss = ops::constant(Tensor::scalar(0).to(dev));

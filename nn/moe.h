@@ -22,7 +22,18 @@ struct MoEAux {
   std::vector<int64_t> expert_counts;  // tokens assigned per expert (after capacity)
   int64_t dropped = 0;                 // assignments dropped by the capacity limit
   int64_t n_real = 0;                  // real tokens routed
+  // The pieces of lb_loss, for a batch computed in shards (data parallelism):
+  // P_e over this call's real tokens divided by the whole batch's (1, E), and
+  // the assignments per expert before capacity (E). lb_loss = moe_lb_loss(p_mean,
+  // wanted, n_real, K) with this call's counts; the trainer recomputes it with
+  // the whole batch's counts (experiments/data_parallel.h).
+  Var p_mean;
+  std::vector<int64_t> wanted;
 };
+
+// Switch load balancing from its pieces: L_lb = E Σ_e f_e P_e with
+// f_e = wanted_e / (n_real · K) (no gradient) and P_e = p_mean (1, E).
+Var moe_lb_loss(const Var& p_mean, const std::vector<int64_t>& wanted, float n_real, int K);
 
 // Dispatch plan: assignments (token, slot) sorted by expert, stable in token order.
 struct DispatchPlan {

@@ -142,6 +142,17 @@ struct RouteCtx {
   uint64_t step = 0;      // optimizer step (or evaluation batch index): keys the random streams
   int layer = 0;
   int samples = 1;        // S for this call (train_samples in training, samples in eval)
+  // A shard of a larger batch (data parallelism): this call's N rows are rows
+  // [row0, row0 + N) of a batch of `rows` rows, and every random number of
+  // row n is drawn at the counter of row row0 + n of that batch (sample s of
+  // it: row s·rows + row0 + n), so a shard draws what the whole batch would.
+  // n_real: the whole batch's real tokens, for per-token means (vtsr's mean
+  // penalty). Defaults: the call is the whole batch.
+  int64_t row0 = 0;
+  int64_t rows = 0;       // 0: N
+  double n_real = 0;      // 0: this call's real tokens
+  int64_t rows_or(int64_t N) const { return rows > 0 ? rows : N; }
+  bool whole(int64_t N) const { return row0 == 0 && rows_or(N) == N; }
 };
 
 struct RouterOut {

@@ -113,6 +113,9 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
       ctx.step = opt.step;
       ctx.layer = l;
       ctx.samples = opt.samples;
+      ctx.row0 = opt.row0;
+      ctx.rows = opt.rows_total;
+      ctx.n_real = opt.n_real_total;
       MoEAux aux;
       f = b.moe->forward(h, mask, ctx, aux);
       res.moe.push_back(std::move(aux));

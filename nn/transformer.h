@@ -24,6 +24,14 @@ struct ForwardOptions {
   int samples = 1;              // router samples per token (S)
   double embed_noise = 0.0;     // σ of N(0, σ² I) added to the token embeddings (stability eval)
   uint64_t noise_seed = 0;
+  // A shard of a larger batch (data parallelism, experiments/data_parallel.h):
+  // the call's B·T rows are rows [row0, row0 + B·T) of a batch of rows_total
+  // rows, so the router noise and jitter of a row are those it draws in the
+  // whole batch (RouteCtx::row0); n_real_total: the whole batch's real tokens,
+  // the normaliser of the per-token means (z-loss, the load-balancing P_e,
+  // vtsr's mean penalty). Defaults (0): the call is the whole batch.
+  int64_t row0 = 0, rows_total = 0;
+  double n_real_total = 0;
 };
 
 struct ForwardResult {

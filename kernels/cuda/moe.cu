@@ -388,14 +388,14 @@ __global__ void kl_fc_bwd_k(const T* __restrict__ dmu, const T* __restrict__ L, 
 
 // ---- selection -----------------------------------------------------------------------------------------------
 __global__ void gumbel_topk_k(const float* __restrict__ z, int64_t N, int E, int K, uint64_t seed, uint64_t stream,
-                              int32_t* __restrict__ out) {
+                              int32_t* __restrict__ out, int64_t row0) {
   extern __shared__ __align__(16) unsigned char gk_smem[];
   float* key = reinterpret_cast<float*>(gk_smem);
   __shared__ float topv[kMaxK];
   const int lane = threadIdx.x;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     for (int e = lane; e < E; e += 32)
-      key[e] = z[n * E + e] + vm::philox_gumbel(seed, stream, (uint64_t)(n * E + e));
+      key[e] = z[n * E + e] + vm::philox_gumbel(seed, stream, (uint64_t)((row0 + n) * E + e));
     __syncwarp();
     warp_topk(key, E, K, out + n * K, topv);
     __syncwarp();
@@ -403,7 +403,7 @@ __global__ void gumbel_topk_k(const float* __restrict__ z, int64_t N, int E, int
 }
 
 __global__ void sequential_sample_k(const float* __restrict__ z, int64_t N, int E, int K, uint64_t seed,
-                                    uint64_t stream, int32_t* __restrict__ out) {
+                                    uint64_t stream, int32_t* __restrict__ out, int64_t row0) {
   for (int64_t n = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; n < N; n += (int64_t)gridDim.x * blockDim.x) {
     const float* zr = z + n * E;
     uint32_t taken[kMaxTopkE / 32];
@@ -415,7 +415,7 @@ __global__ void sequential_sample_k(const float* __restrict__ z, int64_t N, int 
       double total = 0;
       for (int e = 0; e < E; ++e)
         total += ((taken[e >> 5] >> (e & 31)) & 1) ? 0.0 : ::exp((double)zr[e] - mx);
-      double u = vm::philox_uniform(seed, stream, (uint64_t)(n * E + j)) * total;
+      double u = vm::philox_uniform(seed, stream, (uint64_t)((row0 + n) * E + j)) * total;
       int pick = -1;
       for (int e = 0; e < E; ++e) {
         double w = ((taken[e >> 5] >> (e & 31)) & 1) ? 0.0 : ::exp((double)zr[e] - mx);
@@ -582,17 +582,20 @@ void kl_fc_bwd(const T* dmu, const T* L, const T* dkl, T* ddmu, T* dL, int64_t N
   kl_fc_bwd_k<<<grid_for(N * E * E, 256), 256, 0, stream()>>>(dmu, L, dkl, ddmu, dL, N, E, (T)(1.0 / s2));
   CUDA_CHECK_LAUNCH();
 }
-void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream_id, int32_t* out) {
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream_id, int32_t* out,
+                 int64_t row0) {
   check_ek(E, K, "cuda gumbel_topk");
   if (N <= 0) return;
-  gumbel_topk_k<<<blocks_for_rows(N), 32, (size_t)E * sizeof(float), stream()>>>(z, N, E, K, seed, stream_id, out);
+  gumbel_topk_k<<<blocks_for_rows(N), 32, (size_t)E * sizeof(float), stream()>>>(z, N, E, K, seed, stream_id, out,
+                                                                                  row0);
   CUDA_CHECK_LAUNCH();
 }
 
-void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream_id, int32_t* out) {
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream_id, int32_t* out,
+                       int64_t row0) {
   check_ek(E, K, "cuda sequential_sample");
   if (N <= 0) return;
-  sequential_sample_k<<<grid_for(N, 64), 64, 0, stream()>>>(z, N, E, K, seed, stream_id, out);
+  sequential_sample_k<<<grid_for(N, 64), 64, 0, stream()>>>(z, N, E, K, seed, stream_id, out, row0);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -41,9 +41,11 @@ void vr_route_fwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
 
 // ---- stochastic selection (sample-k, vtsr) ----------------------------------------------------------
 // The CPU signatures of nn/routers/selection.h on device pointers: key =
-// z + philox_gumbel(seed, stream, n·E + e), K largest (ties to the lower index).
-void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+// z + philox_gumbel(seed, stream, (row0 + n)·E + e), K largest (ties to the lower index).
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
+                 int64_t row0 = 0);
 // The authors' sequential inverse-CDF draw (one thread per row, the CPU loop verbatim).
-void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
+                       int64_t row0 = 0);
 
 }  // namespace vm::kernels::cuda

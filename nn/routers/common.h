@@ -16,13 +16,30 @@ inline Var masked_sum(const Var& v, const std::vector<uint8_t>& mask) {
   return ops::sum_all(ops::mul(ops::reshape(v, {1, N}), ops::constant(m.to(v.value().device()))));
 }
 
-// A constant (rows, cols) tensor of i.i.d. standard normals from one stream.
-inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {
-  Tensor t = Tensor::empty({rows, cols});
-  int64_t n = t.numel(), chunk = 4096;  // chunks of whole Philox blocks, filled in parallel
+// n standard normals at counters [first, first + n) of one stream into out.
+inline void fill_normals(float* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t first) {
+  const int64_t chunk = 4096;  // chunks filled in parallel (philox_normal(i) does not depend on the chunking)
 #pragma omp parallel for schedule(static) if (n > 65536)
   for (int64_t c = 0; c < (n + chunk - 1) / chunk; ++c)
-    philox_normals(seed, stream, (uint64_t)(c * chunk), (uint64_t)std::min(chunk, n - c * chunk), t.data() + c * chunk);
+    philox_normals(seed, stream, first + (uint64_t)(c * chunk), (uint64_t)std::min(chunk, n - c * chunk), out + c * chunk);
+}
+
+// A constant (rows, cols) tensor of i.i.d. standard normals from one stream,
+// element i at counter first + i.
+inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream, uint64_t first = 0) {
+  Tensor t = Tensor::empty({rows, cols});
+  fill_normals(t.data(), t.numel(), seed, stream, first);
+  return t;
+}
+
+// (S·N, cols) normals for S samples of N rows: sample s of row n at the
+// counters of row s·R + row0 + n of a (S·R, cols) tensor, where rows
+// [row0, row0 + N) of a batch of R rows are this call's (RouteCtx::row0).
+// With row0 = 0 and R = N: normals(S·N, cols).
+inline Tensor sample_normals(int S, int64_t N, int64_t cols, uint64_t seed, uint64_t stream, int64_t row0, int64_t R) {
+  Tensor t = Tensor::empty({(int64_t)S * N, cols});
+  for (int s = 0; s < S; ++s)
+    fill_normals(t.data() + (int64_t)s * N * cols, N * cols, seed, stream, (uint64_t)(((int64_t)s * R + row0) * cols));
   return t;
 }
 inline Tensor gumbels(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {

@@ -18,7 +18,16 @@ class McDropoutRouter : public Router {
     int S = std::max(1, ctx.samples);
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "mc-dropout");
     Var us = routers::tile_rows(u, S);                                  // (S*N, C)
-    Var ud = ops::dropout(us, p_, ctx.seed, stream, 0);                 // independent masks per sample
+    // independent masks per sample; sample s of row n at row s·R + row0 + n of the batch (RouteCtx::row0)
+    Var ud;
+    if (ctx.whole(N)) {
+      ud = ops::dropout(us, p_, ctx.seed, stream, 0);
+    } else {
+      std::vector<Var> parts;
+      for (int s = 0; s < S; ++s)
+        parts.push_back(ops::dropout(u, p_, ctx.seed, stream, (uint64_t)(((int64_t)s * ctx.rows_or(N) + ctx.row0) * C)));
+      ud = S == 1 ? parts[0] : ops::concat(parts, 0);
+    }
     Var lbar = routers::mean_over_samples(ops::matmul(ud, w_router), S, N);  // l̄: (N, E)
     out.probs = ops::softmax(lbar);
     auto tk = topk_renormalised(out.probs, K);

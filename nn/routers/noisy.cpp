@@ -21,7 +21,8 @@ class NoisyRouter : public Router {
     if (ctx.training) {
       Tensor eps(out.logits.shape());
       uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "noisy");
-      for (int64_t i = 0; i < eps.numel(); ++i) eps[i] = philox_normal(ctx.seed, stream, (uint64_t)i);
+      const uint64_t first = (uint64_t)ctx.row0 * (uint64_t)eps.size(1);  // row n draws at its row of the batch
+      for (int64_t i = 0; i < eps.numel(); ++i) eps[i] = philox_normal(ctx.seed, stream, first + (uint64_t)i);
       h = ops::add(h, ops::mul(ops::constant(eps.to(u.value().device())), ops::softplus(ops::matmul(u, w_noise_))));
     }
     out.probs = ops::softmax(h);

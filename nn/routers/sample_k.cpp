@@ -20,7 +20,7 @@ class SampleKRouter : public Router {
     Var z = ops::mul_scalar(out.logits, 1.0 / T_);  // l / T
     out.probs = ops::softmax(z);                    // the selection distribution
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "sample-k");
-    out.experts = routers::select_k(z.value(), K, authors_, ctx.seed, stream);  // on z's device
+    out.experts = routers::select_k(z.value(), K, authors_, ctx.seed, stream, ctx.row0);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));  // softmax over the selected l/T
     out.temperature.assign((size_t)N, (float)T_);
     return out;

@@ -11,11 +11,11 @@
 
 namespace vm::nn::routers {
 
-void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out) {
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out, int64_t row0) {
 #pragma omp parallel for schedule(static) if (N * E > 16384)
   for (int64_t n = 0; n < N; ++n) {
     std::vector<float> key((size_t)E);
-    for (int e = 0; e < E; ++e) key[e] = z[n * E + e] + philox_gumbel(seed, stream, (uint64_t)(n * E + e));
+    for (int e = 0; e < E; ++e) key[e] = z[n * E + e] + philox_gumbel(seed, stream, (uint64_t)((row0 + n) * E + e));
     std::vector<int32_t> order((size_t)E);
     std::iota(order.begin(), order.end(), 0);
     for (float& k : key) k = kernels::topk_key(k);  // NaN ranks as −inf, as on the GPU
@@ -25,7 +25,8 @@ void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_
   }
 }
 
-void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out) {
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
+                       int64_t row0) {
 #pragma omp parallel for schedule(static) if (N * E > 16384)
   for (int64_t n = 0; n < N; ++n) {
     const float* zr = z + n * E;
@@ -44,7 +45,7 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
         w[e] = taken[e] ? 0.0 : std::exp((double)zr[e] - mx);
         total += w[e];
       }
-      double u = philox_uniform(seed, stream, (uint64_t)(n * E + j)) * total;
+      double u = philox_uniform(seed, stream, (uint64_t)((row0 + n) * E + j)) * total;
       int pick = -1;
       for (int e = 0; e < E; ++e) {
         if (w[e] <= 0) continue;
@@ -58,7 +59,7 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
   }
 }
 
-std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream) {
+std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0) {
   VM_CHECK(z.ndim() == 2, "select_k: z must be (N, E), got " + shape_str(z.shape()));
   int64_t N = z.size(0);
   int E = (int)z.size(1);
@@ -67,15 +68,15 @@ std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t see
   if (z.is_cuda() && E <= 2048 && K <= 16) {  // the kernels' limits; beyond them, a host copy below
     TensorT<int32_t> dev({N, (int64_t)K}, Device::CUDA, false);
     if (N > 0) {
-      if (authors) kernels::cuda::sequential_sample(z.data(), N, E, K, seed, stream, dev.data());
-      else kernels::cuda::gumbel_topk(z.data(), N, E, K, seed, stream, dev.data());
+      if (authors) kernels::cuda::sequential_sample(z.data(), N, E, K, seed, stream, dev.data(), row0);
+      else kernels::cuda::gumbel_topk(z.data(), N, E, K, seed, stream, dev.data(), row0);
     }
     return dev.to_vector();
   }
 #endif
   const Tensor zh = z.to(Device::CPU);
-  if (authors) sequential_sample(zh.data(), N, E, K, seed, stream, out.data());
-  else gumbel_topk(zh.data(), N, E, K, seed, stream, out.data());
+  if (authors) sequential_sample(zh.data(), N, E, K, seed, stream, out.data(), row0);
+  else gumbel_topk(zh.data(), N, E, K, seed, stream, out.data(), row0);
   return out;
 }
 

@@ -17,13 +17,16 @@
 namespace vm::nn::routers {
 
 // z: (N, E) row-major; writes (N, K) indices. Noise for row n, expert e (or
-// draw j) comes from offset n*E + e of `stream`.
-void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
-void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out);
+// draw j) comes from offset (row0 + n)*E + e of `stream` (row0: the first
+// row's place in the whole batch when z is a shard of it, RouteCtx::row0).
+void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
+                 int64_t row0 = 0);
+void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
+                       int64_t row0 = 0);
 
 // z (N, E) on either device -> (N, K) host indices: the functions above on
 // the CPU, their CUDA twins (kernels/cuda/moe.h, same Philox counters) for a
 // device tensor. authors = sequential_sample, else gumbel_topk.
-std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream);
+std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0 = 0);
 
 }  // namespace vm::nn::routers

@@ -34,11 +34,11 @@ namespace vm::nn {
 // Evaluation without a graph: p̄ = (1/S) Σ_s softmax(mean + noise_s) token by
 // token, with the S samples of a token in a small buffer instead of the
 // (S·N, E) tensors (and S copies of L) the differentiable path builds. Same
-// noise (ε row s·N + n of the "logit-eps" stream) and the same arithmetic as
+// noise (ε row s·R + row0 + n of the "logit-eps" stream; R = N, row0 = 0 for a whole batch) and the same arithmetic as
 // that path, up to the compiler's FMA contraction (tests/test_routers.cpp
 // compares the two). scale: σ (N, E) for MFVR, L (N, E, E) for FCVR.
 static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, int S, uint64_t seed,
-                            uint64_t stream) {
+                            uint64_t stream, int64_t row0, int64_t R) {
   const int64_t N = mean.size(0);
   const int E = (int)mean.size(1);
   Tensor pbar = Tensor::empty({N, (int64_t)E});
@@ -51,7 +51,7 @@ static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, 
       const float* mu = mean.data() + n * E;
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int s = 0; s < S; ++s) {
-        philox_normals(seed, stream, (uint64_t)(((int64_t)s * N + n) * E), (uint64_t)E, eps.data());
+        philox_normals(seed, stream, (uint64_t)(((int64_t)s * R + row0 + n) * E), (uint64_t)E, eps.data());
         if (!full) {
           const float* sg = scale.data() + n * E;
           for (int e = 0; e < E; ++e) l[e] = sg[e] * eps[e];  // σ ⊙ ε
@@ -141,8 +141,11 @@ class VariationalLogitRouter : public Router {
       kl_tok = ops::kl_fc(dmu, L, s2);
     }
     const Device dev = u.value().device();
+    const int64_t R = ctx.rows_or(N);
     if (no_graph && dev == Device::CUDA) {
 #ifdef VMOER_HAVE_CUDA
+      VM_CHECK(ctx.whole(N), "mfvr/fcvr: the GPU's fused evaluation loop takes a whole batch (row offsets are for "
+                             "training shards)");
       // The S-sample loop fused in one launch: each token's samples stay on
       // the SM (kernels/cuda/moe.h vr_route_fwd), same ε counters as below.
       const Tensor& scale = full_ ? L.value() : sigma.value();
@@ -153,9 +156,10 @@ class VariationalLogitRouter : public Router {
       out.probs = ops::constant(pbar);
 #endif
     } else if (no_graph) {
-      out.probs = ops::constant(mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream));
+      out.probs = ops::constant(
+          mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream, ctx.row0, R));
     } else {
-      Var eps = ops::constant(routers::normals((int64_t)S * N, E, ctx.seed, stream).to(dev));
+      Var eps = ops::constant(routers::sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R).to(dev));
       Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), eps)  // σ ⊙ ε
                          : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0), eps);  // L ε
       Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)

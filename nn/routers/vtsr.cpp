@@ -53,12 +53,13 @@ class VtsrRouter : public Router {
       T = ops::add_scalar(ops::softplus(a), 1e-6);
       // mean: penalty = λ · (1/N_real) Σ_n mask_n Σ_j (−log T_nj);  sum: λ · Σ_n mask_n Σ_j (−log T_nj)
       Var neglog = ops::neg(ops::sum(ops::log(T), 1));
-      double n_real = std::max(1.0f, count_real(mask));
+      double n_real = ctx.n_real > 0 ? ctx.n_real : std::max(1.0f, count_real(mask));  // the whole batch's
       double norm = cfg_.temp_penalty_norm == PenaltyNorm::sum ? 1.0 : n_real;
       out.penalty = ops::mul_scalar(routers::masked_sum(neglog, mask), cfg_.temp_penalty / norm);
     } else {
       Var m = ops::slice(a, 1, 0, out_), rho = ops::slice(a, 1, out_, 2 * out_);
-      Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"));
+      Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"),
+                                   (uint64_t)(ctx.row0 * out_));
       Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi.to(u.value().device()))));
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
@@ -69,7 +70,8 @@ class VtsrRouter : public Router {
     Var z = ops::div(out.logits, T);                                  // l / T (broadcast over experts if shared)
     out.probs = ops::softmax(z);
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-select");
-    out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == VtsrSampler::authors, ctx.seed, stream);  // on z's device
+    out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == VtsrSampler::authors, ctx.seed, stream,
+                                    ctx.row0);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));
     out.temperature.assign((size_t)N, 0.f);
     const Tensor Th = T.value().to(Device::CPU);  // diagnostics on the host
