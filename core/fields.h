@@ -52,6 +52,9 @@ struct Use {
     bool_arg = 1u << 8,  // bool flag that takes a value (--tied-head false)
     derived = 1u << 9,   // no flag: set by the program (from the data, or from another flag); the help says which
     inherit = 1u << 10,  // a data setting a checkpoint records: eval/inspect/stage 2 take the checkpoint's value unless given
+    // In a stage's cache key only at a value other than its default: a field
+    // added after caches exist (their keys, made without it, still match).
+    key_if_set = 1u << 11,
   };
 };
 

@@ -21,14 +21,15 @@ void save_checkpoint(const std::string& path, nn::Model& model, const nn::AdamW*
   f.metadata["format"] = kFormat;
   f.metadata["model"] = json(model.config()).dump();
   f.metadata["router"] = json(model.router_config()).dump();
-  f.metadata["train_state"] = json{{"stage", st.stage},
-                                   {"step", st.step},
-                                   {"best_val", st.best_val},
-                                   {"bad_evals", st.bad_evals},
-                                   {"seed", st.seed},
-                                   {"split_seed", st.split_seed},
-                                   {"optimizer_steps", opt ? opt->steps_done() : 0}}
-                                  .dump();
+  json ts{{"stage", st.stage},
+          {"step", st.step},
+          {"best_val", st.best_val},
+          {"bad_evals", st.bad_evals},
+          {"seed", st.seed},
+          {"split_seed", st.split_seed},
+          {"optimizer_steps", opt ? opt->steps_done() : 0}};
+  if (st.batch_shards != 1) ts["batch_shards"] = st.batch_shards;  // absent: 1 (and the bytes of earlier checkpoints)
+  f.metadata["train_state"] = ts.dump();
   f.metadata["data"] = st.data.dump();
   if (!st.evaluation.empty()) f.metadata["evaluation"] = st.evaluation.dump();
   for (auto& [name, v] : model.params().all()) f.tensors.push_back({name, v.value()});
@@ -68,13 +69,15 @@ static json meta_json(const nn::SafeTensors& f, const std::string& path, const s
   if (key == "model" || key == "router") check_config_numbers(j, path, key);
   if (key == "train_state") {
     // Counters must be non-negative integers (a float 1e30 into int64 is UB).
-    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed", "split_seed"}) {
+    for (const char* k : {"step", "bad_evals", "optimizer_steps", "seed", "split_seed", "batch_shards"}) {
       if (!j.contains(k)) continue;
       const json& v = j[k];
       bool ok = v.is_number_unsigned() || (v.is_number_integer() && v.get<int64_t>() >= 0);
       if (ok && std::string(k) != "seed" && std::string(k) != "split_seed") ok = v.get<uint64_t>() <= (std::string(k) == "bad_evals" ? 2147483647ULL : 1ULL << 53);
       if (!ok) fail(path + ": corrupt 'train_state' metadata (" + k + " = " + v.dump() + " is not a valid count)");
     }
+    if (j.contains("batch_shards") && (j["batch_shards"].get<uint64_t>() < 1 || j["batch_shards"].get<uint64_t>() > 1u << 20))
+      fail(path + ": corrupt 'train_state' metadata (batch_shards = " + j["batch_shards"].dump() + ")");
     if (j.contains("best_val") && !j["best_val"].is_number())
       fail(path + ": corrupt 'train_state' metadata (best_val = " + j["best_val"].dump() + ")");
     if (j.contains("stage") && !j["stage"].is_string())
@@ -115,6 +118,7 @@ static TrainState train_state_of(const nn::SafeTensors& f, const std::string& pa
   st.bad_evals = js.value("bad_evals", 0);
   st.seed = js.value("seed", (uint64_t)0);
   st.split_seed = js.value("split_seed", (uint64_t)1);  // checkpoints before split_seed: the default, 1
+  st.batch_shards = js.value("batch_shards", 1);         // written only when not 1
   if (f.metadata.count("data")) st.data = meta_json(f, path, "data");  // older checkpoints have none
   if (f.metadata.count("evaluation")) st.evaluation = meta_json(f, path, "evaluation");
   return st;

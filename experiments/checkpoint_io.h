@@ -20,6 +20,7 @@ struct TrainState {
   int bad_evals = 0;
   uint64_t seed = 0;
   uint64_t split_seed = 1;  // the data split it was trained on (RunConfig::split_seed)
+  int batch_shards = 1;     // the shards its batches were computed in (RunConfig::batch_shards); --resume keeps it
   // The RunConfig fields marked Use::inherit (task, gloss cap, ...) it was
   // trained with: {"gloss_max_bytes": 100, ...}; empty in older checkpoints.
   nlohmann::json data = nlohmann::json::object();

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/dist.h"
 #include "experiments/build_info.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
@@ -427,6 +428,7 @@ int run_eval(RunConfig cfg) {
   const std::string started = utc_now();
   require_device(cfg.device, cfg.allow_tf32);
   omp_set_num_threads(cfg.threads);
+  dist::set_timeout(cfg.dist_timeout);
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   inherit_eval_protocol(cfg, cfg.init);  // before the model: --seed keys its router draws
   auto model = load_model_for_eval(cfg);
@@ -444,8 +446,11 @@ int run_eval(RunConfig cfg) {
   // is, an eval.json of an earlier run is removed: an interrupted eval must
   // not leave new predictions next to an old summary. Both files are written
   // atomically at the end, eval.json last.
-  prepare_out_dir(cfg.out);
-  fs::remove(cfg.out + "/eval.json");
+  // (Several ranks: each evaluates its share of every pass, mc_eval.cpp; rank 0 writes.)
+  dist::on_root("setup", [&] {
+    prepare_out_dir(cfg.out);
+    fs::remove(cfg.out + "/eval.json");
+  });
   // What this eval will cost, before it starts.
   const bool stoch = nn::router_info(model->router_config().name).bayesian && !model->bayes_layer_ids().empty();
   std::fprintf(stderr,

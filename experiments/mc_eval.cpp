@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/dist.h"
 #include "data/tokenizer.h"
 #include "experiments/metrics.h"
 
@@ -119,6 +120,63 @@ static void finish_eval(McEval& ev) {
   ev.accuracy = probs.rows ? metrics::accuracy(probs, labels) : 0;
 }
 
+// ---- several ranks: one evaluation pass split over them -------------------------------------
+// Rank r of N evaluates batches [r·nb/N, (r+1)·nb/N) of the pass's nb batches
+// (the same batches, with the same batch index keying their router draws, as
+// one process); the per-example results and routing traces are then gathered
+// in batch order, so every rank holds the McEval one process computes, bit
+// for bit (raw doubles), and the metrics follow from it as in one process.
+static std::pair<int64_t, int64_t> my_batches(int64_t nb) {
+  const int64_t N = dist::size(), r = dist::rank();
+  return {r * nb / N, (r + 1) * nb / N};
+}
+
+static void gather_pass(McEval& ev, RoutingTrace* trace, const McEval& local, const RoutingTrace& ltrace) {
+  dist::Pack p;
+  p.put<uint64_t>(local.probs.size());
+  for (size_t i = 0; i < local.probs.size(); ++i) {
+    p.put_vec(local.probs[i]);
+    p.put<int32_t>(local.labels[i]);
+    for (double v : {local.entropy[i], local.ilv[i], local.gate_entropy[i], local.temperature[i], local.length[i]})
+      p.put<double>(v);
+  }
+  p.put_vec(ltrace.layers);
+  p.put<uint64_t>(ltrace.experts.size());
+  for (size_t l = 0; l < ltrace.experts.size(); ++l) {
+    p.put_vec(ltrace.experts[l]);
+    p.put_vec(ltrace.dist_experts[l]);
+    p.put_vec(ltrace.temperature[l]);
+  }
+  for (const std::string& b : dist::allgather(p.bytes(), "evaluation gather")) {
+    dist::Unpack u(b);
+    uint64_t n = u.get<uint64_t>();
+    for (uint64_t i = 0; i < n; ++i) {
+      ev.probs.push_back(u.get_vec<double>());
+      ev.labels.push_back(u.get<int32_t>());
+      ev.entropy.push_back(u.get<double>());
+      ev.ilv.push_back(u.get<double>());
+      ev.gate_entropy.push_back(u.get<double>());
+      ev.temperature.push_back(u.get<double>());
+      ev.length.push_back(u.get<double>());
+    }
+    std::vector<int> layers = u.get_vec<int>();
+    uint64_t nl = u.get<uint64_t>();
+    if (!trace || nl == 0) continue;  // (a rank with no batch has no trace)
+    if (trace->layers.empty()) trace->layers = layers;
+    trace->experts.resize(nl);
+    trace->dist_experts.resize(nl);
+    trace->temperature.resize(nl);
+    for (uint64_t l = 0; l < nl; ++l) {
+      for (auto* dst : {&trace->experts[l], &trace->dist_experts[l]}) {
+        std::vector<int32_t> v = u.get_vec<int32_t>();
+        dst->insert(dst->end(), v.begin(), v.end());
+      }
+      std::vector<float> t = u.get_vec<float>();
+      trace->temperature[l].insert(trace->temperature[l].end(), t.begin(), t.end());
+    }
+  }
+}
+
 uint64_t eval_router_seed(uint64_t seed, const std::string& set, const std::string& draw) {
   return seed + nn::name_hash("eval/" + set + (draw.empty() ? "" : "/" + draw));
 }
@@ -201,7 +259,13 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
   int E = model.config().n_experts, K = model.config().top_k;
   auto bayes = model.bayes_layer_ids();
   int B = std::max(1, cfg.batch);
-  for (int64_t s = 0; s < n; s += B) {
+  // several ranks: this rank's batches into `local`, then gathered (gather_pass)
+  McEval local;
+  RoutingTrace ltrace;
+  McEval& out = dist::active() ? local : ev;
+  RoutingTrace* tr = dist::active() ? (trace ? &ltrace : nullptr) : trace;
+  auto [b0, b1] = my_batches((n + B - 1) / B);
+  for (int64_t s = b0 * B; s < std::min(n, b1 * B); s += B) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
@@ -214,11 +278,12 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
       // answer distribution: softmax over the four letter logits
       std::vector<double> z;
       for (int32_t t : letters) z.push_back((double)lg[r * V + t]);
-      append_example(ev, answer_distribution(std::move(z)), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
-      ev.length.push_back((double)(mb.last[r] - (int64_t)r * mb.T + 1));
+      append_example(out, answer_distribution(std::move(z)), mb.labels[r], res, mb.last[r], E, bayes);  // diagnostics at the final token
+      out.length.push_back((double)(mb.last[r] - (int64_t)r * mb.T + 1));
     }
-    append_trace(trace, res, mb.mask, K, E);
+    append_trace(tr, res, mb.mask, K, E);
   }
+  if (dist::active()) gather_pass(ev, trace, local, ltrace);
   finish_eval(ev);
   return ev;
 }
@@ -253,7 +318,12 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
   int T = model.config().seq_len_vit();
   auto bayes = model.bayes_layer_ids();
   int B = std::max(1, cfg.batch);
-  for (int64_t s = 0; s < n; s += B) {
+  McEval local;  // several ranks: as in mc_pass
+  RoutingTrace ltrace;
+  McEval& out = dist::active() ? local : ev;
+  RoutingTrace* tr = dist::active() ? (trace ? &ltrace : nullptr) : trace;
+  auto [b0, b1] = my_batches((n + B - 1) / B);
+  for (int64_t s = b0 * B; s < std::min(n, b1 * B); s += B) {
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, set.name, s / B, embed_noise, samples, draw));
@@ -262,11 +332,12 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
     for (size_t r = 0; r < idx.size(); ++r) {
       std::vector<double> z((size_t)C);
       for (int c = 0; c < C; ++c) z[(size_t)c] = (double)lg[(int64_t)r * C + c];
-      append_example(ev, answer_distribution(std::move(z)), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
-      ev.length.push_back((double)T);
+      append_example(out, answer_distribution(std::move(z)), set.labels[(size_t)idx[r]], res, (int64_t)r * T, E, bayes);  // class token
+      out.length.push_back((double)T);
     }
-    append_trace(trace, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K, E);
+    append_trace(tr, res, std::vector<uint8_t>(idx.size() * (size_t)T, 1), K, E);
   }
+  if (dist::active()) gather_pass(ev, trace, local, ltrace);
   finish_eval(ev);
   return ev;
 }

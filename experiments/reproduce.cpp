@@ -19,6 +19,7 @@
 #include <fstream>
 #include <memory>
 
+#include "core/dist.h"
 #include "experiments/build_info.h"
 #include "experiments/cli_fields.h"
 #include "experiments/commands.h"
@@ -241,6 +242,8 @@ json stage_inputs(const RunConfig& c) {
   json j = json::object();
   for_each_field(c, [&](const auto& row, const auto& v, std::string path) {
     if (row.use & Use::runtime) return;
+    using Row = std::remove_cvref_t<decltype(row)>;
+    if ((row.use & Use::key_if_set) && v == typename Row::config{}.*row.member) return;  // at its default
     for (char& ch : path)
       if (ch == '.') ch = '/';
     j[json::json_pointer("/" + path)] = v;
@@ -262,6 +265,10 @@ std::string stage_key(const RunConfig& c) {
 // --out folders, one --stages) keeps the keys.
 static std::string train_stage(RunConfig c, const std::string& stages, const std::string& name, bool last = false) {
   c = training_stage(std::move(c));
+  // Under mpirun the stage is trained by every rank, one batch shard each
+  // unless --batch-shards says otherwise (run_train does the same): the
+  // shards are part of the key, the rank count is not (docs/SCALE.md).
+  if (!c.given("--batch-shards")) c.batch_shards = dist::size();
   RunConfig keyed = c;
   if (keyed.init.rfind(stages + "/", 0) == 0) keyed.init = "<stages>/" + keyed.init.substr(stages.size() + 1);
   json inputs = stage_inputs(keyed);
@@ -270,7 +277,8 @@ static std::string train_stage(RunConfig c, const std::string& stages, const std
   std::string best = dir + "/best.safetensors";
   const std::string result = last ? dir + "/last.safetensors" : best;
   double earlier_s = 0;  // a capped stage continued: the wall time before
-  if (fs::exists(done) && fs::exists(result)) {
+  // Every rank takes rank 0's view of the cache (rank 0 alone writes it).
+  if (dist::root_says(fs::exists(done) && fs::exists(result), "reproduce stage cache")) {
     json dj = json::parse(slurp_file(done), nullptr, false);
     bool capped = dj.is_object() && dj.value("time_capped", false);
     double cap = dj.is_object() ? dj.value("time_limit_s", -1.0) : -1.0;  // -1: not recorded (older done.json)
@@ -285,14 +293,14 @@ static std::string train_stage(RunConfig c, const std::string& stages, const std
     std::fprintf(stderr, "[reproduce] %s stopped at its time cap before; continuing it to its last step\n",
                  name.c_str());
     earlier_s = dj.value("seconds", 0.0);
-    fs::remove(done);
+    if (dist::root()) fs::remove(done);
   }
-  fs::create_directories(dir);
+  if (dist::root()) fs::create_directories(dir);
   c.out = dir;
   // A stage that was stopped (Ctrl-C, time out, a killed session) left its
   // last checkpoint here: continue it. Resuming reproduces the uninterrupted
   // run (tests/test_reliability.cpp), so the cache stays a function of inputs.
-  c.resume = fs::exists(dir + "/last.safetensors");
+  c.resume = dist::root_says(fs::exists(dir + "/last.safetensors"), "reproduce stage cache");
   c.force = !c.resume;  // stopped before its first checkpoint: nothing in it is worth keeping
   std::fprintf(stderr, "[reproduce] %s %s %s\n", name.c_str(), c.resume ? "resuming in" : "->", dir.c_str());
   auto t0 = std::chrono::steady_clock::now();
@@ -742,8 +750,10 @@ static int run_reproduce(ReproConfig r) {
   // The preset, then the RunConfig flags given to reproduce.
   RunConfig base = preset(r);
   copy_fields(base, r.run, [&](const auto& row, const std::string&) { return r.run.given(row.flag); });
+  if (r.run.given("--batch-shards")) base.given_flags.push_back("--batch-shards");  // else one per rank (train_stage)
   require_device(base.device, base.allow_tf32);
   omp_set_num_threads(base.threads);
+  dist::set_timeout(base.dist_timeout);
   std::vector<Method> parsed_methods;
   for (auto& m : r.methods) parsed_methods.push_back(parse_method(m));
 
@@ -774,7 +784,7 @@ static int run_reproduce(ReproConfig r) {
     r.out = std::string("results/") + buf + (r.smoke ? "-smoke" : "") +
             (r.plan == Plan::overconfident ? "-overconfident" : r.smoke ? "" : r.quick ? "-quick" : "-full");
   }
-  fs::create_directories(r.out);
+  if (dist::root()) fs::create_directories(r.out);  // rank 0 writes every output
   if (r.stages.empty()) r.stages = r.out + "/stages";
   while (r.stages.size() > 1 && r.stages.back() == '/') r.stages.pop_back();
 
@@ -980,7 +990,8 @@ static int run_reproduce(ReproConfig r) {
   // Figures from the CSVs.
   std::string plot = std::string(VMOER_SOURCE_DIR) + "/scripts/plot.py";
   std::string cmd = "/usr/bin/python3 -c 'import matplotlib' 2>/dev/null";
-  if (std::system(cmd.c_str()) == 0) {
+  if (!dist::root()) {
+  } else if (std::system(cmd.c_str()) == 0) {
     std::string pc = "/usr/bin/python3 '" + plot + "' '" + r.out + "'";
     if (std::system(pc.c_str()) != 0) std::fprintf(stderr, "[reproduce] plotting failed: %s\n", pc.c_str());
   } else {

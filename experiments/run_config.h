@@ -131,6 +131,16 @@ struct RunConfig {
   std::string bayes_spec;          // --bayes-layers: "2,3", "auto:N" (N least stable MoE layers) or
                                    // "auto-sensitive:N" (N layers whose random top-K changes the answer NLL most)
   double auto_gamma = 0.01;        // γ used to rank layers for auto:N
+  // ---- processes (mpirun/srun; docs/SCALE.md) ------------------------------------
+  // The global batch is computed as batch_shards shards (examples
+  // [j·B/S, (j+1)·B/S)) whose gradients are summed in a fixed tree; under
+  // mpirun each of the N ranks computes S/N of them, so a run gives the same
+  // bits at any N that leaves each rank a power-of-two number of shards.
+  // 1: the batch in one piece (the single-process computation). Not given:
+  // one shard per rank (--resume: the checkpoint's).
+  int batch_shards = 1;
+  double dist_timeout = 600;       // seconds a rank waits for the others at any exchange before it stops the job
+  double bucket_mb = 4;            // gradient all-reduce bucket (MiB)
   // ---- not a hyper-parameter -------------------------------------------------
   // The flags given on the command line (or in --config), e.g. "--samples":
   // eval and inspect override the checkpoint's settings with these only, and
@@ -267,6 +277,15 @@ struct FieldTable<exp::RunConfig> {
                "layers whose routing is least stable under input noise, or auto-sensitive:N for the N layers whose "
                "answer NLL changes most under a random top-K; empty: every MoE layer"),
       VM_FIELD(auto_gamma, "--auto-gamma", Group::router, Use::train, "γ that ranks the layers for auto:N"),
+      VM_FIELD(batch_shards, "--batch-shards", Group::optimisation, Use::train | Use::repro | Use::key_if_set,
+               "compute each batch as S shards whose gradients are summed in a fixed order; under mpirun -np N each "
+               "rank computes S/N of them (default: one per rank; --resume: the checkpoint's), and the run has the "
+               "same bits at any N that divides S into powers of two (docs/SCALE.md)"),
+      VM_FIELD(dist_timeout, "--dist-timeout", Group::run, Use::train | Use::eval | Use::repro | Use::runtime,
+               "multi-process runs: seconds a rank waits for the others at an exchange before it stops the job, "
+               "naming the rank that did not answer"),
+      VM_FIELD(bucket_mb, "--bucket-mb", Group::run, Use::train | Use::repro | Use::runtime,
+               "multi-process runs: size of the gradient all-reduce buckets in MiB (the result does not depend on it)"),
   };
 };
 static_assert(fields_complete<exp::RunConfig>(/*given_flags, eval_protocol*/ 2), "every member of RunConfig needs a row in its table");

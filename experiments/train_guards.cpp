@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +101,30 @@ NanInjection nan_injection(nn::ParamStore& ps) {
   std::fprintf(stderr, "VMOER_TEST_INJECT_NAN: NaN into the %s of '%s' at step %lld\n", inj.grad ? "gradient" : "value",
                inj.param.c_str(), (long long)inj.step);
   return inj;
+}
+
+RankFault rank_fault() {
+  RankFault f;
+  const char* env = std::getenv("VMOER_TEST_RANK_FAULT");
+  if (!env || !*env) return f;
+  std::string s = env;
+  size_t a = s.find(':'), b = a == std::string::npos ? a : s.find(':', a + 1);
+  std::string what = b == std::string::npos ? "" : s.substr(b + 1);
+  try {
+    if (b == std::string::npos || (what != "kill" && what != "hang")) throw std::invalid_argument(s);
+    f.rank = std::stoi(s.substr(0, a));
+    f.step = std::stoll(s.substr(a + 1, b - a - 1));
+  } catch (const std::exception&) {
+    fail("VMOER_TEST_RANK_FAULT: '" + s + "' is not RANK:STEP:kill or RANK:STEP:hang");
+  }
+  f.hang = what == "hang";
+  return f;
+}
+
+void maybe_fault(const RankFault& f, int rank, int64_t step) {
+  if (f.rank != rank || f.step != step) return;
+  if (!f.hang) ::raise(SIGKILL);
+  for (;;) ::sleep(1);  // until the job is torn down
 }
 
 void reserve_checkpoint_space(const std::string& out, nn::ParamStore& ps) {

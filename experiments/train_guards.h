@@ -38,6 +38,19 @@ struct NanInjection {
   std::string param;
 };
 NanInjection nan_injection(nn::ParamStore& ps);
+// Test hook for multi-process runs (docs/RELIABILITY.md, docs/SCALE.md):
+//   VMOER_TEST_RANK_FAULT=R:STEP:kill|hang
+// rank R, at the start of step STEP, kills itself with SIGKILL (a crashed
+// node) or stops answering (sleeps: a hung one). VMOER_TEST_INJECT_RANK=R
+// makes VMOER_TEST_INJECT_NAN act on rank R only.
+struct RankFault {
+  int rank = -1;
+  int64_t step = -1;
+  bool hang = false;
+};
+RankFault rank_fault();
+// Acts out the fault when this is its rank and step.
+void maybe_fault(const RankFault& f, int rank, int64_t step);
 
 // Free space for the checkpoints, claimed up front (posix_fallocate of a
 // probe file the size of last + best) so that a full disk or a file-size

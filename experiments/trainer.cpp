@@ -23,8 +23,10 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/dist.h"
 #include "core/philox.h"
 #include "experiments/build_info.h"
+#include "experiments/data_parallel.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
 #include "experiments/metrics.h"
@@ -37,7 +39,10 @@ using nlohmann::json;
 
 // ---- signals: SIGINT/SIGTERM finish the step, save, and exit ------------------------
 static std::atomic<int> g_signal{0};
-static void on_signal(int s) { g_signal = s; }
+static void on_signal(int s) {
+  g_signal = s;
+  dist::note_signal(s);  // several ranks: exchanges stop waiting (core/dist.h)
+}
 
 // Progress on stderr. On a terminal: one line redrawn in place with \r. Into a
 // file or a pipe (make demo's log, reproduce's stage logs): one plain line at
@@ -215,36 +220,97 @@ McTargets mc_targets(const McBatch& mb, RouterLoss which) {
   return t;
 }
 
+// Examples [e0, e1) of an MC batch: its rows, with `last` shifted (the padded length T is the batch's).
+static McBatch slice_mc_batch(const McBatch& mb, int e0, int e1) {
+  McBatch s;
+  s.B = e1 - e0;
+  s.T = mb.T;
+  const size_t r0 = (size_t)e0 * mb.T, r1 = (size_t)e1 * mb.T;
+  s.ids.assign(mb.ids.begin() + r0, mb.ids.begin() + r1);
+  s.mask.assign(mb.mask.begin() + r0, mb.mask.begin() + r1);
+  for (int b = e0; b < e1; ++b) s.last.push_back(mb.last[(size_t)b] - (int32_t)r0);
+  s.labels.assign(mb.labels.begin() + e0, mb.labels.begin() + e1);
+  return s;
+}
+
+// A shard of the micro-batch (data parallelism): its examples [e0, e1), and
+// what the shard's loss is normalised by, filled by forward_task from the
+// whole micro-batch (every rank builds the whole batch, cheaply, and
+// computes its own shards of it).
+struct ShardOf {
+  int e0 = 0, e1 = 0;
+  int64_t B = 0;           // examples in the micro-batch
+  double positions = 0;    // positions the task loss averages over
+  double n_real = 0;       // real tokens (routed rows) of the micro-batch
+};
+
+// The micro-batch (or, with `sh`, its shard sh->e0..e1):
+//   whole:  L_task = CE averaged over the batch's positions
+//   shard:  L_task,s = CE averaged over the shard's positions · (positions_s / positions),
+//           so Σ_s L_task,s = L_task; the shard's rows are rows [e0·T, e1·T) of the
+//           batch's B·T (ForwardOptions::row0: the same router noise as in one piece).
 static TaskForward forward_task(nn::Model& model, const StageData& d, const RunConfig& cfg, uint64_t key,
-                                const nn::ForwardOptions& fo) {
+                                const nn::ForwardOptions& fo_in, ShardOf* sh = nullptr) {
   TaskForward f;
+  nn::ForwardOptions fo = fo_in;
+  // rows per example T; sets the shard's row offset and the micro-batch totals
+  auto shard_rows = [&](int64_t B, int64_t T, double positions, double n_real) {
+    sh->B = B;
+    sh->positions = positions;
+    sh->n_real = n_real;
+    fo.row0 = (int64_t)sh->e0 * T;
+    fo.rows_total = B * T;
+    fo.n_real_total = n_real;
+  };
   if (d.vit) {  // L_task = CE(class)
     std::vector<int64_t> idx = batch_indices(d.n_train, cfg.batch, (int64_t)key, cfg.seed);
+    const int64_t Tv = model.config().seq_len_vit(), B = (int64_t)idx.size();
+    if (sh) {
+      shard_rows(B, Tv, (double)B, (double)(B * Tv));
+      idx = std::vector<int64_t>(idx.begin() + sh->e0, idx.begin() + sh->e1);
+    }
     f.res = model.forward_vit(image_batch(d.img.train, idx), fo);
     std::vector<int32_t> tg;
     for (int64_t i : idx) tg.push_back(d.img.train.labels[(size_t)i]);
     f.task = ops::cross_entropy(f.res.logits, tg);
-    f.tokens = (double)idx.size() * model.config().seq_len_vit();
+    if (sh) f.task = ops::mul_scalar(f.task, (double)idx.size() / (double)B);
+    f.tokens = (double)idx.size() * Tv;
+    f.n_seq = (int64_t)idx.size();
   } else if (d.lm) {  // L_task = CE(next byte), every position
     std::vector<int32_t> ids, tg;
     lm_batch(d.lm_data.train, cfg.batch, cfg.seq, cfg.seed, nn::name_hash("train/" + std::to_string(key)), ids, tg);
+    int B = cfg.batch;
+    if (sh) {
+      const int64_t T = cfg.seq;
+      shard_rows(B, T, (double)ids.size(), (double)ids.size());
+      ids = std::vector<int32_t>(ids.begin() + sh->e0 * T, ids.begin() + sh->e1 * T);
+      tg = std::vector<int32_t>(tg.begin() + sh->e0 * T, tg.begin() + sh->e1 * T);
+      B = sh->e1 - sh->e0;
+    }
     std::vector<uint8_t> mask(ids.size(), 1);
-    f.res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
+    f.res = model.forward_lm(ids, B, cfg.seq, mask, {}, fo);
     f.task = ops::cross_entropy(f.res.logits, tg);
+    if (sh) f.task = ops::mul_scalar(f.task, (double)tg.size() / sh->positions);
     f.tokens = (double)ids.size();
+    f.n_seq = B;
   } else {  // L_task = CE(answer letter) at the last prompt token; stage 2 with --router-loss all: every position
     McBatch mb = make_mc_batch(d.mc.train, batch_indices(d.n_train, cfg.batch, (int64_t)key, cfg.seed),
                                model.config().max_seq);
     RouterLoss which = cfg.stage == Stage::router ? cfg.router_loss.value() : RouterLoss::answer;
+    if (sh) {
+      double n_real = 0;
+      for (auto m : mb.mask) n_real += m;
+      shard_rows(mb.B, mb.T, (double)mc_targets(mb, which).positions.size(), n_real);
+      mb = slice_mc_batch(mb, sh->e0, sh->e1);
+    }
     McTargets t = mc_targets(mb, which);
     f.res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, t.positions, fo);
     f.task = ops::cross_entropy(f.res.logits, t.targets);
+    if (sh) f.task = ops::mul_scalar(f.task, (double)t.positions.size() / sh->positions);
     for (auto m : mb.mask) f.tokens += m;
     f.mask = mb.mask;
     f.n_seq = mb.B;
-    return f;
   }
-  f.n_seq = cfg.batch;  // mask stays empty: every row is real
   return f;
 }
 
@@ -274,19 +340,24 @@ struct Objective {
   Var loss, task, kl_term;
 };
 
-Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch) {
-  double n_real = res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
+Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch,
+            double n_real_total) {
+  double n_real = n_real_total > 0                ? std::max(1.0, n_real_total)
+                  : res.moe.empty() ? 1.0 : (double)std::max<int64_t>(1, res.moe[0].n_real);
   double n = cfg.kl_norm == KlNorm::token_mean ? n_real
              : cfg.kl_norm == KlNorm::dataset  ? (double)batches_per_epoch
                                                : (double)std::max<int64_t>(1, n_seq);
   return ops::mul_scalar(res.kl, 1.0 / n);
 }
 
+// A shard of a micro-batch (data parallelism) passes the micro-batch's n_seq
+// and real tokens (n_real_total), and res.lb_loss computed with the
+// micro-batch's expert counts: its L is then its share of the micro-batch's.
 static Objective objective(const RunConfig& cfg, const Var& task, const nn::ForwardResult& res, int64_t n_seq,
-                           int64_t batches_per_epoch) {
+                           int64_t batches_per_epoch, double n_real_total = 0) {
   Objective o;
   o.task = task;
-  o.kl_term = kl_term(cfg, res, n_seq, batches_per_epoch);
+  o.kl_term = kl_term(cfg, res, n_seq, batches_per_epoch, n_real_total);
   Var loss = task;
   if (cfg.lb_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.lb_loss, cfg.lb_coef));
   if (cfg.z_coef > 0 && cfg.stage != Stage::router) loss = ops::add(loss, ops::mul_scalar(res.z_loss, cfg.z_coef));
@@ -302,16 +373,30 @@ static Objective objective(const RunConfig& cfg, const Var& task, const nn::Forw
 static double validation_nll(nn::Model& model, const StageData& d, const RunConfig& cfg) {
   if (d.lm) {
     NoGradGuard ng;
-    double tot = 0;
-    for (int k = 0; k < cfg.eval_batches; ++k) {
+    // Several ranks: each computes its share of the batches [r·K/N, (r+1)·K/N);
+    // the per-batch values are gathered and summed in batch order (as one process).
+    const int K = cfg.eval_batches, N = dist::size(), r = dist::rank();
+    std::vector<double> nll;
+    for (int k = (int)((int64_t)r * K / N); k < (int)((int64_t)(r + 1) * K / N); ++k) {
       std::vector<int32_t> ids, tg;
       lm_batch(d.lm_data.val, cfg.batch, cfg.seq, cfg.split_seed, nn::name_hash("val/" + std::to_string(k)), ids, tg);
       std::vector<uint8_t> mask(ids.size(), 1);
       nn::ForwardOptions fo;
       fo.seed = cfg.seed;
       auto res = model.forward_lm(ids, cfg.batch, cfg.seq, mask, {}, fo);
-      tot += ops::cross_entropy(res.logits, tg).item();
+      nll.push_back(ops::cross_entropy(res.logits, tg).item());
     }
+    if (dist::active()) {
+      dist::Pack p;
+      p.put_vec(nll);
+      nll.clear();
+      for (const std::string& b : dist::allgather(p.bytes(), "validation")) {
+        dist::Unpack u(b);
+        for (double v : u.get_vec<double>()) nll.push_back(v);
+      }
+    }
+    double tot = 0;
+    for (double v : nll) tot += v;
     return tot / cfg.eval_batches;
   }
   if (d.vit) return evaluate_images(model, d.img.val, cfg).nll;
@@ -397,17 +482,32 @@ struct RunCheckpoints {
     if (saved_step < 0 || !fs::exists(last_path)) return "none";
     return last_path + " (step " + std::to_string(saved_step) + ")";
   }
+  // Several ranks: they first compare a hash of their parameters (the same
+  // gradients must have given the same updates), then rank 0 writes and
+  // every rank learns the outcome (dist::on_root).
   void save(const std::string& path, nn::Model& model, const nn::AdamW* opt, const TrainState& st) const {
     std::string bad = first_nonfinite_param(model.params());
     if (!bad.empty())
-      fail("step " + std::to_string(st.step) + ": parameter " + tensor_and_layer(bad) +
-           " is non-finite after the update; not saving " + path + "; last good checkpoint: " + last_good());
-    try {
-      save_checkpoint(path, model, opt, st);
-    } catch (const Error& e) {
-      fail("step " + std::to_string(st.step) + ": cannot save checkpoint: " + e.what() +
-           "; last good checkpoint: " + last_good());
+      dist::fail_all("step " + std::to_string(st.step) + ": parameter " + tensor_and_layer(bad) +
+                     " is non-finite after the update; not saving " + path + "; last good checkpoint: " + last_good());
+    if (dist::active()) {
+      dist::Pack p;
+      p.put<uint64_t>(dp::state_hash(model.params()));
+      std::vector<std::string> h = dist::allgather(p.bytes(), "checkpoint");
+      for (size_t r = 1; r < h.size(); ++r)
+        if (h[r] != h[0])
+          dist::fail_all("step " + std::to_string(st.step) + ": the parameters of rank " + std::to_string(r) +
+                         " differ from rank 0's (the ranks' updates diverged); not saving " + path +
+                         "; last good checkpoint: " + last_good());
     }
+    dist::on_root("checkpoint", [&] {
+      try {
+        save_checkpoint(path, model, opt, st);
+      } catch (const Error& e) {
+        fail("step " + std::to_string(st.step) + ": cannot save checkpoint: " + e.what() +
+             "; last good checkpoint: " + last_good());
+      }
+    });
   }
 };
 
@@ -418,54 +518,280 @@ struct StepStats {
   std::vector<json> temperature;  // vtsr: learned T of the last micro-batch, per Bayesian layer
 };
 
-static std::vector<json> layer_load(const nn::ForwardResult& res) {
+// Per MoE layer (layer id, tokens kept per expert, assignments dropped).
+static std::vector<json> layer_load_of(const std::vector<int>& layers, const std::vector<std::vector<int64_t>>& counts,
+                                       const std::vector<int64_t>& dropped) {
   std::vector<json> out;
-  for (auto& a : res.moe) {
-    std::vector<double> c(a.expert_counts.begin(), a.expert_counts.end());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    std::vector<double> c(counts[l].begin(), counts[l].end());
     double total = 0;
     for (double x : c) total += x;
     // CV and dead experts as metrics.cpp defines them; a layer that routed
     // nothing has CV 0 here (metrics::load_cv calls it undefined).
     metrics::LoadStats ls = total > 0 ? metrics::load_stats(c) : metrics::LoadStats{0.0, (int)c.size()};
-    out.push_back(json{{"layer", a.layer}, {"cv", ls.cv}, {"dead", ls.dead}, {"dropped", a.dropped}});
+    out.push_back(json{{"layer", layers[l]}, {"cv", ls.cv}, {"dead", ls.dead}, {"dropped", dropped[l]}});
   }
   return out;
+}
+static std::vector<json> layer_load(const nn::ForwardResult& res) {
+  std::vector<int> layers;
+  std::vector<std::vector<int64_t>> counts;
+  std::vector<int64_t> dropped;
+  for (auto& a : res.moe) {
+    layers.push_back(a.layer);
+    counts.push_back(a.expert_counts);
+    dropped.push_back(a.dropped);
+  }
+  return layer_load_of(layers, counts, dropped);
 }
 
 // vtsr: the learned temperature per layer, mean and std over the real tokens
-// of the micro-batch (RouterOut::temperature: a token's mean over its T's).
-static std::vector<json> layer_temperature(const nn::ForwardResult& res, const std::vector<uint8_t>& mask) {
-  std::vector<json> out;
+// of the micro-batch (RouterOut::temperature: a token's mean over its T's),
+// from the sums Σ T, Σ T², n (shards add theirs).
+struct TempSums {
+  int layer = 0;
+  double s = 0, s2 = 0, n = 0;
+};
+static std::vector<TempSums> temperature_sums(const nn::ForwardResult& res, const std::vector<uint8_t>& mask) {
+  std::vector<TempSums> out;
   for (auto& a : res.moe) {
     const auto& T = a.route.temperature;
     if (T.empty()) continue;
-    double s = 0, s2 = 0, n = 0;
+    TempSums t{a.layer};
     for (size_t i = 0; i < T.size(); ++i) {
       if (!mask.empty() && !mask[i]) continue;
-      s += T[i];
-      s2 += (double)T[i] * T[i];
-      n += 1;
+      t.s += T[i];
+      t.s2 += (double)T[i] * T[i];
+      t.n += 1;
     }
-    if (n == 0) continue;
-    double m = s / n;
-    out.push_back(json{{"layer", a.layer}, {"mean", m}, {"std", std::sqrt(std::max(0.0, s2 / n - m * m))}});
+    out.push_back(t);
   }
   return out;
 }
+static std::vector<json> temperature_json(const std::vector<TempSums>& ts) {
+  std::vector<json> out;
+  for (const TempSums& t : ts) {
+    if (t.n == 0) continue;
+    double m = t.s / t.n;
+    out.push_back(json{{"layer", t.layer}, {"mean", m}, {"std", std::sqrt(std::max(0.0, t.s2 / t.n - m * m))}});
+  }
+  return out;
+}
+static std::vector<json> layer_temperature(const nn::ForwardResult& res, const std::vector<uint8_t>& mask) {
+  return temperature_json(temperature_sums(res, mask));
+}
+
+// ---- data parallelism: a micro-batch computed in shards ---------------------------------
+// (docs/SCALE.md) The micro-batch's B examples are S shards (--batch-shards);
+// rank r of N computes shards [r·S/N, (r+1)·S/N) (experiments/data_parallel.h).
+// Shard s minimises its share of the micro-batch's objective,
+//   L_s = L_task,s + λ_lb L_lb,s + λ_z L_z,s + β KL_s / n + Ω_s,   Σ_s L_s = L,
+// with L_task,s from forward_task (positions_s / positions of the CE mean),
+// L_z,s and Ω_s (mean) over the shard's real tokens divided by the
+// micro-batch's n_real, KL_s the shard's sum with n as --kl-norm for the whole
+// micro-batch, and L_lb,s = E Σ_e f_e P_e,s: P_e,s the shard's router
+// probabilities summed over its tokens / n_real, f_e from the micro-batch's
+// expert counts (exchanged: every shard's counts per layer, exact integers).
+// Gradient: g_s = ∇ L_s / A (A = --grad-accum) is one leaf of the fixed tree
+// (dist::TreeSum): the rank's shards locally, then the ranks' partial sums
+// (dist::allreduce_sum); the micro-batches' sums are added in order. So the
+// result is a function of S only, never of N (when S/N is a power of two).
+struct DataParallel {
+  dp::ShardRange mine;        // this rank's shards
+  int S = 1;
+  dp::GradLayout grads;       // the trainable gradients as one vector
+  int64_t bucket = 1 << 20;   // all-reduce bucket (floats)
+  uint64_t grad_bytes = 0;    // bytes this rank sent in gradient all-reduces (this step)
+  int inject_rank = -1;       // VMOER_TEST_INJECT_RANK: the test hooks act on this rank only (-1: every rank)
+};
+
+// One micro-batch (number `key`) in shards. Adds its losses to `s` (and its
+// expert load, on the last micro-batch), its gradient to G (micro 0: sets it)
+// and the parameters that got one to G_defined, identically on every rank.
+// A non-finite loss or gradient on any rank stops every rank with the same
+// line (dist::CollectiveError), naming the rank.
+static void sharded_micro_batch(nn::Model& model, const StageData& data, const RunConfig& cfg, uint64_t key,
+                                int64_t step, bool first_micro, bool last_micro, const nn::ForwardOptions& fo,
+                                DataParallel& dp_, const NanInjection& inject, const std::string& last_good,
+                                StepStats& s, std::vector<float>& G, std::vector<uint8_t>& G_defined) {
+  auto& ps = model.params();
+  const int K = model.config().top_k;
+  const int n_local = dp_.mine.last - dp_.mine.first;
+  // batch → forward, every shard of this rank (graphs kept until the expert counts are known)
+  std::vector<TaskForward> fw;
+  std::vector<ShardOf> shards;
+  for (int j = dp_.mine.first; j < dp_.mine.last; ++j) {
+    ShardOf sh{dp::shard_begin(j, dp_.S, cfg.batch), dp::shard_begin(j + 1, dp_.S, cfg.batch)};
+    fw.push_back(forward_task(model, data, cfg, key, fo, &sh));
+    shards.push_back(sh);
+  }
+  const ShardOf tot = shards[0];  // the micro-batch's totals (the same in every shard)
+  // exchange 1: expert counts of every shard, per MoE layer: before capacity
+  // (wanted, for f_e), kept (counts) and dropped (the log's expert load)
+  const size_t L = fw[0].res.moe.size();
+  dist::Pack p1;
+  for (auto& f : fw)
+    for (auto& a : f.res.moe) {
+      p1.put_vec(a.wanted);
+      p1.put_vec(a.expert_counts);
+      p1.put<int64_t>(a.dropped);
+    }
+  std::vector<std::vector<int64_t>> wanted(L), counts(L);
+  std::vector<int64_t> dropped(L, 0);
+  for (const std::string& b : dist::allgather(p1.bytes(), "expert-count exchange")) {
+    dist::Unpack u(b);
+    while (!u.done())
+      for (size_t l = 0; l < L; ++l) {
+        auto w = u.get_vec<int64_t>(), c = u.get_vec<int64_t>();
+        if (wanted[l].empty()) wanted[l].assign(w.size(), 0), counts[l].assign(c.size(), 0);
+        for (size_t e = 0; e < w.size(); ++e) wanted[l][e] += w[e];
+        for (size_t e = 0; e < c.size(); ++e) counts[l][e] += c[e];
+        dropped[l] += u.get<int64_t>();
+      }
+  }
+  // → objective → backward, shard by shard; each shard's gradient is a leaf of the tree
+  struct Vals {
+    double loss, task, kl, lb, z, penalty, tokens;
+  };
+  std::vector<Vals> vals;
+  std::vector<std::vector<TempSums>> temps;
+  dist::TreeSum tree;
+  std::vector<uint8_t> defined(dp_.grads.names.size(), 0);
+  std::string bad;
+  const bool inject_here = dp_.inject_rank < 0 || dp_.inject_rank == dist::rank();
+  for (int i = 0; i < n_local; ++i) {
+    TaskForward& f = fw[(size_t)i];
+    Var lb;  // Σ over layers (in order) of E Σ_e f_e P_e,s with the micro-batch's f_e
+    for (size_t l = 0; l < L; ++l) {
+      const nn::MoEAux& a = f.res.moe[l];
+      if (!a.p_mean.defined()) continue;
+      Var v = nn::moe_lb_loss(a.p_mean, wanted[l], (float)tot.n_real, K);
+      lb = lb.defined() ? ops::add(lb, v) : v;
+    }
+    f.res.lb_loss = lb.defined() ? lb : ops::constant(Tensor::scalar(0).to(model.device()));
+    Objective obj = objective(cfg, f.task, f.res, tot.B, data.batches_per_epoch, tot.n_real);
+    const double lv = obj.loss.item();
+    if (!std::isfinite(lv) && bad.empty())
+      bad = "step " + std::to_string(step) + ": loss is " + std::to_string(lv) + " (task " +
+            std::to_string(f.task.item()) + ", KL " + std::to_string(f.res.kl.item()) + "): " +
+            locate_nonfinite(ps, f.res);
+    backward(ops::mul_scalar(obj.loss, 1.0 / cfg.grad_accum));
+    if (step == inject.step && inject.grad && last_micro && i == 0 && inject_here) {
+      Var& v = ps.get(inject.param);
+      if (v.grad().defined()) {
+        Tensor h = v.grad().to(Device::CPU).clone();
+        h[0] = std::nanf("");
+        v.grad() = h.to(v.grad().device());
+      }
+    }
+    tree.add(dp::take_grads(ps, dp_.grads, defined));
+    vals.push_back({lv, f.task.item(), obj.kl_term.item(), f.res.lb_loss.item(), f.res.z_loss.item(),
+                    f.res.penalty.item(), f.tokens});
+    temps.push_back(temperature_sums(f.res, f.mask));
+  }
+  fw.clear();  // the graphs
+  std::vector<float> partial = tree.take();
+  if (bad.empty()) {
+    std::string nf = dp::first_nonfinite(dp_.grads, partial);
+    if (!nf.empty()) {
+      std::string bad_value = first_nonfinite_param(ps);
+      bad = "step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(nf) +
+            (bad_value.empty() ? std::string() : " (parameter " + tensor_and_layer(bad_value) + " holds a non-finite value)");
+    }
+  }
+  if (!bad.empty()) bad += "; stopped, last good checkpoint: " + last_good;
+  // exchange 2: each rank's verdict, its shards' losses and temperatures, and
+  // which parameters got a gradient
+  dist::Pack p2;
+  p2.put_str(bad);
+  p2.put_vec(defined);
+  for (int i = 0; i < n_local; ++i) {
+    p2.put(vals[(size_t)i]);
+    p2.put_vec(temps[(size_t)i]);
+  }
+  std::vector<std::string> all = dist::allgather(p2.bytes(), "loss exchange");
+  for (size_t r = 0; r < all.size(); ++r) {  // the lowest rank that failed speaks for all
+    dist::Unpack u(all[r]);
+    std::string e = u.get_str();
+    if (!e.empty()) dist::fail_all(r == 0 || !dist::active() ? e : "rank " + std::to_string(r) + ": " + e);
+  }
+  std::vector<TempSums> tsum;
+  for (size_t r = 0; r < all.size(); ++r) {  // shards in order: rank by rank, each rank's in order
+    dist::Unpack u(all[r]);
+    u.get_str();
+    std::vector<uint8_t> d = u.get_vec<uint8_t>();
+    for (size_t k = 0; k < d.size(); ++k) G_defined[k] |= d[k];
+    while (!u.done()) {
+      Vals v = u.get<Vals>();
+      s.loss += v.loss;
+      s.task += v.task;
+      s.kl += v.kl;
+      s.lb += v.lb;
+      s.z += v.z;
+      s.penalty += v.penalty;
+      s.tokens += v.tokens;
+      std::vector<TempSums> t = u.get_vec<TempSums>();
+      if (tsum.empty()) tsum = t;
+      else
+        for (size_t k = 0; k < t.size(); ++k) tsum[k].s += t[k].s, tsum[k].s2 += t[k].s2, tsum[k].n += t[k].n;
+    }
+  }
+  // the micro-batch's gradient: Σ over the ranks in the fixed tree
+  const uint64_t b0 = dist::bytes_sent();
+  dist::allreduce_sum(partial.data(), (int64_t)partial.size(), dp_.bucket, "gradient all-reduce");
+  dp_.grad_bytes += dist::bytes_sent() - b0;
+  if (first_micro) G = std::move(partial);
+  else
+    for (size_t i = 0; i < G.size(); ++i) G[i] += partial[i];
+  if (last_micro) {
+    s.layers = layer_load_of(model.moe_layer_ids(), counts, dropped);
+    s.temperature = temperature_json(tsum);
+  }
+}
 
 // ---- the run ---------------------------------------------------------------------------------
+// --batch-shards: given, or the checkpoint's on --resume, or one per rank;
+// a multiple of the number of ranks, at most one per example.
+static void resolve_batch_shards(RunConfig& cfg, const std::string& last_path) {
+  const int N = dist::size();
+  std::string from = "--batch-shards " + std::to_string(cfg.batch_shards);
+  if (!cfg.given("--batch-shards")) {
+    if (cfg.resume) {
+      cfg.batch_shards = read_checkpoint_state(last_path).batch_shards;
+      from = "--batch-shards " + std::to_string(cfg.batch_shards) + " (the checkpoint's)";
+      if (cfg.batch_shards != 1 || N != 1)
+        std::fprintf(stderr, "note: %s, continued by %d rank%s\n", from.c_str(), N, N == 1 ? "" : "s");
+    } else {
+      cfg.batch_shards = N;
+      from = "--batch-shards " + std::to_string(N) + " (one per rank)";
+    }
+  }
+  if (cfg.batch_shards % N != 0)
+    dist::fail_all(from + " is not a multiple of the " + std::to_string(N) + " ranks; give --batch-shards " +
+                   std::to_string(N * ((cfg.batch_shards + N - 1) / N)) +
+                   " (a run continued with other shards agrees with the uninterrupted one to float rounding only)");
+  if (cfg.batch_shards > cfg.batch)
+    dist::fail_all(from + " exceeds --batch " + std::to_string(cfg.batch) + ": every shard needs an example");
+  const int per = cfg.batch_shards / N;
+  if (N > 1 && (per & (per - 1)) != 0)
+    std::fprintf(stderr, "note: %d shards per rank is not a power of two: the run is deterministic, but its bits "
+                         "differ from a run with another number of ranks (docs/SCALE.md)\n", per);
+}
+
 int run_train(RunConfig cfg) {
   // setup: output folder, model, trainable parameters, optimiser, data
   cfg.validate();
   omp_set_num_threads(cfg.threads);
+  dist::set_timeout(cfg.dist_timeout);
   // No silent overwrite: an --out that holds a run is continued (--resume) or
-  // replaced (--force), never both, never by accident.
+  // replaced (--force), never both, never by accident. (Several ranks: rank
+  // 0's view of the folder decides, before it writes anything in it.)
   if (cfg.resume && cfg.force) fail("--force: with --resume the run is continued, not replaced; give one of them");
   if (!cfg.resume && !cfg.force)
     for (const char* f : {"last.safetensors", "best.safetensors", "log.jsonl"})
-      if (fs::exists(cfg.out + "/" + f))
-        fail("--out: '" + cfg.out + "' holds a run (" + f + "); --resume continues it, --force replaces it, or choose "
-             "another --out");
+      if (dist::root_says(fs::exists(cfg.out + "/" + f), "setup"))
+        dist::fail_all("--out: '" + cfg.out + "' holds a run (" + f + "); --resume continues it, --force replaces it, "
+                       "or choose another --out");
   // Checked here, created only once the setup has accepted every input: a
   // missing --init or a bad --bayes-layers leaves no folder behind.
   check_out_dir(cfg.out);
@@ -477,7 +803,8 @@ int run_train(RunConfig cfg) {
   resolve_configs(cfg, ck.last_path, mc, rc);
   StageData data = load_stage_data(cfg, mc);
   apply_epochs(cfg, data);
-  prepare_out_dir(cfg.out);
+  resolve_batch_shards(cfg, ck.last_path);
+  dist::on_root("setup", [&] { prepare_out_dir(cfg.out); });
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;
   oc.total_steps = cfg.steps;
@@ -486,10 +813,12 @@ int run_train(RunConfig cfg) {
   st.stage = cfg.stage.str();
   st.seed = cfg.seed;
   st.split_seed = cfg.split_seed;
+  st.batch_shards = cfg.batch_shards;
   st.data = data_settings(cfg);  // eval and inspect inherit these (experiments/checkpoint_io.h)
   st.evaluation = cfg.eval_protocol;
   if (cfg.resume) {
     st = load_checkpoint(ck.last_path, model, &opt);
+    st.batch_shards = cfg.batch_shards;
     ck.saved_step = st.step;
     std::fprintf(stderr, "resuming %s from step %lld\n", ck.last_path.c_str(), (long long)st.step);
   } else if (!cfg.init.empty()) {
@@ -504,8 +833,20 @@ int run_train(RunConfig cfg) {
   }
   auto& ps = model.params();
   select_trainable(ps, cfg, rc);
-  reserve_checkpoint_space(cfg.out, ps);
+  dist::on_root("setup", [&] { reserve_checkpoint_space(cfg.out, ps); });
   NanInjection inject = nan_injection(ps);
+  // Data parallelism (docs/SCALE.md): the batch in S shards, this rank's share of them.
+  const bool sharded = cfg.batch_shards > 1 || dist::active();
+  DataParallel dp_;
+  if (sharded) {
+    dp_.S = cfg.batch_shards;
+    dp_.mine = dp::shard_range(dp_.S, dist::size(), dist::rank());
+    dp_.grads = dp::grad_layout(ps);
+    dp_.bucket = std::max<int64_t>(1, (int64_t)(cfg.bucket_mb * (1 << 20) / 4));
+    if (const char* r = std::getenv("VMOER_TEST_INJECT_RANK"); r && *r) dp_.inject_rank = std::atoi(r);
+  }
+  const bool inject_here = dp_.inject_rank < 0 || dp_.inject_rank == dist::rank();
+  const RankFault fault = rank_fault();
 
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
@@ -523,28 +864,40 @@ int run_train(RunConfig cfg) {
     } catch (const std::exception&) {
     }
   }
-  nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");
-  std::ofstream log(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
-  log << json{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
-              {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}}
-             .dump()
-      << "\n";
-  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads\n", cfg.stage.str().c_str(),
-               (long long)ps.count(), (long long)ps.count(true), cfg.threads);
+  nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");  // rank 0 only (nn::atomic_write)
+  std::ofstream log;  // rank 0 writes the log
+  if (dist::root()) log.open(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
+  json start{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
+             {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
+  if (sharded) start["ranks"] = dist::size(), start["batch_shards"] = cfg.batch_shards;
+  log << start.dump() << "\n";
+  std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads%s\n", cfg.stage.str().c_str(),
+               (long long)ps.count(), (long long)ps.count(true), cfg.threads,
+               sharded ? (", " + std::to_string(dist::size()) + " rank(s), " + std::to_string(cfg.batch_shards) +
+                          " batch shards").c_str()
+                       : "");
 
   auto t_start = std::chrono::steady_clock::now();
   double tokens_done = 0;
   const int64_t start_step = st.step;
   int exit_code = 0;
+  std::vector<float> G;             // sharded: the step's gradient (all micro-batches)
+  std::vector<uint8_t> G_defined;
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
+   try {
+    if (dist::active()) dist::set_context("step " + std::to_string(step) + "; last good checkpoint: " + ck.last_good());
+    maybe_fault(fault, dist::rank(), step);
+    const uint64_t bytes0 = dist::bytes_sent();
+    dp_.grad_bytes = 0;
     ps.zero_grad();
-    if (step == inject.step && !inject.grad) {
+    if (step == inject.step && !inject.grad && inject_here) {
       Tensor& pv = ps.get(inject.param).value();
       Tensor h = pv.to(Device::CPU).clone();
       h[0] = std::nanf("");
       pv = h.to(pv.device());
     }
     StepStats s;
+    if (sharded) G_defined.assign(dp_.grads.names.size(), 0);
     for (int micro = 0; micro < cfg.grad_accum; ++micro) {
       // batch → forward
       uint64_t key = (uint64_t)(step - 1) * cfg.grad_accum + micro;
@@ -553,6 +906,11 @@ int run_train(RunConfig cfg) {
       fo.seed = cfg.seed;
       fo.step = key;
       fo.samples = rc.train_samples;
+      if (sharded) {  // → every shard: objective, backward; gradients summed in the fixed tree
+        sharded_micro_batch(model, data, cfg, key, step, micro == 0, micro == cfg.grad_accum - 1, fo, dp_, inject,
+                            ck.last_good(), s, G, G_defined);
+        continue;
+      }
       TaskForward f = forward_task(model, data, cfg, key, fo);
       // → objective
       Objective obj = objective(cfg, f.task, f.res, f.n_seq, data.batches_per_epoch);
@@ -583,17 +941,19 @@ int run_train(RunConfig cfg) {
         s.temperature = layer_temperature(f.res, f.mask);
       }
     }
+    if (sharded) dp::put_grads(ps, dp_.grads, G, G_defined);
     // → guards: a non-finite gradient stops the run before the update; the
     // gradients are searched only when their global norm is not finite
+    // (sharded: each rank checked its own part above, so this finds nothing new)
     const double gnorm_pre = nn::global_grad_norm(ps);
     std::string bad = nonfinite_grad_given_norm(ps, gnorm_pre);
     if (!bad.empty()) {
       std::string bad_value = first_nonfinite_param(ps);  // the likely origin, if a value is already bad
-      fail("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
+      dist::fail_all("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
            (bad_value.empty() ? std::string() : " (parameter " + tensor_and_layer(bad_value) + " holds a non-finite value)") +
            "; stopped, last good checkpoint: " + ck.last_good());
     }
-    // → update
+    // → update (the same gradient on every rank: the same update)
     double gnorm = opt.step(ps, gnorm_pre);
     st.step = step;
 
@@ -613,7 +973,7 @@ int run_train(RunConfig cfg) {
     bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
     bool stop = false;
     if (do_eval) {
-      double v = validation_nll(model, data, cfg);
+      double v = validation_nll(model, data, cfg);  // several ranks: each its share, gathered
       rec["val_nll"] = v;
       if (v < st.best_val) {
         st.best_val = v;
@@ -624,21 +984,34 @@ int run_train(RunConfig cfg) {
         rec["early_stop"] = true;
       }
     }
+    bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
+    int sig = g_signal;
+    if (dist::active()) {  // rank 0's clock and signals decide for every rank
+      timed_out = dist::root_says(timed_out, "step end");
+      if (!dist::root_says(sig != 0, "step end")) sig = 0;
+      else if (!sig) sig = SIGTERM;
+    }
+    // What rank 0 sent in this step so far (docs/SCALE.md checks its formulae
+    // against these): the gradient all-reduce, and every exchange (the
+    // checkpoint's, below, are not included).
+    if (dist::active()) {
+      rec["comm_grad_bytes"] = dp_.grad_bytes;
+      rec["comm_bytes"] = dist::bytes_sent() - bytes0;
+    }
     log << rec.dump() << "\n";
     log.flush();
     if (cfg.progress) {
       double eta = (double)(cfg.steps - step) * el / std::max<int64_t>(1, step - start_step);
       progress_bar(step, start_step + 1, cfg.steps, s.loss / ga, tps, eta);
     }
-    bool timed_out = cfg.time_limit_s > 0 && el > cfg.time_limit_s;
-    if (do_eval || stop || timed_out || step == cfg.steps || g_signal || step % 100 == 0) {
+    if (do_eval || stop || timed_out || step == cfg.steps || sig || step % 100 == 0) {
       ck.save(ck.last_path, model, &opt, st);
       ck.saved_step = step;
     }
-    if (g_signal) {
+    if (sig) {
       progress_break(cfg.progress);
-      std::fprintf(stderr, "signal %d: saved %s at step %lld\n", (int)g_signal, ck.last_path.c_str(), (long long)step);
-      exit_code = 128 + g_signal;
+      std::fprintf(stderr, "signal %d: saved %s at step %lld\n", sig, ck.last_path.c_str(), (long long)step);
+      exit_code = 128 + sig;
       break;
     }
     if (stop) {
@@ -653,9 +1026,16 @@ int run_train(RunConfig cfg) {
       std::fprintf(stderr, "time limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
       break;
     }
+   } catch (const dist::PeerLost& e) {  // a rank died or hung: nothing more can be agreed
+    progress_break(cfg.progress);
+    throw dist::PeerLost("step " + std::to_string(step) + ": " + e.what() + "; stopped, last good checkpoint: " +
+                             ck.last_good(),
+                         e.ranks);
+   }
   }
   progress_break(cfg.progress);
-  if (!fs::exists(ck.best_path)) save_checkpoint(ck.best_path, model, nullptr, st);
+  if (dist::root_says(!fs::exists(ck.best_path), "end"))
+    dist::on_root("checkpoint", [&] { save_checkpoint(ck.best_path, model, nullptr, st); });
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
   prov["finished"] = utc_now();
   prov["exit_code"] = exit_code;

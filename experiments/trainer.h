@@ -38,8 +38,10 @@ struct McTargets {
 };
 McTargets mc_targets(const McBatch& mb, RouterLoss which);
 // KL / n of the objective for --kl-norm (n: real tokens per layer, batches per
-// epoch, or n_seq sequences).
-Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch);
+// epoch, or n_seq sequences). n_real_total > 0: the real tokens of the whole
+// micro-batch res is a shard of (data parallelism), else res's own.
+Var kl_term(const RunConfig& cfg, const nn::ForwardResult& res, int64_t n_seq, int64_t batches_per_epoch,
+            double n_real_total = 0);
 // --epochs: optimizer steps in one epoch of n_train examples.
 int64_t steps_per_epoch(int64_t n_train, int batch, int grad_accum);
 // Examples the stage of cfg trains on (after --train-size, --router-data; 0 for pretraining).

@@ -227,9 +227,11 @@ TEST_CASE("stage cache key: changing any field of a stage's config changes its k
   // output directory and whether to resume (both follow from the key itself;
   // a resumed stage equals an uninterrupted one), the progress bar, and the
   // thread count (bitwise-identical results for any count since b1c05d5),
-  // and the time cap (it changes nothing unless hit; a capped stage says so
-  // and is continued when rerun without a cap).
-  CHECK(runtime == std::set<std::string>{"out", "resume", "force", "threads", "progress", "time_limit_s"});
+  // the time cap (it changes nothing unless hit; a capped stage says so
+  // and is continued when rerun without a cap), and the multi-process
+  // settings (a bounded wait and a bucket size change no result).
+  CHECK(runtime == std::set<std::string>{"out", "resume", "force", "threads", "progress", "time_limit_s",
+                                         "dist_timeout", "bucket_mb"});
   // Read by evaluation only, so reset in training stages.
   CHECK(eval_only == std::set<std::string>{"ood_size", "split", "ece_bins", "gammas", "stability", "ood", "mi_samples",
                                           "stability_draws", "sensitivity"});
@@ -239,6 +241,14 @@ TEST_CASE("stage cache key: changing any field of a stage's config changes its k
   CHECK(in["model"] == json(base.model));
   CHECK(in["router"] == json(base.router));
   CHECK(in["beta"] == base.beta);
+  // A Use::key_if_set field is in the key only away from its default, so keys
+  // made before it existed still match: --batch-shards 1 (one process's
+  // computation) is not in it, --batch-shards 2 is.
+  CHECK(!in.contains("batch_shards"));
+  exp::RunConfig two = base;
+  two.batch_shards = 2;
+  CHECK(exp::stage_inputs(two)["batch_shards"] == 2);
+  CHECK(exp::stage_key(two) != k0);
 }
 
 TEST_CASE("enum names: parse and print every value; unknown names fail in one line") {
