@@ -20,6 +20,10 @@
 #ifdef VMOER_HAVE_MPI
 #include <mpi.h>
 #endif
+#ifdef VMOER_HAVE_CUDA
+#include "core/cuda/device.h"
+#include "core/cuda/nccl.h"
+#endif
 
 namespace vm::dist {
 
@@ -204,35 +208,12 @@ uint64_t bytes_sent() { return g_bytes; }
 uint64_t messages_sent() { return g_messages; }
 
 // ---- TreeSum ---------------------------------------------------------------------------------
-static void add_into(std::vector<float>& a, const std::vector<float>& b) {
-  VM_CHECK(a.size() == b.size(), "TreeSum: leaves of " + std::to_string(a.size()) + " and " +
-                                     std::to_string(b.size()) + " values");
-  for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
-}
-
-void TreeSum::add(std::vector<float> leaf) {
-  ++leaves_;
-  stack_.emplace_back(0, std::move(leaf));
-  while (stack_.size() >= 2 && stack_[stack_.size() - 1].first == stack_[stack_.size() - 2].first) {
-    auto b = std::move(stack_.back());
-    stack_.pop_back();
-    add_into(stack_.back().second, b.second);  // (earlier + later)
-    stack_.back().first += 1;
-  }
-}
-
-std::vector<float> TreeSum::take() {
-  while (stack_.size() >= 2) {
-    auto b = std::move(stack_.back());
-    stack_.pop_back();
-    add_into(stack_.back().second, b.second);
-    stack_.back().first = std::max(stack_.back().first, b.first) + 1;
-  }
-  std::vector<float> out = stack_.empty() ? std::vector<float>{} : std::move(stack_.back().second);
-  stack_.clear();
-  leaves_ = 0;
-  return out;
-}
+TreeSum::TreeSum()
+    : TreeSumOf<std::vector<float>>([](std::vector<float>& a, const std::vector<float>& b) {
+        VM_CHECK(a.size() == b.size(), "TreeSum: leaves of " + std::to_string(a.size()) + " and " +
+                                           std::to_string(b.size()) + " values");
+        for (size_t i = 0; i < a.size(); ++i) a[i] += b[i];
+      }) {}
 
 // ---- exchanges -----------------------------------------------------------------------------------
 uint64_t allreduce_bytes(int64_t n, int64_t bucket, int ranks, int r) {
@@ -429,6 +410,63 @@ std::string broadcast(const std::string& from_root, const char*) { return from_r
 void allreduce_sum(float*, int64_t, int64_t, const char*) {}
 
 #endif
+
+bool nccl_built() {
+#ifdef VMOER_HAVE_CUDA
+  return kernels::cuda::nccl_built();
+#else
+  return false;
+#endif
+}
+
+namespace {
+bool g_nccl_usable = false;
+int env_int(std::initializer_list<const char*> names, int fallback) {
+  for (const char* v : names)
+    if (const char* s = std::getenv(v); s && *s) return std::atoi(s);
+  return fallback;
+}
+}  // namespace
+
+void use_local_gpu() {
+#ifdef VMOER_HAVE_CUDA
+  static bool done = false;
+  if (done || g_size == 1) return;
+  done = true;
+  int local = env_int({"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMIX_LOCAL_RANK"}, 0);
+  int local_size = env_int({"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "PMIX_LOCAL_SIZE"}, g_size);
+  kernels::cuda::select_device(local);
+  // Every rank on its own GPU, on every machine (the ranks agree: one of them
+  // short of GPUs sends every rank's device gradients through the host).
+  bool mine = kernels::cuda::nccl_built() && local_size <= kernels::cuda::cuda_device_count();
+  bool all = true;
+  for (const std::string& v : allgather(std::string(1, mine ? '1' : '0'), "GPU placement")) all = all && v == "1";
+  g_nccl_usable = all;
+#endif
+}
+
+bool nccl_usable() { return g_nccl_usable; }
+
+void device_allreduce_sum(float* dev, int64_t n, const char* what) {
+  if (g_size == 1 || n == 0) return;
+#ifdef VMOER_HAVE_CUDA
+  if (!kernels::cuda::nccl_ready())
+    kernels::cuda::nccl_init(broadcast(g_rank == 0 ? kernels::cuda::nccl_unique_id() : std::string(), what), g_rank,
+                             g_size);
+  // Every rank sends and receives 2(N − 1)/N of the buffer in NCCL's ring (counted as 8(N − 1)/N · n bytes).
+  g_bytes += (uint64_t)(8.0 * (double)(g_size - 1) / g_size * (double)n);
+  kernels::cuda::NcclWait w = kernels::cuda::nccl_allreduce_sum(dev, n, g_timeout, &g_signal);
+  if (!w.ok) {
+    std::vector<int> all;
+    for (int r = 0; r < g_size; ++r)
+      if (r != g_rank) all.push_back(r);
+    throw PeerLost("the " + std::string(what) + " over NCCL did not complete (" + w.why + ")", all);
+  }
+#else
+  (void)dev;
+  fail(std::string(what) + ": a device all-reduce needs a CUDA build");
+#endif
+}
 
 void barrier(const char* what) {
   if (g_size > 1) allgather(std::string(), what);

@@ -18,6 +18,7 @@
 // same on every rank; decisions that read the clock or the file system go
 // through root_says so that every rank takes the same branch).
 #pragma once
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -176,6 +177,25 @@ class Unpack {
   size_t at_ = 0;
 };
 
+// ---- device buffers (--device cuda; docs/SCALE.md "GPUs") ----------------------------------------
+// A CUDA build with NCCL (VMOER_NCCL).
+bool nccl_built();
+// NCCL can run: built, and use_local_gpu gave every rank of this machine its
+// own GPU (NCCL does not put two ranks of one communicator on one device;
+// with fewer GPUs than ranks the device gradients go through the host).
+bool nccl_usable();
+// Several ranks on one machine: this rank's GPU is its local rank (Open MPI's
+// OMPI_COMM_WORLD_LOCAL_RANK, Slurm's SLURM_LOCALID, MPICH's MPI_LOCALRANKID)
+// modulo the machine's GPUs, for every thread. Once, before any CUDA use.
+void use_local_gpu();
+// x (n floats in device memory) becomes Σ_r x_r on every rank, through NCCL
+// (ncclAllReduce; the communicator opens on first use, rank 0's id sent over
+// MPI). NCCL fixes its reduction order for a given rank count and topology,
+// but it is not TreeSum's: for 2 ranks the same bits (a + b = b + a), for more
+// equal to rounding. Bounded like every exchange: PeerLost when it does not
+// complete within timeout() or a signal arrives.
+void device_allreduce_sum(float* dev, int64_t n, const char* what);
+
 // ---- counters -------------------------------------------------------------------------------------
 // Payload bytes this rank handed to MPI to send, and messages, since the start.
 uint64_t bytes_sent();
@@ -190,16 +210,47 @@ uint64_t messages_sent();
 // 2^k-leaf partial sums is the same tree as the sum over all N·2^k leaves:
 // the data-parallel gradient is bitwise the same at any rank count that
 // leaves each rank a power-of-two number of shards.
-class TreeSum {
+// TreeSumOf<V> is the same tree for any value type V given its addition
+// into(earlier) += later (the trainer sums device tensors with it).
+template <class V>
+class TreeSumOf {
  public:
-  void add(std::vector<float> leaf);
-  // The sum (the leaves are consumed). Empty when no leaf was added.
-  std::vector<float> take();
+  using AddFn = std::function<void(V& earlier, const V& later)>;
+  explicit TreeSumOf(AddFn add) : add_(std::move(add)) {}
+  void add(V leaf) {
+    ++leaves_;
+    stack_.emplace_back(0, std::move(leaf));
+    while (stack_.size() >= 2 && stack_[stack_.size() - 1].first == stack_[stack_.size() - 2].first) {
+      auto b = std::move(stack_.back());
+      stack_.pop_back();
+      add_(stack_.back().second, b.second);  // (earlier + later)
+      stack_.back().first += 1;
+    }
+  }
+  // The sum (the leaves are consumed); V{} when no leaf was added.
+  V take() {
+    while (stack_.size() >= 2) {
+      auto b = std::move(stack_.back());
+      stack_.pop_back();
+      add_(stack_.back().second, b.second);
+      stack_.back().first = std::max(stack_.back().first, b.first) + 1;
+    }
+    V out = stack_.empty() ? V{} : std::move(stack_.back().second);
+    stack_.clear();
+    leaves_ = 0;
+    return out;
+  }
   int leaves() const { return leaves_; }
 
  private:
-  std::vector<std::pair<int, std::vector<float>>> stack_;  // (height, partial sum)
+  AddFn add_;
+  std::vector<std::pair<int, V>> stack_;  // (height, partial sum)
   int leaves_ = 0;
+};
+// Float vectors of equal length.
+class TreeSum : public TreeSumOf<std::vector<float>> {
+ public:
+  TreeSum();
 };
 
 }  // namespace vm::dist

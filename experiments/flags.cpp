@@ -8,6 +8,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "core/dist.h"
 #include "experiments/cli_fields.h"
 #include "experiments/commands.h"
 #include "experiments/run_config.h"
@@ -24,6 +25,7 @@ void require_device(Device device, bool allow_tf32) {
   if (device == Device::CPU) return;
 #ifdef VMOER_HAVE_CUDA
   if (!kernels::cuda::cuda_device_available()) fail("--device cuda: no CUDA device on this machine; use --device cpu");
+  dist::use_local_gpu();  // several ranks on a machine: one GPU each (before any other CUDA use)
   static bool warned = false;
   if (!warned) {
     warned = true;

@@ -613,7 +613,7 @@ struct DataParallel {
 static void sharded_micro_batch(nn::Model& model, const StageData& data, const RunConfig& cfg, uint64_t key,
                                 int64_t step, bool first_micro, bool last_micro, const nn::ForwardOptions& fo,
                                 DataParallel& dp_, const NanInjection& inject, const std::string& last_good,
-                                StepStats& s, std::vector<float>& G, std::vector<uint8_t>& G_defined) {
+                                StepStats& s, Tensor& G, std::vector<uint8_t>& G_defined) {
   auto& ps = model.params();
   const int K = model.config().top_k;
   const int n_local = dp_.mine.last - dp_.mine.first;
@@ -655,7 +655,7 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
   };
   std::vector<Vals> vals;
   std::vector<std::vector<TempSums>> temps;
-  dist::TreeSum tree;
+  dp::GradTree tree;
   std::vector<uint8_t> defined(dp_.grads.names.size(), 0);
   std::string bad;
   const bool inject_here = dp_.inject_rank < 0 || dp_.inject_rank == dist::rank();
@@ -690,7 +690,7 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
     temps.push_back(temperature_sums(f.res, f.mask));
   }
   fw.clear();  // the graphs
-  std::vector<float> partial = tree.take();
+  Tensor partial = tree.take();
   if (bad.empty()) {
     std::string nf = dp::first_nonfinite(dp_.grads, partial);
     if (!nf.empty()) {
@@ -738,11 +738,10 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
   }
   // the micro-batch's gradient: Σ over the ranks in the fixed tree
   const uint64_t b0 = dist::bytes_sent();
-  dist::allreduce_sum(partial.data(), (int64_t)partial.size(), dp_.bucket, "gradient all-reduce");
+  dp::allreduce_grads(partial, dp_.bucket);
   dp_.grad_bytes += dist::bytes_sent() - b0;
-  if (first_micro) G = std::move(partial);
-  else
-    for (size_t i = 0; i < G.size(); ++i) G[i] += partial[i];
+  if (first_micro) G = partial;
+  else dp::add_into(G, partial);
   if (last_micro) {
     s.layers = layer_load_of(model.moe_layer_ids(), counts, dropped);
     s.temperature = temperature_json(tsum);
@@ -881,7 +880,7 @@ int run_train(RunConfig cfg) {
   double tokens_done = 0;
   const int64_t start_step = st.step;
   int exit_code = 0;
-  std::vector<float> G;             // sharded: the step's gradient (all micro-batches)
+  Tensor G;                         // sharded: the step's gradient (all micro-batches)
   std::vector<uint8_t> G_defined;
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
    try {

@@ -92,6 +92,19 @@ std::string cuda_device_name() {
 
 // ---- context ----------------------------------------------------------------------
 namespace {
+std::atomic<int> g_selected{-1};  // select_device's choice, for every thread's context
+}  // namespace
+
+int select_device(int local_rank) {
+  const int n = cuda_device_count();
+  if (n == 0) return -1;
+  const int dev = local_rank % n;
+  g_selected.store(dev);
+  CUDA_CHECK(cudaSetDevice(dev));
+  return dev;
+}
+
+namespace {
 struct ContextOwner {
   Context c;
   ~ContextOwner() {
@@ -123,6 +136,7 @@ Context& context() {
   if (!owner) {
     if (!cuda_device_available()) throw vm::Error("cuda: no CUDA device (cudaGetDeviceCount found none)");
     auto o = std::make_unique<ContextOwner>();
+    if (int sel = g_selected.load(); sel >= 0) CUDA_CHECK(cudaSetDevice(sel));  // the device is per host thread
     CUDA_CHECK(cudaGetDevice(&o->c.device));
     CUDA_CHECK(cudaDeviceGetAttribute(&o->c.sm_count, cudaDevAttrMultiProcessorCount, o->c.device));
     int pools = 0;

@@ -33,6 +33,10 @@ bool cuda_device_available();
 int cuda_device_count();  // 0 without driver/device
 // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs)" or "no CUDA device".
 std::string cuda_device_name();
+// Several processes per machine (mpirun): process-wide, every host thread's
+// context uses device local_rank % cuda_device_count() (call before any other
+// CUDA use; no-op without a device). Returns the device, or -1.
+int select_device(int local_rank);
 
 // ---- memory --------------------------------------------------------------------
 void* device_malloc(size_t bytes);  // stream-ordered on this thread's stream; throws vm::Error
