@@ -206,6 +206,14 @@ std::string describe() {
 
 uint64_t bytes_sent() { return g_bytes; }
 uint64_t messages_sent() { return g_messages; }
+static double g_exchange_s = 0;
+double exchange_seconds() { return g_exchange_s; }
+namespace {
+struct ExchangeTimer {  // adds the wall time of one exchange to g_exchange_s
+  double t0 = now_s();
+  ~ExchangeTimer() { g_exchange_s += now_s() - t0; }
+};
+}  // namespace
 
 // ---- TreeSum ---------------------------------------------------------------------------------
 TreeSum::TreeSum()
@@ -309,6 +317,7 @@ void post_recv(std::vector<Pending>& p, void* buf, size_t bytes, int peer, int t
 
 std::vector<std::string> allgather(const std::string& mine, const char* what) {
   if (g_size == 1) return {mine};
+  ExchangeTimer timer;
   const int N = g_size, r = g_rank;
   std::vector<uint64_t> sizes((size_t)N, 0);
   sizes[(size_t)r] = mine.size();
@@ -339,6 +348,7 @@ std::vector<std::string> allgather(const std::string& mine, const char* what) {
 
 std::string broadcast(const std::string& from_root, const char* what) {
   if (g_size == 1) return from_root;
+  ExchangeTimer timer;
   uint64_t n = g_rank == 0 ? from_root.size() : 0;
   {
     std::vector<Pending> p;
@@ -365,6 +375,7 @@ std::string broadcast(const std::string& from_root, const char* what) {
 void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what) {
   if (g_size == 1 || n == 0) return;
   VM_CHECK(bucket > 0, "dist::allreduce_sum: bucket must be positive");
+  ExchangeTimer timer;
   const int N = g_size, r = g_rank;
   for (int64_t b0 = 0; b0 < n; b0 += bucket) {
     const int64_t L = std::min(bucket, n - b0);
@@ -455,6 +466,7 @@ void device_allreduce_sum(float* dev, int64_t n, const char* what) {
                              g_size);
   // Every rank sends and receives 2(N − 1)/N of the buffer in NCCL's ring (counted as 8(N − 1)/N · n bytes).
   g_bytes += (uint64_t)(8.0 * (double)(g_size - 1) / g_size * (double)n);
+  ExchangeTimer timer;
   kernels::cuda::NcclWait w = kernels::cuda::nccl_allreduce_sum(dev, n, g_timeout, &g_signal);
   if (!w.ok) {
     std::vector<int> all;

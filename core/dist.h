@@ -197,9 +197,11 @@ void use_local_gpu();
 void device_allreduce_sum(float* dev, int64_t n, const char* what);
 
 // ---- counters -------------------------------------------------------------------------------------
-// Payload bytes this rank handed to MPI to send, and messages, since the start.
+// Payload bytes this rank handed to MPI to send, and messages, since the start;
+// wall seconds spent inside the exchanges (waiting for slower ranks included).
 uint64_t bytes_sent();
 uint64_t messages_sent();
+double exchange_seconds();
 
 // ---- the fixed summation order ------------------------------------------------------------
 // Σ of equal-length vectors (leaves, given in order) grouped as a binary

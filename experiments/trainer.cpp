@@ -887,6 +887,7 @@ int run_train(RunConfig cfg) {
     if (dist::active()) dist::set_context("step " + std::to_string(step) + "; last good checkpoint: " + ck.last_good());
     maybe_fault(fault, dist::rank(), step);
     const uint64_t bytes0 = dist::bytes_sent();
+    const double xs0 = dist::exchange_seconds();
     dp_.grad_bytes = 0;
     ps.zero_grad();
     if (step == inject.step && !inject.grad && inject_here) {
@@ -996,6 +997,7 @@ int run_train(RunConfig cfg) {
     if (dist::active()) {
       rec["comm_grad_bytes"] = dp_.grad_bytes;
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
+      rec["comm_seconds"] = dist::exchange_seconds() - xs0;  // inside exchanges, waiting for slower ranks included
     }
     log << rec.dump() << "\n";
     log.flush();

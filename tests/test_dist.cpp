@@ -89,7 +89,7 @@ std::vector<json> steps_of(const std::string& dir) {
   while (std::getline(f, line)) {
     json j = json::parse(line);
     if (!j.contains("step") || j.contains("event")) continue;
-    for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes"}) j.erase(k);
+    for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes", "comm_seconds"}) j.erase(k);
     out.push_back(j);
   }
   return out;
