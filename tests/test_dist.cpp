@@ -403,3 +403,26 @@ TEST_CASE("data parallel on GPUs: --device cuda at np = 2 equals np = 1 with 2 s
   CHECK(slurp(d / "np2/last.safetensors") == slurp(d / "s2/last.safetensors"));
 #endif
 }
+
+TEST_CASE("data parallel: vmoer reproduce under mpirun runs every stage on both ranks; rank 0 writes what one process does") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  const std::string r = "reproduce --smoke --track text --methods det,mfvr --data-dir " + kFix;
+  Out one = vmoer(r + " --batch-shards 2 --out " + d / "one");
+  REQUIRE_MESSAGE(one.rc == 0, one.text);
+  Out two = vmoer(r + " --out " + d / "two", 2);
+  REQUIRE_MESSAGE(two.rc == 0, two.text);
+  // The same stage keys (the shards, not the rank count, are in them) and the same checkpoints.
+  int stages = 0;
+  for (auto& e : fs::directory_iterator(d / "one/stages")) {
+    std::string name = e.path().filename().string();
+    CHECK_MESSAGE(slurp(e.path().string() + "/best.safetensors") == slurp(d / "two/stages/" + name + "/best.safetensors"),
+                  name);
+    ++stages;
+  }
+  CHECK(stages == 3);
+  // The same table but for its command line and wall time.
+  auto body = [](const std::string& t) { return t.substr(0, t.find("Built as:")); };
+  CHECK(body(slurp(d / "one/table.md")) == body(slurp(d / "two/table.md")));
+  CHECK(json::parse(slurp(d / "two/results.json"))["provenance"]["ranks"].get<std::string>().rfind("2 ranks", 0) == 0);
+}
