@@ -35,7 +35,7 @@ std::atomic<int> g_signal{0};
 std::atomic<bool> g_line_printed{false};
 int g_stderr = 2;  // the real stderr (ranks other than 0 point fd 2 at /dev/null)
 std::mutex g_ctx_mu;
-std::string g_context;
+std::string g_ctx_prefix, g_ctx_suffix;
 uint64_t g_bytes = 0, g_messages = 0;
 
 double now_s() {
@@ -62,15 +62,16 @@ void watchdog() {
     int s = g_signal.load();
     if (!s) continue;
     std::this_thread::sleep_for(std::chrono::milliseconds(700));
-    std::string ctx;
+    std::string pre, suf;
     {
       std::lock_guard<std::mutex> lk(g_ctx_mu);
-      ctx = g_context;
+      pre = g_ctx_prefix;
+      suf = g_ctx_suffix;
     }
     if (g_rank == 0)
-      print_final_line("vmoer: stopped by signal " + std::to_string(s) +
-                       " (the launcher stops every rank when one exits, or the job was cancelled)" +
-                       (ctx.empty() ? std::string() : "; " + ctx));
+      print_final_line("vmoer: " + (pre.empty() ? std::string() : pre + ": ") + "stopped by signal " +
+                       std::to_string(s) + " (the launcher stops every rank when one exits, or the job was cancelled)" +
+                       (suf.empty() ? std::string() : "; " + suf));
     hard_exit(128 + s);
   }
 }
@@ -102,9 +103,17 @@ void set_timeout(double seconds) {
 double timeout() { return g_timeout; }
 void note_signal(int sig) { g_signal.store(sig); }
 int signal_seen() { return g_signal.load(); }
-void set_context(const std::string& text) {
+// "<prefix>: msg; <suffix>" with the context of set_context.
+static std::string in_context(const std::string& msg) {
   std::lock_guard<std::mutex> lk(g_ctx_mu);
-  g_context = text;
+  return (g_ctx_prefix.empty() ? std::string() : g_ctx_prefix + ": ") + msg +
+         (g_ctx_suffix.empty() ? std::string() : "; " + g_ctx_suffix);
+}
+
+void set_context(const std::string& prefix, const std::string& suffix) {
+  std::lock_guard<std::mutex> lk(g_ctx_mu);
+  g_ctx_prefix = prefix;
+  g_ctx_suffix = suffix;
 }
 
 bool print_final_line(const std::string& line) {
@@ -257,7 +266,7 @@ std::string ranks_text(const std::vector<int>& rs) {
     if (x.req != MPI_REQUEST_NULL && std::find(rs.begin(), rs.end(), x.peer) == rs.end()) rs.push_back(x.peer);
   std::sort(rs.begin(), rs.end());
   std::string who = rs.empty() ? std::string("a peer") : ranks_text(rs);
-  throw PeerLost(who + " did not answer in the " + std::string(what) + " (" + why + ")", rs);
+  throw PeerLost(in_context(who + " did not answer in the " + std::string(what) + " (" + why + ")"), rs);
 }
 
 // Waits for every request; bounded by the timeout and by a signal (then 0.3 s of grace).
@@ -472,7 +481,7 @@ void device_allreduce_sum(float* dev, int64_t n, const char* what) {
     std::vector<int> all;
     for (int r = 0; r < g_size; ++r)
       if (r != g_rank) all.push_back(r);
-    throw PeerLost("the " + std::string(what) + " over NCCL did not complete (" + w.why + ")", all);
+    throw PeerLost(in_context("the " + std::string(what) + " over NCCL did not complete (" + w.why + ")"), all);
   }
 #else
   (void)dev;

@@ -56,9 +56,11 @@ double timeout();
 // later with PeerLost naming whoever has not answered.
 void note_signal(int sig);
 int signal_seen();
-// What the watchdog's line adds after "stopped by signal N" (the trainer: the
-// step and the last good checkpoint). Thread-safe.
-void set_context(const std::string& text);
+// Where the program is, for the lines of a lost peer and of the watchdog:
+// "<prefix>: rank 1 did not answer ...; <suffix>" (the trainer: "step 5" and
+// "stopped, last good checkpoint: run/last.safetensors (step 4)"); empty
+// strings: none. Thread-safe.
+void set_context(const std::string& prefix, const std::string& suffix);
 
 // A peer did not answer: dead, hung, or the job is being stopped.
 struct PeerLost : Error {

@@ -883,8 +883,8 @@ int run_train(RunConfig cfg) {
   Tensor G;                         // sharded: the step's gradient (all micro-batches)
   std::vector<uint8_t> G_defined;
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
-   try {
-    if (dist::active()) dist::set_context("step " + std::to_string(step) + "; last good checkpoint: " + ck.last_good());
+    // what a lost peer's line says (core/dist.h): the step, the last good checkpoint
+    if (dist::active()) dist::set_context("step " + std::to_string(step), "stopped, last good checkpoint: " + ck.last_good());
     maybe_fault(fault, dist::rank(), step);
     const uint64_t bytes0 = dist::bytes_sent();
     const double xs0 = dist::exchange_seconds();
@@ -1027,14 +1027,9 @@ int run_train(RunConfig cfg) {
       std::fprintf(stderr, "time limit %.0f s reached at step %lld\n", cfg.time_limit_s, (long long)step);
       break;
     }
-   } catch (const dist::PeerLost& e) {  // a rank died or hung: nothing more can be agreed
-    progress_break(cfg.progress);
-    throw dist::PeerLost("step " + std::to_string(step) + ": " + e.what() + "; stopped, last good checkpoint: " +
-                             ck.last_good(),
-                         e.ranks);
-   }
   }
   progress_break(cfg.progress);
+  if (dist::active()) dist::set_context("end of training", "");
   if (dist::root_says(!fs::exists(ck.best_path), "end"))
     dist::on_root("checkpoint", [&] { save_checkpoint(ck.best_path, model, nullptr, st); });
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");
@@ -1043,6 +1038,7 @@ int run_train(RunConfig cfg) {
   nn::atomic_write(cfg.out + "/config.json", prov.dump(2) + "\n");
   std::fprintf(stderr, "%s done: step %lld, best val %s, checkpoints in %s\n", cfg.stage.str().c_str(),
                (long long)st.step, best.c_str(), cfg.out.c_str());
+  dist::set_context("", "");
   return exit_code;
 }
 
