@@ -166,6 +166,10 @@ void init(int* argc, char*** argv) {
   }
 #else
   if (want > 1) {
+    const char* r0 = nullptr;  // one line for the job: the launcher's rank 0 says it
+    for (const char* v : {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"})
+      if (!r0) r0 = std::getenv(v);
+    if (r0 && std::atoi(r0) != 0) std::exit(2);
     std::fprintf(stderr,
                  "vmoer: started by an MPI launcher with %d ranks, but this vmoer was built without MPI "
                  "(VMOER_MPI=OFF or no libopenmpi-dev at configure time); every rank would run alone and write the "
