@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/philox.h"
+#include "nn/noise.h"
 #ifdef VMOER_HAVE_CUDA
 #include "core/cuda/device.h"
 #include "kernels/cuda/moe.h"
@@ -121,11 +122,16 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   // Router jitter (Switch): u = x ⊙ U(1−j, 1+j), training only.
   Var u = x;
   if (ctx.training && rcfg_.jitter > 0) {
-    Tensor noise({N, C});
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "jitter");
-    for (int64_t i = 0; i < noise.numel(); ++i)
-      noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, (uint64_t)i) - 1.0f);
-    u = ops::mul(x, ops::constant(noise.to(x.value().device())));
+    Tensor noise;
+    if (x.value().is_cuda()) {
+      noise = device_jitter({N, C}, rcfg_.jitter, ctx.seed, stream);  // drawn on the GPU (nn/noise.h)
+    } else {
+      noise = Tensor({N, C});
+      for (int64_t i = 0; i < noise.numel(); ++i)
+        noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, (uint64_t)i) - 1.0f);
+    }
+    u = ops::mul(x, ops::constant(noise));
   }
   aux.route = router_->route(u, w_router_, K, mask, ctx);
   const RouterOut& r = aux.route;

@@ -1083,6 +1083,20 @@ CUDA_CASE("cuda staged uploads: many uploads across laps of the ring arrive inta
   CHECK(dbig.to_host() == big);
 }
 
+// Router jitter drawn on the GPU (nn/noise.h): the host loop's expression
+// 1 + j(2u − 1) on bit-identical uniforms; FMA contraction may differ in the
+// last place: 2 ulp of 1 (2.4e-7).
+CUDA_CASE("cuda philox_jitter vs the host loop of the MoE layer") {
+  const int64_t n = 5003;
+  const float j = 0.01f;
+  std::vector<float> want((size_t)n);
+  for (int64_t i = 0; i < n; ++i) want[i] = 1.0f + j * (2.0f * philox_uniform(17, 23, (uint64_t)i) - 1.0f);
+  Guarded<float> got((size_t)n);
+  cu::philox_jitter(got.data(), n, j, 17, 23);
+  expect_close("philox_jitter", got.get(), want, 2.4e-7, 1.0);
+  CHECK_GUARDS(got);
+}
+
 // ======================================================================================================
 // embedding, dropout, Philox
 // ======================================================================================================

@@ -21,9 +21,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/fastmath.h"
+#include "nn/noise.h"
 #include "nn/routers/common.h"
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/moe.h"
@@ -155,7 +158,8 @@ class VariationalLogitRouter : public Router {
     } else if (no_graph) {
       out.probs = ops::constant(mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream));
     } else {
-      Var eps = ops::constant(routers::normals((int64_t)S * N, E, ctx.seed, stream).to(dev));
+      Var eps = ops::constant(dev == Device::CUDA ? device_normals({(int64_t)S * N, (int64_t)E}, ctx.seed, stream)
+                                                  : routers::normals((int64_t)S * N, E, ctx.seed, stream));
       Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), eps)  // σ ⊙ ε
                          : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0), eps);  // L ε
       Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)

@@ -15,6 +15,7 @@
 // Low T recovers deterministic top-K; high T spreads the selection.
 #include <cmath>
 
+#include "nn/noise.h"
 #include "nn/routers/common.h"
 #include "nn/routers/selection.h"
 
@@ -58,8 +59,10 @@ class VtsrRouter : public Router {
       out.penalty = ops::mul_scalar(routers::masked_sum(neglog, mask), cfg_.temp_penalty / norm);
     } else {
       Var m = ops::slice(a, 1, 0, out_), rho = ops::slice(a, 1, out_, 2 * out_);
-      Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"));
-      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi.to(u.value().device()))));
+      const uint64_t xi_stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT");
+      Tensor xi = u.value().is_cuda() ? device_normals({N, (int64_t)out_}, ctx.seed, xi_stream)  // on the GPU
+                                      : routers::normals(N, out_, ctx.seed, xi_stream);
+      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi)));
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
       // KL = ½ Σ_j (v/s² + m²/s² − 1 − log v + log s²),  log v = ρ
