@@ -5,6 +5,9 @@
 #include <utility>
 
 #include "autodiff/ops_common.h"
+#ifdef VMOER_HAVE_CUDA
+#include "kernels/cuda/rowwise.h"  // the cross-entropy pair that keeps the loss on the GPU
+#endif
 
 namespace vm::ops {
 using namespace detail;
@@ -255,17 +258,35 @@ VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets
   auto probs = std::make_shared<TensorT<T>>(TensorT<T>::empty(logits.shape(), dev));  // every row written
   TensorT<int32_t> tg = ints_on(targets, dev);
   int64_t count = 0;
-  double total = N * C > 0 ? VM_RUN(dev, cross_entropy_fwd, logits.value().data(), tg.data(), probs->data(), N, C,
-                                    ignore_index, &count)
-                           : 0.0;  // the loss comes back to the host
-  TensorT<T> out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0)).to(dev);
+  TensorT<T> out;
+#ifdef VMOER_HAVE_CUDA
+  if (dev == Device::CUDA) {  // the loss stays on the GPU: no transfer either way
+    for (int32_t t : targets) count += t != ignore_index;
+    out = TensorT<T>::empty({}, dev);
+    kernels::cuda::cross_entropy_fwd_mean(logits.value().data(), tg.data(), probs->data(), N, C, ignore_index, count,
+                                          out.data());
+  }
+#endif
+  if (dev == Device::CPU) {
+    double total = N * C > 0 ? kernels::cross_entropy_fwd(logits.value().data(), tg.data(), probs->data(), N, C,
+                                                          ignore_index, &count)
+                             : 0.0;
+    out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0));
+  }
   return make_result<T>(std::move(out), "cross_entropy", {logits},
                         [probs, tg, N, C, count, ignore_index, dev](Node<T>& self) {
                           auto* g = grad_of(self, 0);
                           if (!g || count == 0) return;
-                          T gout = self.grad.item();  // the scalar output gradient (a host read on the GPU)
-                          VM_RUN(dev, cross_entropy_bwd, probs->data(), tg.data(), g->data(), N, C, ignore_index,
-                                 T(gout / (T)count));
+#ifdef VMOER_HAVE_CUDA
+                          if (dev == Device::CUDA) {  // the output gradient read where backward left it
+                            kernels::cuda::cross_entropy_bwd_dev(probs->data(), tg.data(), g->data(), N, C,
+                                                                 ignore_index, self.grad.data(), count);
+                            return;
+                          }
+#endif
+                          T gout = self.grad.item();
+                          kernels::cross_entropy_bwd(probs->data(), tg.data(), g->data(), N, C, ignore_index,
+                                                     T(gout / (T)count));
                         });
 }
 VM_INSTANTIATE_OP(cross_entropy)

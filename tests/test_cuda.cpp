@@ -1036,6 +1036,58 @@ CUDA_CASE("cuda adamw_step vs kernels::adamw_step") {
   }
 }
 
+// Cross-entropy with the loss left on the GPU (the op's device path): the
+// loss is the CPU's T(total / count) of the same per-row terms summed in
+// another order (1e-6 relative; 1e-12 in double); count = 0 gives 0. The
+// backward reads the output gradient on the device: the CPU kernel with the
+// scale the CPU op forms (1e-6 / floor 1e-6; double 1e-12).
+template <class T>
+static void cross_entropy_device_case() {
+  const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
+  for (int64_t C : {1, 33, 1025}) {
+    for (bool all_ignored : {false, true}) {
+      const int64_t rows = 37;
+      CAPTURE(C);
+      CAPTURE(all_ignored);
+      auto x = randn<T>((size_t)(rows * C), 7100, 2.0);
+      std::vector<int32_t> tg((size_t)rows);
+      int64_t count = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        tg[r] = all_ignored || r % 5 == 3 ? -100 : (int32_t)(philox_u32(7, 1, (uint64_t)r) % (uint32_t)C);
+        count += tg[r] != -100;
+      }
+      std::vector<T> probs((size_t)(rows * C));
+      int64_t cpu_count = -1;
+      const double total = cpu::cross_entropy_fwd(x.data(), tg.data(), probs.data(), rows, C, -100, &cpu_count);
+      REQUIRE(cpu_count == count);
+      const T want = count ? T(total / (double)count) : T(0);
+      Guarded<T> gx(x), gprobs((size_t)(rows * C)), gloss((size_t)1);
+      Guarded<int32_t> gtg(tg);
+      cu::cross_entropy_fwd_mean(gx.data(), gtg.data(), gprobs.data(), rows, C, -100, count, gloss.data());
+      expect_close("cross_entropy_fwd_mean loss", gloss.get(), std::vector<T>{want}, tol, 1e-6);
+      expect_close("cross_entropy_fwd_mean probs", gprobs.get(), probs, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      if (count == 0) continue;
+      const T gout = T(0.75);
+      auto d0 = randn<T>((size_t)(rows * C), 7200);
+      std::vector<T> want_d = d0;
+      cpu::cross_entropy_bwd(probs.data(), tg.data(), want_d.data(), rows, C, -100, T(gout / (T)count));
+      Guarded<T> gd(d0), ggout(std::vector<T>{gout});
+      cu::cross_entropy_bwd_dev(gprobs.data(), gtg.data(), gd.data(), rows, C, -100, ggout.data(), count);
+      expect_close("cross_entropy_bwd_dev", gd.get(), want_d, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      CHECK_GUARDS(gd);
+      CHECK_GUARDS(gloss);
+    }
+  }
+  // no rows: the loss is written as 0
+  Guarded<T> gloss((size_t)1);
+  cu::cross_entropy_fwd_mean<T>(nullptr, nullptr, nullptr, 0, 5, -100, 0, gloss.data());
+  expect_exact("cross_entropy_fwd_mean with no rows", gloss.get(), std::vector<T>{T(0)});
+}
+CUDA_CASE("cuda cross-entropy with the loss on the GPU: cross_entropy_fwd_mean / cross_entropy_bwd_dev vs the CPU") {
+  cross_entropy_device_case<float>();
+  cross_entropy_device_case<double>();
+}
+
 // Uploads through the pinned staging ring (core/cuda/staging.h): copy_h2d
 // returns before the copy is made, so the host source is overwritten at once
 // here; every upload must still arrive intact, across several laps of the
@@ -1282,7 +1334,7 @@ static void topk_gates_case() {
   Guarded<T> gf(flat), gg3((size_t)K);
   Guarded<int32_t> ge3((size_t)K);
   cu::topk_gates(gf.data(), ge3.data(), gg3.data(), 1, E, K);
-  expect_exact("topk_gates ties", ge3.get(), want);
+  expect_exact("topk_gates ties", ge3.get(), want.host());
 }
 
 CUDA_CASE("cuda topk_gates (top-K + renormalised gates, fwd/bwd) vs nn::topk_renormalised") {

@@ -17,8 +17,11 @@
 #include <string>
 #include <vector>
 
+#include "autodiff/ops.h"
 #include "core/cuda/staging.h"
 #include "core/philox.h"
+#include "core/tensor.h"
+#include "nn/moe.h"
 
 using namespace vm;
 using vm::kernels::cuda::StagingRing;
@@ -144,4 +147,108 @@ TEST_CASE("staging ring: bad sizes and out-of-order commits are refused") {
   auto a = r.reserve(100);
   r.commit(a, 0);
   CHECK_THROWS(r.commit(a, 1));  // the same slice twice
+}
+
+// ---- Indices and items ------------------------------------------------------------------------
+TEST_CASE("Indices: a host list and a tensor's values read alike; copies share the host copy") {
+  Indices a(std::vector<int32_t>{3, 1, 2});
+  CHECK(a.device() == Device::CPU);
+  CHECK(a.size() == 3);
+  CHECK(a.on_host());
+  CHECK(a[0] == 3);
+  CHECK(a.host() == std::vector<int32_t>{3, 1, 2});
+  CHECK(a.on(Device::CPU).to_vector() == std::vector<int32_t>{3, 1, 2});
+  TensorT<int32_t> t = TensorT<int32_t>::from({3, 1, 2, 0}, {2, 2});
+  Indices b(t);
+  CHECK(b.size() == 4);
+  CHECK(b.device() == Device::CPU);
+  CHECK(b.on(Device::CPU).data() == t.data());  // the tensor itself, flattened: no copy
+  CHECK(b.on(Device::CPU).shape() == Shape{4});
+  const std::vector<int32_t> v = b;  // a host vector on demand
+  CHECK(v == std::vector<int32_t>{3, 1, 2, 0});
+  Indices c = b;
+  CHECK(&c.host() == &b.host());  // one host copy for all copies
+  CHECK(Indices(std::vector<int32_t>{3, 1, 2}) == a);
+  CHECK_FALSE(a == b);
+  CHECK(std::set<int32_t>(b.begin(), b.end()) == std::set<int32_t>{0, 1, 2, 3});
+  CHECK(Indices().empty());
+}
+
+TEST_CASE("take_cols: host lists and indices already on x's device give the same values and gradients") {
+  Tensor xv = Tensor::from({0.f, 1.f, 2.f, 10.f, 11.f, 12.f}, {2, 3});
+  const std::vector<int32_t> idx{2, 0, 1, 1};
+  Var x1(xv.clone(), true), x2(xv.clone(), true);
+  Var y1 = ops::take_cols(x1, idx, 2);
+  Var y2 = ops::take_cols(x2, Indices(TensorT<int32_t>::from(idx, {2, 2})), 2);
+  CHECK(y1.value().to_vector() == std::vector<float>{2.f, 0.f, 11.f, 11.f});
+  CHECK(y2.value().to_vector() == y1.value().to_vector());
+  backward(ops::sum_all(y1));
+  backward(ops::sum_all(y2));
+  CHECK(x1.grad().to_vector() == std::vector<float>{1.f, 0.f, 1.f, 0.f, 2.f, 0.f});
+  CHECK(x2.grad().to_vector() == x1.grad().to_vector());
+  // host values are range-checked
+  std::string msg;
+  try {
+    ops::take_cols(x1, std::vector<int32_t>{0, 3, 1, 1}, 2);
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  CHECK(msg == "take_cols: index 3 outside [0, 3)");
+}
+
+TEST_CASE("topk_gates: the indices stay where the kernel wrote them and read as ops::topk's") {
+  Tensor p = Tensor::from({0.1f, 0.5f, 0.4f, 0.3f, 0.3f, 0.4f}, {2, 3});
+  auto tk = ops::topk_gates(Var(p), 2);
+  CHECK(tk.indices.device() == Device::CPU);
+  CHECK(tk.indices.host() == std::vector<int32_t>{1, 2, 2, 0});  // ties to the lower index
+  CHECK(tk.indices == ops::topk(Var(p), 2).indices);
+}
+
+TEST_CASE("items: single-element tensors read in order; anything else is refused") {
+  Tensor a = Tensor::scalar(1.5f), b = Tensor::from({-2.0f}, {1}), c = Tensor::from({1.f, 2.f}, {2});
+  CHECK(items<float>({&a, &b, &a}) == std::vector<float>{1.5f, -2.0f, 1.5f});
+  CHECK(items<float>({}).empty());
+  std::string msg;
+  try {
+    items<float>({&a, &c});
+  } catch (const Error& e) {
+    msg = e.what();
+  }
+  CHECK(msg == "items: value 1 is not a single-element tensor");
+}
+
+// ---- the dispatch plan's sizes in one buffer ------------------------------------------------------
+TEST_CASE("dispatch plan sizes: offsets, counts, wanted, dropped side by side, unpacked as the host plan's") {
+  for (int E : {1, 3, 8}) {
+    INFO("E = " << E);
+    const int K = std::min(E, 2);
+    const int64_t N = 23;
+    std::vector<int32_t> experts((size_t)(N * K));
+    std::vector<uint8_t> mask((size_t)N, 1);
+    mask[4] = mask[17] = 0;
+    for (int64_t n = 0; n < N; ++n)  // K distinct experts per token
+      for (int j = 0; j < K; ++j) experts[(size_t)(n * K + j)] = (int32_t)((philox_u32(5, 1, (uint64_t)n) + j) % E);
+    const nn::DispatchPlan p = nn::plan_dispatch(experts, N, K, E, mask, 1.0);
+    const nn::PlanSizes at(E);
+    // the layout moe_dispatch_plan is handed: four disjoint blocks covering the buffer
+    CHECK(at.offsets == 0);
+    CHECK(at.counts == (size_t)E + 1);
+    CHECK(at.wanted == 2 * (size_t)E + 1);
+    CHECK(at.dropped == 3 * (size_t)E + 1);
+    CHECK(at.total == 3 * (size_t)E + 2);
+    std::vector<int64_t> packed(at.total, -7);
+    std::copy(p.offsets.begin(), p.offsets.end(), packed.begin() + (ptrdiff_t)at.offsets);
+    std::copy(p.counts.begin(), p.counts.end(), packed.begin() + (ptrdiff_t)at.counts);
+    std::copy(p.wanted.begin(), p.wanted.end(), packed.begin() + (ptrdiff_t)at.wanted);
+    packed[at.dropped] = p.dropped;
+    CHECK(std::count(packed.begin(), packed.end(), -7) == 0);  // nothing left unwritten
+    std::vector<int64_t> off, cnt, want;
+    int64_t drop = -1;
+    at.unpack(packed, off, cnt, want, drop);
+    CHECK(off == p.offsets);
+    CHECK(cnt == p.counts);
+    CHECK(want == p.wanted);
+    CHECK(drop == p.dropped);
+    if (E > 1) CHECK(p.dropped > 0);  // capacity 1.0 with uneven routing drops some
+  }
 }

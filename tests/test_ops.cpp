@@ -650,7 +650,7 @@ TEST_CASE("ops: shape errors name the op and the shapes") {
   CHECK_MESSAGE(contains(m, "dropout: p must be in [0, 1)"), m);
   m = error_of([&] { ops::topk(v({2, 3}), 4); });
   CHECK_MESSAGE(contains(m, "topk: k = 4"), m);
-  m = error_of([&] { ops::take_cols(v({2, 3}), {0, 3}, 1); });
+  m = error_of([&] { ops::take_cols(v({2, 3}), std::vector<int32_t>{0, 3}, 1); });
   CHECK_MESSAGE(contains(m, "take_cols: index 3"), m);
   m = error_of([&] { ops::gather_rows(v({2, 3}), {2}); });
   CHECK_MESSAGE(contains(m, "gather_rows: row 2"), m);

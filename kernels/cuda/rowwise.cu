@@ -274,13 +274,29 @@ __global__ void cross_entropy_total(const double* __restrict__ loss, const int32
   }
 }
 
+// The op's device path: the same total, its mean written on the GPU as the
+// CPU op forms it on the host, T(total / count) (0 when count = 0).
+template <class T>
+__global__ void cross_entropy_mean(const double* __restrict__ loss, const int32_t* __restrict__ targets,
+                                   int64_t rows, int32_t ignore_index, int64_t count, T* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
+    if (targets[r] != ignore_index) s += loss[r];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = count ? T(s / (double)count) : T(0);
+}
+
+// scale: the given one, or (gout != nullptr) the scalar output gradient read
+// on the GPU divided by count, as the CPU op's T(gout / (T)count).
 template <class T, bool BLOCK>
 __global__ void cross_entropy_bwd_k(const T* __restrict__ probs, const int32_t* __restrict__ targets,
-                                    T* __restrict__ dlogits, int64_t rows, int64_t C, int32_t ignore_index, T scale) {
+                                    T* __restrict__ dlogits, int64_t rows, int64_t C, int32_t ignore_index, T scale,
+                                    const T* __restrict__ gout, T count) {
   RowGroup<BLOCK> g;
   if (g.row >= rows) return;
   const int32_t t = targets[g.row];
   if (t == ignore_index) return;
+  if (gout) scale = T(gout[0] / count);
   const T* pr = probs + g.row * C;
   T* dr = dlogits + g.row * C;
   for (int64_t c = g.tid; c < C; c += g.size) dr[c] += scale * (pr[c] - (c == t ? T(1) : T(0)));
@@ -435,7 +451,29 @@ void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64
                        int32_t ignore_index, T scale) {
   if (rows <= 0 || C <= 0) return;
   RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
-  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, scale);
+  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, scale,
+                (const T*)nullptr, T(1));
+}
+
+template <class T>
+void cross_entropy_fwd_mean(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                            int32_t ignore_index, int64_t count, T* loss) {
+  if (rows <= 0 || C <= 0) {
+    fill_value(loss, 1, T(0));
+    return;
+  }
+  DeviceBuffer<double> per_row((size_t)rows);
+  RowLaunch rl = pick(C, {}, "cuda cross_entropy_fwd");
+  VM_ROW_LAUNCH(cross_entropy_fwd_k, rl, rows, logits, targets, probs, per_row.data(), rows, C, ignore_index);
+  cross_entropy_mean<T><<<1, 1024, 0, stream()>>>(per_row.data(), targets, rows, ignore_index, count, loss);
+  CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void cross_entropy_bwd_dev(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                           int32_t ignore_index, const T* gout, int64_t count) {
+  if (rows <= 0 || C <= 0 || count <= 0) return;
+  RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
+  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, T(0), gout, (T)count);
 }
 
 template <class T>
@@ -476,6 +514,9 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
 
 VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
 #define VM_INST(T)                                                                                          \
+  template void cross_entropy_fwd_mean<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t, T*); \
+  template void cross_entropy_bwd_dev<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, const T*,   \
+                                         int64_t);                                                          \
   template void softmax_fwd<T>(const T*, T*, int64_t, int64_t, Launch);                                     \
   template void softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t, Launch);                           \
   template void layernorm_fwd<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double, Launch); \

@@ -74,13 +74,20 @@ class VtsrRouter : public Router {
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-select");
     out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == VtsrSampler::authors, ctx.seed, stream);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));
-    out.temperature.assign((size_t)N, 0.f);
-    const Tensor Th = T.value().to(Device::CPU);  // diagnostics on the host
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0;
-      for (int j = 0; j < out_; ++j) s += Th[n * out_ + j];
-      out.temperature[(size_t)n] = (float)(s / out_);
-    }
+    // the mean temperature per token, made on the host when first read (the
+    // trainer logs it every step; inspection and evaluation read it too)
+    const Tensor T_v = T.value();
+    const int n_out = out_;
+    out.temperature = HostFloats::later([T_v, N, n_out] {
+      const Tensor Th = T_v.to(Device::CPU);
+      std::vector<float> t((size_t)N, 0.f);
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0;
+        for (int j = 0; j < n_out; ++j) s += Th[n * n_out + j];
+        t[(size_t)n] = (float)(s / n_out);
+      }
+      return t;
+    });
     return out;
   }
 
