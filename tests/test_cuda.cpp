@@ -570,8 +570,11 @@ static void gemm_case() {
       cpu::gemm(wdw.data() + e * C * F, x.data() + r0 * C, g.data() + r0 * F, C, F, m, true, false, true);
     }
     Guarded<T> dx(x), dw(w), dg(g), dout((size_t)(M * F)), ddx(dx0), ddw(dw0);
+    const uint64_t calls_before = cu::grouped_gemm_stats().calls;
     cu::grouped_gemm(dout.data(), dx.data(), dw.data(), off, C, F);
     cu::grouped_gemm_bwd(dx.data(), dw.data(), dg.data(), ddx.data(), ddw.data(), off, C, F);
+    CHECK(cu::grouped_gemm_stats().calls >= calls_before + 2);  // one grouped cuBLAS call each (3 groups)
+    CHECK(cu::grouped_gemm_stats().fallbacks == 0);              // ... which this cuBLAS accepted
     expect_close("grouped_gemm", dout.get(), want, tol, std::sqrt((double)C));
     expect_close("grouped_gemm_bwd dx", ddx.get(), wdx, tol, std::sqrt((double)F));
     expect_close("grouped_gemm_bwd dw", ddw.get(), wdw, tol, std::sqrt((double)M));

@@ -21,6 +21,9 @@
 #include "core/cuda/staging.h"
 #include "core/philox.h"
 #include "core/tensor.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/gemm.h"
+#include "kernels/gemm_groups.h"
 #include "nn/moe.h"
 
 using namespace vm;
@@ -251,4 +254,102 @@ TEST_CASE("dispatch plan sizes: offsets, counts, wanted, dropped side by side, u
     CHECK(drop == p.dropped);
     if (E > 1) CHECK(p.dropped > 0);  // capacity 1.0 with uneven routing drops some
   }
+}
+
+// ---- grouped GEMMs as problem lists -----------------------------------------------------------------
+namespace {
+// C (M, N) = op(A) op(B) [+ C], row-major, by the definition (double).
+void naive_gemm(const kernels::GemmProblem<double>& p) {
+  for (int64_t i = 0; i < p.M; ++i)
+    for (int64_t j = 0; j < p.N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < p.K; ++k) {
+        const double a = p.transA ? p.A[k * p.M + i] : p.A[i * p.K + k];
+        const double b = p.transB ? p.B[j * p.K + k] : p.B[k * p.N + j];
+        s += a * b;
+      }
+      p.C[i * p.N + j] = (p.accumulate ? p.C[i * p.N + j] : 0.0) + s;
+    }
+}
+std::vector<double> randv(size_t n, uint64_t seed) {
+  std::vector<double> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = philox_normal(seed, 3, i);
+  return v;
+}
+}  // namespace
+
+TEST_CASE("grouped gemm problem lists: one product per non-empty group, and run one by one they are the grouped products") {
+  const int64_t C = 5, F = 7;
+  const std::vector<int64_t> off{0, 3, 3, 9, 10};  // E = 4, group 1 empty
+  const int64_t M = off.back(), E = 4;
+  auto x = randv((size_t)(M * C), 1), w = randv((size_t)(E * C * F), 2), g = randv((size_t)(M * F), 3);
+  // forward: out rows of group e = x rows · w[e]
+  std::vector<double> out((size_t)(M * F), 99.0), want((size_t)(M * F), 0.0);
+  auto fwd = kernels::grouped_gemm_problems(out.data(), x.data(), w.data(), off, C, F);
+  REQUIRE(fwd.size() == 3);
+  CHECK(fwd[1].C == out.data() + 3 * F);  // group 2: rows 3..9
+  CHECK(fwd[1].A == x.data() + 3 * C);
+  CHECK(fwd[1].B == w.data() + 2 * C * F);
+  CHECK((fwd[1].M == 6 && fwd[1].N == F && fwd[1].K == C && !fwd[1].transA && !fwd[1].transB && !fwd[1].accumulate));
+  for (auto& p : fwd) naive_gemm(p);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = off[e]; r < off[e + 1]; ++r)
+      for (int64_t f = 0; f < F; ++f) {
+        double s = 0;
+        for (int64_t c = 0; c < C; ++c) s += x[r * C + c] * w[(e * C + c) * F + f];
+        want[r * F + f] = s;
+      }
+  for (size_t i = 0; i < out.size(); ++i) REQUIRE(std::abs(out[i] - want[i]) < 1e-12);
+  // backward: dx rows += g rows · w[e]ᵀ, dw[e] += x rowsᵀ g rows (accumulating onto what is there)
+  auto dx = randv((size_t)(M * C), 4), dw = randv((size_t)(E * C * F), 5);
+  std::vector<double> wdx = dx, wdw = dw;
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t r = off[e]; r < off[e + 1]; ++r) {
+      for (int64_t c = 0; c < C; ++c) {
+        double s = 0;
+        for (int64_t f = 0; f < F; ++f) s += g[r * F + f] * w[(e * C + c) * F + f];
+        wdx[r * C + c] += s;
+      }
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t f = 0; f < F; ++f) wdw[(e * C + c) * F + f] += x[r * C + c] * g[r * F + f];
+    }
+  auto bwd = kernels::grouped_gemm_bwd_problems(x.data(), w.data(), g.data(), dx.data(), dw.data(), off, C, F);
+  REQUIRE(bwd.size() == 6);  // dx, dw for each of the 3 non-empty groups
+  for (auto& p : bwd) naive_gemm(p);
+  for (size_t i = 0; i < dx.size(); ++i) REQUIRE(std::abs(dx[i] - wdx[i]) < 1e-12);
+  for (size_t i = 0; i < dw.size(); ++i) REQUIRE(std::abs(dw[i] - wdw[i]) < 1e-12);
+  // the empty group's weight gradient is untouched; null outputs make no products
+  CHECK(kernels::grouped_gemm_bwd_problems<double>(x.data(), w.data(), g.data(), nullptr, dw.data(), off, C, F).size() == 3);
+  CHECK(kernels::grouped_gemm_bwd_problems<double>(x.data(), w.data(), g.data(), dx.data(), nullptr, off, C, F).size() == 3);
+  CHECK(kernels::grouped_gemm_bwd_problems<double>(x.data(), w.data(), g.data(), nullptr, nullptr, off, C, F).empty());
+  CHECK(kernels::grouped_gemm_problems<double>(out.data(), x.data(), w.data(), {0, 0, 0}, C, F).empty());
+}
+
+TEST_CASE("grouped gemm on the CPU: the problem lists give the per-group products bit for bit") {
+  // kernels::grouped_gemm(_bwd) run their lists through kernels::gemm: the
+  // same calls, in the same order, as one gemm per group did.
+  const int64_t C = 24, F = 40;
+  const std::vector<int64_t> off{0, 7, 7, 30, 31};
+  const int64_t M = off.back(), E = 4;
+  std::vector<float> x(M * C), w(E * C * F), g(M * F);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = philox_normal(7, 1, i);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = philox_normal(7, 2, i);
+  for (size_t i = 0; i < g.size(); ++i) g[i] = philox_normal(7, 3, i);
+  std::vector<float> out(M * F), want(M * F);
+  kernels::grouped_gemm(out.data(), x.data(), w.data(), off, C, F);
+  for (int64_t e = 0; e < E; ++e)
+    if (off[e + 1] > off[e])
+      kernels::gemm(want.data() + off[e] * F, x.data() + off[e] * C, w.data() + e * C * F, off[e + 1] - off[e], F, C,
+                    false, false, false);
+  CHECK(out == want);
+  std::vector<float> dx(M * C, 0.5f), dw(E * C * F, -0.25f), wdx = dx, wdw = dw;
+  kernels::grouped_gemm_bwd(x.data(), w.data(), g.data(), dx.data(), dw.data(), off, C, F);
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t r0 = off[e], m = off[e + 1] - r0;
+    if (!m) continue;
+    kernels::gemm(wdx.data() + r0 * C, g.data() + r0 * F, w.data() + e * C * F, m, C, F, false, true, true);
+    kernels::gemm(wdw.data() + e * C * F, x.data() + r0 * C, g.data() + r0 * F, C, F, m, true, false, true);
+  }
+  CHECK(dx == wdx);
+  CHECK(dw == wdw);
 }
