@@ -141,6 +141,7 @@ TEST_CASE("cuda: backend not built") {
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/rowwise.h"
 #include "kernels/cuda/sort.h"
+#include "kernels/optim.h"
 #include "nn/moe.h"
 #include "nn/router.h"
 #include "nn/routers/common.h"
@@ -1037,6 +1038,57 @@ CUDA_CASE("cuda adamw_step vs kernels::adamw_step") {
       CHECK_GUARDS(gv);
     }
   }
+}
+
+// The optimiser's multi-tensor kernels (kernels/optim.h): one launch for
+// every parameter. The clipped gradient is one float product, written back:
+// exact. The update is adamw_step's formula (1e-6 / floor 1e-6, as above);
+// Σ g² in double against a long-double sum: 1e-12 relative.
+CUDA_CASE("cuda adamw_multi and sum_squares vs the CPU, several tensors in one launch") {
+  const std::vector<int64_t> sizes{1, 1001, 0, 65537, 300001, 7};
+  for (float scale : {1.0f, 0.37f}) {
+    CAPTURE(scale);
+    std::vector<std::vector<float>> p, g, m, v;
+    std::vector<std::unique_ptr<Guarded<float>>> gp, gg, gm, gv;
+    std::vector<cpu::AdamWTensor> host, dev;
+    std::vector<cu::GradSpan> spans;
+    long double ss = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const size_t n = (size_t)sizes[i];
+      p.push_back(randn<float>(n, 6000 + i));
+      g.push_back(randn<float>(n, 6100 + i, 3.0));
+      m.push_back(randn<float>(n, 6200 + i, 0.1));
+      v.push_back(randu<float>(n, 6300 + i, 0.0, 0.1));
+      for (float x : g.back()) ss += (long double)x * x;
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      gp.push_back(std::make_unique<Guarded<float>>(p[i]));
+      gg.push_back(std::make_unique<Guarded<float>>(g[i]));
+      gm.push_back(std::make_unique<Guarded<float>>(m[i]));
+      gv.push_back(std::make_unique<Guarded<float>>(v[i]));
+      const float wd = i % 2 ? 0.0f : 0.1f;
+      host.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), sizes[i], wd});
+      dev.push_back({gp[i]->data(), gg[i]->data(), gm[i]->data(), gv[i]->data(), sizes[i], wd});
+      spans.push_back({gg[i]->data(), sizes[i]});
+    }
+    const double sq = cu::sum_squares(spans);  // before the update scales the gradients
+    CHECK(std::abs(sq - (double)ss) <= 1e-12 * (double)ss);
+    const cpu::AdamWHyper h{3e-4f, 0.9f, 0.95f, 1e-8f, 7, scale};
+    cpu::adamw_multi(host, h);
+    cu::adamw_multi(dev, h);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      CAPTURE(i);
+      expect_exact("adamw_multi grad (clipped in place)", gg[i]->get(), g[i]);
+      expect_close("adamw_multi param", gp[i]->get(), p[i], 1e-6, 1e-6);
+      expect_close("adamw_multi m", gm[i]->get(), m[i], 1e-6, 1e-6);
+      expect_close("adamw_multi v", gv[i]->get(), v[i], 1e-6, 1e-6);
+      CHECK_GUARDS(*gp[i]);
+      CHECK_GUARDS(*gg[i]);
+      CHECK_GUARDS(*gm[i]);
+      CHECK_GUARDS(*gv[i]);
+    }
+  }
+  CHECK(cu::sum_squares({}) == 0.0);
 }
 
 // Cross-entropy with the loss left on the GPU (the op's device path): the

@@ -22,9 +22,12 @@
 #include "core/philox.h"
 #include "core/tensor.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rowwise.h"
 #include "kernels/gemm.h"
 #include "kernels/gemm_groups.h"
+#include "kernels/optim.h"
 #include "nn/moe.h"
+#include "nn/optim.h"
 
 using namespace vm;
 using vm::kernels::cuda::StagingRing;
@@ -352,4 +355,81 @@ TEST_CASE("grouped gemm on the CPU: the problem lists give the per-group product
   }
   CHECK(dx == wdx);
   CHECK(dw == wdw);
+}
+
+// ---- the optimiser's table ----------------------------------------------------------------------------
+namespace {
+void make_params(nn::ParamStore& ps) {
+  ps.normal("a.w", {4, 3}, 0.5, 1);
+  ps.normal("layers.0.norm1.g", {3}, 0.5, 1);  // no decay (norm)
+  ps.normal("head.b", {5}, 0.5, 1);            // no decay (bias)
+  ps.normal("frozen.w", {2, 2}, 0.5, 1);       // not trainable
+  ps.normal("nograd.w", {3}, 0.5, 1);          // trainable, no gradient this step
+  ps.get("frozen.w").set_requires_grad(false);
+}
+void set_grads(nn::ParamStore& ps, uint64_t seed) {
+  for (auto& [name, v] : ps.all()) {
+    if (name == "nograd.w") {
+      v.zero_grad();
+      continue;
+    }
+    Tensor g(v.shape());
+    for (int64_t i = 0; i < g.numel(); ++i) g[i] = 3.0f * philox_normal(seed, nn::name_hash(name), (uint64_t)i);
+    v.grad() = g;
+  }
+}
+}  // namespace
+
+TEST_CASE("AdamW: the table holds every trainable parameter with a gradient, in order; the step is the per-parameter loop bit for bit") {
+  nn::ParamStore ps, ref;
+  make_params(ps);
+  make_params(ref);
+  nn::AdamWConfig c;
+  c.lr = 1e-2;
+  c.weight_decay = 0.1;
+  c.clip = 0.5;  // the gradients' norm is far above: clipping on
+  c.total_steps = 10;
+  nn::AdamW opt(c);
+  std::map<std::string, std::pair<Tensor, Tensor>> state;  // the reference's (m, v)
+  for (int64_t t = 1; t <= 3; ++t) {
+    set_grads(ps, 100 + t);
+    set_grads(ref, 100 + t);
+    const auto rows = opt.table(ps);
+    REQUIRE(rows.size() == 3);
+    CHECK(rows[0].name == "a.w");
+    CHECK(rows[1].name == "layers.0.norm1.g");
+    CHECK(rows[2].name == "head.b");
+    CHECK(rows[0].t.weight_decay == 0.1f);
+    CHECK(rows[1].t.weight_decay == 0.0f);
+    CHECK(rows[2].t.weight_decay == 0.0f);
+    CHECK(rows[0].t.param == ps.get("a.w").value().data());
+    CHECK(rows[0].t.grad == ps.get("a.w").grad().data());
+    CHECK(rows[2].t.n == 5);
+    const double norm = opt.step(ps);
+    // the loop AdamW::step ran before the table: per parameter, clip then adamw_step
+    const double rnorm = nn::global_grad_norm(ref);
+    CHECK(norm == rnorm);
+    const float scale = (float)(c.clip / (rnorm + 1e-6));
+    REQUIRE(scale < 1.0f);
+    for (auto& [name, v] : ref.all()) {
+      if (!v.requires_grad() || !v.grad().defined()) continue;
+      auto it = state.emplace(name, std::make_pair(Tensor(v.shape()), Tensor(v.shape()))).first;
+      Tensor& g = v.grad();
+      for (int64_t i = 0; i < g.numel(); ++i) g[i] *= scale;
+      const bool decay = name == "a.w";
+      kernels::adamw_step(v.value().data(), g.data(), it->second.first.data(), it->second.second.data(), v.numel(),
+                          (float)nn::lr_at(c, t), (float)c.beta1, (float)c.beta2, (float)c.eps,
+                          decay ? (float)c.weight_decay : 0.0f, t);
+    }
+    for (auto& [name, v] : ps.all()) {
+      INFO(name << " at step " << t);
+      CHECK(v.value().to_vector() == ref.get(name).value().to_vector());
+      if (v.grad().defined()) CHECK(v.grad().to_vector() == ref.get(name).grad().to_vector());  // clipped in place
+    }
+  }
+  // untouched: the frozen parameter and the one that never had a gradient
+  nn::ParamStore fresh;
+  make_params(fresh);
+  CHECK(ps.get("frozen.w").value().to_vector() == fresh.get("frozen.w").value().to_vector());
+  CHECK(ps.get("nograd.w").value().to_vector() == fresh.get("nograd.w").value().to_vector());
 }

@@ -7,6 +7,7 @@
 
 #include "kernels/cpu/fastmath.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/optim.h"
 
 namespace vm::kernels {
 
@@ -251,6 +252,14 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
     v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
     float mh = m[i] / bc1, vh = v[i] / bc2;
     param[i] -= lr * (mh / (std::sqrt(vh) + eps) + weight_decay * param[i]);
+  }
+}
+
+void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWHyper& h) {
+  for (const AdamWTensor& t : ts) {
+    if (h.grad_scale != 1.0f)
+      for (int64_t i = 0; i < t.n; ++i) t.grad[i] *= h.grad_scale;
+    adamw_step(t.param, t.grad, t.m, t.v, t.n, h.lr, h.beta1, h.beta2, h.eps, t.weight_decay, h.step);
   }
 }
 

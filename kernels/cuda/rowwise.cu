@@ -8,6 +8,7 @@
 #include "core/cuda/device.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/rowwise.h"
+#include "kernels/optim.h"
 
 namespace vm::kernels::cuda {
 using namespace detail;
@@ -348,6 +349,57 @@ __global__ void adamw_k(float* __restrict__ param, const float* __restrict__ gra
   }
 }
 
+// ---- the optimiser over every parameter (kernels/optim.h) ------------------------------------------
+// grid (X, tensors): blockIdx.y picks the row of the table, X blocks stride
+// over its elements. The per-element arithmetic is adamw_k's, after the
+// clipping scale (rounded like the CPU's g *= scale, and written back as it
+// does).
+__global__ void adamw_multi_k(const AdamWTensor* __restrict__ table, float lr, float beta1, float beta2, float eps,
+                              float bc1, float bc2, float scale) {
+  const AdamWTensor t = table[blockIdx.y];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < t.n; i += (int64_t)gridDim.x * blockDim.x) {
+    float g = t.grad[i];
+    if (scale != 1.0f) {
+      g = mul_rn(g, scale);
+      t.grad[i] = g;
+    }
+    float mi = beta1 * t.m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * t.v[i] + (1.0f - beta2) * g * g;
+    t.m[i] = mi;
+    t.v[i] = vi;
+    float mh = mi / bc1, vh = vi / bc2;
+    float p = t.param[i];
+    t.param[i] = p - lr * (mh / (sqrtf(vh) + eps) + t.weight_decay * p);
+  }
+}
+
+// Σ g² per (tensor, block) in double: partial[(y0 + blockIdx.y) · gridDim.x + blockIdx.x].
+__global__ void sum_squares_k(const GradSpan* __restrict__ table, int64_t y0, double* __restrict__ partial) {
+  const GradSpan t = table[y0 + blockIdx.y];
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < t.n; i += (int64_t)gridDim.x * blockDim.x) {
+    const double x = (double)t.data[i];
+    s += x * x;
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[(y0 + blockIdx.y) * gridDim.x + blockIdx.x] = s;
+}
+__global__ void sum_partials_k(const double* __restrict__ partial, int64_t n, double* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// Blocks per tensor for the multi-tensor kernels: enough for the largest
+// (256 threads × 16 elements each), at most 64; a fixed function of the sizes,
+// so the sums' order is fixed too.
+unsigned blocks_per_tensor(int64_t max_n) {
+  const int64_t per_block = 256 * 16;
+  return (unsigned)std::clamp<int64_t>((max_n + per_block - 1) / per_block, 1, 64);
+}
+constexpr int64_t kMaxGridY = 65535;
+
 }  // namespace
 
 // ---- entry points ------------------------------------------------------------------------------------
@@ -510,6 +562,44 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   const float bc2 = 1.0f - std::pow(beta2, (float)step);
   adamw_k<<<grid_for(n, 256), 256, 0, stream()>>>(param, grad, m, v, n, lr, beta1, beta2, eps, weight_decay, bc1, bc2);
   CUDA_CHECK_LAUNCH();
+}
+
+void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWHyper& h) {
+  if (ts.empty()) return;
+  int64_t max_n = 0;
+  for (const auto& t : ts) max_n = std::max(max_n, t.n);
+  if (max_n <= 0) return;
+  // bias corrections on the host, exactly as the CPU computes them
+  const float bc1 = 1.0f - std::pow(h.beta1, (float)h.step);
+  const float bc2 = 1.0f - std::pow(h.beta2, (float)h.step);
+  DeviceBuffer<AdamWTensor> table(ts);  // staged upload: no wait; freed in stream order
+  const unsigned X = blocks_per_tensor(max_n);
+  for (int64_t y0 = 0; y0 < (int64_t)ts.size(); y0 += kMaxGridY) {
+    const unsigned Y = (unsigned)std::min<int64_t>(kMaxGridY, (int64_t)ts.size() - y0);
+    adamw_multi_k<<<dim3(X, Y), 256, 0, stream()>>>(table.data() + y0, h.lr, h.beta1, h.beta2, h.eps, bc1, bc2,
+                                                    h.grad_scale);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+double sum_squares(const std::vector<GradSpan>& ts) {
+  if (ts.empty()) return 0.0;
+  int64_t max_n = 0;
+  for (const auto& t : ts) max_n = std::max(max_n, t.n);
+  const unsigned X = blocks_per_tensor(max_n);
+  const int64_t nt = (int64_t)ts.size();
+  DeviceBuffer<GradSpan> table(ts);
+  DeviceBuffer<double> partial((size_t)(nt * X)), out(1);
+  for (int64_t y0 = 0; y0 < nt; y0 += kMaxGridY) {
+    const unsigned Y = (unsigned)std::min<int64_t>(kMaxGridY, nt - y0);
+    sum_squares_k<<<dim3(X, Y), 256, 0, stream()>>>(table.data(), y0, partial.data());
+    CUDA_CHECK_LAUNCH();
+  }
+  sum_partials_k<<<1, 1024, 0, stream()>>>(partial.data(), nt * X, out.data());
+  CUDA_CHECK_LAUNCH();
+  double r = 0.0;
+  out.download(&r, 1);  // the one wait
+  return r;
 }
 
 VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)

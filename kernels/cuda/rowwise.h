@@ -1,9 +1,10 @@
 // kernels/cuda/rowwise.h — the GPU side of the row-wise kernels (the table,
-// shared with the CPU: kernels/rowwise.h) and of adamw_step. Each runs on this
+// shared with the CPU: kernels/rowwise.h), of adamw_step and of the
+// optimiser's multi-tensor kernels (kernels/optim.h). Each runs on this
 // thread's stream (core/cuda/device.h) and is asynchronous, except
-// cross_entropy_fwd (the table's signature returns the loss on the host),
-// which downloads it and therefore synchronises. The cross-entropy op itself
-// uses the device-loss pair below and never waits.
+// cross_entropy_fwd (the table's signature returns the loss on the host) and
+// sum_squares, which download their result and therefore synchronise. The
+// cross-entropy op itself uses the device-loss pair below and never waits.
 //
 // Rows are owned by one warp (C <= 1024) or one block (longer rows); sums over
 // a row use a fixed tree, and the parameter gradients of the norms (column
