@@ -5,9 +5,6 @@
 #include <utility>
 
 #include "autodiff/ops_common.h"
-#ifdef VMOER_HAVE_CUDA
-#include "kernels/cuda/rowwise.h"  // the cross-entropy pair that keeps the loss on the GPU
-#endif
 
 namespace vm::ops {
 using namespace detail;
@@ -257,36 +254,18 @@ VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets
   const Device dev = device_of("cross_entropy", logits);
   auto probs = std::make_shared<TensorT<T>>(TensorT<T>::empty(logits.shape(), dev));  // every row written
   TensorT<int32_t> tg = ints_on(targets, dev);
-  int64_t count = 0;
-  TensorT<T> out;
-#ifdef VMOER_HAVE_CUDA
-  if (dev == Device::CUDA) {  // the loss stays on the GPU: no transfer either way
-    for (int32_t t : targets) count += t != ignore_index;
-    out = TensorT<T>::empty({}, dev);
-    kernels::cuda::cross_entropy_fwd_mean(logits.value().data(), tg.data(), probs->data(), N, C, ignore_index, count,
-                                          out.data());
-  }
-#endif
-  if (dev == Device::CPU) {
-    double total = N * C > 0 ? kernels::cross_entropy_fwd(logits.value().data(), tg.data(), probs->data(), N, C,
-                                                          ignore_index, &count)
-                             : 0.0;
-    out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0));
-  }
+  int64_t count = 0;  // the rows that count, from the host targets: the loss stays on the device
+  for (int32_t t : targets) count += t != ignore_index;
+  TensorT<T> out = TensorT<T>::empty({}, dev);
+  VM_RUN(dev, cross_entropy_fwd, logits.value().data(), tg.data(), probs->data(), N, C, ignore_index, count,
+         out.data());
   return make_result<T>(std::move(out), "cross_entropy", {logits},
                         [probs, tg, N, C, count, ignore_index, dev](Node<T>& self) {
                           auto* g = grad_of(self, 0);
                           if (!g || count == 0) return;
-#ifdef VMOER_HAVE_CUDA
-                          if (dev == Device::CUDA) {  // the output gradient read where backward left it
-                            kernels::cuda::cross_entropy_bwd_dev(probs->data(), tg.data(), g->data(), N, C,
-                                                                 ignore_index, self.grad.data(), count);
-                            return;
-                          }
-#endif
-                          T gout = self.grad.item();
-                          kernels::cross_entropy_bwd(probs->data(), tg.data(), g->data(), N, C, ignore_index,
-                                                     T(gout / (T)count));
+                          // the scalar output gradient read where backward left it
+                          VM_RUN(dev, cross_entropy_bwd, probs->data(), tg.data(), g->data(), N, C, ignore_index,
+                                 self.grad.data(), count);
                         });
 }
 VM_INSTANTIATE_OP(cross_entropy)

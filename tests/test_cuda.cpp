@@ -943,15 +943,15 @@ static void cross_entropy_case() {
         t[r] = pattern == 2 || (pattern == 1 && r % 3 == 1) ? ignore : (int32_t)((r * 7919 + 13) % s.C);
       std::vector<T> probs(n);
       int64_t count = -1, gcount = -1;
-      double total = cpu::cross_entropy_fwd(x.data(), t.data(), probs.data(), s.rows, s.C, ignore, &count);
+      double total = cpu::cross_entropy_sum(x.data(), t.data(), probs.data(), s.rows, s.C, ignore, &count);
       auto dl0 = randn<T>(n, 3001);
       std::vector<T> dl = dl0;
       const T scale = T(0.37);
-      cpu::cross_entropy_bwd(probs.data(), t.data(), dl.data(), s.rows, s.C, ignore, scale);
+      cpu::cross_entropy_bwd_scaled(probs.data(), t.data(), dl.data(), s.rows, s.C, ignore, scale);
       Guarded<T> gx(x), gp(n), gpc(probs), gdl(dl0);
       Guarded<int32_t> gt(t);
-      double gtotal = cu::cross_entropy_fwd(gx.data(), gt.data(), gp.data(), s.rows, s.C, ignore, &gcount);
-      cu::cross_entropy_bwd(gpc.data(), gt.data(), gdl.data(), s.rows, s.C, ignore, scale);
+      double gtotal = cu::cross_entropy_sum(gx.data(), gt.data(), gp.data(), s.rows, s.C, ignore, &gcount);
+      cu::cross_entropy_bwd_scaled(gpc.data(), gt.data(), gdl.data(), s.rows, s.C, ignore, scale);
       CHECK(gcount == count);
       CHECK(rel_err(gtotal, total, 1e-6) <= 1e-9);
       expect_close(std::string("cross_entropy probs ") + tname<T>(), gp.get(), probs, tp, 1e-6);
@@ -1091,11 +1091,11 @@ CUDA_CASE("cuda adamw_multi and sum_squares vs the CPU, several tensors in one l
   CHECK(cu::sum_squares({}) == 0.0);
 }
 
-// Cross-entropy with the loss left on the GPU (the op's device path): the
-// loss is the CPU's T(total / count) of the same per-row terms summed in
-// another order (1e-6 relative; 1e-12 in double); count = 0 gives 0. The
-// backward reads the output gradient on the device: the CPU kernel with the
-// scale the CPU op forms (1e-6 / floor 1e-6; double 1e-12).
+// The table's cross-entropy pair, which the op runs: the loss left on the
+// GPU as T(Σ / count) (count from the host targets; 0 when count = 0), the
+// output gradient read there. Against the CPU's pair: the same per-row terms
+// summed in another order (1e-6 relative; 1e-12 in double); the backward with
+// the same scale (1e-5 / floor 1e-6, as the probabilities; double 1e-12).
 template <class T>
 static void cross_entropy_device_case() {
   const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
@@ -1112,33 +1112,32 @@ static void cross_entropy_device_case() {
         count += tg[r] != -100;
       }
       std::vector<T> probs((size_t)(rows * C));
-      int64_t cpu_count = -1;
-      const double total = cpu::cross_entropy_fwd(x.data(), tg.data(), probs.data(), rows, C, -100, &cpu_count);
-      REQUIRE(cpu_count == count);
-      const T want = count ? T(total / (double)count) : T(0);
+      T want = T(-1);
+      cpu::cross_entropy_fwd(x.data(), tg.data(), probs.data(), rows, C, -100, count, &want);
       Guarded<T> gx(x), gprobs((size_t)(rows * C)), gloss((size_t)1);
       Guarded<int32_t> gtg(tg);
-      cu::cross_entropy_fwd_mean(gx.data(), gtg.data(), gprobs.data(), rows, C, -100, count, gloss.data());
-      expect_close("cross_entropy_fwd_mean loss", gloss.get(), std::vector<T>{want}, tol, 1e-6);
-      expect_close("cross_entropy_fwd_mean probs", gprobs.get(), probs, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      cu::cross_entropy_fwd(gx.data(), gtg.data(), gprobs.data(), rows, C, -100, count, gloss.data());
+      expect_close("cross_entropy_fwd loss (on the GPU)", gloss.get(), std::vector<T>{want}, tol, 1e-6);
+      expect_close("cross_entropy_fwd probs", gprobs.get(), probs, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      CHECK_GUARDS(gloss);
       if (count == 0) continue;
       const T gout = T(0.75);
       auto d0 = randn<T>((size_t)(rows * C), 7200);
       std::vector<T> want_d = d0;
-      cpu::cross_entropy_bwd(probs.data(), tg.data(), want_d.data(), rows, C, -100, T(gout / (T)count));
+      cpu::cross_entropy_bwd(probs.data(), tg.data(), want_d.data(), rows, C, -100, &gout, count);
       Guarded<T> gd(d0), ggout(std::vector<T>{gout});
-      cu::cross_entropy_bwd_dev(gprobs.data(), gtg.data(), gd.data(), rows, C, -100, ggout.data(), count);
-      expect_close("cross_entropy_bwd_dev", gd.get(), want_d, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      cu::cross_entropy_bwd(gprobs.data(), gtg.data(), gd.data(), rows, C, -100, ggout.data(), count);
+      expect_close("cross_entropy_bwd (output gradient on the GPU)", gd.get(), want_d,
+                   std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
       CHECK_GUARDS(gd);
-      CHECK_GUARDS(gloss);
     }
   }
   // no rows: the loss is written as 0
   Guarded<T> gloss((size_t)1);
-  cu::cross_entropy_fwd_mean<T>(nullptr, nullptr, nullptr, 0, 5, -100, 0, gloss.data());
-  expect_exact("cross_entropy_fwd_mean with no rows", gloss.get(), std::vector<T>{T(0)});
+  cu::cross_entropy_fwd<T>(nullptr, nullptr, nullptr, 0, 5, -100, 0, gloss.data());
+  expect_exact("cross_entropy_fwd with no rows", gloss.get(), std::vector<T>{T(0)});
 }
-CUDA_CASE("cuda cross-entropy with the loss on the GPU: cross_entropy_fwd_mean / cross_entropy_bwd_dev vs the CPU") {
+CUDA_CASE("cuda cross-entropy, the op's pair: the loss and the output gradient stay on the GPU, vs the CPU's pair") {
   cross_entropy_device_case<float>();
   cross_entropy_device_case<double>();
 }

@@ -484,7 +484,7 @@ void rmsnorm_bwd(const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, 
 }
 
 template <class T>
-double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
                          int32_t ignore_index, int64_t* count) {
   *count = 0;
   if (rows <= 0 || C <= 0) return 0.0;
@@ -499,8 +499,8 @@ double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int6
   return h[0];
 }
 template <class T>
-void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
-                       int32_t ignore_index, T scale) {
+void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                              int32_t ignore_index, T scale) {
   if (rows <= 0 || C <= 0) return;
   RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
   VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, scale,
@@ -508,8 +508,8 @@ void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64
 }
 
 template <class T>
-void cross_entropy_fwd_mean(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
-                            int32_t ignore_index, int64_t count, T* loss) {
+void cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                       int32_t ignore_index, int64_t count, T* loss) {
   if (rows <= 0 || C <= 0) {
     fill_value(loss, 1, T(0));
     return;
@@ -521,8 +521,8 @@ void cross_entropy_fwd_mean(const T* logits, const int32_t* targets, T* probs, i
   CUDA_CHECK_LAUNCH();
 }
 template <class T>
-void cross_entropy_bwd_dev(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
-                           int32_t ignore_index, const T* gout, int64_t count) {
+void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                       int32_t ignore_index, const T* gout, int64_t count) {
   if (rows <= 0 || C <= 0 || count <= 0) return;
   RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
   VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, T(0), gout, (T)count);
@@ -604,9 +604,8 @@ double sum_squares(const std::vector<GradSpan>& ts) {
 
 VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
 #define VM_INST(T)                                                                                          \
-  template void cross_entropy_fwd_mean<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t, T*); \
-  template void cross_entropy_bwd_dev<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, const T*,   \
-                                         int64_t);                                                          \
+  template double cross_entropy_sum<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t*);   \
+  template void cross_entropy_bwd_scaled<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, T);      \
   template void softmax_fwd<T>(const T*, T*, int64_t, int64_t, Launch);                                     \
   template void softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t, Launch);                           \
   template void layernorm_fwd<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double, Launch); \

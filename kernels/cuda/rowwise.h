@@ -2,9 +2,9 @@
 // shared with the CPU: kernels/rowwise.h), of adamw_step and of the
 // optimiser's multi-tensor kernels (kernels/optim.h). Each runs on this
 // thread's stream (core/cuda/device.h) and is asynchronous, except
-// cross_entropy_fwd (the table's signature returns the loss on the host) and
-// sum_squares, which download their result and therefore synchronise. The
-// cross-entropy op itself uses the device-loss pair below and never waits.
+// cross_entropy_sum (below) and sum_squares, which download their result and
+// therefore synchronise. The table's cross-entropy pair keeps the loss and
+// reads the output gradient on the GPU: the op never waits.
 //
 // Rows are owned by one warp (C <= 1024) or one block (longer rows); sums over
 // a row use a fixed tree, and the parameter gradients of the norms (column
@@ -37,18 +37,14 @@ void layernorm_fwd(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* 
 template <class T>
 void rmsnorm_fwd(const T* x, const T* gamma, T* y, T* rstd, int64_t rows, int64_t C, double eps, Launch l);
 
-// ---- cross-entropy with the loss kept on the GPU (ops::cross_entropy on device tensors) ----
-// The rows as cross_entropy_fwd, then loss[0] = T(Σ row losses / count) (the
-// sum in double; 0 when count = 0), count = the rows whose target is not
-// ignore_index (the op knows it from its host targets): no transfer.
+// ---- the cross-entropy pieces, for kernel-level tests and timings (as on the CPU) ----------
+// cross_entropy_sum downloads Σ and the count (it waits); the table's
+// cross_entropy_fwd keeps the mean on the GPU.
 template <class T>
-void cross_entropy_fwd_mean(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
-                            int32_t ignore_index, int64_t count, T* loss);
-// cross_entropy_bwd with scale = T(gout[0] / count), gout the scalar output
-// gradient where backward left it (device memory), as the CPU op's
-// T(gout / (T)count) on the host.
+double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                         int32_t ignore_index, int64_t* count);
 template <class T>
-void cross_entropy_bwd_dev(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
-                           int32_t ignore_index, const T* gout, int64_t count);
+void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                              int32_t ignore_index, T scale);
 
 }  // namespace vm::kernels::cuda
