@@ -87,11 +87,13 @@ template <class T> VarT<T> dropout(const VarT<T>& a, double p, uint64_t seed, ui
 // values (N, k) differentiable (gradient flows to the selected entries).
 template <class T> struct TopK {
   VarT<T> values;
-  std::vector<int32_t> indices;  // row-major (N, k)
+  Indices indices;  // row-major (N, k); topk_gates leaves them on its device (core/tensor.h)
 };
 template <class T> TopK<T> topk(const VarT<T>& x, int k);
-// x: (N, E), idx: (N, k) -> (N, k) with out[n, j] = x[n, idx[n, j]]
-template <class T> VarT<T> take_cols(const VarT<T>& x, const std::vector<int32_t>& idx, int k);
+// x: (N, E), idx: (N, k) -> (N, k) with out[n, j] = x[n, idx[n, j]]. Indices
+// already on x's device are used there (no transfer; their range is the
+// kernel's that made them); host indices are checked against [0, E) and uploaded.
+template <class T> VarT<T> take_cols(const VarT<T>& x, const Indices& idx, int k);
 // x: (N, C), rows: M indices into N -> (M, C)
 template <class T> VarT<T> gather_rows(const VarT<T>& x, const std::vector<int32_t>& rows);
 // src: (M, C), rows: M indices into [0, n_rows) -> (n_rows, C), out[rows[m]] += src[m]

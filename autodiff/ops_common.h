@@ -8,11 +8,13 @@
 // is the same on either device, and a graph built on device tensors runs end
 // to end on the GPU.
 //
-// Host round-trips on the GPU, by design: integer arguments (ids, targets, row
-// lists, indices) are uploaded (ints_on); cross_entropy returns its loss to
-// the host (as the CPU kernel does) and its backward reads the scalar output
-// gradient; topk and topk_gates hand their indices to the host (the MoE
-// dispatch plan consumes them there).
+// Host <-> device traffic on the GPU: integer arguments given on the host
+// (ids, targets, row lists) are uploaded (ints_on), through the staging ring
+// without a wait (core/cuda/device.h copy_h2d); Indices already on the device
+// (topk_gates' experts, the routers' selections) are read there. No op
+// downloads: cross_entropy keeps its loss on the GPU and its backward reads
+// the output gradient there; only ops::topk (and topk_gates past the warp
+// top-K's limits) select on a host copy.
 #pragma once
 #include <memory>
 #include <string>
@@ -63,8 +65,9 @@ Device device_of(const char* op, const std::vector<VarT<T>>& xs) {
   return xs.empty() ? Device::CPU : xs[0].value().device();
 }
 
-// An integer argument (host vector) where the kernels of `dev` read it; the
-// backward closures keep it (a copy of the tensor shares the storage).
+// An integer argument (host vector) where the kernels of `dev` read it (a
+// staged upload on the GPU: no wait); the backward closures keep it (a copy
+// of the tensor shares the storage).
 inline TensorT<int32_t> ints_on(const std::vector<int32_t>& v, Device dev) {
   return TensorT<int32_t>::from(v, {(int64_t)v.size()}).to(dev);
 }

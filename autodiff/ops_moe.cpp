@@ -10,16 +10,19 @@ namespace vm::ops {
 using namespace detail;
 
 template <class T>
-VarT<T> take_cols(const VarT<T>& x, const std::vector<int32_t>& idx, int k) {
+VarT<T> take_cols(const VarT<T>& x, const Indices& idx, int k) {
   VM_CHECK(x.ndim() == 2, "take_cols: x must be (N, E), got " + shape_str(x.shape()));
   int64_t N = x.size(0), E = x.size(1);
   VM_CHECK((int64_t)idx.size() == N * k, "take_cols: " + std::to_string(idx.size()) + " indices for (" +
                                              std::to_string(N) + ", " + std::to_string(k) + ")");
-  for (size_t i = 0; i < idx.size(); ++i)
-    VM_CHECK(idx[i] >= 0 && idx[i] < E, "take_cols: index " + std::to_string(idx[i]) + " outside [0, " +
-                                            std::to_string(E) + ")");
   const Device dev = device_of("take_cols", x);
-  TensorT<int32_t> idd = ints_on(idx, dev);
+  if (idx.device() != dev || idx.on_host()) {  // host values (or bound for another device): checked here
+    const std::vector<int32_t>& h = idx.host();
+    for (size_t i = 0; i < h.size(); ++i)
+      VM_CHECK(h[i] >= 0 && h[i] < E, "take_cols: index " + std::to_string(h[i]) + " outside [0, " +
+                                          std::to_string(E) + ")");
+  }
+  TensorT<int32_t> idd = idx.on(dev);
   TensorT<T> out = TensorT<T>::empty({N, (int64_t)k}, dev);
   if (N * k > 0) VM_RUN(dev, take_cols_fwd, x.value().data(), idd.data(), out.data(), N, E, k);
   return make_result<T>(std::move(out), "take_cols", {x}, [idd, N, E, k, dev](Node<T>& self) {
@@ -134,7 +137,7 @@ TopK<T> topk_gates(const VarT<T>& probs, int k) {
   TensorT<T> gates = TensorT<T>::empty({N, (int64_t)k}, dev);
   if (N > 0) VM_RUN(dev, topk_gates, probs.value().data(), experts.data(), gates.data(), N, (int)E, k);
   TopK<T> r;
-  r.indices = experts.to_vector();  // the dispatch plan is made on the host
+  r.indices = Indices(experts);  // where the kernel wrote them: the GPU's dispatch plan reads them there
   r.values = make_result<T>(std::move(gates), "topk_gates", {probs}, [experts, N, E, k, dev](Node<T>& self) {
     auto* g = grad_of(self, 0);  // allocated even for N = 0
     if (g && N > 0)

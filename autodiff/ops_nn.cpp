@@ -254,18 +254,18 @@ VarT<T> cross_entropy(const VarT<T>& logits, const std::vector<int32_t>& targets
   const Device dev = device_of("cross_entropy", logits);
   auto probs = std::make_shared<TensorT<T>>(TensorT<T>::empty(logits.shape(), dev));  // every row written
   TensorT<int32_t> tg = ints_on(targets, dev);
-  int64_t count = 0;
-  double total = N * C > 0 ? VM_RUN(dev, cross_entropy_fwd, logits.value().data(), tg.data(), probs->data(), N, C,
-                                    ignore_index, &count)
-                           : 0.0;  // the loss comes back to the host
-  TensorT<T> out = TensorT<T>::scalar(count ? T(total / (double)count) : T(0)).to(dev);
+  int64_t count = 0;  // the rows that count, from the host targets: the loss stays on the device
+  for (int32_t t : targets) count += t != ignore_index;
+  TensorT<T> out = TensorT<T>::empty({}, dev);
+  VM_RUN(dev, cross_entropy_fwd, logits.value().data(), tg.data(), probs->data(), N, C, ignore_index, count,
+         out.data());
   return make_result<T>(std::move(out), "cross_entropy", {logits},
                         [probs, tg, N, C, count, ignore_index, dev](Node<T>& self) {
                           auto* g = grad_of(self, 0);
                           if (!g || count == 0) return;
-                          T gout = self.grad.item();  // the scalar output gradient (a host read on the GPU)
+                          // the scalar output gradient read where backward left it
                           VM_RUN(dev, cross_entropy_bwd, probs->data(), tg.data(), g->data(), N, C, ignore_index,
-                                 T(gout / (T)count));
+                                 self.grad.data(), count);
                         });
 }
 VM_INSTANTIATE_OP(cross_entropy)

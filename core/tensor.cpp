@@ -267,4 +267,51 @@ template class TensorT<float>;
 template class TensorT<double>;
 template class TensorT<int32_t>;
 
+template <class T>
+std::vector<T> items(const std::vector<const TensorT<T>*>& ts) {
+  std::vector<T> out(ts.size());
+  std::vector<size_t> dev;  // positions of the device values
+  for (size_t i = 0; i < ts.size(); ++i) {
+    VM_CHECK(ts[i] && ts[i]->numel() == 1, "items: value " + std::to_string(i) + " is not a single-element tensor");
+    if (ts[i]->device() == Device::CPU) out[i] = ts[i]->data()[0];
+    else dev.push_back(i);
+  }
+  if (dev.empty()) return out;
+#ifdef VMOER_HAVE_CUDA
+  TensorT<T> gathered({(int64_t)dev.size()}, Device::CUDA, false);
+  for (size_t j = 0; j < dev.size(); ++j) kernels::cuda::copy_d2d(gathered.data() + j, ts[dev[j]]->data(), sizeof(T));
+  const std::vector<T> h = gathered.to_vector();  // the one wait
+  for (size_t j = 0; j < dev.size(); ++j) out[dev[j]] = h[j];
+#endif
+  return out;
+}
+template std::vector<float> items(const std::vector<const TensorT<float>*>&);
+template std::vector<double> items(const std::vector<const TensorT<double>*>&);
+
+
+// ---- Indices ------------------------------------------------------------------------
+Indices::Indices(std::vector<int32_t> host) : s_(std::make_shared<State>()) {
+  s_->h = std::move(host);
+  s_->have_h = true;
+}
+Indices::Indices(TensorT<int32_t> values) : s_(std::make_shared<State>()) {
+  VM_CHECK(values.defined(), "Indices: undefined tensor");
+  s_->t = values.reshaped({values.numel()});
+}
+Device Indices::device() const { return s_->t.defined() ? s_->t.device() : Device::CPU; }
+size_t Indices::size() const { return s_->have_h ? s_->h.size() : (size_t)s_->t.numel(); }
+bool Indices::on_host() const { return s_->have_h || s_->t.device() == Device::CPU; }
+TensorT<int32_t> Indices::on(Device dev) const {
+  if (s_->t.defined() && s_->t.device() == dev) return s_->t;
+  const std::vector<int32_t>& h = host();
+  return TensorT<int32_t>::from(h, {(int64_t)h.size()}).to(dev);
+}
+const std::vector<int32_t>& Indices::host() const {
+  if (!s_->have_h) {
+    s_->h = s_->t.to_vector();
+    s_->have_h = true;
+  }
+  return s_->h;
+}
+
 }  // namespace vm

@@ -93,6 +93,49 @@ class TensorT {
 using Tensor = TensorT<float>;
 using TensorD = TensorT<double>;
 
+// The values of single-element tensors, in order, read together: those on
+// the GPU are gathered there and come down in one transfer (one wait, where
+// reading them one by one with item() waits once each); host ones are read
+// directly.
+template <class T>
+std::vector<T> items(const std::vector<const TensorT<T>*>& ts);
+
+// A list of int32 indices (a selection's (N, k) row-major, a row list) on the
+// device of the op that made it, with a host copy made on first host use: on
+// the GPU the MoE dispatch and take_cols read the chosen experts where the
+// top-K kernel wrote them, and only a caller that looks at them on the host
+// (inspection, evaluation traces, tests) pays the one download. Copies share
+// the values and the host copy. A host vector converts implicitly.
+class Indices {
+ public:
+  Indices() : Indices(std::vector<int32_t>{}) {}
+  Indices(std::vector<int32_t> host);      // NOLINT(google-explicit-constructor): a host list is host Indices
+  explicit Indices(TensorT<int32_t> values);  // the values of a tensor (any shape), on its device
+  Device device() const;
+  size_t size() const;
+  bool empty() const { return size() == 0; }
+  // The values as a 1-d tensor on dev: the stored tensor when it is there,
+  // else a copy (an upload of the host values).
+  TensorT<int32_t> on(Device dev) const;
+  // The values on the host (downloaded once from the GPU, then kept).
+  const std::vector<int32_t>& host() const;
+  bool on_host() const;  // host() costs nothing
+  operator const std::vector<int32_t>&() const { return host(); }  // NOLINT(google-explicit-constructor)
+  int32_t operator[](size_t i) const { return host()[i]; }
+  std::vector<int32_t>::const_iterator begin() const { return host().begin(); }
+  std::vector<int32_t>::const_iterator end() const { return host().end(); }
+
+ private:
+  struct State {
+    TensorT<int32_t> t;  // 1-d; undefined for a host list until on(CPU) asks
+    std::vector<int32_t> h;
+    bool have_h = false;
+  };
+  std::shared_ptr<State> s_;
+};
+inline bool operator==(const Indices& a, const Indices& b) { return a.host() == b.host(); }
+inline bool operator==(const Indices& a, const std::vector<int32_t>& b) { return a.host() == b; }
+
 // Resolve a possibly negative axis against ndim, with a clear error.
 int norm_axis(int axis, int ndim, const char* op);
 

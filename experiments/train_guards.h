@@ -19,8 +19,9 @@ std::string first_nonfinite_grad(nn::ParamStore& ps);
 // The same, searched only when grad_norm — nn::global_grad_norm(ps), which a
 // NaN or Inf in any trainable gradient makes non-finite — is not finite: a
 // finite norm costs nothing more (on the GPU the norm was one read; the
-// search downloads every gradient). A non-finite norm from finite gradients
-// (float overflow of Σg² on the GPU) finds none and returns "", as before.
+// search downloads every gradient). Σg² is summed in double on both devices,
+// so finite float gradients give a finite norm; should one not, the search
+// finds no culprit and returns "", as before.
 std::string nonfinite_grad_given_norm(nn::ParamStore& ps, double grad_norm);
 std::string first_nonfinite_param(nn::ParamStore& ps);
 // Where a non-finite loss comes from: a parameter, else the first MoE layer

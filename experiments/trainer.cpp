@@ -518,6 +518,18 @@ struct StepStats {
   std::vector<json> temperature;  // vtsr: learned T of the last micro-batch, per Bayesian layer
 };
 
+// The scalars one micro-batch logs, read in one transfer (items: one wait on
+// the GPU instead of one per value).
+struct StepScalars {
+  double loss, task, kl_term, lb, z, penalty, kl_raw;
+};
+static StepScalars read_step_scalars(const Objective& obj, const TaskForward& f) {
+  const std::vector<float> v = items<float>({&obj.loss.value(), &f.task.value(), &obj.kl_term.value(),
+                                             &f.res.lb_loss.value(), &f.res.z_loss.value(), &f.res.penalty.value(),
+                                             &f.res.kl.value()});
+  return {v[0], v[1], v[2], v[3], v[4], v[5], v[6]};
+}
+
 // Per MoE layer (layer id, tokens kept per expert, assignments dropped).
 static std::vector<json> layer_load_of(const std::vector<int>& layers, const std::vector<std::vector<int64_t>>& counts,
                                        const std::vector<int64_t>& dropped) {
@@ -912,15 +924,18 @@ int run_train(RunConfig cfg) {
         continue;
       }
       TaskForward f = forward_task(model, data, cfg, key, fo);
-      // → objective
+      // → objective → backward (gradients averaged over the micro-batches)
       Objective obj = objective(cfg, f.task, f.res, f.n_seq, data.batches_per_epoch);
-      if (!std::isfinite(obj.loss.item())) {
-        fail("step " + std::to_string(step) + ": loss is " + std::to_string(obj.loss.item()) + " (task " +
-             std::to_string(f.task.item()) + ", KL " + std::to_string(f.res.kl.item()) +
-             "): " + locate_nonfinite(ps, f.res) + "; stopped, last good checkpoint: " + ck.last_good());
-      }
-      // → backward (gradients averaged over the micro-batches)
       backward(ops::mul_scalar(obj.loss, 1.0 / cfg.grad_accum));
+      // → the logged terms, read together (on the GPU one wait, not one per
+      // value), and the loss checked before any update: a non-finite loss
+      // stops the run here, its gradients unused
+      const StepScalars sc = read_step_scalars(obj, f);
+      if (!std::isfinite(sc.loss)) {
+        fail("step " + std::to_string(step) + ": loss is " + std::to_string(sc.loss) + " (task " +
+             std::to_string(sc.task) + ", KL " + std::to_string(sc.kl_raw) + "): " + locate_nonfinite(ps, f.res) +
+             "; stopped, last good checkpoint: " + ck.last_good());
+      }
       if (step == inject.step && inject.grad && micro == cfg.grad_accum - 1) {
         Var& v = ps.get(inject.param);
         if (v.grad().defined()) {
@@ -929,12 +944,12 @@ int run_train(RunConfig cfg) {
           v.grad() = h.to(v.grad().device());
         }
       }
-      s.loss += obj.loss.item();
-      s.task += f.task.item();
-      s.kl += obj.kl_term.item();
-      s.lb += f.res.lb_loss.item();
-      s.z += f.res.z_loss.item();
-      s.penalty += f.res.penalty.item();
+      s.loss += sc.loss;
+      s.task += sc.task;
+      s.kl += sc.kl_term;
+      s.lb += sc.lb;
+      s.z += sc.z;
+      s.penalty += sc.penalty;
       s.tokens += f.tokens;
       if (micro == cfg.grad_accum - 1) {
         s.layers = layer_load(f.res);

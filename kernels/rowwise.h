@@ -22,17 +22,18 @@
   K(void, rmsnorm_fwd, (const T* x, const T* gamma, T* y, T* rstd, int64_t rows, int64_t C, double eps))      \
   K(void, rmsnorm_bwd,                                                                                        \
     (const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, T* dgamma, int64_t rows, int64_t C))      \
-  /* writes the per-row probabilities (for backward) and returns Σ loss */                                    \
-  /* (double) over rows whose target is not ignore_index, their */                                            \
-  /* number in *count; targets on the kernel's device. The GPU */                                             \
-  /* version synchronises (the loss comes back to the host). */                                               \
-  K(double, cross_entropy_fwd,                                                                                \
+  /* writes the per-row probabilities (for backward) and loss[0] = T(Σ / count), Σ the sum in */           \
+  /* double of −log p_target over the `count` rows whose target is not ignore_index (0 when */              \
+  /* count = 0); targets and loss on the kernel's device, count from the caller's host targets: */          \
+  /* no transfer */                                                                                           \
+  K(void, cross_entropy_fwd,                                                                                  \
     (const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C, int32_t ignore_index,        \
-     int64_t* count))                                                                                         \
-  /* dlogits += scale · (probs − onehot(target)) for rows not ignored */                                      \
+     int64_t count, T* loss))                                                                                 \
+  /* dlogits += T(gout[0] / count) · (probs − onehot(target)) for rows not ignored; gout: the */            \
+  /* scalar output gradient, on the kernel's device (count = 0: nothing) */                                   \
   K(void, cross_entropy_bwd,                                                                                  \
     (const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C, int32_t ignore_index,       \
-     T scale))                                                                                                \
+     const T* gout, int64_t count))                                                                           \
   /* scaled dot-product attention for BH independent heads: */                                                \
   /* q, k, v (BH, T, D); P (BH, T, T) saved softmax weights; out (BH, T, D) */                                \
   K(void, attention_fwd,                                                                                      \

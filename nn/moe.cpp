@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/philox.h"
+#include "nn/noise.h"
 #ifdef VMOER_HAVE_CUDA
 #include "core/cuda/device.h"
 #include "kernels/cuda/moe.h"
@@ -46,37 +47,52 @@ DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K
   return p;
 }
 
+PlanSizes::PlanSizes(int E) : offsets(0), counts((size_t)E + 1), wanted(2 * (size_t)E + 1), dropped(3 * (size_t)E + 1),
+                                 total(3 * (size_t)E + 2) {}
+
+void PlanSizes::unpack(const std::vector<int64_t>& packed, std::vector<int64_t>& off, std::vector<int64_t>& cnt,
+                       std::vector<int64_t>& want, int64_t& drop) const {
+  VM_CHECK(packed.size() == total, "PlanSizes::unpack: " + std::to_string(packed.size()) + " values for " +
+                                       std::to_string(total));
+  off.assign(packed.begin() + (ptrdiff_t)offsets, packed.begin() + (ptrdiff_t)counts);
+  cnt.assign(packed.begin() + (ptrdiff_t)counts, packed.begin() + (ptrdiff_t)wanted);
+  want.assign(packed.begin() + (ptrdiff_t)wanted, packed.begin() + (ptrdiff_t)dropped);
+  drop = packed[dropped];
+}
+
 #ifdef VMOER_HAVE_CUDA
 namespace {
 namespace kc = vm::kernels::cuda;
 
 // The dispatch plan of a device batch, made on the GPU (kernels/cuda/moe.h
 // moe_dispatch_plan: histogram, prefix sum, stable permutation, capacity —
-// nn::plan_dispatch exactly); ops::moe_gather / moe_combine then route the
-// rows with it (no atomics; bit-identical to the ops path below).
+// nn::plan_dispatch exactly) from the experts where the router chose them;
+// ops::moe_gather / moe_combine then route the rows with it (no atomics;
+// bit-identical to the ops path below).
 struct DevicePlan {
   ops::MoEDispatch dispatch;  // token, slot, pos: (N*K) each on the GPU; the first M of token/slot are used
   std::vector<int64_t> offsets, counts, wanted;
   int64_t dropped = 0;
 };
 
-DevicePlan device_plan(const std::vector<int32_t>& experts, const std::vector<uint8_t>& mask, int64_t N, int K,
-                       int E, double capacity_factor) {
+DevicePlan device_plan(const Indices& experts, const std::vector<uint8_t>& mask, int64_t N, int K, int E,
+                       double capacity_factor) {
   DevicePlan p;
   Shape NK{std::max<int64_t>(N * K, 1)};
-  kc::DeviceBuffer<int32_t> ex(experts);
-  kc::DeviceBuffer<uint8_t> m(mask);
+  const TensorT<int32_t> ex = experts.on(Device::CUDA);  // already there when the router ran on the GPU
+  kc::DeviceBuffer<uint8_t> m(mask);                      // staged upload: no wait
   ops::MoEDispatch& d = p.dispatch;
   d.token = TensorT<int32_t>(NK, Device::CUDA, false);
   d.slot = TensorT<int32_t>(NK, Device::CUDA, false);
   d.pos = TensorT<int32_t>(NK, Device::CUDA, false);
-  kc::DeviceBuffer<int64_t> off((size_t)E + 1), cnt((size_t)E), want((size_t)E), drop(1);
+  // offsets (E+1), counts (E), wanted (E), dropped (1) side by side: one download
+  const PlanSizes at(E);
+  kc::DeviceBuffer<int64_t> sizes(at.total);
   kc::moe_dispatch_plan(ex.data(), N > 0 ? m.data() : nullptr, N, K, E, capacity_factor, d.token.data(),
-                        d.slot.data(), d.pos.data(), off.data(), cnt.data(), want.data(), drop.data());
-  p.offsets = off.to_host();  // synchronises: the expert GEMMs need the group sizes on the host
-  p.counts = cnt.to_host();
-  p.wanted = want.to_host();
-  p.dropped = drop.to_host()[0];
+                        d.slot.data(), d.pos.data(), sizes.data() + at.offsets, sizes.data() + at.counts,
+                        sizes.data() + at.wanted, sizes.data() + at.dropped);
+  const std::vector<int64_t> h = sizes.to_host();  // the layer's one wait: the expert GEMMs need the group sizes
+  at.unpack(h, p.offsets, p.counts, p.wanted, p.dropped);
   d.n = N;
   d.m = p.offsets[E];
   d.k = K;
@@ -128,13 +144,18 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   // Router jitter (Switch): u = x ⊙ U(1−j, 1+j), training only.
   Var u = x;
   if (ctx.training && rcfg_.jitter > 0) {
-    Tensor noise({N, C});
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "jitter");
     // element (n, c) draws counter (row0 + n)·C + c: its row in the whole batch (RouteCtx::row0)
     const uint64_t first = (uint64_t)ctx.row0 * (uint64_t)C;
-    for (int64_t i = 0; i < noise.numel(); ++i)
-      noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, first + (uint64_t)i) - 1.0f);
-    u = ops::mul(x, ops::constant(noise.to(x.value().device())));
+    Tensor noise;
+    if (x.value().is_cuda()) {
+      noise = device_jitter({N, C}, rcfg_.jitter, ctx.seed, stream, first);  // drawn on the GPU (nn/noise.h)
+    } else {
+      noise = Tensor({N, C});
+      for (int64_t i = 0; i < noise.numel(); ++i)
+        noise[i] = 1.0f + (float)rcfg_.jitter * (2.0f * philox_uniform(ctx.seed, stream, first + (uint64_t)i) - 1.0f);
+    }
+    u = ops::mul(x, ops::constant(noise));
   }
   aux.route = router_->route(u, w_router_, K, mask, ctx);
   const RouterOut& r = aux.route;

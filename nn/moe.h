@@ -48,6 +48,17 @@ struct DispatchPlan {
 DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
                            const std::vector<uint8_t>& mask, double capacity_factor);
 
+// Where the sizes of a dispatch plan lie in the one buffer the GPU's plan
+// writes them to and the host downloads in one transfer: offsets (E+1),
+// counts (E), wanted (E), dropped (1), side by side.
+struct PlanSizes {
+  explicit PlanSizes(int E);
+  size_t offsets, counts, wanted, dropped, total;
+  // packed (total values) -> the four parts
+  void unpack(const std::vector<int64_t>& packed, std::vector<int64_t>& offsets, std::vector<int64_t>& counts,
+              std::vector<int64_t>& wanted, int64_t& dropped) const;
+};
+
 class MoELayer {
  public:
   MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,

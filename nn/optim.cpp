@@ -4,6 +4,7 @@
 
 #include "autodiff/ops.h"
 #include "kernels/cpu/rowwise.h"
+#include "kernels/optim.h"
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/rowwise.h"
 #endif
@@ -20,20 +21,23 @@ double lr_at(const AdamWConfig& c, int64_t step) {
 
 double global_grad_norm(ParamStore& params) {
   double s = 0;
-  Var dev_sum;  // device gradients: Σ g² summed on the GPU (float), one transfer at the end
+#ifdef VMOER_HAVE_CUDA
+  std::vector<kernels::cuda::GradSpan> dev;  // device gradients: Σ g² in double on the GPU, one transfer
+#endif
   for (auto& [name, v] : params.all()) {
     if (!v.requires_grad() || !v.grad().defined()) continue;
+#ifdef VMOER_HAVE_CUDA
     if (v.grad().is_cuda()) {
-      NoGradGuard ng;
-      Var g(v.grad());
-      Var sq = ops::sum_all(ops::mul(g, g));
-      dev_sum = dev_sum.defined() ? ops::add(dev_sum, sq) : sq;
+      dev.push_back({v.grad().data(), v.grad().numel()});
       continue;
     }
+#endif
     const float* g = v.grad().data();
     for (int64_t i = 0; i < v.numel(); ++i) s += (double)g[i] * g[i];
   }
-  if (dev_sum.defined()) s += (double)dev_sum.item();
+#ifdef VMOER_HAVE_CUDA
+  if (!dev.empty()) s += kernels::cuda::sum_squares(dev);
+#endif
   return std::sqrt(s);
 }
 
@@ -51,39 +55,38 @@ void AdamW::to(Device dev) {
 
 double AdamW::step(ParamStore& params) { return step(params, global_grad_norm(params)); }
 
-double AdamW::step(ParamStore& params, double norm) {
-  float scale = 1.0f;
-  if (cfg_.clip > 0 && norm > cfg_.clip) scale = (float)(cfg_.clip / (norm + 1e-6));
-  ++t_;
-  last_lr_ = lr_at(cfg_, t_);
+std::vector<AdamWRow> AdamW::table(ParamStore& params) {
+  std::vector<AdamWRow> rows;
   for (auto& [name, v] : params.all()) {
     if (!v.requires_grad() || !v.grad().defined()) continue;
     auto it = state_.find(name);
     Device dev = v.value().device();
     if (it == state_.end())
       it = state_.emplace(name, std::make_pair(Tensor(v.shape(), dev), Tensor(v.shape(), dev))).first;
-    VM_CHECK(it->second.first.device() == dev,
+    VM_CHECK(it->second.first.device() == dev && v.grad().device() == dev,
              "adamw: state of '" + name + "' is on " + device_name(it->second.first.device()) + ", parameter on " +
                  device_name(dev) + " (move the optimizer state with AdamW::to)");
-    Tensor& g = v.grad();
-#ifdef VMOER_HAVE_CUDA
-    if (dev == Device::CUDA) {
-      if (scale != 1.0f) {
-        NoGradGuard ng;
-        g = ops::mul_scalar(Var(g), (double)scale).value();
-      }
-      kernels::cuda::adamw_step(v.value().data(), g.data(), it->second.first.data(), it->second.second.data(),
-                                v.numel(), (float)last_lr_, (float)cfg_.beta1, (float)cfg_.beta2, (float)cfg_.eps,
-                                no_decay(name) ? 0.0f : (float)cfg_.weight_decay, t_);
-      continue;
-    }
-#endif
-    if (scale != 1.0f)
-      for (int64_t i = 0; i < g.numel(); ++i) g[i] *= scale;
-    kernels::adamw_step(v.value().data(), g.data(), it->second.first.data(), it->second.second.data(), v.numel(),
-                        (float)last_lr_, (float)cfg_.beta1, (float)cfg_.beta2, (float)cfg_.eps,
-                        no_decay(name) ? 0.0f : (float)cfg_.weight_decay, t_);
+    kernels::AdamWTensor t{v.value().data(), v.grad().data(), it->second.first.data(), it->second.second.data(),
+                           v.numel(), no_decay(name) ? 0.0f : (float)cfg_.weight_decay};
+    rows.push_back({name, dev, t});
   }
+  return rows;
+}
+
+double AdamW::step(ParamStore& params, double norm) {
+  float scale = 1.0f;
+  if (cfg_.clip > 0 && norm > cfg_.clip) scale = (float)(cfg_.clip / (norm + 1e-6));
+  ++t_;
+  last_lr_ = lr_at(cfg_, t_);
+  // One table per device, in parameter order: the CPU runs its rows one by
+  // one (the clipping scale, then adamw_step), the GPU all of them in one launch.
+  std::vector<kernels::AdamWTensor> host, device;
+  for (const AdamWRow& r : table(params)) (r.device == Device::CUDA ? device : host).push_back(r.t);
+  const kernels::AdamWHyper h{(float)last_lr_, (float)cfg_.beta1, (float)cfg_.beta2, (float)cfg_.eps, t_, scale};
+  if (!host.empty()) kernels::adamw_multi(host, h);
+#ifdef VMOER_HAVE_CUDA
+  if (!device.empty()) kernels::cuda::adamw_multi(device, h);
+#endif
   return norm;
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/fields.h"
+#include "kernels/optim.h"
 #include "nn/params.h"
 
 namespace vm::nn {
@@ -45,6 +46,14 @@ static_assert(fields_complete<nn::AdamWConfig>(), "every member of AdamWConfig n
 
 namespace vm::nn {
 
+// One row of the optimiser's table: a trainable parameter with a gradient,
+// its device and the buffers the update reads and writes.
+struct AdamWRow {
+  std::string name;
+  Device device;
+  kernels::AdamWTensor t;
+};
+
 // lr at step s (1-based): linear warm-up to lr, then cosine to lr·min_lr_ratio.
 double lr_at(const AdamWConfig& c, int64_t step);
 
@@ -53,13 +62,16 @@ class AdamW {
   explicit AdamW(AdamWConfig cfg) : cfg_(cfg) {}
   // Update every parameter that requires grad; returns the pre-clip grad norm.
   // Parameters whose name matches no_decay_pattern (norm gains, biases) skip weight decay.
-  // Device parameters are updated on the GPU (kernels/cuda adamw_step), with
-  // the state kept beside them.
+  // Device parameters are updated on the GPU with the state kept beside them,
+  // all in one launch (kernels/optim.h adamw_multi over table()).
   double step(ParamStore& params);
   // The same with the pre-clip norm already computed (global_grad_norm of
   // these gradients; the trainer's non-finite check needs it first): on the
   // GPU the norm is one device-to-host read, not made twice.
   double step(ParamStore& params, double grad_norm);
+  // The rows the next step updates, in parameter order (trainable, with a
+  // gradient); creates the (m, v) state of a parameter seen for the first time.
+  std::vector<AdamWRow> table(ParamStore& params);
   void to(Device dev);  // move the (m, v) state, e.g. after ParamStore::to
   int64_t steps_done() const { return t_; }
   void set_steps_done(int64_t t) { t_ = t; }

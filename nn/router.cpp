@@ -26,6 +26,24 @@ void RouterConfig::validate(int n_layers, int n_experts, int top_k) const {
 void to_json(nlohmann::json& j, const RouterConfig& c) { j = fields_to_json<nlohmann::json>(c); }
 void from_json(const nlohmann::json& j, RouterConfig& c) { fields_from_json(j, c); }
 
+HostFloats::HostFloats(std::vector<float> values) : s_(std::make_shared<State>()) { s_->values = std::move(values); }
+HostFloats HostFloats::later(std::function<std::vector<float>()> make) {
+  HostFloats h;
+  h.s_ = std::make_shared<State>();
+  h.s_->make = std::move(make);
+  return h;
+}
+const std::vector<float>& HostFloats::get() const {
+  static const std::vector<float> none;
+  if (!s_) return none;
+  if (s_->make) {
+    s_->values = s_->make();
+    s_->make = nullptr;
+  }
+  return s_->values;
+}
+bool HostFloats::computed() const { return !s_ || !s_->make; }
+
 TopKGates topk_renormalised(const Var& probs, int K) {
   auto tk = ops::topk_gates(probs, K);  // g_k = p_k / Σ_j p_j over the K chosen
   return {std::move(tk.indices), tk.values};

@@ -4,6 +4,7 @@
 // here; the Bayesian ones (docs/vmoer.md) implement the same interface in
 // nn/routers/, one file each.
 #pragma once
+#include <functional>
 #include <memory>
 #include <nlohmann/json_fwd.hpp>
 #include <string>
@@ -135,6 +136,33 @@ namespace vm::nn {
 void to_json(nlohmann::json& j, const RouterConfig& c);
 void from_json(const nlohmann::json& j, RouterConfig& c);
 
+// A router's per-token diagnostic (length N, or N·E), made on the host when
+// first read: the router hands over a function that computes it (downloading
+// what it needs from the GPU), so a step that never looks at it — a training
+// step, say — pays nothing. Copies share the function and the values. Empty
+// when the router has none (or N = 0).
+class HostFloats {
+ public:
+  HostFloats() = default;
+  HostFloats(std::vector<float> values);  // NOLINT(google-explicit-constructor): computed already
+  static HostFloats later(std::function<std::vector<float>()> make);
+  const std::vector<float>& get() const;
+  operator const std::vector<float>&() const { return get(); }  // NOLINT(google-explicit-constructor)
+  float operator[](size_t i) const { return get()[i]; }
+  std::vector<float>::const_iterator begin() const { return get().begin(); }
+  std::vector<float>::const_iterator end() const { return get().end(); }
+  size_t size() const { return get().size(); }
+  bool empty() const { return get().empty(); }
+  bool computed() const;  // whether get() costs nothing
+
+ private:
+  struct State {
+    std::function<std::vector<float>()> make;
+    std::vector<float> values;
+  };
+  std::shared_ptr<State> s_;
+};
+
 // What a router needs to know about the call.
 struct RouteCtx {
   bool training = false;
@@ -156,17 +184,18 @@ struct RouteCtx {
 };
 
 struct RouterOut {
-  std::vector<int32_t> experts;  // (N, K) chosen experts, row-major
+  Indices experts;               // (N, K) chosen experts, row-major, on the router's device (host copy on demand)
   Var gates;                     // (N, K) gate weights of the chosen experts, rows sum to 1
   Var probs;                     // (N, E) the routing distribution top-K was taken from (p̄ for MC routers)
   Var logits;                    // (N, E) deterministic logits l_det = u W_r (load-balancing/z-loss use these)
   Var kl;                        // () Σ over tokens of KL(q || p), undefined for non-Bayesian routers
   Var penalty;                   // () extra regulariser (vtsr point: λ Σ −log T), or undefined
-  // Per-token diagnostics (length N, empty when not applicable); no gradient.
-  std::vector<float> ilv;          // tr Σ(u): inferred logit variance
-  std::vector<float> temperature;  // vtsr: mean temperature
-  std::vector<float> post_std;     // (N, E) posterior std of the logits (mfvr/fcvr), for inspection
-  std::vector<float> post_mean;    // (N, E) posterior mean of the logits
+  // Per-token diagnostics (length N, empty when not applicable); no gradient;
+  // made on the host when first read (HostFloats).
+  HostFloats ilv;          // tr Σ(u): inferred logit variance
+  HostFloats temperature;  // vtsr: mean temperature
+  HostFloats post_std;     // (N, E) posterior std of the logits (mfvr/fcvr), for inspection
+  HostFloats post_mean;    // (N, E) posterior mean of the logits
 };
 
 class Router {
@@ -222,7 +251,7 @@ bool router_reads(RouterKind kind, std::string_view key);
 // ---- shared pieces -----------------------------------------------------------------
 // Top-K of probs (N, E) and gates renormalised over the K chosen: g = p_top / Σ p_top.
 struct TopKGates {
-  std::vector<int32_t> experts;
+  Indices experts;
   Var gates;
 };
 TopKGates topk_renormalised(const Var& probs, int K);

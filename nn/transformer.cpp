@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "core/philox.h"
+#include "nn/noise.h"
 
 namespace vm::nn {
 
@@ -87,6 +88,16 @@ double Model::mean_embedding_norm() const {
   return s / (double)V;
 }
 
+// The stability protocol's embedding noise σ·z, z_i = philox_normal(noise_seed,
+// hash("embed_noise"), i), on the model's device (drawn there: nn/noise.h).
+Tensor Model::embed_noise(const Shape& shape, const ForwardOptions& opt) const {
+  const uint64_t stream = name_hash("embed_noise");
+  if (device() == Device::CUDA) return device_normals(shape, opt.noise_seed, stream, (float)opt.embed_noise);
+  Tensor n(shape);
+  for (int64_t i = 0; i < n.numel(); ++i) n[i] = (float)opt.embed_noise * philox_normal(opt.noise_seed, stream, (uint64_t)i);
+  return n;
+}
+
 Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<uint8_t>& mask,
                           const ForwardOptions& opt, ForwardResult& res) {
   // x: (B*T, C)
@@ -149,13 +160,8 @@ ForwardResult Model::forward_lm(const std::vector<int32_t>& ids, int B, int T, c
   int C = cfg_.d_model;
   ForwardResult res;
   Var x = ops::embedding(tok_emb_, ids, {(int64_t)B, (int64_t)T});  // (B, T, C)
-  if (opt.embed_noise > 0) {                                         // stability protocol: e + N(0, σ² I)
-    Tensor n({(int64_t)B, (int64_t)T, (int64_t)C});
-    uint64_t stream = name_hash("embed_noise");
-    for (int64_t i = 0; i < n.numel(); ++i)
-      n[i] = (float)opt.embed_noise * philox_normal(opt.noise_seed, stream, (uint64_t)i);
-    x = ops::add(x, ops::constant(n.to(device())));
-  }
+  if (opt.embed_noise > 0)  // stability protocol: e + N(0, σ² I)
+    x = ops::add(x, ops::constant(embed_noise({(int64_t)B, (int64_t)T, (int64_t)C}, opt)));
   std::vector<int32_t> pos((size_t)T);
   for (int t = 0; t < T; ++t) pos[t] = t;
   x = ops::add(x, ops::embedding(pos_emb_, pos, {(int64_t)T}));  // (B, T, C) + (T, C)
@@ -206,13 +212,7 @@ ForwardResult Model::forward_vit(const Tensor& pixels, const ForwardOptions& opt
   ForwardResult res;
   Var e = ops::add(ops::matmul(ops::constant(extract_patches(pixels, S, P).to(device())), patch_w_), patch_b_);  // (B*NP, C)
   e = ops::reshape(e, {B, NP, C});
-  if (opt.embed_noise > 0) {
-    Tensor n({(int64_t)B, (int64_t)NP, (int64_t)C});
-    uint64_t stream = name_hash("embed_noise");
-    for (int64_t i = 0; i < n.numel(); ++i)
-      n[i] = (float)opt.embed_noise * philox_normal(opt.noise_seed, stream, (uint64_t)i);
-    e = ops::add(e, ops::constant(n.to(device())));
-  }
+  if (opt.embed_noise > 0) e = ops::add(e, ops::constant(embed_noise({(int64_t)B, (int64_t)NP, (int64_t)C}, opt)));
   Var cls = ops::add(ops::constant(Tensor({(int64_t)B, 1, (int64_t)C}, device())), cls_tok_);  // (B, 1, C)
   Var x = ops::concat<float>({cls, e}, 1);                                            // (B, T, C)
   std::vector<int32_t> pos((size_t)T);

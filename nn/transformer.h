@@ -77,6 +77,7 @@ class Model {
     RouterKind router = RouterKind::det;  // the router of its MoE layer (layer_router)
   };
   Var norm(const Var& x, const Var& g, const Var& b) const;
+  Tensor embed_noise(const Shape& shape, const ForwardOptions& opt) const;  // σ·z on the model's device
   Var blocks_forward(Var x, int B, int T, bool causal, const std::vector<uint8_t>& mask, const ForwardOptions& opt,
                      ForwardResult& res);
 

@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <numeric>
 #include <regex>
 #include <set>
@@ -140,6 +141,7 @@ TEST_CASE("cuda: backend not built") {
 #include "kernels/cuda/nn.h"
 #include "kernels/cuda/rowwise.h"
 #include "kernels/cuda/sort.h"
+#include "kernels/optim.h"
 #include "nn/moe.h"
 #include "nn/router.h"
 #include "nn/routers/common.h"
@@ -569,8 +571,11 @@ static void gemm_case() {
       cpu::gemm(wdw.data() + e * C * F, x.data() + r0 * C, g.data() + r0 * F, C, F, m, true, false, true);
     }
     Guarded<T> dx(x), dw(w), dg(g), dout((size_t)(M * F)), ddx(dx0), ddw(dw0);
+    const uint64_t calls_before = cu::grouped_gemm_stats().calls;
     cu::grouped_gemm(dout.data(), dx.data(), dw.data(), off, C, F);
     cu::grouped_gemm_bwd(dx.data(), dw.data(), dg.data(), ddx.data(), ddw.data(), off, C, F);
+    CHECK(cu::grouped_gemm_stats().calls >= calls_before + 2);  // one grouped cuBLAS call each (3 groups)
+    CHECK(cu::grouped_gemm_stats().fallbacks == 0);              // ... which this cuBLAS accepted
     expect_close("grouped_gemm", dout.get(), want, tol, std::sqrt((double)C));
     expect_close("grouped_gemm_bwd dx", ddx.get(), wdx, tol, std::sqrt((double)F));
     expect_close("grouped_gemm_bwd dw", ddw.get(), wdw, tol, std::sqrt((double)M));
@@ -938,15 +943,15 @@ static void cross_entropy_case() {
         t[r] = pattern == 2 || (pattern == 1 && r % 3 == 1) ? ignore : (int32_t)((r * 7919 + 13) % s.C);
       std::vector<T> probs(n);
       int64_t count = -1, gcount = -1;
-      double total = cpu::cross_entropy_fwd(x.data(), t.data(), probs.data(), s.rows, s.C, ignore, &count);
+      double total = cpu::cross_entropy_sum(x.data(), t.data(), probs.data(), s.rows, s.C, ignore, &count);
       auto dl0 = randn<T>(n, 3001);
       std::vector<T> dl = dl0;
       const T scale = T(0.37);
-      cpu::cross_entropy_bwd(probs.data(), t.data(), dl.data(), s.rows, s.C, ignore, scale);
+      cpu::cross_entropy_bwd_scaled(probs.data(), t.data(), dl.data(), s.rows, s.C, ignore, scale);
       Guarded<T> gx(x), gp(n), gpc(probs), gdl(dl0);
       Guarded<int32_t> gt(t);
-      double gtotal = cu::cross_entropy_fwd(gx.data(), gt.data(), gp.data(), s.rows, s.C, ignore, &gcount);
-      cu::cross_entropy_bwd(gpc.data(), gt.data(), gdl.data(), s.rows, s.C, ignore, scale);
+      double gtotal = cu::cross_entropy_sum(gx.data(), gt.data(), gp.data(), s.rows, s.C, ignore, &gcount);
+      cu::cross_entropy_bwd_scaled(gpc.data(), gt.data(), gdl.data(), s.rows, s.C, ignore, scale);
       CHECK(gcount == count);
       CHECK(rel_err(gtotal, total, 1e-6) <= 1e-9);
       expect_close(std::string("cross_entropy probs ") + tname<T>(), gp.get(), probs, tp, 1e-6);
@@ -1033,6 +1038,169 @@ CUDA_CASE("cuda adamw_step vs kernels::adamw_step") {
       CHECK_GUARDS(gv);
     }
   }
+}
+
+// The optimiser's multi-tensor kernels (kernels/optim.h): one launch for
+// every parameter. The clipped gradient is one float product, written back:
+// exact. The update is adamw_step's formula (1e-6 / floor 1e-6, as above);
+// Σ g² in double against a long-double sum: 1e-12 relative.
+CUDA_CASE("cuda adamw_multi and sum_squares vs the CPU, several tensors in one launch") {
+  const std::vector<int64_t> sizes{1, 1001, 0, 65537, 300001, 7};
+  for (float scale : {1.0f, 0.37f}) {
+    CAPTURE(scale);
+    std::vector<std::vector<float>> p, g, m, v;
+    std::vector<std::unique_ptr<Guarded<float>>> gp, gg, gm, gv;
+    std::vector<cpu::AdamWTensor> host, dev;
+    std::vector<cu::GradSpan> spans;
+    long double ss = 0;
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      const size_t n = (size_t)sizes[i];
+      p.push_back(randn<float>(n, 6000 + i));
+      g.push_back(randn<float>(n, 6100 + i, 3.0));
+      m.push_back(randn<float>(n, 6200 + i, 0.1));
+      v.push_back(randu<float>(n, 6300 + i, 0.0, 0.1));
+      for (float x : g.back()) ss += (long double)x * x;
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      gp.push_back(std::make_unique<Guarded<float>>(p[i]));
+      gg.push_back(std::make_unique<Guarded<float>>(g[i]));
+      gm.push_back(std::make_unique<Guarded<float>>(m[i]));
+      gv.push_back(std::make_unique<Guarded<float>>(v[i]));
+      const float wd = i % 2 ? 0.0f : 0.1f;
+      host.push_back({p[i].data(), g[i].data(), m[i].data(), v[i].data(), sizes[i], wd});
+      dev.push_back({gp[i]->data(), gg[i]->data(), gm[i]->data(), gv[i]->data(), sizes[i], wd});
+      spans.push_back({gg[i]->data(), sizes[i]});
+    }
+    const double sq = cu::sum_squares(spans);  // before the update scales the gradients
+    CHECK(std::abs(sq - (double)ss) <= 1e-12 * (double)ss);
+    const cpu::AdamWHyper h{3e-4f, 0.9f, 0.95f, 1e-8f, 7, scale};
+    cpu::adamw_multi(host, h);
+    cu::adamw_multi(dev, h);
+    for (size_t i = 0; i < sizes.size(); ++i) {
+      CAPTURE(i);
+      expect_exact("adamw_multi grad (clipped in place)", gg[i]->get(), g[i]);
+      expect_close("adamw_multi param", gp[i]->get(), p[i], 1e-6, 1e-6);
+      expect_close("adamw_multi m", gm[i]->get(), m[i], 1e-6, 1e-6);
+      expect_close("adamw_multi v", gv[i]->get(), v[i], 1e-6, 1e-6);
+      CHECK_GUARDS(*gp[i]);
+      CHECK_GUARDS(*gg[i]);
+      CHECK_GUARDS(*gm[i]);
+      CHECK_GUARDS(*gv[i]);
+    }
+  }
+  CHECK(cu::sum_squares({}) == 0.0);
+}
+
+// The table's cross-entropy pair, which the op runs: the loss left on the
+// GPU as T(Σ / count) (count from the host targets; 0 when count = 0), the
+// output gradient read there. Against the CPU's pair: the same per-row terms
+// summed in another order (1e-6 relative; 1e-12 in double); the backward with
+// the same scale (1e-5 / floor 1e-6, as the probabilities; double 1e-12).
+template <class T>
+static void cross_entropy_device_case() {
+  const double tol = std::is_same_v<T, float> ? 1e-6 : 1e-12;
+  for (int64_t C : {1, 33, 1025}) {
+    for (bool all_ignored : {false, true}) {
+      const int64_t rows = 37;
+      CAPTURE(C);
+      CAPTURE(all_ignored);
+      auto x = randn<T>((size_t)(rows * C), 7100, 2.0);
+      std::vector<int32_t> tg((size_t)rows);
+      int64_t count = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        tg[r] = all_ignored || r % 5 == 3 ? -100 : (int32_t)(philox_u32(7, 1, (uint64_t)r) % (uint32_t)C);
+        count += tg[r] != -100;
+      }
+      std::vector<T> probs((size_t)(rows * C));
+      T want = T(-1);
+      cpu::cross_entropy_fwd(x.data(), tg.data(), probs.data(), rows, C, -100, count, &want);
+      Guarded<T> gx(x), gprobs((size_t)(rows * C)), gloss((size_t)1);
+      Guarded<int32_t> gtg(tg);
+      cu::cross_entropy_fwd(gx.data(), gtg.data(), gprobs.data(), rows, C, -100, count, gloss.data());
+      expect_close("cross_entropy_fwd loss (on the GPU)", gloss.get(), std::vector<T>{want}, tol, 1e-6);
+      expect_close("cross_entropy_fwd probs", gprobs.get(), probs, std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      CHECK_GUARDS(gloss);
+      if (count == 0) continue;
+      const T gout = T(0.75);
+      auto d0 = randn<T>((size_t)(rows * C), 7200);
+      std::vector<T> want_d = d0;
+      cpu::cross_entropy_bwd(probs.data(), tg.data(), want_d.data(), rows, C, -100, &gout, count);
+      Guarded<T> gd(d0), ggout(std::vector<T>{gout});
+      cu::cross_entropy_bwd(gprobs.data(), gtg.data(), gd.data(), rows, C, -100, ggout.data(), count);
+      expect_close("cross_entropy_bwd (output gradient on the GPU)", gd.get(), want_d,
+                   std::is_same_v<T, float> ? 1e-5 : 1e-12, 1e-6);
+      CHECK_GUARDS(gd);
+    }
+  }
+  // no rows: the loss is written as 0
+  Guarded<T> gloss((size_t)1);
+  cu::cross_entropy_fwd<T>(nullptr, nullptr, nullptr, 0, 5, -100, 0, gloss.data());
+  expect_exact("cross_entropy_fwd with no rows", gloss.get(), std::vector<T>{T(0)});
+}
+CUDA_CASE("cuda cross-entropy, the op's pair: the loss and the output gradient stay on the GPU, vs the CPU's pair") {
+  cross_entropy_device_case<float>();
+  cross_entropy_device_case<double>();
+}
+
+// Uploads through the pinned staging ring (core/cuda/staging.h): copy_h2d
+// returns before the copy is made, so the host source is overwritten at once
+// here; every upload must still arrive intact, across several laps of the
+// ring (slices reused once their copies finished), and one upload larger than
+// the ring goes the waiting way. Counted: the staged ones did not wait.
+CUDA_CASE("cuda staged uploads: many uploads across laps of the ring arrive intact; the host buffer is free at once") {
+  cu::synchronize();
+  cu::reset_sync_counts();
+  const size_t lap = cu::kStagingBytes;
+  std::vector<size_t> sizes;
+  size_t total = 0;
+  for (uint64_t i = 0; total < 3 * lap; ++i) {
+    const size_t n = 1 + philox_u32(3, 9, i) % (i % 7 == 0 ? lap / 2 : 4096);  // bytes, mostly small
+    sizes.push_back(n);
+    total += n;
+  }
+  std::vector<cu::DeviceBuffer<uint8_t>> bufs;
+  std::vector<uint8_t> src;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    src.assign(sizes[i], 0);
+    for (size_t b = 0; b < sizes[i]; ++b) src[b] = (uint8_t)(philox_u32(4, i, b / 4) >> (8 * (b % 4)));
+    bufs.emplace_back(sizes[i]);
+    cu::copy_h2d(bufs.back().data(), src.data(), sizes[i]);
+    std::fill(src.begin(), src.end(), 0xEE);  // the source is free as soon as copy_h2d returns
+  }
+  const cu::SyncCounts after = cu::sync_counts();
+  CHECK(after.staged == sizes.size());
+  CHECK(after.h2d == 0);
+  MESSAGE("staged uploads: " << after.staged << " (" << (total >> 20) << " MiB, " << total / lap
+                             << " laps); waits for a busy slice: " << after.waits);
+  size_t bad = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    const std::vector<uint8_t> got = bufs[i].to_host();
+    for (size_t b = 0; b < sizes[i]; ++b) bad += got[b] != (uint8_t)(philox_u32(4, i, b / 4) >> (8 * (b % 4)));
+  }
+  CHECK(bad == 0);
+  // larger than the ring: copied the waiting way, and intact too
+  std::vector<uint8_t> big(lap + 4096);
+  for (size_t b = 0; b < big.size(); ++b) big[b] = (uint8_t)(b * 131 + 7);
+  cu::DeviceBuffer<uint8_t> dbig(big.size());
+  cu::reset_sync_counts();
+  cu::copy_h2d(dbig.data(), big.data(), big.size());
+  CHECK(cu::sync_counts().h2d == 1);
+  CHECK(cu::sync_counts().staged == 0);
+  CHECK(dbig.to_host() == big);
+}
+
+// Router jitter drawn on the GPU (nn/noise.h): the host loop's expression
+// 1 + j(2u − 1) on bit-identical uniforms; FMA contraction may differ in the
+// last place: 2 ulp of 1 (2.4e-7).
+CUDA_CASE("cuda philox_jitter vs the host loop of the MoE layer") {
+  const int64_t n = 5003;
+  const float j = 0.01f;
+  std::vector<float> want((size_t)n);
+  for (int64_t i = 0; i < n; ++i) want[i] = 1.0f + j * (2.0f * philox_uniform(17, 23, (uint64_t)i) - 1.0f);
+  Guarded<float> got((size_t)n);
+  cu::philox_jitter(got.data(), n, j, 17, 23);
+  expect_close("philox_jitter", got.get(), want, 2.4e-7, 1.0);
+  CHECK_GUARDS(got);
 }
 
 // ======================================================================================================
@@ -1220,7 +1388,7 @@ static void topk_gates_case() {
   Guarded<T> gf(flat), gg3((size_t)K);
   Guarded<int32_t> ge3((size_t)K);
   cu::topk_gates(gf.data(), ge3.data(), gg3.data(), 1, E, K);
-  expect_exact("topk_gates ties", ge3.get(), want);
+  expect_exact("topk_gates ties", ge3.get(), want.host());
 }
 
 CUDA_CASE("cuda topk_gates (top-K + renormalised gates, fwd/bwd) vs nn::topk_renormalised") {

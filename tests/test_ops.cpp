@@ -650,7 +650,7 @@ TEST_CASE("ops: shape errors name the op and the shapes") {
   CHECK_MESSAGE(contains(m, "dropout: p must be in [0, 1)"), m);
   m = error_of([&] { ops::topk(v({2, 3}), 4); });
   CHECK_MESSAGE(contains(m, "topk: k = 4"), m);
-  m = error_of([&] { ops::take_cols(v({2, 3}), {0, 3}, 1); });
+  m = error_of([&] { ops::take_cols(v({2, 3}), std::vector<int32_t>{0, 3}, 1); });
   CHECK_MESSAGE(contains(m, "take_cols: index 3"), m);
   m = error_of([&] { ops::gather_rows(v({2, 3}), {2}); });
   CHECK_MESSAGE(contains(m, "gather_rows: row 2"), m);
@@ -875,7 +875,7 @@ TEST_CASE_TEMPLATE("kernels: cross_entropy fwd+bwd with guard zones and ignore_i
   std::vector<int32_t> tg = {0, 6, -100, 3, 3, -100, 1, 2, 5};
   Guarded<T> gl(logits), gp(rows * C, kNaN), gdl(dl0);
   int64_t count = -1;
-  double total = kernels::cross_entropy_fwd<T>(gl.data(), tg.data(), gp.data(), rows, C, -100, &count);
+  double total = kernels::cross_entropy_sum<T>(gl.data(), tg.data(), gp.data(), rows, C, -100, &count);
   CHECK(gl.intact());
   CHECK(gp.intact());
   CHECK(count == 7);
@@ -883,11 +883,26 @@ TEST_CASE_TEMPLATE("kernels: cross_entropy fwd+bwd with guard zones and ignore_i
   CHECK(rel_err(total, want_total, 1.0) <= kernel_tol<T>());
   CHECK(max_rel_err(gp.tensor({rows, C}), ref::softmax(logits), 1.0) <= kernel_tol<T>());
   const double scale = 0.7;
-  kernels::cross_entropy_bwd<T>(gp.data(), tg.data(), gdl.data(), rows, C, -100, (T)scale);
+  kernels::cross_entropy_bwd_scaled<T>(gp.data(), tg.data(), gdl.data(), rows, C, -100, (T)scale);
   CHECK(gdl.intact());
   TensorD one = TensorD::scalar(scale * 7.0);  // d(total)/dlogits = count · d(mean)/dlogits
   TensorD want = ref::add(dl0, ref_vjp([&](const TensorD& t) { return ref::cross_entropy(t, tg, -100); }, logits, one));
   CHECK(max_rel_err(gdl.tensor({rows, C}), want, 1.0) <= kernel_tol<T>());
+  // the table's pair: the mean written as T(Σ / count); the output gradient read from memory
+  std::vector<T> probs((size_t)(rows * C));
+  T loss = T(-1);
+  kernels::cross_entropy_fwd<T>(gl.data(), tg.data(), probs.data(), rows, C, -100, 7, &loss);
+  CHECK(loss == T(total / 7.0));
+  CHECK_THROWS_AS(kernels::cross_entropy_fwd<T>(gl.data(), tg.data(), probs.data(), rows, C, -100, 6, &loss),
+                  std::invalid_argument);  // a count that disagrees with the targets
+  std::vector<T> d1 = gdl.tensor({rows, C}).template cast<T>().to_vector(), d2 = d1;
+  const T gout = T(scale * 7.0);
+  kernels::cross_entropy_bwd<T>(probs.data(), tg.data(), d1.data(), rows, C, -100, &gout, 7);
+  kernels::cross_entropy_bwd_scaled<T>(probs.data(), tg.data(), d2.data(), rows, C, -100, T(gout / (T)7));
+  CHECK(d1 == d2);
+  const std::vector<int32_t> none(rows, -100);
+  kernels::cross_entropy_fwd<T>(gl.data(), none.data(), probs.data(), rows, C, -100, 0, &loss);
+  CHECK(loss == T(0));
 }
 
 TEST_CASE_TEMPLATE("kernels: attention fwd+bwd with guard zones", T, float, double) {

@@ -7,7 +7,11 @@
 #include <mutex>
 #include <string>
 
+#include <cstring>
+#include <vector>
+
 #include "core/cuda/device.cuh"
+#include "core/cuda/staging.h"
 
 namespace vm::kernels::cuda {
 namespace detail {
@@ -91,6 +95,15 @@ std::string cuda_device_name() {
 }
 
 // ---- context ----------------------------------------------------------------------
+// The pinned upload ring of a thread (see copy_h2d): made on the first upload;
+// host == nullptr after a failed cudaHostAlloc (every upload then waits).
+struct Staging {
+  bool tried = false;
+  void* host = nullptr;
+  StagingRing<cudaEvent_t> ring{kStagingBytes};
+  std::vector<cudaEvent_t> spare;  // events of finished copies, for reuse
+};
+
 namespace {
 std::atomic<int> g_selected{-1};  // select_device's choice, for every thread's context
 }  // namespace
@@ -107,6 +120,7 @@ int select_device(int local_rank) {
 namespace {
 struct ContextOwner {
   Context c;
+  Staging staging;
   ~ContextOwner() {
     // Best effort at thread exit; errors here cannot be reported.
     if (c.blas) cublasDestroy(c.blas);
@@ -114,6 +128,12 @@ struct ContextOwner {
       cudaStreamSynchronize(c.stream);
       cudaStreamDestroy(c.stream);
     }
+    while (staging.ring.in_flight() > 0) {
+      cudaEventDestroy(staging.ring.ticket(0));
+      staging.ring.retire_oldest();
+    }
+    for (cudaEvent_t e : staging.spare) cudaEventDestroy(e);
+    if (staging.host) cudaFreeHost(staging.host);
   }
 };
 
@@ -146,6 +166,7 @@ Context& context() {
     CUDA_CHECK(cudaStreamCreate(&o->c.stream));
     CUBLAS_CHECK(cublasCreate(&o->c.blas));
     CUBLAS_CHECK(cublasSetStream(o->c.blas, o->c.stream));
+    o->c.staging = &o->staging;
     owner = std::move(o);
   }
   return owner->c;
@@ -153,13 +174,14 @@ Context& context() {
 
 // ---- synchronisation counts --------------------------------------------------------
 namespace {
-std::atomic<uint64_t> g_h2d{0}, g_d2h{0}, g_waits{0};
+std::atomic<uint64_t> g_h2d{0}, g_d2h{0}, g_waits{0}, g_staged{0};
 }  // namespace
-SyncCounts sync_counts() { return {g_h2d.load(), g_d2h.load(), g_waits.load()}; }
+SyncCounts sync_counts() { return {g_h2d.load(), g_d2h.load(), g_waits.load(), g_staged.load()}; }
 void reset_sync_counts() {
   g_h2d = 0;
   g_d2h = 0;
   g_waits = 0;
+  g_staged = 0;
 }
 
 // ---- memory -----------------------------------------------------------------------
@@ -199,9 +221,60 @@ void device_free(void* p) noexcept {
   }
 }
 
+namespace {
+// An upload through the pinned ring (core/cuda/staging.h): false when it cannot
+// take these bytes (too many, or no pinned memory), and the caller copies and waits.
+bool staged_h2d(Context& c, void* dst, const void* src, size_t bytes) {
+  Staging& st = *c.staging;
+  if (!st.tried) {
+    st.tried = true;
+    if (cudaHostAlloc(&st.host, kStagingBytes, cudaHostAllocDefault) != cudaSuccess) {
+      (void)cudaGetLastError();
+      st.host = nullptr;
+    }
+  }
+  if (!st.host || !st.ring.fits(bytes)) return false;
+  StagingRing<cudaEvent_t>& ring = st.ring;
+  auto retire = [&] {
+    st.spare.push_back(ring.ticket(0));
+    ring.retire_oldest();
+  };
+  while (ring.in_flight() > 0) {  // finished copies free their slices without a wait
+    cudaError_t q = cudaEventQuery(ring.ticket(0));
+    if (q == cudaErrorNotReady) {
+      (void)cudaGetLastError();
+      break;
+    }
+    CUDA_CHECK(q);
+    retire();
+  }
+  const auto r = ring.reserve(bytes);
+  if (r.must_finish > 0) {  // the slice is still being copied from: wait for that copy
+    ++g_waits;
+    CUDA_CHECK(cudaEventSynchronize(ring.ticket(r.must_finish - 1)));
+    for (size_t i = 0; i < r.must_finish; ++i) retire();
+  }
+  char* slice = static_cast<char*>(st.host) + r.offset;
+  std::memcpy(slice, src, bytes);
+  CUDA_CHECK(cudaMemcpyAsync(dst, slice, bytes, cudaMemcpyHostToDevice, c.stream));
+  cudaEvent_t ev;
+  if (st.spare.empty()) {
+    CUDA_CHECK(cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  } else {
+    ev = st.spare.back();
+    st.spare.pop_back();
+  }
+  CUDA_CHECK(cudaEventRecord(ev, c.stream));
+  ring.commit(r, ev);
+  ++g_staged;
+  return true;
+}
+}  // namespace
+
 void copy_h2d(void* dst, const void* src, size_t bytes) {
   if (!bytes) return;
   Context& c = context();
+  if (staged_h2d(c, dst, src, bytes)) return;
   ++g_h2d;
   CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c.stream));
   CUDA_CHECK(cudaStreamSynchronize(c.stream));

@@ -44,12 +44,14 @@ namespace vm::kernels::cuda::detail {
 namespace vm::kernels::cuda {
 
 // This host thread's context, created on first use (throws vm::Error without a device).
+struct Staging;  // the pinned upload ring (device.cu; core/cuda/staging.h)
 struct Context {
   int device = 0;
   int sm_count = 0;
   cudaStream_t stream = nullptr;
   cublasHandle_t blas = nullptr;
   bool pool = false;  // stream-ordered allocator available
+  Staging* staging = nullptr;
 };
 Context& context();
 inline cudaStream_t stream() { return context().stream; }

@@ -10,7 +10,8 @@
 // stream and one cuBLAS handle bound to it. All kernels of this backend are
 // launched on the calling thread's stream, so a sequence of calls from one
 // thread is ordered without explicit synchronisation; results a host function
-// returns by value (cross_entropy_fwd's loss, dispatch sizes) synchronise.
+// returns by value (a download: the dispatch sizes, a logged scalar)
+// synchronise, uploads do not (copy_h2d).
 //
 // Allocator: device_malloc/device_free use the device's stream-ordered memory
 // pool (cudaMallocAsync / cudaFreeAsync on the context stream) with the release
@@ -41,8 +42,17 @@ int select_device(int local_rank);
 // ---- memory --------------------------------------------------------------------
 void* device_malloc(size_t bytes);  // stream-ordered on this thread's stream; throws vm::Error
 void device_free(void* p) noexcept;
-// Host <-> device copies. h2d and d2h return when the copy is complete (they
-// synchronise the context stream); d2d and fill are asynchronous on it.
+// Host <-> device copies. copy_h2d returns as soon as the host bytes are
+// copied into the thread's pinned staging ring (core/cuda/staging.h; uploads
+// up to kStagingBytes): the host memory is free at once and the work queued
+// after it on the stream sees the data, without the host waiting for the GPU
+// (it waits only when the ring's slice is still being copied from, a lap
+// later). Larger uploads, or all of them where pinned memory cannot be had,
+// wait for the copy. copy_d2h returns when the copy is complete (it
+// synchronises the context stream); d2d and fill are asynchronous on it.
+// Device memory is ordered by this thread's stream only: a buffer is used on
+// the thread that made it (as the stream-ordered allocator already requires).
+inline constexpr size_t kStagingBytes = size_t(16) << 20;
 void copy_h2d(void* dst_dev, const void* src_host, size_t bytes);
 void copy_d2h(void* dst_host, const void* src_dev, size_t bytes);
 void copy_d2d(void* dst_dev, const void* src_dev, size_t bytes);
@@ -52,11 +62,16 @@ template <class T>
 void fill_value(T* p, int64_t n, T v);
 void synchronize();  // wait for everything enqueued on this thread's stream
 // Host <-> device synchronisations: every call above that makes the host wait
-// for the GPU (copy_h2d, copy_d2h, synchronize, and the allocator's retry after
-// an out-of-memory) counts one, over all threads — the only ways this backend
-// waits, so tests can bound the waits of a training step (tests/test_cuda_ops.cpp).
+// for the GPU counts one, over all threads — the only ways this backend waits,
+// so tests can bound the waits of a training step (tests/test_cuda_ops.cpp):
+//   h2d    an upload that waited (larger than the staging ring, or no pinned memory)
+//   d2h    a download (always waits)
+//   waits  synchronize(), the allocator's retry after an out-of-memory, and an
+//          upload that had to wait for its staging slice to be free
+// `staged` counts the uploads that went through the ring without waiting (not a wait).
 struct SyncCounts {
-  uint64_t h2d = 0, d2h = 0, waits = 0;  // waits: synchronize() and the allocator's
+  uint64_t h2d = 0, d2h = 0, waits = 0;
+  uint64_t staged = 0;
   uint64_t total() const { return h2d + d2h + waits; }
 };
 SyncCounts sync_counts();

@@ -6,6 +6,8 @@
 #pragma once
 #include <cstdint>
 
+#include "kernels/cuda/random.h"  // philox_fill: moved to the product, still used here by the tests and bench_cuda
+
 namespace vm::kernels::cuda {
 
 // Backward of the fused mfvr/fcvr S-sample loop (vr_route_fwd,
@@ -20,10 +22,5 @@ void vr_route_bwd(const T* mean, const T* scale, int64_t N, int E, int S, bool f
 // the float rounding, varies from run to run.
 template <class T>
 void embedding_bwd_atomic(const T* dout, const int32_t* ids, T* dtable, int64_t n, int64_t V, int64_t C);
-
-// out[i] = philox_<dist>(seed, stream, offset + i) (core/philox.h)
-enum class PhiloxDist : int { Uniform, Normal, Gumbel };
-template <class T>
-void philox_fill(PhiloxDist dist, T* out, int64_t n, uint64_t seed, uint64_t stream, uint64_t offset = 0);
 
 }  // namespace vm::kernels::cuda

@@ -4,6 +4,7 @@
 // with a blocking we fix, so Eigen's OpenMP path and its cache-size detection
 // never decide how a sum is formed.
 #include "kernels/cpu/gemm.h"
+#include "kernels/gemm_groups.h"
 
 #include <omp.h>
 
@@ -249,22 +250,16 @@ void gemm_strided_batched(T* C, const T* A, const T* B, int64_t batch, int64_t M
 // One expert after another; each GEMM's tiles use the whole OpenMP pool.
 template <class T>
 void grouped_gemm(T* out, const T* x, const T* w, const std::vector<int64_t>& offsets, int64_t C, int64_t F) {
-  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
-    int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
-    if (m == 0) continue;
-    gemm(out + r0 * F, x + r0 * C, w + (int64_t)e * C * F, m, F, C, false, false, false);
-  }
+  // one product per non-empty group (kernels/gemm_groups.h), in group order
+  for (const auto& p : grouped_gemm_problems(out, x, w, offsets, C, F))
+    gemm(p.C, p.A, p.B, p.M, p.N, p.K, p.transA, p.transB, p.accumulate);
 }
 
 template <class T>
 void grouped_gemm_bwd(const T* x, const T* w, const T* g, T* dx, T* dw, const std::vector<int64_t>& offsets,
                       int64_t C, int64_t F) {
-  for (size_t e = 0; e + 1 < offsets.size(); ++e) {
-    int64_t r0 = offsets[e], m = offsets[e + 1] - r0;
-    if (m == 0) continue;
-    if (dx) gemm(dx + r0 * C, g + r0 * F, w + (int64_t)e * C * F, m, C, F, false, true, true);
-    if (dw) gemm(dw + (int64_t)e * C * F, x + r0 * C, g + r0 * F, C, F, m, true, false, true);
-  }
+  for (const auto& p : grouped_gemm_bwd_problems(x, w, g, dx, dw, offsets, C, F))
+    gemm(p.C, p.A, p.B, p.M, p.N, p.K, p.transA, p.transB, p.accumulate);
 }
 
 VM_INSTANTIATE_KERNELS(VM_GEMM_KERNELS)

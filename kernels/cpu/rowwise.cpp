@@ -3,10 +3,13 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "kernels/cpu/fastmath.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/optim.h"
 
 namespace vm::kernels {
 
@@ -152,7 +155,7 @@ void rmsnorm_bwd(const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, 
 }
 
 template <class T>
-double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
                          int32_t ignore_index, int64_t* count) {
   softmax_fwd(logits, probs, rows, C);
   double total = 0;
@@ -174,14 +177,32 @@ double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int6
 }
 
 template <class T>
-void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
-                       int32_t ignore_index, T scale) {
+void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                              int32_t ignore_index, T scale) {
   VM_PAR_ROWS
   for (int64_t r = 0; r < rows; ++r) {
     int32_t t = targets[r];
     if (t == ignore_index) continue;
     for (int64_t c = 0; c < C; ++c) dlogits[r * C + c] += scale * (probs[r * C + c] - (c == t ? T(1) : T(0)));
   }
+}
+
+template <class T>
+void cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                       int32_t ignore_index, int64_t count, T* loss) {
+  int64_t n = 0;
+  const double total = rows * C > 0 ? cross_entropy_sum(logits, targets, probs, rows, C, ignore_index, &n) : 0.0;
+  if (n != count)
+    throw std::invalid_argument("cross_entropy_fwd: " + std::to_string(count) + " rows counted by the caller, " +
+                                std::to_string(n) + " not ignored");
+  loss[0] = count ? T(total / (double)count) : T(0);
+}
+
+template <class T>
+void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                       int32_t ignore_index, const T* gout, int64_t count) {
+  if (count <= 0) return;
+  cross_entropy_bwd_scaled(probs, targets, dlogits, rows, C, ignore_index, T(gout[0] / (T)count));
 }
 
 template <class T>
@@ -254,6 +275,19 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   }
 }
 
+void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWHyper& h) {
+  for (const AdamWTensor& t : ts) {
+    if (h.grad_scale != 1.0f)
+      for (int64_t i = 0; i < t.n; ++i) t.grad[i] *= h.grad_scale;
+    adamw_step(t.param, t.grad, t.m, t.v, t.n, h.lr, h.beta1, h.beta2, h.eps, t.weight_decay, h.step);
+  }
+}
+
 VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
+template double cross_entropy_sum<float>(const float*, const int32_t*, float*, int64_t, int64_t, int32_t, int64_t*);
+template double cross_entropy_sum<double>(const double*, const int32_t*, double*, int64_t, int64_t, int32_t, int64_t*);
+template void cross_entropy_bwd_scaled<float>(const float*, const int32_t*, float*, int64_t, int64_t, int32_t, float);
+template void cross_entropy_bwd_scaled<double>(const double*, const int32_t*, double*, int64_t, int64_t, int32_t,
+                                               double);
 
 }  // namespace vm::kernels

@@ -25,7 +25,18 @@ GemmMath gemm_math();
 inline void set_allow_tf32(bool allow) { set_gemm_math(allow ? GemmMath::TF32 : GemmMath::Default); }
 
 // gemm, gemm_strided_batched, grouped_gemm(_bwd): the table in kernels/gemm.h,
-// on device pointers and this thread's stream. grouped_gemm makes one cuBLAS
-// call per non-empty group (offsets on the host).
+// on device pointers and this thread's stream. grouped_gemm(_bwd) make the
+// list of one product per non-empty group (kernels/gemm_groups.h; offsets on
+// the host) and run it as one cublasGemmGroupedBatchedEx call (each product a
+// group of size 1; the pointer arrays staged up without a wait). One product,
+// or GemmMath::Pedantic (not a compute type of the grouped call), runs as
+// plain gemm calls; so does a list the grouped call declines
+// (CUBLAS_STATUS_NOT_SUPPORTED / INVALID_VALUE), which is counted and said
+// once on stderr.
+struct GroupedGemmStats {
+  uint64_t calls = 0;      // grouped calls made
+  uint64_t fallbacks = 0;  // lists the grouped call declined (run one by one)
+};
+GroupedGemmStats grouped_gemm_stats();
 
 }  // namespace vm::kernels::cuda

@@ -8,6 +8,7 @@
 #include "core/cuda/device.cuh"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/rowwise.h"
+#include "kernels/optim.h"
 
 namespace vm::kernels::cuda {
 using namespace detail;
@@ -274,13 +275,29 @@ __global__ void cross_entropy_total(const double* __restrict__ loss, const int32
   }
 }
 
+// The op's device path: the same total, its mean written on the GPU as the
+// CPU op forms it on the host, T(total / count) (0 when count = 0).
+template <class T>
+__global__ void cross_entropy_mean(const double* __restrict__ loss, const int32_t* __restrict__ targets,
+                                   int64_t rows, int32_t ignore_index, int64_t count, T* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t r = threadIdx.x; r < rows; r += blockDim.x)
+    if (targets[r] != ignore_index) s += loss[r];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = count ? T(s / (double)count) : T(0);
+}
+
+// scale: the given one, or (gout != nullptr) the scalar output gradient read
+// on the GPU divided by count, as the CPU op's T(gout / (T)count).
 template <class T, bool BLOCK>
 __global__ void cross_entropy_bwd_k(const T* __restrict__ probs, const int32_t* __restrict__ targets,
-                                    T* __restrict__ dlogits, int64_t rows, int64_t C, int32_t ignore_index, T scale) {
+                                    T* __restrict__ dlogits, int64_t rows, int64_t C, int32_t ignore_index, T scale,
+                                    const T* __restrict__ gout, T count) {
   RowGroup<BLOCK> g;
   if (g.row >= rows) return;
   const int32_t t = targets[g.row];
   if (t == ignore_index) return;
+  if (gout) scale = T(gout[0] / count);
   const T* pr = probs + g.row * C;
   T* dr = dlogits + g.row * C;
   for (int64_t c = g.tid; c < C; c += g.size) dr[c] += scale * (pr[c] - (c == t ? T(1) : T(0)));
@@ -331,6 +348,57 @@ __global__ void adamw_k(float* __restrict__ param, const float* __restrict__ gra
     param[i] = p - lr * (mh / (sqrtf(vh) + eps) + wd * p);
   }
 }
+
+// ---- the optimiser over every parameter (kernels/optim.h) ------------------------------------------
+// grid (X, tensors): blockIdx.y picks the row of the table, X blocks stride
+// over its elements. The per-element arithmetic is adamw_k's, after the
+// clipping scale (rounded like the CPU's g *= scale, and written back as it
+// does).
+__global__ void adamw_multi_k(const AdamWTensor* __restrict__ table, float lr, float beta1, float beta2, float eps,
+                              float bc1, float bc2, float scale) {
+  const AdamWTensor t = table[blockIdx.y];
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < t.n; i += (int64_t)gridDim.x * blockDim.x) {
+    float g = t.grad[i];
+    if (scale != 1.0f) {
+      g = mul_rn(g, scale);
+      t.grad[i] = g;
+    }
+    float mi = beta1 * t.m[i] + (1.0f - beta1) * g;
+    float vi = beta2 * t.v[i] + (1.0f - beta2) * g * g;
+    t.m[i] = mi;
+    t.v[i] = vi;
+    float mh = mi / bc1, vh = vi / bc2;
+    float p = t.param[i];
+    t.param[i] = p - lr * (mh / (sqrtf(vh) + eps) + t.weight_decay * p);
+  }
+}
+
+// Σ g² per (tensor, block) in double: partial[(y0 + blockIdx.y) · gridDim.x + blockIdx.x].
+__global__ void sum_squares_k(const GradSpan* __restrict__ table, int64_t y0, double* __restrict__ partial) {
+  const GradSpan t = table[y0 + blockIdx.y];
+  double s = 0.0;
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < t.n; i += (int64_t)gridDim.x * blockDim.x) {
+    const double x = (double)t.data[i];
+    s += x * x;
+  }
+  s = block_sum(s);
+  if (threadIdx.x == 0) partial[(y0 + blockIdx.y) * gridDim.x + blockIdx.x] = s;
+}
+__global__ void sum_partials_k(const double* __restrict__ partial, int64_t n, double* __restrict__ out) {
+  double s = 0.0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += partial[i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+// Blocks per tensor for the multi-tensor kernels: enough for the largest
+// (256 threads × 16 elements each), at most 64; a fixed function of the sizes,
+// so the sums' order is fixed too.
+unsigned blocks_per_tensor(int64_t max_n) {
+  const int64_t per_block = 256 * 16;
+  return (unsigned)std::clamp<int64_t>((max_n + per_block - 1) / per_block, 1, 64);
+}
+constexpr int64_t kMaxGridY = 65535;
 
 }  // namespace
 
@@ -416,7 +484,7 @@ void rmsnorm_bwd(const T* x, const T* gamma, const T* rstd, const T* dy, T* dx, 
 }
 
 template <class T>
-double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
                          int32_t ignore_index, int64_t* count) {
   *count = 0;
   if (rows <= 0 || C <= 0) return 0.0;
@@ -431,11 +499,33 @@ double cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int6
   return h[0];
 }
 template <class T>
-void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
-                       int32_t ignore_index, T scale) {
+void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                              int32_t ignore_index, T scale) {
   if (rows <= 0 || C <= 0) return;
   RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
-  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, scale);
+  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, scale,
+                (const T*)nullptr, T(1));
+}
+
+template <class T>
+void cross_entropy_fwd(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                       int32_t ignore_index, int64_t count, T* loss) {
+  if (rows <= 0 || C <= 0) {
+    fill_value(loss, 1, T(0));
+    return;
+  }
+  DeviceBuffer<double> per_row((size_t)rows);
+  RowLaunch rl = pick(C, {}, "cuda cross_entropy_fwd");
+  VM_ROW_LAUNCH(cross_entropy_fwd_k, rl, rows, logits, targets, probs, per_row.data(), rows, C, ignore_index);
+  cross_entropy_mean<T><<<1, 1024, 0, stream()>>>(per_row.data(), targets, rows, ignore_index, count, loss);
+  CUDA_CHECK_LAUNCH();
+}
+template <class T>
+void cross_entropy_bwd(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                       int32_t ignore_index, const T* gout, int64_t count) {
+  if (rows <= 0 || C <= 0 || count <= 0) return;
+  RowLaunch rl = pick(C, {}, "cuda cross_entropy_bwd");
+  VM_ROW_LAUNCH(cross_entropy_bwd_k, rl, rows, probs, targets, dlogits, rows, C, ignore_index, T(0), gout, (T)count);
 }
 
 template <class T>
@@ -474,8 +564,48 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   CUDA_CHECK_LAUNCH();
 }
 
+void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWHyper& h) {
+  if (ts.empty()) return;
+  int64_t max_n = 0;
+  for (const auto& t : ts) max_n = std::max(max_n, t.n);
+  if (max_n <= 0) return;
+  // bias corrections on the host, exactly as the CPU computes them
+  const float bc1 = 1.0f - std::pow(h.beta1, (float)h.step);
+  const float bc2 = 1.0f - std::pow(h.beta2, (float)h.step);
+  DeviceBuffer<AdamWTensor> table(ts);  // staged upload: no wait; freed in stream order
+  const unsigned X = blocks_per_tensor(max_n);
+  for (int64_t y0 = 0; y0 < (int64_t)ts.size(); y0 += kMaxGridY) {
+    const unsigned Y = (unsigned)std::min<int64_t>(kMaxGridY, (int64_t)ts.size() - y0);
+    adamw_multi_k<<<dim3(X, Y), 256, 0, stream()>>>(table.data() + y0, h.lr, h.beta1, h.beta2, h.eps, bc1, bc2,
+                                                    h.grad_scale);
+    CUDA_CHECK_LAUNCH();
+  }
+}
+
+double sum_squares(const std::vector<GradSpan>& ts) {
+  if (ts.empty()) return 0.0;
+  int64_t max_n = 0;
+  for (const auto& t : ts) max_n = std::max(max_n, t.n);
+  const unsigned X = blocks_per_tensor(max_n);
+  const int64_t nt = (int64_t)ts.size();
+  DeviceBuffer<GradSpan> table(ts);
+  DeviceBuffer<double> partial((size_t)(nt * X)), out(1);
+  for (int64_t y0 = 0; y0 < nt; y0 += kMaxGridY) {
+    const unsigned Y = (unsigned)std::min<int64_t>(kMaxGridY, nt - y0);
+    sum_squares_k<<<dim3(X, Y), 256, 0, stream()>>>(table.data(), y0, partial.data());
+    CUDA_CHECK_LAUNCH();
+  }
+  sum_partials_k<<<1, 1024, 0, stream()>>>(partial.data(), nt * X, out.data());
+  CUDA_CHECK_LAUNCH();
+  double r = 0.0;
+  out.download(&r, 1);  // the one wait
+  return r;
+}
+
 VM_INSTANTIATE_KERNELS(VM_ROWWISE_KERNELS)
 #define VM_INST(T)                                                                                          \
+  template double cross_entropy_sum<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, int64_t*);   \
+  template void cross_entropy_bwd_scaled<T>(const T*, const int32_t*, T*, int64_t, int64_t, int32_t, T);      \
   template void softmax_fwd<T>(const T*, T*, int64_t, int64_t, Launch);                                     \
   template void softmax_bwd<T>(const T*, const T*, T*, int64_t, int64_t, Launch);                           \
   template void layernorm_fwd<T>(const T*, const T*, const T*, T*, T*, T*, int64_t, int64_t, double, Launch); \

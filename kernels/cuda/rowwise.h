@@ -1,8 +1,10 @@
 // kernels/cuda/rowwise.h — the GPU side of the row-wise kernels (the table,
-// shared with the CPU: kernels/rowwise.h) and of adamw_step. Each runs on this
+// shared with the CPU: kernels/rowwise.h), of adamw_step and of the
+// optimiser's multi-tensor kernels (kernels/optim.h). Each runs on this
 // thread's stream (core/cuda/device.h) and is asynchronous, except
-// cross_entropy_fwd, which returns the loss on the host and therefore
-// synchronises.
+// cross_entropy_sum (below) and sum_squares, which download their result and
+// therefore synchronise. The table's cross-entropy pair keeps the loss and
+// reads the output gradient on the GPU: the op never waits.
 //
 // Rows are owned by one warp (C <= 1024) or one block (longer rows); sums over
 // a row use a fixed tree, and the parameter gradients of the norms (column
@@ -34,5 +36,15 @@ void layernorm_fwd(const T* x, const T* gamma, const T* beta, T* y, T* mean, T* 
                    double eps, Launch l);
 template <class T>
 void rmsnorm_fwd(const T* x, const T* gamma, T* y, T* rstd, int64_t rows, int64_t C, double eps, Launch l);
+
+// ---- the cross-entropy pieces, for kernel-level tests and timings (as on the CPU) ----------
+// cross_entropy_sum downloads Σ and the count (it waits); the table's
+// cross_entropy_fwd keeps the mean on the GPU.
+template <class T>
+double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int64_t rows, int64_t C,
+                         int32_t ignore_index, int64_t* count);
+template <class T>
+void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
+                              int32_t ignore_index, T scale);
 
 }  // namespace vm::kernels::cuda

@@ -4,6 +4,7 @@
 //   H(u) = u W_r                                            (evaluation)
 //   p = softmax(H), top-K, gates renormalised over the K (= softmax over the K kept).
 #include "core/philox.h"
+#include "nn/noise.h"
 #include "nn/router.h"
 
 namespace vm::nn {
@@ -19,11 +20,16 @@ class NoisyRouter : public Router {
     out.logits = ops::matmul(u, w_router);
     Var h = out.logits;
     if (ctx.training) {
-      Tensor eps(out.logits.shape());
       uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "noisy");
-      const uint64_t first = (uint64_t)ctx.row0 * (uint64_t)eps.size(1);  // row n draws at its row of the batch
-      for (int64_t i = 0; i < eps.numel(); ++i) eps[i] = philox_normal(ctx.seed, stream, first + (uint64_t)i);
-      h = ops::add(h, ops::mul(ops::constant(eps.to(u.value().device())), ops::softplus(ops::matmul(u, w_noise_))));
+      const uint64_t first = (uint64_t)ctx.row0 * (uint64_t)out.logits.value().size(1);  // row n draws at its row of the batch
+      Tensor eps;
+      if (u.value().is_cuda()) {
+        eps = device_normals(out.logits.shape(), ctx.seed, stream, 1.0f, first);  // drawn on the GPU (nn/noise.h)
+      } else {
+        eps = Tensor(out.logits.shape());
+        for (int64_t i = 0; i < eps.numel(); ++i) eps[i] = philox_normal(ctx.seed, stream, first + (uint64_t)i);
+      }
+      h = ops::add(h, ops::mul(ops::constant(eps), ops::softplus(ops::matmul(u, w_noise_))));
     }
     out.probs = ops::softmax(h);
     auto tk = topk_renormalised(out.probs, K);

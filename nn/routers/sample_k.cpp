@@ -22,7 +22,7 @@ class SampleKRouter : public Router {
     uint64_t stream = router_stream(ctx.seed, ctx.layer, ctx.step, "sample-k");
     out.experts = routers::select_k(z.value(), K, authors_, ctx.seed, stream, ctx.row0);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));  // softmax over the selected l/T
-    out.temperature.assign((size_t)N, (float)T_);
+    out.temperature = std::vector<float>((size_t)N, (float)T_);
     return out;
   }
 

@@ -59,7 +59,7 @@ void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, u
   }
 }
 
-std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0) {
+Indices select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0) {
   VM_CHECK(z.ndim() == 2, "select_k: z must be (N, E), got " + shape_str(z.shape()));
   int64_t N = z.size(0);
   int E = (int)z.size(1);
@@ -71,7 +71,7 @@ std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t see
       if (authors) kernels::cuda::sequential_sample(z.data(), N, E, K, seed, stream, dev.data(), row0);
       else kernels::cuda::gumbel_topk(z.data(), N, E, K, seed, stream, dev.data(), row0);
     }
-    return dev.to_vector();
+    return Indices(dev);
   }
 #endif
   const Tensor zh = z.to(Device::CPU);

@@ -24,9 +24,11 @@ void gumbel_topk(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_
 void sequential_sample(const float* z, int64_t N, int E, int K, uint64_t seed, uint64_t stream, int32_t* out,
                        int64_t row0 = 0);
 
-// z (N, E) on either device -> (N, K) host indices: the functions above on
-// the CPU, their CUDA twins (kernels/cuda/moe.h, same Philox counters) for a
-// device tensor. authors = sequential_sample, else gumbel_topk.
-std::vector<int32_t> select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0 = 0);
+// z (N, E) on either device -> (N, K) indices on z's device: the functions
+// above on the CPU, their CUDA twins (kernels/cuda/moe.h, same Philox
+// counters) for a device tensor (left there: take_cols and the dispatch plan
+// read them on the GPU). authors = sequential_sample, else gumbel_topk; row0
+// as above.
+Indices select_k(const Tensor& z, int K, bool authors, uint64_t seed, uint64_t stream, int64_t row0 = 0);
 
 }  // namespace vm::nn::routers

@@ -21,9 +21,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <utility>
 #include <vector>
 
 #include "kernels/cpu/fastmath.h"
+#include "nn/noise.h"
 #include "nn/routers/common.h"
 #ifdef VMOER_HAVE_CUDA
 #include "kernels/cuda/moe.h"
@@ -79,6 +82,45 @@ static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, 
   }
   return pbar;
 }
+
+// post_std (N, E) and ILV (N) from log σ² (MFVR) or L (FCVR), computed once
+// on a host copy when either is first read.
+class VarDiagnostics {
+ public:
+  VarDiagnostics(Tensor src, bool full, int64_t N, int E) : src_(std::move(src)), full_(full), N_(N), E_(E) {}
+  const std::pair<std::vector<float>, std::vector<float>>& get() {
+    if (done_) return out_;
+    const Tensor h = src_.to(Device::CPU);
+    auto& [post_std, ilv] = out_;
+    post_std.resize((size_t)N_ * E_);
+    ilv.assign((size_t)N_, 0.f);
+    for (int64_t n = 0; n < N_; ++n)
+      for (int e = 0; e < E_; ++e) {
+        double var = 0;
+        if (!full_) {
+          var = std::exp((double)h[n * E_ + e]);
+        } else {
+          for (int j = 0; j <= e; ++j) {
+            double l = h[(n * E_ + e) * E_ + j];
+            var += l * l;  // Σ_ee = Σ_j L_ej²
+          }
+        }
+        post_std[(size_t)(n * E_ + e)] = (float)std::sqrt(var);
+        ilv[(size_t)n] += (float)var;
+      }
+    done_ = true;
+    src_ = Tensor();
+    return out_;
+  }
+
+ private:
+  Tensor src_;
+  bool full_;
+  int64_t N_;
+  int E_;
+  bool done_ = false;
+  std::pair<std::vector<float>, std::vector<float>> out_;
+};
 
 class VariationalLogitRouter : public Router {
  public:
@@ -159,7 +201,8 @@ class VariationalLogitRouter : public Router {
       out.probs = ops::constant(
           mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream, ctx.row0, R));
     } else {
-      Var eps = ops::constant(routers::sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R).to(dev));
+      Var eps = ops::constant(dev == Device::CUDA ? device_sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R)
+                                                  : routers::sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R));
       Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), eps)  // σ ⊙ ε
                          : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0), eps);  // L ε
       Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)
@@ -169,26 +212,13 @@ class VariationalLogitRouter : public Router {
     out.experts = std::move(tk.experts);
     out.gates = tk.gates;
     out.kl = routers::masked_sum(kl_tok, mask);
-    // Diagnostics: ILV = tr Σ, posterior mean and per-logit std.
-    out.post_mean = mean.value().to_vector();
-    out.post_std.resize((size_t)N * E);
-    out.ilv.assign((size_t)N, 0.f);
-    const Tensor lv_h = full_ ? Tensor() : logvar.value().to(Device::CPU);  // diagnostics on the host
-    const Tensor L_h = full_ ? L.value().to(Device::CPU) : Tensor();
-    for (int64_t n = 0; n < N; ++n)
-      for (int e = 0; e < E; ++e) {
-        double var = 0;
-        if (!full_) {
-          var = std::exp((double)lv_h[n * E + e]);
-        } else {
-          for (int j = 0; j <= e; ++j) {
-            double l = L_h[(n * E + e) * E + j];
-            var += l * l;  // Σ_ee = Σ_j L_ej²
-          }
-        }
-        out.post_std[(size_t)(n * E + e)] = (float)std::sqrt(var);
-        out.ilv[(size_t)n] += (float)var;
-      }
+    // Diagnostics: ILV = tr Σ, posterior mean and per-logit std, made on the
+    // host when first read (one download of the tensors they come from).
+    const Tensor mean_v = mean.value();
+    out.post_mean = HostFloats::later([mean_v] { return mean_v.to_vector(); });
+    auto var = std::make_shared<VarDiagnostics>(full_ ? L.value() : logvar.value(), full_, N, E);
+    out.post_std = HostFloats::later([var] { return var->get().first; });
+    out.ilv = HostFloats::later([var] { return var->get().second; });
     return out;
   }
 

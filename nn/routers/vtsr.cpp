@@ -15,6 +15,7 @@
 // Low T recovers deterministic top-K; high T spreads the selection.
 #include <cmath>
 
+#include "nn/noise.h"
 #include "nn/routers/common.h"
 #include "nn/routers/selection.h"
 
@@ -58,9 +59,11 @@ class VtsrRouter : public Router {
       out.penalty = ops::mul_scalar(routers::masked_sum(neglog, mask), cfg_.temp_penalty / norm);
     } else {
       Var m = ops::slice(a, 1, 0, out_), rho = ops::slice(a, 1, out_, 2 * out_);
-      Tensor xi = routers::normals(N, out_, ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT"),
-                                   (uint64_t)(ctx.row0 * out_));
-      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi.to(u.value().device()))));
+      const uint64_t xi_stream = router_stream(ctx.seed, ctx.layer, ctx.step, "vtsr-logT");
+      const uint64_t xi_first = (uint64_t)(ctx.row0 * out_);  // row n draws at its row of the whole batch
+      Tensor xi = u.value().is_cuda() ? device_normals({N, (int64_t)out_}, ctx.seed, xi_stream, 1.0f, xi_first)  // on the GPU
+                                      : routers::normals(N, out_, ctx.seed, xi_stream, xi_first);
+      Var logT = ops::add(m, ops::mul(ops::exp(ops::mul_scalar(rho, 0.5)), ops::constant(xi)));
       T = ops::exp(logT);
       double s2 = cfg_.temp_prior_scale * cfg_.temp_prior_scale;
       // KL = ½ Σ_j (v/s² + m²/s² − 1 − log v + log s²),  log v = ρ
@@ -73,13 +76,20 @@ class VtsrRouter : public Router {
     out.experts = routers::select_k(z.value(), K, cfg_.vtsr_sampler == VtsrSampler::authors, ctx.seed, stream,
                                     ctx.row0);  // on z's device
     out.gates = ops::softmax(ops::take_cols(z, out.experts, K));
-    out.temperature.assign((size_t)N, 0.f);
-    const Tensor Th = T.value().to(Device::CPU);  // diagnostics on the host
-    for (int64_t n = 0; n < N; ++n) {
-      double s = 0;
-      for (int j = 0; j < out_; ++j) s += Th[n * out_ + j];
-      out.temperature[(size_t)n] = (float)(s / out_);
-    }
+    // the mean temperature per token, made on the host when first read (the
+    // trainer logs it every step; inspection and evaluation read it too)
+    const Tensor T_v = T.value();
+    const int n_out = out_;
+    out.temperature = HostFloats::later([T_v, N, n_out] {
+      const Tensor Th = T_v.to(Device::CPU);
+      std::vector<float> t((size_t)N, 0.f);
+      for (int64_t n = 0; n < N; ++n) {
+        double s = 0;
+        for (int j = 0; j < n_out; ++j) s += Th[n * n_out + j];
+        t[(size_t)n] = (float)(s / n_out);
+      }
+      return t;
+    });
     return out;
   }
 
