@@ -42,10 +42,17 @@ const std::string kBin = std::string(VMOER_BINARY_DIR) + "/vmoer";
 const std::string kFix = std::string(VMOER_SOURCE_DIR) + "/tests/fixtures/data";
 // Every mpirun here: two ranks on however many cores there are, as root if need be.
 // Under AddressSanitizer (make sanitize) the ranks' leak check ignores what the
-// MPI library keeps until exit (tests/lsan_mpi.supp).
+// MPI library keeps until exit (tests/lsan_mpi.supp). For the suppressions to
+// see whose memory it is, every leak needs its whole stack: Open MPI's
+// libraries have no frame pointers (so the slow unwinder, fast_unwind_on_malloc=0)
+// and unload their components at MPI_Finalize (so they stay loaded:
+// mca_base_component_disable_dlclose); otherwise a leak shows one frame in
+// "<unknown module>" and no suppression can match it.
 #if defined(__SANITIZE_ADDRESS__)
 const std::string kMpirun = "mpirun -np 2 --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 -x LSAN_OPTIONS=suppressions=" +
-                            std::string(VMOER_SOURCE_DIR) + "/tests/lsan_mpi.supp ";
+                            std::string(VMOER_SOURCE_DIR) +
+                            "/tests/lsan_mpi.supp -x ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0 "
+                            "-x OMPI_MCA_mca_base_component_disable_dlclose=1 ";
 #else
 const std::string kMpirun = "mpirun -np 2 --allow-run-as-root --oversubscribe -x OMP_NUM_THREADS=1 ";
 #endif
