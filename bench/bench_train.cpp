@@ -13,7 +13,12 @@
 // Threads: OMP_NUM_THREADS (the script sets 2). Prints a JSON line with --json.
 // --device cuda runs the model on the GPU (det routing, the kernels/cuda twins);
 // each timed step ends with a synchronising read (the loss / the stream), and
-// --peak should then be the GPU's FP32 (non-tensor-core) peak.
+// --peak should then be the GPU's FP32 (non-tensor-core) peak. On the CPU
+// the peak is measured (bench/cpu_peak.h: fp32 FMA throughput of this build's
+// widest vectors on as many threads) unless --peak gives one.
+// Memory: the process's peak RSS (getrusage) after the training steps and
+// after inference, and the caching allocator's bytes (live at the peak, idle
+// in its free lists): the twin reports its peak RSS the same way.
 #include <omp.h>
 
 #include <algorithm>
@@ -25,6 +30,7 @@
 #include <vector>
 
 #include "autodiff/ops.h"
+#include "bench/cpu_peak.h"
 #include "core/philox.h"
 #include "experiments/flops.h"
 #include "nn/optim.h"
@@ -61,7 +67,7 @@ int main(int argc, char** argv) {
   mc.top_k = 2;
   mc.d_expert = 1024;
   int B = 16, T = 256, warmup = 1, steps = 5, infer_steps = 3;
-  double peak = 300.0;  // GFLOP/s, ~2 cores of AVX-512 FMA
+  double peak = 0;  // GFLOP/s; 0: measured (CPU), required for --device cuda
   bool json = false;
   std::string device = "cpu";
   bool tf32 = false;
@@ -89,7 +95,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = next();
     else if (a == "--steps") steps = std::max(1, next());
     else if (a == "--infer-steps") infer_steps = std::max(1, next());
-    else if (a == "--peak") peak = next();
+    else if (a == "--peak") peak = std::max(1, next());
     else {
       std::fprintf(stderr,
                    "usage: bench_train [--json] [--device cpu|cuda] [--tf32] [--d-model N] [--layers N] [--heads N] [--experts N] [--d-expert N]\n"
@@ -151,6 +157,8 @@ int main(int argc, char** argv) {
     last_loss = train_step((uint64_t)s);
     if (s >= warmup) times.push_back(now_s() - t0);
   }
+  const double rss_train = bench::peak_rss_mib();
+  const PoolStats pool_train = pool_stats();
   std::vector<double> itimes;
   {
     NoGradGuard ng;
@@ -170,14 +178,27 @@ int main(int argc, char** argv) {
   double gflops = step_gflop / tr;
   double infer_gflops = f.total() * (double)N / 1e9 / inf;
   int threads = omp_get_max_threads();
+  const double rss_all = bench::peak_rss_mib();
+  std::string peak_src = "given (--peak)";
+  if (peak <= 0 && dev == Device::CPU) {
+    peak = bench::fma_peak_gflops(threads);
+    peak_src = "measured fp32 FMA peak, " + std::to_string(threads) + " thread(s), " + bench::build_vector_isa();
+  } else if (peak <= 0) {
+    peak = 0;
+    peak_src = "unknown (pass --peak for a GPU)";
+  }
+  const std::string cpu = bench::cpu_line();
+  auto pct = [&](double g) { return peak > 0 ? 100 * g / peak : 0.0; };
   if (json) {
     std::printf(
         "{\"impl\":\"ours\",\"device\":\"%s\",\"threads\":%d,\"tokens_per_step\":%lld,\"train_ms\":%.3f,\"train_tokens_per_s\":%.1f,"
         "\"infer_ms\":%.3f,\"infer_tokens_per_s\":%.1f,\"fwd_flops_per_token\":%.0f,\"step_gflop\":%.3f,"
-        "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"peak_gflops\":%.0f,\"params\":%lld,\"loss\":%.4f,"
-        "\"train_ms_all\":[",
+        "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"peak_gflops\":%.1f,\"peak_source\":\"%s\",\"cpu\":\"%s\","
+        "\"peak_rss_mib_train\":%.1f,\"peak_rss_mib\":%.1f,\"pool_peak_live_mib\":%.1f,\"pool_cached_mib_after_train\":%.1f,"
+        "\"params\":%lld,\"loss\":%.4f,\"train_ms_all\":[",
         device.c_str(), threads, (long long)N, tr * 1e3, (double)N / tr, inf * 1e3, (double)N / inf, f.total(), step_gflop, gflops,
-        infer_gflops, peak, (long long)model.params().count(), last_loss);
+        infer_gflops, peak, peak_src.c_str(), cpu.c_str(), rss_train, rss_all, pool_train.peak_live / 1048576.0,
+        pool_train.cached / 1048576.0, (long long)model.params().count(), last_loss);
     for (size_t i = 0; i < times.size(); ++i) std::printf("%s%.3f", i ? "," : "", times[i] * 1e3);
     std::printf("]}\n");
   } else {
@@ -189,8 +210,12 @@ int main(int argc, char** argv) {
     std::printf("inference  : %9.1f ms  (median of %d)             %9.0f tokens/s\n", inf * 1e3, infer_steps,
                 (double)N / inf);
     std::printf("analytic   : %.2f MFLOP/token forward, %.1f GFLOP/step (3x forward)\n", f.total() / 1e6, step_gflop);
-    std::printf("throughput : train %.1f GFLOP/s, inference %.1f GFLOP/s  (%.0f%% / %.0f%% of ~%.0f GFLOP/s peak)\n",
-                gflops, infer_gflops, 100 * gflops / peak, 100 * infer_gflops / peak, peak);
+    std::printf("cpu        : %s\n", cpu.c_str());
+    std::printf("throughput : train %.1f GFLOP/s, inference %.1f GFLOP/s  (%.0f%% / %.0f%% of %.0f GFLOP/s: %s)\n",
+                gflops, infer_gflops, pct(gflops), pct(infer_gflops), peak, peak_src.c_str());
+    std::printf("memory     : peak RSS %.0f MiB after training, %.0f MiB after inference; allocator: %.0f MiB live at most, "
+                "%.0f MiB idle after training\n",
+                rss_train, rss_all, pool_train.peak_live / 1048576.0, pool_train.cached / 1048576.0);
   }
   return 0;
 }

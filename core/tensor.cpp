@@ -54,6 +54,7 @@ struct Pool {
   std::unordered_map<size_t, std::vector<void*>> free_lists;
   std::unordered_map<void*, size_t> sizes;
   size_t cached = 0;
+  size_t live = 0, peak_live = 0;  // bytes handed out (size classes), and their maximum
   static constexpr size_t kMaxCached = size_t(4) << 30;  // keep at most 4 GiB idle
 };
 Pool& pool() {
@@ -84,6 +85,8 @@ void* aligned_alloc64(size_t bytes) {
       void* p = it->second.back();
       it->second.pop_back();
       P.cached -= rounded;
+      P.live += rounded;
+      P.peak_live = std::max(P.peak_live, P.live);
       return p;
     }
   }
@@ -91,6 +94,8 @@ void* aligned_alloc64(size_t bytes) {
   if (!p) fail("out of memory allocating " + std::to_string(bytes) + " bytes");
   std::lock_guard<std::mutex> g(P.mu);
   P.sizes[p] = rounded;
+  P.live += rounded;
+  P.peak_live = std::max(P.peak_live, P.live);
   return p;
 }
 
@@ -99,6 +104,7 @@ void aligned_free64(void* p) {
   Pool& P = pool();
   std::lock_guard<std::mutex> g(P.mu);
   size_t n = P.sizes.at(p);
+  P.live -= n;
   if (P.cached + n > Pool::kMaxCached) {
     P.sizes.erase(p);
     std::free(p);
@@ -106,6 +112,12 @@ void aligned_free64(void* p) {
   }
   P.free_lists[n].push_back(p);
   P.cached += n;
+}
+
+PoolStats pool_stats() {
+  Pool& P = pool();
+  std::lock_guard<std::mutex> g(P.mu);
+  return {P.live, P.cached, P.peak_live};
 }
 
 int norm_axis(int axis, int ndim, const char* op) {

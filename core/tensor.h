@@ -41,6 +41,12 @@ int64_t shape_numel(const Shape& s);
 // (reshape shares; everything else copies).
 void* aligned_alloc64(size_t bytes);
 void aligned_free64(void* p);
+// The caching allocator's bytes: `live` handed out and not yet freed, `cached`
+// freed and kept for reuse (idle), and the most that were ever live at once.
+struct PoolStats {
+  size_t live = 0, cached = 0, peak_live = 0;
+};
+PoolStats pool_stats();
 
 template <class T>
 class TensorT {

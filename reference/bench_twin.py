@@ -78,6 +78,8 @@ def main():
         sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t0)
+    import resource  # peak RSS (KiB on Linux), the process's as bench_train reports its own
+    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
     model.eval()
     itimes = []
     with torch.inference_mode():
@@ -100,7 +102,9 @@ def main():
         "impl": "twin", "device": a.device, "torch": torch.__version__, "threads": a.threads, "foreach": a.foreach,
         "tokens_per_step": B * T, "train_ms": tr * 1e3, "train_tokens_per_s": B * T / tr,
         "train_ms_all": [t * 1e3 for t in times], "infer_ms": inf * 1e3, "infer_tokens_per_s": B * T / inf,
-        "params": sum(p.numel() for p in model.parameters()), "blas": blas}))
+        "params": sum(p.numel() for p in model.parameters()), "blas": blas,
+        "peak_rss_mib_train": rss_train,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 
 
 if __name__ == "__main__":

@@ -84,8 +84,16 @@ print(f"twin best: training at torch threads {best['threads']}, inference at tor
 print(f"ratio ours/twin: train time {ours['train_ms'] / best['train_ms']:.2f}x "
       f"(ours {best['train_ms'] / ours['train_ms']:.2f}x as fast), "
       f"inference tokens/s {ours['infer_tokens_per_s'] / best_inf['infer_tokens_per_s']:.2f}x")
+pk = ours.get("peak_gflops") or 0
+pct = (lambda g: f"{100 * g / pk:.0f}%") if pk > 0 else (lambda g: "?")
 print(f"ours: {ours['step_gflop']:.1f} GFLOP/step analytic -> train {ours['train_gflops']:.1f} GFLOP/s, "
-      f"inference {ours['infer_gflops']:.1f} GFLOP/s, of ~{ours['peak_gflops']:.0f} GFLOP/s peak "
-      f"({100 * ours['train_gflops'] / ours['peak_gflops']:.0f}% / "
-      f"{100 * ours['infer_gflops'] / ours['peak_gflops']:.0f}%)")
+      f"inference {ours['infer_gflops']:.1f} GFLOP/s, {pct(ours['train_gflops'])} / {pct(ours['infer_gflops'])} "
+      f"of {pk:.0f} GFLOP/s ({ours.get('peak_source', '?')})")
+print(f"cpu: {ours.get('cpu', '?')}")
+tm = min(twins, key=lambda t: t.get("peak_rss_mib_train", 1e18))
+if "peak_rss_mib_train" in ours and "peak_rss_mib_train" in tm:
+    print(f"peak RSS after the training steps: ours {ours['peak_rss_mib_train']:.0f} MiB, twin "
+          f"{tm['peak_rss_mib_train']:.0f} MiB (torch threads {tm['threads']}, Python runtime included); "
+          f"ours/twin {ours['peak_rss_mib_train'] / tm['peak_rss_mib_train']:.2f}x; ours' allocator: "
+          f"{ours['pool_peak_live_mib']:.0f} MiB live at most, {ours['pool_cached_mib_after_train']:.0f} MiB idle")
 EOF

@@ -296,3 +296,18 @@ TEST_CASE("philox: bulk normals equal the per-index normals at any start and len
       for (uint64_t j = 0; j < n; ++j) REQUIRE(bulk[j] == vm::philox_normal(11, 7, first + j));
     }
 }
+
+TEST_CASE("caching allocator: pool_stats counts live bytes by size class, their peak, and idle bytes") {
+  const PoolStats before = pool_stats();
+  void* p = aligned_alloc64(1000);  // size class 1024 (a multiple of 64 up to 4096)
+  const PoolStats during = pool_stats();
+  CHECK(during.live == before.live + 1024);
+  CHECK(during.peak_live >= during.live);
+  aligned_free64(p);
+  const PoolStats after = pool_stats();
+  CHECK(after.live == before.live);
+  CHECK(after.cached >= 1024);  // kept for reuse, not returned to the system
+  void* q = aligned_alloc64(1000);  // reuses the idle buffer
+  CHECK(pool_stats().cached == after.cached - 1024);
+  aligned_free64(q);
+}
