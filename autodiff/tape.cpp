@@ -22,28 +22,46 @@ void backward(const VarT<T>& root, const TensorT<T>& seed_grad) {
                shape_str(root.shape()));
   if (!root.requires_grad()) return;
   // Topological order by iterative depth-first search (graphs can be deep).
-  std::vector<Node<T>*> order;
+  // `order` owns its nodes: the sweep below lets go of each one once done.
+  std::vector<std::shared_ptr<Node<T>>> order;
   std::unordered_set<Node<T>*> seen;
-  std::vector<std::pair<Node<T>*, size_t>> stack{{root.node(), 0}};
+  std::vector<std::pair<std::shared_ptr<Node<T>>, size_t>> stack{{root.ptr(), 0}};
   seen.insert(root.node());
   while (!stack.empty()) {
     auto& [n, i] = stack.back();
+    VM_CHECK(!n->released, std::string("backward: the graph through '") + n->op +
+                               "' was already used by an earlier backward, which freed it; run the forward again");
     if (i < n->parents.size()) {
-      Node<T>* p = n->parents[i++].get();
-      if (p->requires_grad && !seen.count(p)) {
-        seen.insert(p);
+      const std::shared_ptr<Node<T>>& p = n->parents[i++];
+      if (p->requires_grad && !seen.count(p.get())) {
+        seen.insert(p.get());
         stack.push_back({p, 0});
       }
     } else {
-      order.push_back(n);
+      order.push_back(std::move(n));
       stack.pop_back();
     }
   }
   TensorT<T>& g = root.node()->grad_buffer();
   ops::detail::accumulate(g, seed_grad.to(g.device()));  // the seed may come from the host
+  // Reverse topological order: every consumer of n has run before n, so once
+  // n has passed its gradient on, nothing needs n's gradient, closure or
+  // parent links again. Releasing them as we go (as PyTorch does without
+  // retain_graph) frees each activation's gradient, and each activation no
+  // Var outside holds, during the sweep instead of after it: the step's peak
+  // memory is the forward's saved tensors plus a moving front of gradients.
+  // Leaves (parameters, inputs) keep their gradient; a released node refuses
+  // a second backward (above).
   for (auto it = order.rbegin(); it != order.rend(); ++it) {
-    Node<T>* n = *it;
+    Node<T>* n = it->get();
     if (n->backward && n->grad.defined()) n->backward(*n);
+    if (n->backward) {
+      n->backward = nullptr;
+      n->parents.clear();
+      n->grad = TensorT<T>();
+      n->released = true;
+    }
+    it->reset();
   }
 }
 

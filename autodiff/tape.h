@@ -1,7 +1,10 @@
 // autodiff/tape.h — reverse-mode automatic differentiation in micrograd's
 // shape: every op returns a Var whose node remembers its parents and a
 // backward closure; backward() walks the graph in reverse topological order
-// and each closure adds (+=) its contribution into its parents' .grad.
+// and each closure adds (+=) its contribution into its parents' .grad, then
+// frees what the node no longer needs (its gradient, closure and parent
+// links): after backward an op's result has no .grad (leaves keep theirs),
+// and a graph is backpropagated once.
 //
 // The graph *is* the tape: it is built as ops run and freed when the last Var
 // referring to it goes away. Under a NoGradGuard ops record nothing.
@@ -24,6 +27,7 @@ struct Node {
   std::function<void(Node&)> backward;  // reads self.grad, accumulates into parents
   const char* op = "leaf";
   std::string name;  // parameters carry their name (for errors and freezing)
+  bool released = false;  // an op's node after backward passed its gradient on (autodiff/tape.cpp)
 
   // grad += g, allocating it (zeroed, on the value's device) on first use.
   TensorT<T>& grad_buffer() {

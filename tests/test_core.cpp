@@ -288,6 +288,32 @@ TEST_CASE("tape: deep chains do not overflow the stack") {
   CHECK(x.grad()[0] == 1.0f);
 }
 
+TEST_CASE("tape: backward frees each op's gradient, closure and unheld result as it goes; a second backward is refused") {
+  Var w(Tensor::from({0.5f, -1.0f, 2.0f}, {3}), true, "w");
+  Var h1 = ops::exp(w);
+  std::weak_ptr<Node<float>> inner;  // an intermediate result no Var holds after this scope
+  Var h3;
+  {
+    Var h2 = ops::mul(h1, h1);
+    inner = h2.ptr();
+    h3 = ops::mul_scalar(h2, 3.0);
+  }
+  Var loss = ops::sum_all(h3);
+  REQUIRE(!inner.expired());  // kept alive by the graph until backward
+  backward(loss);
+  // d/dw 3·exp(w)² = 6·exp(2w), as before the release
+  for (int i = 0; i < 3; ++i) CHECK(w.grad()[i] == doctest::Approx(6.0f * std::exp(2.0f * w.value()[i])).epsilon(1e-5));
+  CHECK(inner.expired());                          // freed during the sweep
+  CHECK(!h1.grad().defined());                     // an op's result keeps no gradient
+  CHECK(h1.value().numel() == 3);                  // a held result keeps its value
+  CHECK(loss.item() == doctest::Approx(3.0f * (std::exp(1.0f) + std::exp(-2.0f) + std::exp(4.0f))).epsilon(1e-5));
+  CHECK(contains(error_of([&] { backward(loss); }), "already used by an earlier backward"));
+  CHECK(contains(error_of([&] { backward(ops::sum_all(h1)); }), "already used by an earlier backward"));
+  // a fresh forward from the same leaf works and accumulates
+  backward(ops::sum_all(ops::exp(w)));
+  CHECK(w.grad().defined());
+}
+
 TEST_CASE("philox: bulk normals equal the per-index normals at any start and length") {
   for (uint64_t first : {0ull, 1ull, 2ull, 3ull, 5ull, 1021ull})
     for (uint64_t n : {1ull, 2ull, 3ull, 7ull, 64ull}) {
