@@ -3,7 +3,7 @@ BUILD   ?= build
 JOBS    ?= $(shell nproc)
 CMAKE_FLAGS ?=
 DEB_PKGS := cmake g++ make libeigen3-dev libcli11-dev doctest-dev nlohmann-json3-dev zlib1g-dev \
-            libpng-dev libopenmpi-dev openmpi-bin python3-torch python3-numpy python3-sklearn python3-matplotlib libopenblas0-pthread
+            libpng-dev libblis-serial-dev libopenmpi-dev openmpi-bin python3-torch python3-numpy python3-sklearn python3-matplotlib libopenblas0-pthread
 
 .PHONY: deps build test test-portable bench sanitize demo data clean
 

@@ -1,8 +1,16 @@
 // kernels/cpu/gemm.cpp — the deterministic tiled GEMM (see gemm.h for the
-// promise). Each tile calls Eigen's single-threaded GEBP driver
-// (internal::general_matrix_matrix_product, the routine behind `c += a * b`)
-// with a blocking we fix, so Eigen's OpenMP path and its cache-size detection
-// never decide how a sum is formed.
+// promise). Each tile is one single-threaded product by one of two engines:
+//   * BLIS (VMOER_HAVE_BLIS; Debian's serial libblis): bli_?gemm on the
+//     tile, strides passed as they are (no copies). Its block sizes are
+//     constants of the sub-configuration it selects from the CPU at start-up
+//     (zen3 on the project's Zen 3 and Zen 4 machines alike), never read
+//     from the caches; the serial library runs on the calling thread.
+//   * otherwise Eigen's single-threaded GEBP driver
+//     (internal::general_matrix_matrix_product, the routine behind
+//     `c += a * b`) with a blocking we fix, so Eigen's OpenMP path and its
+//     cache-size detection never decide how a sum is formed.
+// Why BLIS: docs/PERF.md "GEMM engine" (Eigen reached ~65-70% of the FMA
+// peak on the model's shapes, BLIS 81-92% on most of them).
 #include "kernels/cpu/gemm.h"
 #include "kernels/gemm_groups.h"
 
@@ -11,6 +19,10 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
+#ifdef VMOER_HAVE_BLIS
+#include <blis.h>
+#endif
 
 namespace vm::kernels {
 
@@ -99,6 +111,27 @@ void tile_product(T* C, Index ldc, const T* A, Index lda, const T* B, Index ldb,
                                     1>::run(m, n, K, A, lda, B, ldb, C, 1, ldc, T(1), blocking, nullptr);
 }
 
+#ifdef VMOER_HAVE_BLIS
+// One tile by BLIS: C[0:m, 0:n] = op(A) op(B) (beta 0: C is not read) or
+// += (beta 1), with every operand described by its row and column strides:
+//   op(A)(i, k) = A[i·lda + k]      (row-major (m,K))         or, ta,
+//               = A[k·lda + i]      (stored (K,·), read down a column);
+//   op(B)(k, j) = B[k·ldb + j]      or, tb, B[j·ldb + k];  C(i, j) = C[i·ldc + j].
+template <class T>
+void blis_product(T* C, Index ldc, const T* A, Index lda, const T* B, Index ldb, Index m, Index n, Index K, bool ta,
+                  bool tb, bool accumulate) {
+  const inc_t rsa = ta ? 1 : lda, csa = ta ? lda : 1;
+  const inc_t rsb = tb ? 1 : ldb, csb = tb ? ldb : 1;
+  T one = T(1), beta = accumulate ? T(1) : T(0);
+  if constexpr (std::is_same_v<T, float>)
+    bli_sgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, K, &one, const_cast<T*>(A), rsa, csa, const_cast<T*>(B), rsb,
+              csb, &beta, C, ldc, 1);
+  else
+    bli_dgemm(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, m, n, K, &one, const_cast<T*>(A), rsa, csa, const_cast<T*>(B), rsb,
+              csb, &beta, C, ldc, 1);
+}
+#endif
+
 template <class T>
 void product(T* C, Index ldc, const T* A, Index lda, const T* B, Index ldb, Index m, Index n, Index K, bool ta,
              bool tb) {
@@ -114,15 +147,19 @@ template <class T>
 void run_block(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bool ta, bool tb, bool accumulate,
                int64_t i0, int64_t m, int64_t j0, int64_t n) {
   T* c = C + i0 * N + j0;
-  if (!accumulate)
-    for (int64_t i = 0; i < m; ++i) std::memset(c + i * N, 0, sizeof(T) * (size_t)n);
   // op(A) rows i0..: A (M,K) row-major, or stored (K,M): column-major (M,K) with stride M.
   const T* a = ta ? A + i0 : A + i0 * K;
   const Index lda = ta ? M : K;
   // op(B) columns j0..: B (K,N) row-major, or stored (N,K): column-major (K,N) with stride K.
   const T* b = tb ? B + j0 * K : B + j0;
   const Index ldb = tb ? K : N;
+#ifdef VMOER_HAVE_BLIS
+  blis_product<T>(c, N, a, lda, b, ldb, m, n, K, ta, tb, accumulate);  // beta 0 writes C: no zero fill
+#else
+  if (!accumulate)
+    for (int64_t i = 0; i < m; ++i) std::memset(c + i * N, 0, sizeof(T) * (size_t)n);
   product<T>(c, N, a, lda, b, ldb, m, n, K, ta, tb);
+#endif
 }
 
 constexpr int64_t round_up(int64_t x, int64_t q) { return (x + q - 1) / q * q; }
