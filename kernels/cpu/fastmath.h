@@ -15,8 +15,16 @@
 
 namespace vm::kernels {
 
+// Vectorised loops: plain comparisons clamp (std::fmin/fmax are library
+// calls that kept every loop calling this scalar, and they turned NaN into
+// exp(−87)); a NaN input fails both comparisons and comes out NaN. floor
+// becomes one rounding instruction under -fno-trapping-math, which the CPU
+// kernels are compiled with (CMakeLists.txt). Every step is exact or one
+// rounded float operation in a fixed order, so the vector body of a loop and
+// its scalar remainder give the same bits (threads move that boundary).
 inline float fast_expf(float x) {
-  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  x = x < -87.0f ? -87.0f : x;
+  x = x > 88.0f ? 88.0f : x;
   float n = std::floor(x * 1.44269504088896341f + 0.5f);  // round(x / ln 2)
   float r = x - n * 0.693359375f + n * 2.12194440e-4f;    // x − n ln 2, ln 2 split in two
   float p = 1.9875691500e-4f;
