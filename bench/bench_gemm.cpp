@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "autodiff/ops.h"
+#include "core/omp_policy.h"
 #include "bench/cpu_peak.h"
 #include "kernels/cpu/gemm.h"
 
@@ -87,6 +88,7 @@ struct Shape3 {
 }  // namespace
 
 int main(int argc, char** argv) {
+  choose_omp_wait_policy(argv);  // as vmoer runs: passive unless OMP_WAIT_POLICY/GOMP_SPINCOUNT is set
   std::vector<int> threads = {1, 2};
   int64_t T = 4096, C = 256, F = 1024, E = 8;
   for (int i = 1; i < argc; ++i) {
@@ -120,7 +122,7 @@ int main(int argc, char** argv) {
 
   std::printf("bench_gemm: float32, medians of interleaved reps after warm-up; Eigen %d.%d.%d, OpenMP max threads %d\n",
               EIGEN_WORLD_VERSION, EIGEN_MAJOR_VERSION, EIGEN_MINOR_VERSION, omp_get_max_threads());
-  std::printf("cpu: %s\n", bench::cpu_line().c_str());
+  std::printf("cpu: %s\nomp wait policy: %s\n", bench::cpu_line().c_str(), omp_wait_policy());
   std::vector<double> fma(threads.size());
   for (size_t ti = 0; ti < threads.size(); ++ti) {
     fma[ti] = bench::fma_peak_gflops(threads[ti]);

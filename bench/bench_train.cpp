@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "autodiff/ops.h"
+#include "core/omp_policy.h"
 #include "bench/cpu_peak.h"
 #include "core/philox.h"
 #include "experiments/flops.h"
@@ -56,6 +57,7 @@ double median(std::vector<double> v) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  choose_omp_wait_policy(argv);  // as vmoer runs: passive unless OMP_WAIT_POLICY/GOMP_SPINCOUNT is set
   nn::ModelConfig mc;
   mc.kind = "lm";
   mc.vocab = 259;
@@ -195,11 +197,11 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"impl\":\"ours\",\"device\":\"%s\",\"threads\":%d,\"tokens_per_step\":%lld,\"train_ms\":%.3f,\"train_tokens_per_s\":%.1f,"
         "\"infer_ms\":%.3f,\"infer_tokens_per_s\":%.1f,\"fwd_flops_per_token\":%.0f,\"step_gflop\":%.3f,"
-        "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"peak_gflops\":%.1f,\"peak_source\":\"%s\",\"cpu\":\"%s\","
+        "\"train_gflops\":%.2f,\"infer_gflops\":%.2f,\"peak_gflops\":%.1f,\"peak_source\":\"%s\",\"cpu\":\"%s\",\"omp_wait_policy\":\"%s\","
         "\"peak_rss_mib_train\":%.1f,\"peak_rss_mib\":%.1f,\"pool_live_after_forward_mib\":%.1f,\"pool_peak_live_mib\":%.1f,\"pool_cached_mib_after_train\":%.1f,"
         "\"params\":%lld,\"loss\":%.4f,\"train_ms_all\":[",
         device.c_str(), threads, (long long)N, tr * 1e3, (double)N / tr, inf * 1e3, (double)N / inf, f.total(), step_gflop, gflops,
-        infer_gflops, peak, peak_src.c_str(), cpu.c_str(), rss_train, rss_all, live_after_fwd / 1048576.0, pool_train.peak_live / 1048576.0,
+        infer_gflops, peak, peak_src.c_str(), cpu.c_str(), omp_wait_policy(), rss_train, rss_all, live_after_fwd / 1048576.0, pool_train.peak_live / 1048576.0,
         pool_train.cached / 1048576.0, (long long)model.params().count(), last_loss);
     for (size_t i = 0; i < times.size(); ++i) std::printf("%s%.3f", i ? "," : "", times[i] * 1e3);
     std::printf("]}\n");
@@ -213,6 +215,7 @@ int main(int argc, char** argv) {
                 (double)N / inf);
     std::printf("analytic   : %.2f MFLOP/token forward, %.1f GFLOP/step (3x forward)\n", f.total() / 1e6, step_gflop);
     std::printf("cpu        : %s\n", cpu.c_str());
+    std::printf("omp wait   : %s\n", omp_wait_policy());
     std::printf("throughput : train %.1f GFLOP/s, inference %.1f GFLOP/s  (%.0f%% / %.0f%% of %.0f GFLOP/s: %s)\n",
                 gflops, infer_gflops, pct(gflops), pct(infer_gflops), peak, peak_src.c_str());
     std::printf("memory     : peak RSS %.0f MiB after training, %.0f MiB after inference; allocator: %.0f MiB live after the "

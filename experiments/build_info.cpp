@@ -7,6 +7,7 @@
 #include <sstream>
 
 #include "core/dist.h"
+#include "core/omp_policy.h"
 
 #include "vmoer_version.h"  // generated: VMOER_GIT_COMMIT, VMOER_GIT_DIRTY
 
@@ -107,6 +108,7 @@ nlohmann::json provenance(int threads, const std::string& started) {
   auto cwd = std::filesystem::current_path(ec);
   nlohmann::json p{{"command", command_line()}, {"cwd", ec ? std::string() : cwd.string()}, {"build", build_json()},
                    {"machine", machine_json()}, {"threads", threads},        {"started", started}};
+  p["omp_wait_policy"] = vm::omp_wait_policy();  // how idle threads wait (core/omp_policy.h): speed only
   if (vm::dist::active()) p["ranks"] = vm::dist::describe();  // a multi-process run (docs/SCALE.md)
   return p;
 }

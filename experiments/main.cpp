@@ -8,6 +8,7 @@
 #include <string>
 
 #include "core/dist.h"
+#include "core/omp_policy.h"
 #include "core/tensor.h"
 #include "experiments/build_info.h"
 #include "experiments/commands.h"
@@ -74,6 +75,7 @@ static int run_main(int argc, char** argv) {
 }
 
 int main(int argc, char** argv) {
+  vm::choose_omp_wait_policy(argv);  // may restart the process with OMP_WAIT_POLICY=passive (core/omp_policy.h)
   vm::dist::init(&argc, &argv);
   int rc = [&]() -> int {
     try {

@@ -30,6 +30,9 @@ cmake --build "$BUILD" -j "$JOBS" --target vmoer >"$BUILD/valgrind-build.log" 2>
 OUT="$(mktemp -d "${TMPDIR:-/tmp}/vmoer-valgrind.XXXXXX")" || die "mktemp failed"
 trap 'rm -rf "$OUT"' EXIT
 export OMP_NUM_THREADS=1
+# A policy set here keeps vmoer from executing itself again to choose one
+# (core/omp_policy.h): valgrind would not follow that exec, and check nothing.
+export OMP_WAIT_POLICY=passive
 
 ARCH="--d-model 16 --layers 2 --heads 2 --experts 4 --top-k 2 --d-expert 16 --max-seq 256"
 status=0

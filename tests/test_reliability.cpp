@@ -941,6 +941,27 @@ TEST_CASE("cli: --config applies its keys to the subcommand, flags on the comman
   CHECK(nlohmann::json::parse(lines_of(slurp(d / "b/log.jsonl")).back())["step"] == 2);
 }
 
+TEST_CASE("cli: idle OpenMP threads sleep (passive) unless the user chose a policy; config.json says which") {
+  // core/omp_policy.h: vmoer restarts itself with OMP_WAIT_POLICY=passive when
+  // neither OMP_WAIT_POLICY nor GOMP_SPINCOUNT is set. Same results either way.
+  require_binary();
+  Scratch d;
+  const std::string run = " " + kBin + " train" + kTiny + " --steps 2 --eval-every 2 --threads 2 --out ";
+  const std::string clean = "env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u VMOER_OMP_POLICY_SET";
+  std::string out;
+  REQUIRE_MESSAGE(sh(clean + run + d / "p", &out) == 0, out);
+  REQUIRE_MESSAGE(sh(clean + " OMP_WAIT_POLICY=active" + run + d / "a", &out) == 0, out);
+  REQUIRE_MESSAGE(sh(clean + " GOMP_SPINCOUNT=1000" + run + d / "s", &out) == 0, out);
+  auto policy = [&](const char* r) {
+    return nlohmann::json::parse(slurp(d / (std::string(r) + "/config.json")))["omp_wait_policy"].get<std::string>();
+  };
+  CHECK(policy("p") == "passive (vmoer's default)");
+  CHECK(policy("a") == "OMP_WAIT_POLICY=active");
+  CHECK(policy("s") == "GOMP_SPINCOUNT=1000");
+  CHECK(slurp(d / "p/last.safetensors") == slurp(d / "a/last.safetensors"));
+  CHECK(slurp(d / "p/last.safetensors") == slurp(d / "s/last.safetensors"));
+}
+
 TEST_CASE("cli: a bad --config is one line, exit 2, and nothing is created") {
   require_binary();
   Scratch d;
