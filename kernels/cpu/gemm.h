@@ -6,7 +6,9 @@
 // what:
 //   * the output is cut into tiles by gemm_tiling(M, N, K), a pure function of
 //     the shape (never of the thread count or the caches);
-//   * each tile is one single-threaded Eigen GEBP product over the whole K, with
+//   * each tile is one single-threaded product over the whole K: the serial
+//     BLIS (VMOER_HAVE_BLIS; block sizes are constants of the sub-configuration
+//     it picks from the CPU at start-up), or else Eigen's GEBP with
 //     a blocking (kc, mc, nc) fixed by gemm_blocking(), a pure function of the
 //     tile's shape and the scalar type (Eigen's own heuristic would read the
 //     detected cache sizes, and its multi-threaded path caps kc at 320);
