@@ -185,6 +185,11 @@ VM_HD uint64_t philox_sample_counter(int64_t g, int S, int s, int64_t cols) {
 // lanes (core/philox.cpp; AVX2 or AVX-512 as the build targets, the same bits).
 void philox_normals(uint64_t seed, uint64_t stream, uint64_t first, uint64_t n, float* out);
 
+// n uniforms at offsets [first, first + n): out[j] = philox_uniform(seed,
+// stream, first + j) bit for bit (exact in float32 on every path), whole Philox
+// blocks drawn 16 at a time in vector lanes (core/philox.cpp). Dropout masks.
+void philox_uniforms(uint64_t seed, uint64_t stream, uint64_t first, uint64_t n, float* out);
+
 // Standard Gumbel(0, 1): -log(-log(u)).
 VM_HD float philox_gumbel(uint64_t seed, uint64_t stream, uint64_t offset) {
   float u = philox_uniform(seed, stream, offset);

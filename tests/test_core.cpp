@@ -304,6 +304,16 @@ TEST_CASE("philox: bulk normals equal the per-index normals bit for bit at any s
     }
 }
 
+TEST_CASE("philox: bulk uniforms equal the per-offset uniforms at any start and length") {
+  for (uint64_t first : {0ull, 1ull, 3ull, 1021ull, (1ull << 33) + 2})
+    for (uint64_t n : {0ull, 1ull, 5ull, 63ull, 64ull, 65ull, 4097ull}) {
+      std::vector<float> bulk(n + 1, 42.0f);
+      vm::philox_uniforms(11, 7, first, n, bulk.data());
+      for (uint64_t j = 0; j < n; ++j) REQUIRE(bulk[j] == vm::philox_uniform(11, 7, first + j));
+      CHECK(bulk[n] == 42.0f);
+    }
+}
+
 // The normals are fixed-operation float maths (core/philox.h): the same bits from
 // the scalar definition, the AVX2 and the AVX-512 lanes, the CUDA kernels and the
 // twin's numpy port. Pinned here so a build for another instruction set (make
