@@ -15,14 +15,9 @@
 
 namespace vm::kernels {
 
-// e^x for x already in [-87, 88] (the callers clamp).
-inline float fast_expf_unclamped(float x) {
-  // n = floor(t), t = x / ln 2 + ½ (|t| < 2^7): truncation, minus 1 below a
-  // negative non-integer — floor's value, in operations that vectorise (GCC
-  // vectorises std::floor only with -fno-trapping-math)
-  const float t = x * 1.44269504088896341f + 0.5f;
-  const float tr = (float)(int32_t)t;
-  const float n = tr - (tr > t ? 1.0f : 0.0f);  // round(x / ln 2)
+// e^x for x in [-87, 88] (the callers clamp), given n = round(x / ln 2) =
+// floor(fast_expf_t(x)) = floor(x · log2(e) + ½), which the callers compute.
+inline float fast_expf_reduced(float x, float n) {
   float r = x - n * 0.693359375f + n * 2.12194440e-4f;    // x − n ln 2, ln 2 split in two
   float p = 1.9875691500e-4f;
   p = p * r + 1.3981999507e-3f;
@@ -36,7 +31,11 @@ inline float fast_expf_unclamped(float x) {
   std::memcpy(&scale, &bits, sizeof scale);
   return y * scale;
 }
-inline float fast_expf(float x) { return fast_expf_unclamped(std::fmin(std::fmax(x, -87.0f), 88.0f)); }
+inline float fast_expf_t(float x) { return x * 1.44269504088896341f + 0.5f; }
+inline float fast_expf(float x) {
+  x = std::fmin(std::fmax(x, -87.0f), 88.0f);
+  return fast_expf_reduced(x, std::floor(fast_expf_t(x)));
+}
 
 // x[i] = fast_expf(x[i]) for i < n, vectorised: the clamp by comparisons (vmaxps/
 // vminps) instead of fmin/fmax, which the compiler leaves as library calls, in
@@ -48,7 +47,13 @@ inline void fast_expf_n(float* __restrict x, int64_t n) {
     const float v = x[i] < -87.0f ? -87.0f : x[i];
     x[i] = v > 88.0f ? 88.0f : v;
   }
-  for (int64_t i = 0; i < n; ++i) x[i] = fast_expf_unclamped(x[i]);
+  for (int64_t i = 0; i < n; ++i) {
+    // floor(t) for |t| < 2^7 by truncation, minus 1 below a negative non-integer:
+    // floor's value in operations that vectorise (GCC vectorises std::floor only
+    // with -fno-trapping-math; the scalar fast_expf keeps roundss)
+    const float t = fast_expf_t(x[i]), tr = (float)(int32_t)t;
+    x[i] = fast_expf_reduced(x[i], tr - (tr > t ? 1.0f : 0.0f));
+  }
 }
 
 template <class T>
