@@ -14,12 +14,10 @@ Tensor device_normals(const Shape& shape, uint64_t seed, uint64_t stream, float 
   return t;
 }
 
-Tensor device_sample_normals(int S, int64_t N, int64_t cols, uint64_t seed, uint64_t stream, int64_t row0, int64_t R) {
+Tensor device_sample_normals(int S, int64_t N, int64_t cols, uint64_t seed, uint64_t stream, int64_t row0) {
   Tensor t({(int64_t)S * N, cols}, Device::CUDA, false);
 #ifdef VMOER_HAVE_CUDA
-  for (int s = 0; s < S; ++s)
-    kernels::cuda::philox_fill(kernels::cuda::PhiloxDist::Normal, t.data() + (int64_t)s * N * cols, N * cols, seed,
-                               stream, (uint64_t)(((int64_t)s * R + row0) * cols), 1.0f);
+  kernels::cuda::philox_sample_normals(t.data(), S, N, cols, seed, stream, row0);
 #endif
   return t;
 }

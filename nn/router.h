@@ -172,8 +172,9 @@ struct RouteCtx {
   int samples = 1;        // S for this call (train_samples in training, samples in eval)
   // A shard of a larger batch (data parallelism): this call's N rows are rows
   // [row0, row0 + N) of a batch of `rows` rows, and every random number of
-  // row n is drawn at the counter of row row0 + n of that batch (sample s of
-  // it: row s·rows + row0 + n), so a shard draws what the whole batch would.
+  // row n is drawn at the counter of row row0 + n of that batch (its S
+  // samples of E normals: one block at philox_sample_counter(row0 + n, S, 0, E),
+  // core/philox.h), so a shard draws what the whole batch would.
   // n_real: the whole batch's real tokens, for per-token means (vtsr's mean
   // penalty). Defaults: the call is the whole batch.
   int64_t row0 = 0;

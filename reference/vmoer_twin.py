@@ -37,9 +37,12 @@ Conventions (identical to vmoer):
   * random numbers: every router / jitter noise is drawn from a numpy port of
     vmoer's Philox-4x32-10 streams (core/philox.h, nn/router.h router_stream),
     keyed by (seed, layer, step, purpose), so the twin sees the noise vmoer sees:
-    32-bit words and uniforms bit-exactly; normals and Gumbels through the C
-    library's logf/sinf/cosf (ctypes), i.e. bit-exactly as well where vmoer calls
-    the same libm (else float64 math rounded to float32, within 1-2 ulp)
+    32-bit words, uniforms and normals bit-exactly (the normals' fixed-operation
+    Box-Muller of core/philox.h ported float32 step by float32 step, fmaf exactly
+    rounded); Gumbels through the C library's logf (ctypes), i.e. bit-exactly as
+    well where vmoer calls the same libm (else float64 math rounded to float32,
+    within 1-2 ulp). The variational routers' ε: token n's S·E normals one block
+    at (n·S + s)·E + e (philox_sample_counter)
 """
 import ctypes
 import ctypes.util
@@ -171,23 +174,73 @@ def _f32(fn, x):
     return g(x.astype(np.float64)).astype(np.float32)
 
 
+def _fmaf(a, b, c):
+    """float32 fmaf(a, b, c), rounded once: a·b is exact in float64 (24 + 24 bits), the sum
+    is rounded to odd in float64 (TwoSum's error decides), which then rounds to float32
+    exactly as the single rounding would (53 >= 24 + 2)."""
+    x = np.asarray(a, np.float32).astype(np.float64) * np.asarray(b, np.float32).astype(np.float64)
+    y = np.asarray(c, np.float32).astype(np.float64)
+    x, y = np.broadcast_arrays(x, y)
+    s = x + y
+    yv = s - x
+    err = (x - (s - yv)) + (y - yv)  # s + err == x + y exactly
+    even = (s.view(np.int64) & 1) == 0
+    s = np.where((err != 0) & even, np.nextafter(s, np.where(err > 0, np.inf, -np.inf)), s)
+    return s.astype(np.float32)
+
+
+_F = np.float32
+
+
+def philox_log(u):
+    """core/philox.h philox_log: ln u = e·ln2 + ln m, m ∈ [√½, √2), ln m = f − f²/2 + f³ P(f)."""
+    t = u.astype(np.float32).view(np.uint32).astype(np.int64) - 0x3F3504F3
+    e = (t >> 23).astype(np.float32)
+    f = ((t & 0x7FFFFF) + 0x3F3504F3).astype(np.uint32).view(np.float32) - _F(1.0)
+    p = _F(7.0376836292e-2)
+    for c in (-1.1514610310e-1, 1.1676998740e-1, -1.2420140846e-1, 1.4249322787e-1, -1.6668057665e-1,
+              2.0000714765e-1, -2.4999993993e-1, 3.3333331174e-1):
+        p = _fmaf(p, f, _F(c))
+    z = f * f
+    lnm = _fmaf(z * f, p, _fmaf(_F(-0.5), z, f))
+    return _fmaf(e, _F(0.693359375), _fmaf(e, _F(-2.12194440e-4), lnm))
+
+
+def philox_sincos_turns(k):
+    """core/philox.h philox_sincos_turns: (cos, sin) of 2π((k + ½)·2^-23), reduced exactly in turns."""
+    k = np.asarray(k, dtype=np.int64)
+    q = (k + 0x100000) >> 21
+    t = _fmaf((k - (q << 21)).astype(np.float32), _F(2.0 ** -23), _F(2.0 ** -24))
+    x = t * _F(6.28318530717958647692)
+    z = x * x
+    s = _fmaf(_fmaf(_fmaf(_F(-1.9515295891e-4), z, _F(8.3321608736e-3)), z, _F(-1.6666654611e-1)), z * x, x)
+    cp = _fmaf(_fmaf(_F(2.443315711809948e-5), z, _F(-1.388731625493765e-3)), z, _F(4.166664568298827e-2))
+    c = _fmaf(cp, z * z, _fmaf(_F(-0.5), z, _F(1.0)))
+    qm = q & 3
+    swap = (qm & 1) == 1
+    a, b = np.where(swap, s, c), np.where(swap, c, s)
+    return np.where((qm == 1) | (qm == 2), -a, a), np.where(qm >= 2, -b, b)
+
+
 def philox_normals(seed, stream, first, n):
-    """Box-Muller normals at indices [first, first + n) as philox_normal: index i uses the
-    uniforms 2*(i//2), 2*(i//2)+1; even i the cosine, odd i the sine branch (float32)."""
+    """philox_normal at indices [first, first + n): normal i is Box-Muller on the words at
+    offsets 2*(i//2) (u1 = its uniform) and 2*(i//2)+1 (θ = 2π u2); even i the cosine,
+    odd i the sine (core/philox.h, bit for bit)."""
     i = np.arange(first, first + n, dtype=np.uint64)
     base = (i >> np.uint64(1)) << np.uint64(1)
-    lo = int(base[0]) if n else 0
-    u = philox_uniforms(seed, stream, lo, (int(base[-1]) + 2 - lo) if n else 0)
-    u1, u2 = u[(base - np.uint64(lo)).astype(np.int64)], u[(base + np.uint64(1) - np.uint64(lo)).astype(np.int64)]
-    r = np.sqrt(np.float32(-2.0) * _f32("logf", u1))
-    th = np.float32(6.28318530717958647692) * u2
+    w1, w2 = philox_u32(seed, stream, base), philox_u32(seed, stream, base + np.uint64(1))
+    u1 = _fmaf((w1 >> np.uint32(9)).astype(np.float32), _F(2.0 ** -23), _F(2.0 ** -24))
+    r = np.sqrt(_F(-2.0) * philox_log(u1))
+    c, s = philox_sincos_turns((w2 >> np.uint32(9)).astype(np.int64))
     odd = (i & np.uint64(1)).astype(bool)
-    out = np.empty(n, dtype=np.float32)
-    if (~odd).any():
-        out[~odd] = r[~odd] * _f32("cosf", th[~odd])
-    if odd.any():
-        out[odd] = r[odd] * _f32("sinf", th[odd])
-    return out
+    return np.where(odd, r * s, r * c).astype(np.float32)
+
+
+def sample_normals(seed, stream, S, N, cols):
+    """(S*N, cols): row s*N + n = sample s of row n, at counters (n*S + s)*cols + c
+    (core/philox.h philox_sample_counter: one row's S*cols normals one block)."""
+    z = philox_normals(seed, stream, 0, S * N * cols).reshape(N, S, cols)
+    return np.ascontiguousarray(z.transpose(1, 0, 2)).reshape(S * N, cols)
 
 
 def philox_gumbels(seed, stream, first, n):
@@ -485,15 +538,15 @@ class MoE(nn.Module):
 
     def _route_variational_logits(self, u, l_det, real, ctx, r):
         """prior N(l_det, s² I); q = N(l_det + Δμ, Σ); l*_s = mean + σ ⊙ ε_s (mf) or + L ε_s (fc),
-        ε: (S*N, E) normals of the "logit-eps" stream (row s*N + n); p̄ = mean_s softmax(l*_s)."""
+        ε: (S*N, E) normals of the "logit-eps" stream (row s*N + n = sample s of token n, at
+        counters (n*S + s)*E + e: sample_normals); p̄ = mean_s softmax(l*_s)."""
         E, K = self.E, self.K
         N, S, s = u.shape[0], max(1, ctx.samples), self.rcfg.prior_scale
         hd = self.router
         h = torch.relu(hd.trunk(u))
         dmu = hd.mu(h)
         mean = l_det + dmu
-        eps = philox_normals(ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps"), 0, S * N * E)
-        eps = _const(eps.reshape(S * N, E), u)
+        eps = _const(sample_normals(ctx.seed, router_stream(ctx.seed, ctx.layer, ctx.step, "logit-eps"), S, N, E), u)
         s2 = s * s
         if self.kind == "mfvr":
             logvar = hd.logvar(h)

@@ -37,6 +37,7 @@
 #include <sstream>
 #include <string>
 #include <type_traits>
+#include <tuple>
 #include <vector>
 
 #include "core/philox.h"
@@ -1281,12 +1282,14 @@ CUDA_CASE("cuda dropout fwd/bwd: Philox masks identical to ops::dropout") {
   dropout_case<double>();
 }
 
-// Philox fills: uniforms exact; normals/Gumbels through CUDA's logf/sinf/cosf,
-// against long-double references from the same uniforms within the bounds of
-// their formulas (dev/cuda/error_bounds.h): a Gumbel −log(−log u) is off by
-// a few units absolute where −log u ≈ 1 and g ≈ 0 (a relative tolerance with
-// a 1e-3 floor failed there); a normal by ~8 units relative.
-CUDA_CASE("cuda philox_fill: uniforms bit-identical, normals and gumbels within their rounding bounds") {
+// Philox fills: uniforms exact; normals exact too (core/philox.h's fixed-operation
+// Box–Muller: fmaf, IEEE multiplies, sqrtf, no library functions) and within the
+// bound of their formula; Gumbels through CUDA's logf, against long-double
+// references from the same uniforms within the bounds of their formulas
+// (dev/cuda/error_bounds.h): a Gumbel −log(−log u) is off by a few units
+// absolute where −log u ≈ 1 and g ≈ 0 (a relative tolerance with a 1e-3 floor
+// failed there); a normal by ~8 units relative.
+CUDA_CASE("cuda philox_fill: uniforms and normals bit-identical, normals and gumbels within their rounding bounds") {
   const int64_t n = 10007;
   for (uint64_t offset : {0ull, 5ull}) {
     std::vector<float> u(n);
@@ -1305,11 +1308,31 @@ CUDA_CASE("cuda philox_fill: uniforms bit-identical, normals and gumbels within 
     cu::philox_fill(cu::PhiloxDist::Normal, gz.data(), n, 99, 3, offset);
     cu::philox_fill(cu::PhiloxDist::Gumbel, gg.data(), n, 99, 3, offset);
     expect_exact("philox uniform", gu.get(), u);
+    std::vector<float> zc((size_t)n);
+    philox_normals(99, 3, offset, (uint64_t)n, zc.data());  // the CPU's bulk path
+    expect_exact("philox normal", gz.get(), zc);
     expect_within("philox normal", gz.get(), zr, zb);
     expect_within("philox gumbel", gg.get(), gr, gb);
     CHECK_GUARDS(gu);
     CHECK_GUARDS(gz);
     CHECK_GUARDS(gg);
+  }
+}
+
+// The variational routers' ε on the GPU (nn/noise.h device_sample_normals) in the
+// CPU's layout (nn/routers/common.h sample_normals: one token's S·E normals one
+// block), bit for bit, for a whole batch and for a shard of rows.
+CUDA_CASE("cuda philox_sample_normals: the CPU's sample_normals bit for bit (whole batch and a shard)") {
+  for (auto [S, N, E, row0] : {std::tuple<int, int64_t, int64_t, int64_t>{1, 9, 8, 0}, {35, 37, 7, 0}, {3, 5, 9, 11}}) {
+    CAPTURE(S);
+    CAPTURE(N);
+    CAPTURE(E);
+    CAPTURE(row0);
+    const Tensor want = nn::routers::sample_normals(S, N, E, 77, 5, row0);
+    Guarded<float> g((size_t)(S * N * E));
+    cu::philox_sample_normals(g.data(), S, N, E, 77, 5, row0);
+    expect_exact("philox_sample_normals", g.get(), want.to_vector());
+    CHECK_GUARDS(g);
   }
 }
 
@@ -1614,7 +1637,7 @@ CUDA_CASE("cuda fused mfvr/fcvr S-sample loop (fwd/bwd) vs the CPU router graph"
       // CPU graph
       VarT<float> mv = leaf(mean, {N, E});
       VarT<float> sv = fc ? leaf(scale, {N, E, E}) : leaf(scale, {N, E});
-      Tensor eps = nn::routers::normals((int64_t)s.S * N, E, seed, stream);
+      Tensor eps = nn::routers::sample_normals(s.S, N, E, seed, stream, 0);  // the kernel's layout: (n·S + s)·E + e
       Var noise;
       if (fc) {
         Var Ls = s.S == 1 ? sv : ops::concat(std::vector<Var>((size_t)s.S, sv), 0);
@@ -1665,7 +1688,7 @@ CUDA_CASE("cuda vr_route_fwd beyond 48 KB of shared memory: opts in and matches 
   auto mean = randn<float>((size_t)(N * E), 11100, 1.5);
   auto scale = randu<float>((size_t)(N * E), 11101, 0.1, 1.5);
   VarT<float> mv = leaf(mean, {N, E}, false), sv = leaf(scale, {N, E}, false);
-  Tensor eps = nn::routers::normals((int64_t)S * N, E, seed, stream);
+  Tensor eps = nn::routers::sample_normals(S, N, E, seed, stream, 0);  // the kernel's layout
   Var lstar = ops::add(nn::routers::tile_rows(mv, S), ops::mul(nn::routers::tile_rows(sv, S), ops::constant(eps)));
   Var pbar = nn::routers::mean_over_samples(ops::softmax(lstar), S, N);
   Guarded<float> gm(mean), gs(scale), gp((size_t)(N * E));

@@ -742,8 +742,9 @@ TEST_CASE("reference: stochastic and Bayesian routers match the PyTorch twin wit
       REQUIRE_MESSAGE(w != nullptr, "twin probes lack ", k);
       REQUIRE(w->numel() == t.numel());
       // 32-bit words and uniforms are integer arithmetic and exact float32 steps; the
-      // normals and Gumbels go through logf/sinf/cosf, which the twin calls from the same
-      // C library (ctypes): all bit-identical.
+      // normals are core/philox.h's fixed-operation Box–Muller, which the twin ports
+      // step by step (fmaf exactly rounded); Gumbels go through logf, which the twin
+      // calls from the same C library (ctypes): all bit-identical.
       for (int64_t i = 0; i < t.numel(); ++i) {
         ++n_values;
         if (std::memcmp(&t[i], &(*w)[i], sizeof(float)) != 0) {

@@ -30,6 +30,7 @@
 #include "nn/transformer.h"
 #include "nn/params.h"
 #include "nn/router.h"
+#include "nn/routers/common.h"
 
 using namespace vm;
 using namespace vm::nn;
@@ -602,6 +603,49 @@ TEST_CASE("router MFVR/FCVR: the no-graph evaluation loop equals the differentia
     for (int64_t i = 0; i < graph.probs.numel(); ++i)
       moved = std::max(moved, (double)std::fabs(other.probs.value()[i] - fused.probs.value()[i]));
     CHECK(moved > 1e-4);
+  }
+}
+
+// The ε layout (core/philox.h philox_sample_counter): one token's S·E normals are
+// one block at (g·S + s)·E, g the token's row in the whole batch. A shard of
+// rows [row0, row0 + n) (RouteCtx row0/rows, data parallelism) draws exactly the
+// whole batch's ε for those rows and routes them alike, on both paths; and ε
+// row s·N + n of the graph path is sample s of token n at that counter.
+TEST_CASE("router MFVR/FCVR: a shard of rows draws the whole batch's ε for them (graph and no-graph paths)") {
+  const int N = 23, C = 16, E = 7, K = 2, S = 5;  // E·S odd: token blocks start mid Philox block
+  Tensor eps = routers::sample_normals(S, N, E, 9, 4, 0);
+  for (int s = 0; s < S; ++s)
+    for (int n = 0; n < N; ++n)
+      for (int e = 0; e < E; ++e)
+        REQUIRE(eps[((int64_t)s * N + n) * E + e] == philox_normal(9, 4, (uint64_t)((n * S + s) * E + e)));
+  Tensor part = routers::sample_normals(S, 6, E, 9, 4, 11);  // rows 11..16 of the batch
+  for (int s = 0; s < S; ++s)
+    for (int n = 0; n < 6; ++n)
+      for (int e = 0; e < E; ++e)
+        REQUIRE(part[((int64_t)s * 6 + n) * E + e] == eps[((int64_t)s * N + 11 + n) * E + e]);
+  for (bool full : {false, true}) {
+    CAPTURE(full);
+    Fix f(rcfg(full ? "fcvr" : "mfvr"), N, C, E, K, 91 + full, 1.0, 0.8);
+    Rng rng(92);
+    f.randomise("mu.w", 0.5, rng);
+    f.randomise(full ? "chol.w" : "logvar.w", 0.3, rng);
+    for (bool graph : {true, false}) {
+      CAPTURE(graph);
+      std::unique_ptr<NoGradGuard> ng;
+      if (!graph) ng = std::make_unique<NoGradGuard>();
+      RouterOut whole = f.route(ctx_of(false, S));
+      const int64_t row0 = 9, n = 8;
+      Var us = Var(Tensor::from(std::vector<float>(f.u.value().data() + row0 * C, f.u.value().data() + (row0 + n) * C),
+                                {n, (int64_t)C}));
+      RouteCtx ctx = ctx_of(false, S);
+      ctx.row0 = row0;
+      ctx.rows = N;
+      RouterOut shard = f.router->route(us, f.w, K, std::vector<uint8_t>((size_t)n, 1), ctx);
+      // the same ε; the router's matmuls on 8 rows instead of 23 may round differently (GEMM blocking)
+      for (int64_t i = 0; i < n * E; ++i)
+        REQUIRE(shard.probs.value()[i] == doctest::Approx(whole.probs.value()[row0 * E + i]).epsilon(1e-5));
+      for (int64_t i = 0; i < n * K; ++i) CHECK(shard.experts[i] == whole.experts[row0 * K + i]);
+    }
   }
 }
 

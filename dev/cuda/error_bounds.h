@@ -311,13 +311,15 @@ void layernorm_ref_and_bound(const T* x, const T* gamma, const T* beta, int64_t 
 // log L is off by kLib·u absolute, then its own kLib·u|g|.
 inline LD gumbel_ref(float uni) { return -std::log(-std::log((LD)uni)); }
 inline double gumbel_bound(double g) { return unit<float>() * kLib * (1 + std::fabs(g)); }
-// Normal z = √(−2 log u1) · cos(θ) (sin for odd i), θ = 2π·u2 rounded in float on
-// both devices alike (the reference takes that θ): √ of a value with kLib·u
-// relative error (½) plus its own rounding, cos/sin kLib·u, the product u.
+// Normal z = √(−2 log u1) · cos(θ) (sin for odd i), θ = 2π·u2 exactly: core/philox.h
+// reduces u2 in turns without error (θ = q·π/2 + x, x = 2π·t rounded once, |x| ≤ π/4),
+// so cos θ and sin θ carry a relative error of a few units even next to their zeros:
+// √ of a value with kLib·u relative error (½) plus its own rounding, cos/sin kLib·u
+// (x's rounding included), the product u.
 inline LD normal_ref(float u1, float u2, bool odd) {
-  const float th = 6.28318530717958647692f * u2;
+  const LD th = 6.283185307179586476925286766559L * (LD)u2;
   const LD r = std::sqrt(-2 * std::log((LD)u1));
-  return odd ? r * std::sin((LD)th) : r * std::cos((LD)th);
+  return odd ? r * std::sin(th) : r * std::cos(th);
 }
 inline double normal_bound(double z) { return unit<float>() * (kLib / 2 + 1 + kLib + 1) * std::fabs(z); }
 

@@ -37,7 +37,7 @@ __global__ void vr_bwd_k(const T* __restrict__ mean, const T* __restrict__ scale
     for (int i = lane; i < ns; i += 32) gs[i] = T(0);
     __syncwarp();
     for (int s = 0; s < S; ++s) {
-      vr_sample<T, FC>(mu, scale, n, N, E, s, seed, stream, eps, p);
+      vr_sample<T, FC>(mu, scale, n, S, E, s, seed, stream, eps, p);
       T dot = T(0);
       for (int e = lane; e < E; e += 32) dot += dq[e] * p[e];
       dot = warp_sum(dot);

@@ -302,7 +302,7 @@ __global__ void vr_fwd_k(const T* __restrict__ mean, const T* __restrict__ scale
     const T* mu = mean + n * E;
     for (int e = lane; e < E; e += 32) acc[e] = T(0);
     for (int s = 0; s < S; ++s) {
-      vr_sample<T, FC>(mu, scale, n, N, E, s, seed, stream, eps, p);
+      vr_sample<T, FC>(mu, scale, n, S, E, s, seed, stream, eps, p);
       for (int e = lane; e < E; e += 32) acc[e] += p[e];  // Σ_s in sample order
       __syncwarp();
     }

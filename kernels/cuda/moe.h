@@ -28,8 +28,8 @@ void moe_dispatch_plan(const int32_t* experts, const uint8_t* mask, int64_t N, i
                        int64_t* offsets, int64_t* counts, int64_t* wanted, int64_t* dropped);
 
 // ---- the fused S-sample loop of mfvr / fcvr ----------------------------------------------------
-// For each token n and sample s < S: ε_e = philox_normal(seed, stream, (s·N + n)·E + e)
-// (the CPU's (S·N, E) noise tensor), l* = mean + σ ⊙ ε (full_cov = false,
+// For each token n and sample s < S: ε_e = philox_normal(seed, stream, (n·S + s)·E + e)
+// (the CPU's noise: nn/routers/common.h sample_normals), l* = mean + σ ⊙ ε (full_cov = false,
 // scale = σ (N, E)) or l* = mean + L ε (full_cov, scale = L (N, E, E)),
 // p_s = softmax(l*); pbar = (1/S) Σ_s p_s; then top-K of pbar with
 // renormalised gates. The samples never leave the SM (one warp per token,

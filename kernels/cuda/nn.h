@@ -3,9 +3,10 @@
 //
 // Random numbers come from core/philox.h, the same header the CPU uses, so
 // uniforms (integer arithmetic + one exact scaling) are bit-identical to the
-// CPU's, hence dropout masks are identical. Normals and Gumbels go through
-// logf/sqrtf/sinf/cosf, whose CUDA implementations may differ from glibc's by
-// an ulp or two: they agree to ~1e-6 relative, not bit for bit.
+// CPU's, hence dropout masks are identical. Normals use the fixed-operation
+// log/sincos of core/philox.h (bit-identical by construction); Gumbels go
+// through logf, whose CUDA implementation may differ from glibc's by an ulp
+// or two: they agree to ~1e-6 relative, not bit for bit.
 #pragma once
 #include <cstdint>
 

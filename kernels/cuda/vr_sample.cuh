@@ -1,8 +1,8 @@
 // kernels/cuda/vr_sample.cuh — one sample of the fused mfvr/fcvr router loop
 // on the GPU, shared by its forward (kernels/cuda/moe.cu vr_route_fwd) and its
 // backward (dev/cuda/vr_route_bwd.cu): for token n and sample s,
-// ε_e = philox_normal(seed, stream, (s·N + n)·E + e) (the CPU's (S·N, E) noise
-// tensor), l* = mean + σ ⊙ ε (scale σ (N, E)) or mean + L ε (FC: scale L
+// ε_e = philox_normal(seed, stream, (n·S + s)·E + e) (one token's S·E normals
+// one block: the CPU's layout, nn/routers/common.h sample_normals), l* = mean + σ ⊙ ε (scale σ (N, E)) or mean + L ε (FC: scale L
 // (N, E, E)), p = softmax(l*). One warp per token; eps and p in shared memory.
 // Include from .cu files only.
 #pragma once
@@ -12,10 +12,10 @@
 namespace vm::kernels::cuda::detail {
 
 template <class T, bool FC>
-__device__ __forceinline__ void vr_sample(const T* __restrict__ mu, const T* __restrict__ sc, int64_t n, int64_t N, int E,
+__device__ __forceinline__ void vr_sample(const T* __restrict__ mu, const T* __restrict__ sc, int64_t n, int S, int E,
                                           int s, uint64_t seed, uint64_t stream, T* eps, T* p) {
   const int lane = threadIdx.x;
-  const uint64_t base = ((uint64_t)s * (uint64_t)N + (uint64_t)n) * (uint64_t)E;
+  const uint64_t base = vm::philox_sample_counter(n, S, s, E);  // (n·S + s)·E
   for (int e = lane; e < E; e += 32) eps[e] = (T)vm::philox_normal(seed, stream, base + (uint64_t)e);
   __syncwarp();
   T m = -vinf<T>();

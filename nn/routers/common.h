@@ -32,14 +32,31 @@ inline Tensor normals(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream
   return t;
 }
 
-// (S·N, cols) normals for S samples of N rows: sample s of row n at the
-// counters of row s·R + row0 + n of a (S·R, cols) tensor, where rows
-// [row0, row0 + N) of a batch of R rows are this call's (RouteCtx::row0).
-// With row0 = 0 and R = N: normals(S·N, cols).
-inline Tensor sample_normals(int S, int64_t N, int64_t cols, uint64_t seed, uint64_t stream, int64_t row0, int64_t R) {
+// (S·N, cols) normals for S samples of N rows, sample-major as the graph
+// stacks them: row s·N + n holds sample s of row g = row0 + n of the batch
+// (the rows [row0, row0 + N) of a shard: RouteCtx::row0), the normals at
+// counters philox_sample_counter(g, S, s, cols) + [0, cols) (core/philox.h):
+// one token's S·cols normals are one contiguous block of the stream, so the
+// evaluation loop draws them in one vectorised call. (Issue 20; before,
+// sample s of row g sat at (s·R + g)·cols, R the batch's rows. S = 1 is
+// unchanged: row g at g·cols.)
+inline Tensor sample_normals(int S, int64_t N, int64_t cols, uint64_t seed, uint64_t stream, int64_t row0) {
   Tensor t = Tensor::empty({(int64_t)S * N, cols});
-  for (int s = 0; s < S; ++s)
-    fill_normals(t.data() + (int64_t)s * N * cols, N * cols, seed, stream, (uint64_t)(((int64_t)s * R + row0) * cols));
+  if (S == 1) {
+    fill_normals(t.data(), N * cols, seed, stream, philox_sample_counter(row0, 1, 0, cols));
+    return t;
+  }
+  const int64_t blk = S * cols;  // one token's normals
+#pragma omp parallel if (N * blk > 65536)
+  {
+    std::vector<float> tok((size_t)blk);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      philox_normals(seed, stream, philox_sample_counter(row0 + n, S, 0, cols), (uint64_t)blk, tok.data());
+      for (int s = 0; s < S; ++s)
+        std::copy(tok.data() + s * cols, tok.data() + (s + 1) * cols, t.data() + ((int64_t)s * N + n) * cols);
+    }
+  }
   return t;
 }
 inline Tensor gumbels(int64_t rows, int64_t cols, uint64_t seed, uint64_t stream) {

@@ -37,45 +37,54 @@ namespace vm::nn {
 // Evaluation without a graph: p̄ = (1/S) Σ_s softmax(mean + noise_s) token by
 // token, with the S samples of a token in a small buffer instead of the
 // (S·N, E) tensors (and S copies of L) the differentiable path builds. Same
-// noise (ε row s·R + row0 + n of the "logit-eps" stream; R = N, row0 = 0 for a whole batch) and the same arithmetic as
-// that path, up to the compiler's FMA contraction (tests/test_routers.cpp
-// compares the two). scale: σ (N, E) for MFVR, L (N, E, E) for FCVR.
+// noise (token g = row0 + n's S·E normals of the "logit-eps" stream, one block
+// at philox_sample_counter(g, S, 0, E), drawn in one vectorised call; the S·E
+// exponentials in one vectorised pass too) and the same arithmetic as that path, up to the compiler's FMA contraction
+// (tests/test_routers.cpp compares the two). scale: σ (N, E) for MFVR, L (N,
+// E, E) for FCVR.
 static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, int S, uint64_t seed,
-                            uint64_t stream, int64_t row0, int64_t R) {
+                            uint64_t stream, int64_t row0) {
   const int64_t N = mean.size(0);
   const int E = (int)mean.size(1);
   Tensor pbar = Tensor::empty({N, (int64_t)E});
   const float inv_s = (float)(1.0 / S);
 #pragma omp parallel if (N * S * E > 32768)
   {
-    std::vector<float> eps((size_t)E), l((size_t)E), acc((size_t)E);
+    // one token at a time: its S samples side by side, (S, E) row-major
+    std::vector<float> eps((size_t)S * E), l((size_t)S * E), acc((size_t)E);
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const float* mu = mean.data() + n * E;
-      std::fill(acc.begin(), acc.end(), 0.0f);
+      philox_normals(seed, stream, philox_sample_counter(row0 + n, S, 0, E), (uint64_t)S * E, eps.data());  // ε (S, E)
       for (int s = 0; s < S; ++s) {
-        philox_normals(seed, stream, (uint64_t)(((int64_t)s * R + row0 + n) * E), (uint64_t)E, eps.data());
+        const float* es = eps.data() + (size_t)s * E;
+        float* ls = l.data() + (size_t)s * E;
         if (!full) {
           const float* sg = scale.data() + n * E;
-          for (int e = 0; e < E; ++e) l[e] = sg[e] * eps[e];  // σ ⊙ ε
+          for (int e = 0; e < E; ++e) ls[e] = sg[e] * es[e];  // σ ⊙ ε
         } else {
           const float* Ln = scale.data() + n * E * E;
           for (int i = 0; i < E; ++i) {  // L ε, lower triangle only
             float t = 0;
-            for (int j = 0; j <= i; ++j) t += Ln[i * E + j] * eps[j];
-            l[i] = t;
+            for (int j = 0; j <= i; ++j) t += Ln[i * E + j] * es[j];
+            ls[i] = t;
           }
         }
-        float mx = -std::numeric_limits<float>::infinity();
+        float m = -std::numeric_limits<float>::infinity();
         for (int e = 0; e < E; ++e) {
-          l[e] = mu[e] + l[e];  // l* = mean + noise
-          mx = std::max(mx, l[e]);
+          ls[e] = mu[e] + ls[e];  // l*_s = mean + noise
+          m = std::max(m, ls[e]);
         }
+        for (int e = 0; e < E; ++e) ls[e] -= m;  // l*_s − max
+      }
+      kernels::fast_expf_n(l.data(), (int64_t)S * E);  // all S·E exponentials in one vectorised pass
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int s = 0; s < S; ++s) {  // p_s = e^{l*_s − max} / Σ_e, accumulated in sample order
+        const float* ls = l.data() + (size_t)s * E;
         float z = 0;
-        for (int e = 0; e < E; ++e) l[e] = kernels::exp_(l[e] - mx);
-        for (int e = 0; e < E; ++e) z += l[e];
+        for (int e = 0; e < E; ++e) z += ls[e];
         const float inv = 1.0f / z;
-        for (int e = 0; e < E; ++e) acc[e] += l[e] * inv;
+        for (int e = 0; e < E; ++e) acc[e] += ls[e] * inv;
       }
       for (int e = 0; e < E; ++e) pbar[n * E + e] = acc[e] * inv_s;
     }
@@ -183,7 +192,6 @@ class VariationalLogitRouter : public Router {
       kl_tok = ops::kl_fc(dmu, L, s2);
     }
     const Device dev = u.value().device();
-    const int64_t R = ctx.rows_or(N);
     if (no_graph && dev == Device::CUDA) {
 #ifdef VMOER_HAVE_CUDA
       VM_CHECK(ctx.whole(N), "mfvr/fcvr: the GPU's fused evaluation loop takes a whole batch (row offsets are for "
@@ -199,10 +207,10 @@ class VariationalLogitRouter : public Router {
 #endif
     } else if (no_graph) {
       out.probs = ops::constant(
-          mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream, ctx.row0, R));
+          mc_mean_probs(mean.value(), full_ ? L.value() : sigma.value(), full_, S, ctx.seed, stream, ctx.row0));
     } else {
-      Var eps = ops::constant(dev == Device::CUDA ? device_sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R)
-                                                  : routers::sample_normals(S, N, E, ctx.seed, stream, ctx.row0, R));
+      Var eps = ops::constant(dev == Device::CUDA ? device_sample_normals(S, N, E, ctx.seed, stream, ctx.row0)
+                                                  : routers::sample_normals(S, N, E, ctx.seed, stream, ctx.row0));
       Var noise = !full_ ? ops::mul(routers::tile_rows(sigma, S), eps)  // σ ⊙ ε
                          : ops::tril_matvec(S == 1 ? L : ops::concat(std::vector<Var>((size_t)S, L), 0), eps);  // L ε
       Var lstar = ops::add(routers::tile_rows(mean, S), noise);               // l*: (S*N, E)
