@@ -217,6 +217,19 @@ std::string describe() {
 #endif
 }
 
+namespace {
+int g_ep = 1;
+uint64_t g_ep_bytes = 0;
+}  // namespace
+void set_expert_parallel(int P) {
+  VM_CHECK(P >= 1 && g_size % P == 0, "dist::set_expert_parallel: " + std::to_string(P) +
+                                          " does not divide the " + std::to_string(g_size) + " ranks");
+  g_ep = P;
+}
+int ep_size() { return g_ep; }
+int ep_rank() { return g_rank % g_ep; }
+uint64_t ep_bytes_sent() { return g_ep_bytes; }
+
 uint64_t bytes_sent() { return g_bytes; }
 uint64_t messages_sent() { return g_messages; }
 static double g_exchange_s = 0;
@@ -427,11 +440,68 @@ void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what) {
   }
 }
 
+void ep_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                  const std::vector<int64_t>& recv_rows, int64_t width, const char* what) {
+  const int P = g_ep, me = g_rank % P, first = g_rank - me;
+  VM_CHECK((int)send_rows.size() == P && (int)recv_rows.size() == P,
+           std::string("dist::ep_alltoallv: row counts for ") + std::to_string(send_rows.size()) + " members, not " +
+               std::to_string(P));
+  std::vector<int64_t> s0(P + 1, 0), r0(P + 1, 0);
+  for (int q = 0; q < P; ++q) s0[q + 1] = s0[q] + send_rows[q], r0[q + 1] = r0[q] + recv_rows[q];
+  VM_CHECK(send_rows[me] == recv_rows[me], "dist::ep_alltoallv: " + std::to_string(send_rows[me]) +
+                                               " rows to itself but " + std::to_string(recv_rows[me]) + " expected");
+  if (send_rows[me] > 0)
+    std::memcpy(recv + r0[me] * width, send + s0[me] * width, sizeof(float) * (size_t)(send_rows[me] * width));
+  if (P == 1) return;
+  ExchangeTimer timer;
+  std::vector<Pending> p;
+  const int tag = next_tag();
+  const uint64_t b0 = g_bytes;
+  for (int k = 1; k < P; ++k) {  // member me+k receives first: every pair posts in the same order
+    const int to = (me + k) % P, from = (me - k + P) % P;
+    if (recv_rows[from] > 0)
+      post_recv(p, recv + r0[from] * width, sizeof(float) * (size_t)(recv_rows[from] * width), first + from, tag);
+    if (send_rows[to] > 0)
+      post_send(p, send + s0[to] * width, sizeof(float) * (size_t)(send_rows[to] * width), first + to, tag);
+  }
+  wait_all(p, what);
+  g_ep_bytes += g_bytes - b0;
+}
+
+std::vector<int64_t> ep_alltoall_ints(const std::vector<int64_t>& send, int k, const char* what) {
+  const int P = g_ep, me = g_rank % P, first = g_rank - me;
+  VM_CHECK((int64_t)send.size() == (int64_t)P * k, "dist::ep_alltoall_ints: " + std::to_string(send.size()) +
+                                                       " values for " + std::to_string(P) + " blocks of " +
+                                                       std::to_string(k));
+  std::vector<int64_t> out(send.size());
+  std::copy(send.begin() + (ptrdiff_t)me * k, send.begin() + (ptrdiff_t)(me + 1) * k, out.begin() + (ptrdiff_t)me * k);
+  if (P == 1 || k == 0) return out;
+  ExchangeTimer timer;
+  std::vector<Pending> p;
+  const int tag = next_tag();
+  const uint64_t b0 = g_bytes;
+  for (int j = 1; j < P; ++j) {
+    const int to = (me + j) % P, from = (me - j + P) % P;
+    post_recv(p, out.data() + (size_t)from * k, 8 * (size_t)k, first + from, tag);
+    post_send(p, send.data() + (size_t)to * k, 8 * (size_t)k, first + to, tag);
+  }
+  wait_all(p, what);
+  g_ep_bytes += g_bytes - b0;
+  return out;
+}
+
 #else  // one rank: nothing to exchange
 
 std::vector<std::string> allgather(const std::string& mine, const char*) { return {mine}; }
 std::string broadcast(const std::string& from_root, const char*) { return from_root; }
 void allreduce_sum(float*, int64_t, int64_t, const char*) {}
+void ep_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                  const std::vector<int64_t>& recv_rows, int64_t width, const char*) {
+  VM_CHECK(send_rows.size() == 1 && recv_rows.size() == 1 && send_rows[0] == recv_rows[0],
+           "dist::ep_alltoallv: one rank exchanges with itself only");
+  if (send_rows[0] > 0) std::memcpy(recv, send, sizeof(float) * (size_t)(send_rows[0] * width));
+}
+std::vector<int64_t> ep_alltoall_ints(const std::vector<int64_t>& send, int, const char*) { return send; }
 
 #endif
 
@@ -470,6 +540,45 @@ void use_local_gpu() {
 }
 
 bool nccl_usable() { return g_nccl_usable; }
+
+void ep_device_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                         const std::vector<int64_t>& recv_rows, int64_t width, const char* what) {
+#ifdef VMOER_HAVE_CUDA
+  const int P = g_ep, me = g_rank % P, first = g_rank - me;
+  VM_CHECK((int)send_rows.size() == P && (int)recv_rows.size() == P,
+           "dist::ep_device_alltoallv: row counts for " + std::to_string(send_rows.size()) + " members, not " +
+               std::to_string(P));
+  int64_t ns = 0, nr = 0;
+  for (int q = 0; q < P; ++q) ns += send_rows[q] * width, nr += recv_rows[q] * width;
+  if (!g_nccl_usable || P == 1) {  // through the host
+    std::vector<float> hs((size_t)ns), hr((size_t)nr);
+    if (ns) kernels::cuda::copy_d2h(hs.data(), send, sizeof(float) * (size_t)ns);
+    ep_alltoallv(hs.data(), send_rows, hr.data(), recv_rows, width, what);
+    if (nr) kernels::cuda::copy_h2d(recv, hr.data(), sizeof(float) * (size_t)nr);
+    return;
+  }
+  if (!kernels::cuda::nccl_ready())
+    kernels::cuda::nccl_init(broadcast(g_rank == 0 ? kernels::cuda::nccl_unique_id() : std::string(), what), g_rank,
+                             g_size);
+  std::vector<int64_t> sn((size_t)P), rn((size_t)P);
+  for (int q = 0; q < P; ++q) {
+    sn[q] = send_rows[q] * width, rn[q] = recv_rows[q] * width;
+    if (q != me) g_bytes += 4 * (uint64_t)sn[q], g_ep_bytes += 4 * (uint64_t)sn[q];
+  }
+  ExchangeTimer timer;
+  kernels::cuda::NcclWait w =
+      kernels::cuda::nccl_alltoallv(send, sn.data(), recv, rn.data(), P, first, g_timeout, &g_signal);
+  if (!w.ok) {
+    std::vector<int> peers;
+    for (int q = 0; q < P; ++q)
+      if (q != me) peers.push_back(first + q);
+    throw PeerLost(in_context("the " + std::string(what) + " over NCCL did not complete (" + w.why + ")"), peers);
+  }
+#else
+  (void)send, (void)send_rows, (void)recv, (void)recv_rows, (void)width;
+  fail(std::string(what) + ": a device all-to-all needs a CUDA build");
+#endif
+}
 
 void device_allreduce_sum(float* dev, int64_t n, const char* what) {
   if (g_size == 1 || n == 0) return;

@@ -116,6 +116,35 @@ void agree(const std::string& my_error, int code, const char* what);
 // message names a flag, "--...", else 1).
 void on_root(const char* what, const std::function<void()>& fn);
 
+// ---- expert parallelism (--expert-parallel P; docs/SCALE.md) --------------------------------------
+// The N ranks form N/P expert groups of P consecutive ranks: group g is ranks
+// [g·P, (g+1)·P), and member q of a group (ep_rank() = rank mod P) owns the
+// experts [q·E/P, (q+1)·E/P) of every MoE layer. The tokens of one micro-batch
+// shard travel only inside its group; the gradient all-reduce still runs over
+// every rank (the expert weights are replicated: see docs/SCALE.md §8).
+// P must divide size() (the caller checks; set once, before any exchange).
+void set_expert_parallel(int P);
+int ep_size();   // P; 1 = no expert parallelism
+int ep_rank();   // this rank's place in its group, rank() mod P
+// Rows of `width` floats between the members of this rank's group (the
+// semantics of MPI_Alltoallv, on bounded point-to-point messages like every
+// exchange here): send holds send_rows[q] rows for member q, members in
+// order; recv gets recv_rows[q] rows from member q, members in order (the
+// rows to itself are copied, not sent). Both row counts must be those the
+// peers use (the caller knows them: ep_alltoall_ints). No-op copy when P = 1.
+void ep_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                  const std::vector<int64_t>& recv_rows, int64_t width, const char* what);
+// k int64 values to every member of the group (send: P blocks of k, block q
+// for member q) -> P blocks of k, block q from member q.
+std::vector<int64_t> ep_alltoall_ints(const std::vector<int64_t>& send, int k, const char* what);
+// ep_alltoallv on device rows (--device cuda): through NCCL (ncclSend/ncclRecv
+// in a group) when every rank has its own GPU (nccl_usable), else staged
+// through the host exchange. Bounded like every exchange.
+void ep_device_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
+                         const std::vector<int64_t>& recv_rows, int64_t width, const char* what);
+// Bytes this rank sent in the exchanges above (a part of bytes_sent()).
+uint64_t ep_bytes_sent();
+
 // ---- bytes for an exchange --------------------------------------------------------------------
 // Values appended in order and read back in the same order (raw bytes: a
 // double comes back bit for bit).

@@ -72,6 +72,7 @@ void RunConfig::validate() const {
        "--router-loss all: the vision model has one supervised position (the class token); use answer");
   need(grad_accum >= 1, "--grad-accum: must be >= 1, got " + std::to_string(grad_accum));
   need(batch_shards >= 1, "--batch-shards: must be >= 1, got " + std::to_string(batch_shards));
+  need(expert_parallel >= 1, "--expert-parallel: must be >= 1, got " + std::to_string(expert_parallel));
   need(dist_timeout > 0, "--dist-timeout: must be > 0 seconds, got " + std::to_string(dist_timeout));
   need(bucket_mb > 0 && bucket_mb <= 1024, "--bucket-mb: must be in (0, 1024], got " + std::to_string(bucket_mb));
   need(beta >= 0, "--beta: must be >= 0, got " + std::to_string(beta));

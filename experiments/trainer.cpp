@@ -614,6 +614,10 @@ struct DataParallel {
   dp::GradLayout grads;       // the trainable gradients as one vector
   int64_t bucket = 1 << 20;   // all-reduce bucket (floats)
   uint64_t grad_bytes = 0;    // bytes this rank sent in gradient all-reduces (this step)
+  // Expert parallelism: the routed rows this rank sent to or received from
+  // the other members of its group in the forward dispatch (this step),
+  // from the exchanged kept counts of every shard (docs/SCALE.md §8).
+  uint64_t ep_rows = 0;
   int inject_rank = -1;       // VMOER_TEST_INJECT_RANK: the test hooks act on this rank only (-1: every rank)
 };
 
@@ -634,7 +638,9 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
   std::vector<ShardOf> shards;
   for (int j = dp_.mine.first; j < dp_.mine.last; ++j) {
     ShardOf sh{dp::shard_begin(j, dp_.S, cfg.batch), dp::shard_begin(j + 1, dp_.S, cfg.batch)};
-    fw.push_back(forward_task(model, data, cfg, key, fo, &sh));
+    nn::ForwardOptions fo_shard = fo;
+    fo_shard.expert_parallel = dist::ep_size() > 1;  // the group's members compute the same shard index together
+    fw.push_back(forward_task(model, data, cfg, key, fo_shard, &sh));
     shards.push_back(sh);
   }
   const ShardOf tot = shards[0];  // the micro-batch's totals (the same in every shard)
@@ -650,11 +656,21 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
     }
   std::vector<std::vector<int64_t>> wanted(L), counts(L);
   std::vector<int64_t> dropped(L, 0);
-  for (const std::string& b : dist::allgather(p1.bytes(), "expert-count exchange")) {
-    dist::Unpack u(b);
+  const int P = dist::ep_size(), me = dist::rank() % P, group0 = dist::rank() - me;
+  const std::vector<std::string> all_counts = dist::allgather(p1.bytes(), "expert-count exchange");
+  for (size_t q = 0; q < all_counts.size(); ++q) {
+    dist::Unpack u(all_counts[q]);
+    const bool in_group = P > 1 && (int)q >= group0 && (int)q < group0 + P;
     while (!u.done())
       for (size_t l = 0; l < L; ++l) {
         auto w = u.get_vec<int64_t>(), c = u.get_vec<int64_t>();
+        if (in_group) {  // rows of member q's shard to this rank's experts, or of this rank's to the others'
+          const int El = (int)c.size() / P;
+          for (size_t e = 0; e < c.size(); ++e) {
+            const bool mine = (int)e / El == me;
+            if ((int)q == dist::rank() ? !mine : mine) dp_.ep_rows += (uint64_t)c[e];
+          }
+        }
         if (wanted[l].empty()) wanted[l].assign(w.size(), 0), counts[l].assign(c.size(), 0);
         for (size_t e = 0; e < w.size(); ++e) wanted[l][e] += w[e];
         for (size_t e = 0; e < c.size(); ++e) counts[l][e] += c[e];
@@ -789,6 +805,23 @@ static void resolve_batch_shards(RunConfig& cfg, const std::string& last_path) {
                          "differ from a run with another number of ranks (docs/SCALE.md)\n", per);
 }
 
+// --expert-parallel P: P divides the ranks and every MoE layer's experts; one
+// clear line (exit 2) otherwise, on every rank alike, before any work.
+static void resolve_expert_parallel(const RunConfig& cfg, const nn::ModelConfig& mc) {
+  const int P = cfg.expert_parallel, N = dist::size();
+  if (P == 1) {
+    dist::set_expert_parallel(1);
+    return;
+  }
+  const std::string f = "--expert-parallel " + std::to_string(P);
+  if (N % P != 0)
+    dist::fail_all(f + " does not divide the " + std::to_string(N) + " rank" + (N == 1 ? "" : "s") +
+                   " (mpirun -np N with N a multiple of P: N/P data-parallel groups of P expert shards)");
+  if (mc.n_experts % P != 0)
+    dist::fail_all(f + " does not divide the " + std::to_string(mc.n_experts) + " experts of each MoE layer");
+  dist::set_expert_parallel(P);
+}
+
 int run_train(RunConfig cfg) {
   // setup: output folder, model, trainable parameters, optimiser, data
   cfg.validate();
@@ -815,6 +848,7 @@ int run_train(RunConfig cfg) {
   StageData data = load_stage_data(cfg, mc);
   apply_epochs(cfg, data);
   resolve_batch_shards(cfg, ck.last_path);
+  resolve_expert_parallel(cfg, mc);
   dist::on_root("setup", [&] { prepare_out_dir(cfg.out); });
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;
@@ -881,6 +915,7 @@ int run_train(RunConfig cfg) {
   json start{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
              {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
   if (sharded) start["ranks"] = dist::size(), start["batch_shards"] = cfg.batch_shards;
+  if (dist::ep_size() > 1) start["expert_parallel"] = dist::ep_size();
   log << start.dump() << "\n";
   std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads%s\n", cfg.stage.str().c_str(),
                (long long)ps.count(), (long long)ps.count(true), cfg.threads,
@@ -898,9 +933,10 @@ int run_train(RunConfig cfg) {
     // what a lost peer's line says (core/dist.h): the step, the last good checkpoint
     if (dist::active()) dist::set_context("step " + std::to_string(step), "stopped, last good checkpoint: " + ck.last_good());
     maybe_fault(fault, dist::rank(), step);
-    const uint64_t bytes0 = dist::bytes_sent();
+    const uint64_t bytes0 = dist::bytes_sent(), ep_bytes0 = dist::ep_bytes_sent();
     const double xs0 = dist::exchange_seconds();
     dp_.grad_bytes = 0;
+    dp_.ep_rows = 0;
     ps.zero_grad();
     if (step == inject.step && !inject.grad && inject_here) {
       Tensor& pv = ps.get(inject.param).value();
@@ -1012,6 +1048,10 @@ int run_train(RunConfig cfg) {
     if (dist::active()) {
       rec["comm_grad_bytes"] = dp_.grad_bytes;
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
+      if (dist::ep_size() > 1) {
+        rec["comm_ep_bytes"] = dist::ep_bytes_sent() - ep_bytes0;  // the expert all-to-alls (a part of comm_bytes)
+        rec["ep_rows"] = dp_.ep_rows;
+      }
       rec["comm_seconds"] = dist::exchange_seconds() - xs0;  // inside exchanges, waiting for slower ranks included
     }
     log << rec.dump() << "\n";

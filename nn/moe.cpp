@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "autodiff/accumulate.h"
+#include "core/dist.h"
 #include "core/philox.h"
 #include "nn/noise.h"
 #ifdef VMOER_HAVE_CUDA
@@ -11,19 +13,59 @@
 
 namespace vm::nn {
 
-DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
-                           const std::vector<uint8_t>& mask, double capacity_factor) {
-  DispatchPlan p;
-  p.wanted.assign(E, 0);
-  int64_t n_real = 0;
+namespace {
+// Assignments per expert before capacity, and the real tokens.
+std::vector<int64_t> wanted_of(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                               const std::vector<uint8_t>& mask, int64_t& n_real) {
+  std::vector<int64_t> w(E, 0);
+  n_real = 0;
   for (int64_t n = 0; n < N; ++n) {
     if (!mask[n]) continue;
     ++n_real;
-    for (int j = 0; j < K; ++j) ++p.wanted[experts[n * K + j]];
+    for (int j = 0; j < K; ++j) ++w[experts[n * K + j]];
   }
-  int64_t cap = capacity_factor > 0 ? (int64_t)std::ceil(capacity_factor * (double)(n_real * K) / E) : INT64_MAX;
+  return w;
+}
+int64_t capacity_of(double capacity_factor, int64_t n_real, int K, int E) {
+  return capacity_factor > 0 ? (int64_t)std::ceil(capacity_factor * (double)(n_real * K) / E) : INT64_MAX;
+}
+}  // namespace
+
+DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                           const std::vector<uint8_t>& mask, double capacity_factor) {
+  int64_t n_real = 0;
+  wanted_of(experts, N, K, E, mask, n_real);
+  return plan_dispatch_capped(experts, N, K, E, mask,
+                              std::vector<int64_t>((size_t)E, capacity_of(capacity_factor, n_real, K, E)));
+}
+
+std::vector<int64_t> ep_kept_counts(const std::vector<std::vector<int64_t>>& wanted,
+                                    const std::vector<int64_t>& n_real, int K, int E, double capacity_factor) {
+  const size_t P = wanted.size();
+  int64_t total = 0;
+  for (int64_t n : n_real) total += n;
+  const int64_t cap = capacity_of(capacity_factor, total, K, E);
+  std::vector<int64_t> kept(P * (size_t)E, 0);
+  for (int e = 0; e < E; ++e) {
+    int64_t before = 0;  // assignments of members before q
+    for (size_t q = 0; q < P; ++q) {
+      const int64_t left = cap == INT64_MAX ? INT64_MAX : std::max<int64_t>(cap - before, 0);
+      kept[q * (size_t)E + (size_t)e] = std::min(wanted[q][(size_t)e], left);
+      before += wanted[q][(size_t)e];
+    }
+  }
+  return kept;
+}
+
+DispatchPlan plan_dispatch_capped(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                                  const std::vector<uint8_t>& mask, const std::vector<int64_t>& cap) {
+  VM_CHECK((int)cap.size() == E, "plan_dispatch: " + std::to_string(cap.size()) + " capacities for " +
+                                     std::to_string(E) + " experts");
+  DispatchPlan p;
+  int64_t n_real = 0;
+  p.wanted = wanted_of(experts, N, K, E, mask, n_real);
   p.counts.assign(E, 0);
-  for (int e = 0; e < E; ++e) p.counts[e] = std::min(p.wanted[e], cap);
+  for (int e = 0; e < E; ++e) p.counts[e] = std::min(p.wanted[e], cap[(size_t)e]);
   p.offsets.assign(E + 1, 0);
   for (int e = 0; e < E; ++e) p.offsets[e + 1] = p.offsets[e] + p.counts[e];
   int64_t M = p.offsets[E];
@@ -126,12 +168,115 @@ MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_
 }
 
 Var MoELayer::experts_ffn(const Var& xs, const std::vector<int64_t>& offsets) {
+  return experts_ffn(xs, offsets, w1_, w_up_, w2_);
+}
+Var MoELayer::experts_ffn(const Var& xs, const std::vector<int64_t>& offsets, const Var& w1, const Var& w_up,
+                          const Var& w2) {
   // GELU:   y = gelu(x W1_e) W2_e
   // SwiGLU: y = (silu(x W1_e) ⊙ (x Wup_e)) W2_e
-  Var h = ops::grouped_matmul(xs, w1_, offsets);
-  if (cfg_.act == Act::swiglu) h = ops::mul(ops::silu(h), ops::grouped_matmul(xs, w_up_, offsets));
+  Var h = ops::grouped_matmul(xs, w1, offsets);
+  if (cfg_.act == Act::swiglu) h = ops::mul(ops::silu(h), ops::grouped_matmul(xs, w_up, offsets));
   else h = ops::gelu(h);
-  return ops::grouped_matmul(h, w2_, offsets);
+  return ops::grouped_matmul(h, w2, offsets);
+}
+
+namespace {
+// Rows between the members of this rank's expert group, as an op of the tape:
+// x (Σ send_rows, C), rows laid out by member -> (Σ recv_rows, C), rows laid
+// out by member (dist::ep_alltoallv). Its gradient is the reverse exchange
+// (recv_rows back, send_rows received), accumulated into x's. Every member
+// records the same exchanges in the same order and the tape runs their
+// backward steps in the reverse order on every member (each exchange is an
+// ancestor of the next through the residual stream or the expert FFN), so
+// the backward exchanges pair up as the forward ones did.
+Var ep_exchange(const Var& x, const std::vector<int64_t>& send_rows, const std::vector<int64_t>& recv_rows,
+                const char* what, const char* what_bwd) {
+  VM_CHECK(x.ndim() == 2, "ep_exchange: rows (M, C) needed");
+  const Device dev = x.value().device();
+  // device rows: NCCL (or through the host), core/dist.h
+  auto exchange = [dev](const float* s, const std::vector<int64_t>& sr, float* r, const std::vector<int64_t>& rr,
+                        int64_t C, const char* w) {
+    if (dev == Device::CUDA) dist::ep_device_alltoallv(s, sr, r, rr, C, w);
+    else dist::ep_alltoallv(s, sr, r, rr, C, w);
+  };
+  const int64_t C = x.size(1);
+  int64_t m = 0;
+  for (int64_t r : recv_rows) m += r;
+  Tensor out = Tensor::empty({m, C}, dev);
+  exchange(x.value().data(), send_rows, out.data(), recv_rows, C, what);
+  return make_result<float>(std::move(out), "ep_exchange", {x}, [send_rows, recv_rows, C, what_bwd, dev,
+                                                               exchange](Node<float>& self) {
+    int64_t back = 0;
+    for (int64_t r : send_rows) back += r;
+    Tensor g = Tensor::empty({back, C}, dev);
+    exchange(self.grad.data(), recv_rows, g.data(), send_rows, C, what_bwd);
+    if (!self.parents[0]->requires_grad) return;
+    ops::detail::accumulate(self.parents[0]->grad_buffer(), g);
+  });
+}
+}  // namespace
+
+Var MoELayer::forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, MoEAux& aux,
+                         std::vector<int64_t>& wanted) {
+  const int64_t N = x.size(0);
+  const int E = cfg_.n_experts, K = cfg_.top_k, P = dist::ep_size(), me = dist::ep_rank();
+  const int El = E / P;  // experts per member: member q owns [q·El, (q+1)·El)
+  const std::vector<int32_t>& experts = r.experts.host();
+  // 1. every member's wanted counts and real tokens -> the kept counts of every
+  //    member (global capacity, decided identically on every member)
+  int64_t n_real = 0;
+  std::vector<int64_t> my_wanted = wanted_of(experts, N, K, E, mask, n_real);
+  std::vector<int64_t> send((size_t)P * (E + 1));
+  for (int q = 0; q < P; ++q) {
+    std::copy(my_wanted.begin(), my_wanted.end(), send.begin() + (ptrdiff_t)q * (E + 1));
+    send[(size_t)q * (E + 1) + E] = n_real;
+  }
+  std::vector<int64_t> all = dist::ep_alltoall_ints(send, E + 1, "expert-parallel dispatch counts");
+  std::vector<std::vector<int64_t>> w_all((size_t)P);
+  std::vector<int64_t> n_all((size_t)P);
+  for (int q = 0; q < P; ++q) {
+    w_all[q].assign(all.begin() + (ptrdiff_t)q * (E + 1), all.begin() + (ptrdiff_t)q * (E + 1) + E);
+    n_all[q] = all[(size_t)q * (E + 1) + E];
+  }
+  const std::vector<int64_t> kept = ep_kept_counts(w_all, n_all, K, E, cfg_.capacity_factor);
+  // 2. this member's plan: its assignments grouped by expert, hence by owner
+  DispatchPlan plan = plan_dispatch_capped(
+      experts, N, K, E, mask, std::vector<int64_t>(kept.begin() + (ptrdiff_t)me * E, kept.begin() + (ptrdiff_t)(me + 1) * E));
+  aux.expert_counts = plan.counts;
+  aux.dropped = plan.dropped;
+  wanted = plan.wanted;
+  std::vector<int64_t> send_rows((size_t)P), recv_rows((size_t)P, 0);
+  for (int q = 0; q < P; ++q) send_rows[q] = plan.offsets[(size_t)(q + 1) * El] - plan.offsets[(size_t)q * El];
+  for (int s = 0; s < P; ++s)
+    for (int i = 0; i < El; ++i) recv_rows[s] += kept[(size_t)s * E + (size_t)(me * El + i)];
+  // 3. dispatch: the rows to their owners
+  Var xs = ops::gather_rows(x, plan.token);  // (M, C) in plan order
+  Var recv = ep_exchange(xs, send_rows, recv_rows, "expert-parallel dispatch", "expert-parallel combine (backward)");
+  // 4. the owned experts on each source's rows, one source at a time: the
+  //    products (rows, order, shapes) a process computing that source's shard
+  //    alone makes; each source through its own alias of the weights, so that
+  //    its weight gradient is a product of its own (not accumulated into
+  //    another source's inside the GEMM) and the sources' gradients are added
+  //    afterwards, as the data-parallel sum of shards adds them
+  std::vector<Var> ys_parts;
+  int64_t at = 0;
+  for (int s = 0; s < P; ++s) {
+    std::vector<int64_t> off((size_t)E + 1, 0);
+    for (int e = 0; e < E; ++e) {
+      const bool mine = e >= me * El && e < (me + 1) * El;
+      off[(size_t)e + 1] = off[(size_t)e] + (mine ? kept[(size_t)s * E + (size_t)e] : 0);
+    }
+    Var xs_s = ops::slice(recv, 0, at, at + recv_rows[s]);
+    Var w1 = ops::reshape(w1_, w1_.shape()), w2 = ops::reshape(w2_, w2_.shape());
+    Var wu = w_up_.defined() ? ops::reshape(w_up_, w_up_.shape()) : Var();
+    ys_parts.push_back(experts_ffn(xs_s, off, w1, wu, w2));
+    at += recv_rows[s];
+  }
+  Var ys_owned = P == 1 ? ys_parts[0] : ops::concat(ys_parts, 0);
+  // 5. combine: the outputs back to the tokens' members, summed per token as locally
+  Var ys = ep_exchange(ys_owned, recv_rows, send_rows, "expert-parallel combine", "expert-parallel dispatch (backward)");
+  Var g = ops::gather_rows(ops::reshape(r.gates, {N * K, 1}), plan.slot);  // (M, 1)
+  return ops::scatter_add_rows(ops::mul(ys, g), plan.token, N);            // (N, C): Σ_k g_k E_k(x)
 }
 
 Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const RouteCtx& ctx, MoEAux& aux) {
@@ -163,8 +308,9 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   // ---- dispatch: group (token, slot) assignments by expert -------------------------
   std::vector<int64_t> wanted;
   Var out;
+  if (ctx.expert_parallel && dist::ep_size() > 1) out = forward_ep(x, mask, r, aux, wanted);
 #ifdef VMOER_HAVE_CUDA
-  if (x.value().is_cuda() && E <= 2048 && K <= 16) {  // the plan on the GPU (see device_plan)
+  if (!out.defined() && x.value().is_cuda() && E <= 2048 && K <= 16) {  // the plan on the GPU (see device_plan)
     DevicePlan plan = device_plan(r.experts, mask, N, K, E, cfg_.capacity_factor);
     aux.expert_counts = plan.counts;
     aux.dropped = plan.dropped;

@@ -47,6 +47,19 @@ struct DispatchPlan {
 // experts: (N, K); only rows with mask[n] != 0 are dispatched; capacity 0 = dropless.
 DispatchPlan plan_dispatch(const std::vector<int32_t>& experts, int64_t N, int K, int E,
                            const std::vector<uint8_t>& mask, double capacity_factor);
+// The same with a limit per expert (cap: E values; the first cap[e] of
+// expert e's assignments, in token order, are kept).
+DispatchPlan plan_dispatch_capped(const std::vector<int32_t>& experts, int64_t N, int K, int E,
+                                  const std::vector<uint8_t>& mask, const std::vector<int64_t>& cap);
+// Expert parallelism's global capacity (docs/SCALE.md): the P members of an
+// expert group hold wanted[q] (E assignments per expert before capacity, q in
+// member order) of n_real[q] real tokens; expert e keeps its first
+// C = ⌈cf · (Σ_q n_real[q]) · K / E⌉ assignments in (member, token) order, the
+// order of one process holding the members' tokens one after another. Returns
+// each member's kept count per expert (P blocks of E); capacity_factor <= 0:
+// every assignment is kept.
+std::vector<int64_t> ep_kept_counts(const std::vector<std::vector<int64_t>>& wanted,
+                                    const std::vector<int64_t>& n_real, int K, int E, double capacity_factor);
 
 // Where the sizes of a dispatch plan lie in the one buffer the GPU's plan
 // writes them to and the host downloads in one transfer: offsets (E+1),
@@ -69,6 +82,12 @@ class MoELayer {
 
  private:
   Var experts_ffn(const Var& xs, const std::vector<int64_t>& offsets);  // (M, C) grouped -> (M, C)
+  Var experts_ffn(const Var& xs, const std::vector<int64_t>& offsets, const Var& w1, const Var& w_up, const Var& w2);
+  // Expert parallelism (RouteCtx::expert_parallel, dist::ep_size() > 1): the
+  // routed rows go to the members of the expert group that own their experts
+  // and come back (docs/SCALE.md); returns Σ_k g_k E_k(x) like the local path.
+  Var forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, MoEAux& aux,
+                 std::vector<int64_t>& wanted);
   const ModelConfig& cfg_;
   RouterConfig rcfg_;
   std::unique_ptr<Router> router_;

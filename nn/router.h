@@ -180,6 +180,12 @@ struct RouteCtx {
   int64_t row0 = 0;
   int64_t rows = 0;       // 0: N
   double n_real = 0;      // 0: this call's real tokens
+  // Expert parallelism (--expert-parallel, dist::ep_size() > 1): the MoE
+  // layers send their routed rows to the members of this rank's expert group
+  // that own the experts (nn::MoELayer::forward_ep). Every member of the group
+  // must make the same calls in the same order (training shards: yes;
+  // evaluation, whose ranks hold different batches: no, it stays local).
+  bool expert_parallel = false;
   int64_t rows_or(int64_t N) const { return rows > 0 ? rows : N; }
   bool whole(int64_t N) const { return row0 == 0 && rows_or(N) == N; }
 };

@@ -127,6 +127,7 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
       ctx.row0 = opt.row0;
       ctx.rows = opt.rows_total;
       ctx.n_real = opt.n_real_total;
+      ctx.expert_parallel = opt.expert_parallel;
       MoEAux aux;
       f = b.moe->forward(h, mask, ctx, aux);
       res.moe.push_back(std::move(aux));

@@ -32,6 +32,7 @@ struct ForwardOptions {
   // vtsr's mean penalty). Defaults (0): the call is the whole batch.
   int64_t row0 = 0, rows_total = 0;
   double n_real_total = 0;
+  bool expert_parallel = false;  // RouteCtx::expert_parallel
 };
 
 struct ForwardResult {

@@ -31,6 +31,7 @@
 #endif
 #include "experiments/checkpoint_io.h"
 #include "nn/checkpoint.h"
+#include "nn/moe.h"
 
 namespace fs = std::filesystem;
 using nlohmann::json;
@@ -96,7 +97,9 @@ std::vector<json> steps_of(const std::string& dir) {
   while (std::getline(f, line)) {
     json j = json::parse(line);
     if (!j.contains("step") || j.contains("event")) continue;
-    for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes", "comm_seconds"}) j.erase(k);
+    for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes", "comm_seconds", "comm_ep_bytes",
+                          "ep_rows"})
+      j.erase(k);
     out.push_back(j);
   }
   return out;
@@ -432,4 +435,169 @@ TEST_CASE("data parallel: vmoer reproduce under mpirun runs every stage on both 
   auto body = [](const std::string& t) { return t.substr(0, t.find("Built as:")); };
   CHECK(body(slurp(d / "one/table.md")) == body(slurp(d / "two/table.md")));
   CHECK(json::parse(slurp(d / "two/results.json"))["provenance"]["ranks"].get<std::string>().rfind("2 ranks", 0) == 0);
+}
+
+// ---- expert parallelism (--expert-parallel P; docs/SCALE.md §8) --------------------------------------
+
+TEST_CASE("expert parallel: the global capacity keeps each expert's first C assignments in (member, token) order") {
+  // two members, E = 2, K = 1: member 0 wants (3, 1), member 1 wants (2, 2); 4 + 4 real tokens
+  const std::vector<std::vector<int64_t>> wanted{{3, 1}, {2, 2}};
+  // dropless: everything
+  CHECK(nn::ep_kept_counts(wanted, {4, 4}, 1, 2, 0.0) == std::vector<int64_t>{3, 1, 2, 2});
+  // cf 1: C = ⌈1 · 8 · 1 / 2⌉ = 4 per expert: expert 0 keeps member 0's 3, then 1 of member 1's 2
+  CHECK(nn::ep_kept_counts(wanted, {4, 4}, 1, 2, 1.0) == std::vector<int64_t>{3, 1, 1, 2});
+  // cf 0.5: C = 2: expert 0 keeps 2 of member 0's, none of member 1's; expert 1 keeps member 0's 1, then 1
+  CHECK(nn::ep_kept_counts(wanted, {4, 4}, 1, 2, 0.5) == std::vector<int64_t>{2, 1, 0, 1});
+  // one member: the single-process plan's capacity (plan_dispatch)
+  std::vector<int32_t> experts{0, 0, 0, 1, 1, 0};  // N = 6, K = 1
+  std::vector<uint8_t> mask(6, 1);
+  nn::DispatchPlan p = nn::plan_dispatch(experts, 6, 1, 2, mask, 0.5);
+  CHECK(nn::ep_kept_counts({p.wanted}, {6}, 1, 2, 0.5) == p.counts);
+  nn::DispatchPlan q = nn::plan_dispatch_capped(experts, 6, 1, 2, mask, {2, 5});
+  CHECK(q.counts == std::vector<int64_t>{2, 2});
+  CHECK(q.dropped == 2);
+  CHECK(q.token == std::vector<int32_t>{0, 1, 3, 4});  // expert 0's first two, then expert 1's
+}
+
+TEST_CASE("expert parallel: --expert-parallel 2 at np = 2 equals one process with 2 batch shards bit for bit") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  // Every rank computes its shard's router; the rows of experts 2, 3 (0, 1)
+  // go to rank 1 (0), each source's rows through their own products, and
+  // come back to be combined in one process's order: the same bits as one
+  // process with the batch in the same 2 shards (dropless).
+  auto same = [&](const std::string& args, const std::string& tag) {
+    INFO(tag);
+    Out two = vmoer(args + " --expert-parallel 2 --out " + d / (tag + "-ep2"), 2);
+    REQUIRE_MESSAGE(two.rc == 0, two.text);
+    Out one = vmoer(args + " --batch-shards 2 --out " + d / (tag + "-s2"));
+    REQUIRE_MESSAGE(one.rc == 0, one.text);
+    auto a = steps_of(d / (tag + "-ep2")), b = steps_of(d / (tag + "-s2"));
+    REQUIRE(a.size() >= 3);
+    CHECK(a == b);
+    for (const char* f : {"last.safetensors", "best.safetensors"})
+      CHECK_MESSAGE(slurp(d / (tag + "-ep2/") + f) == slurp(d / (tag + "-s2/") + f), f);
+    std::ifstream f(d / (tag + "-ep2/log.jsonl"));
+    std::string first;
+    std::getline(f, first);
+    CHECK(json::parse(first)["expert_parallel"] == 2);
+  };
+  // pretraining with gradient accumulation and router jitter; fine-tuning
+  // (MC task); stage 2 with mfvr and 2 training samples (routing before
+  // dispatch: the Bayesian router is unchanged)
+  same(kPretrain + " --steps 3 --eval-every 2 --grad-accum 2 --router-jitter 0.1", "pretrain");
+  same("train --stage finetune --steps 3 --eval-every 3" + kTask, "finetune");
+  same("train --stage router --router mfvr --bayes-layers 1 --train-samples 2 --steps 3 --eval-every 3 --init " +
+           d / "finetune-s2/best.safetensors" + kTask,
+       "router-mfvr");
+}
+
+TEST_CASE("expert parallel: an --expert-parallel 2 checkpoint resumes in one process; the capacity is global") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  const std::string args = kPretrain + " --eval-every 3 --min-lr-ratio 1";
+  // 3 steps with 2 expert shards, then 3 more in one process (the
+  // checkpoint holds every expert; it keeps its 2 batch shards): the bytes
+  // of 6 steps in one process with 2 shards
+  REQUIRE(vmoer(args + " --steps 3 --expert-parallel 2 --out " + d / "part", 2).rc == 0);
+  Out r = vmoer(args + " --steps 6 --resume --out " + d / "part");
+  REQUIRE_MESSAGE(r.rc == 0, r.text);
+  REQUIRE(vmoer(args + " --steps 6 --batch-shards 2 --out " + d / "full").rc == 0);
+  CHECK(slurp(d / "full/last.safetensors") == slurp(d / "part/last.safetensors"));
+  CHECK(slurp(d / "full/best.safetensors") == slurp(d / "part/best.safetensors"));
+  // With a capacity the two ranks' tokens share it, kept in one process's
+  // order: the expert load (kept and dropped per expert and layer) of every
+  // step is that of one process with the batch in one piece, the losses
+  // equal to rounding (the shards' sums are grouped differently).
+  const std::string cap = kPretrain + " --steps 3 --eval-every 3 --capacity-factor 0.75";
+  Out two = vmoer(cap + " --expert-parallel 2 --out " + d / "cap-ep2", 2);
+  REQUIRE_MESSAGE(two.rc == 0, two.text);
+  REQUIRE(vmoer(cap + " --out " + d / "cap-s1").rc == 0);
+  auto a = steps_of(d / "cap-ep2"), b = steps_of(d / "cap-s1");
+  REQUIRE(a.size() == b.size());
+  REQUIRE(a.size() >= 3);
+  int64_t dropped = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    CHECK(a[i]["layers"] == b[i]["layers"]);
+    for (auto& l : a[i]["layers"]) dropped += l.value("dropped", 0);
+    CHECK(std::abs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) <= 1e-5 * std::abs(b[i]["loss"].get<double>()));
+  }
+  CHECK(dropped > 0);  // the capacity bit
+}
+
+TEST_CASE("expert parallel: bad layouts stop in one line with exit code 2") {
+  Scratch d;
+  Out one = vmoer(kPretrain + " --steps 2 --expert-parallel 2 --out " + d / "a");
+  CHECK(one.rc == 2);
+  CHECK_MESSAGE(one.text.find("vmoer: --expert-parallel 2 does not divide the 1 rank ") != std::string::npos, one.text);
+  if (!mpi_ready()) return;
+  std::string three = kPretrain;
+  three.replace(three.find("--experts 4"), 11, "--experts 3");
+  Out e3 = vmoer(three + " --steps 2 --expert-parallel 2 --out " + d / "b", 2);
+  CHECK(e3.rc == 2);
+  CHECK_MESSAGE(e3.text.find("vmoer: --expert-parallel 2 does not divide the 3 experts of each MoE layer") !=
+                    std::string::npos, e3.text);
+  int lines = 0;
+  for (size_t at = e3.text.find("vmoer:"); at != std::string::npos; at = e3.text.find("vmoer:", at + 1)) ++lines;
+  CHECK_MESSAGE(lines == 1, e3.text);
+}
+
+TEST_CASE("expert parallel: bytes per step match docs/SCALE.md's formulae") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  Out r = vmoer(kPretrain + " --steps 3 --eval-every 100 --grad-accum 2 --expert-parallel 2 --out " + d / "b", 2);
+  REQUIRE_MESSAGE(r.rc == 0, r.text);
+  std::ifstream f(d / "b/log.jsonl");
+  std::string line;
+  std::getline(f, line);
+  json start = json::parse(line);
+  const int64_t P = start["trainable"];
+  nn::SafeTensors ck = nn::load_safetensors(d / "b/best.safetensors");
+  const int64_t Tn = (int64_t)ck.tensors.size();
+  const int64_t N = 2, A = 2, Sr = 1, L = 2, E = 4, LT = 0, C = 16, EP = 2;
+  const int64_t bucket = 4 << 20 >> 2;
+  const uint64_t grad = A * dist::allreduce_bytes(P, bucket, N, 0);
+  const uint64_t ex1 = 8 * (N - 1) + (N - 1) * Sr * L * (24 + 16 * E);
+  const uint64_t ex2 = 8 * (N - 1) + (N - 1) * (8 + 8 + Tn + Sr * (56 + 8 + 32 * LT));
+  int n = 0;
+  while (std::getline(f, line)) {
+    json j = json::parse(line);
+    if (!j.contains("step") || j.contains("event") || j["step"] == 3) continue;  // the last step validates
+    const uint64_t rows = j["ep_rows"];
+    // per micro-batch, shard and MoE layer: E + 1 counts to each other member;
+    // per routed row that crosses: 4 C bytes in the dispatch, the combine,
+    // and the two backward exchanges, counted once each way
+    const uint64_t ep = A * Sr * L * 8 * (E + 1) * (EP - 1) + 8 * C * rows;
+    CHECK(j["comm_ep_bytes"].get<uint64_t>() == ep);
+    CHECK(j["comm_grad_bytes"].get<uint64_t>() == grad);
+    CHECK(j["comm_bytes"].get<uint64_t>() == grad + A * (ex1 + ex2) + 2 * 9 * (N - 1) + ep);
+    // rank 0 sends its tokens' assignments to experts 2, 3 and receives rank
+    // 1's to experts 0, 1: at most every assignment of the micro-batch (4
+    // examples x 16 positions x K = 2), per layer and micro-batch
+    CHECK(rows > 0);
+    CHECK(rows <= (uint64_t)(A * L * 4 * 16 * 2));
+    ++n;
+  }
+  CHECK(n == 2);
+}
+
+TEST_CASE("expert parallel on GPUs: --device cuda --expert-parallel 2 at np = 2 equals np = 1 with 2 shards") {
+  if (!mpi_ready()) return;
+#ifndef VMOER_HAVE_CUDA
+  MESSAGE("SKIPPED: expert parallelism on GPUs: this build has no CUDA backend");
+#else
+  if (!kernels::cuda::cuda_device_available()) {
+    MESSAGE("SKIPPED (no CUDA device): expert parallelism on GPUs — the NCCL all-to-all (ncclSend/ncclRecv) is "
+            "compiled (VMOER_NCCL " << std::string(dist::nccl_built() ? "on" : "off") << ") but was not run");
+    return;
+  }
+  Scratch d;
+  const std::string args = kPretrain + " --device cuda --steps 3 --eval-every 3";
+  Out two = vmoer(args + " --expert-parallel 2 --out " + d / "ep2", 2);
+  REQUIRE_MESSAGE(two.rc == 0, two.text);
+  Out one = vmoer(args + " --batch-shards 2 --out " + d / "s2");
+  REQUIRE_MESSAGE(one.rc == 0, one.text);
+  CHECK(steps_of(d / "ep2") == steps_of(d / "s2"));
+  CHECK(slurp(d / "ep2/last.safetensors") == slurp(d / "s2/last.safetensors"));
+#endif
 }

@@ -41,11 +41,40 @@ void nccl_init(const std::string& id, int rank, int size) {
 
 bool nccl_ready() { return g_comm != nullptr; }
 
+namespace {
+NcclWait wait_stream(cudaStream_t s, double timeout_s, const std::atomic<int>* signal);
+}  // namespace
+
 NcclWait nccl_allreduce_sum(float* dev, int64_t n, double timeout_s, const std::atomic<int>* signal) {
-  NcclWait w;
   if (!g_comm) throw vm::Error("nccl: no communicator (nccl_init first)");
   cudaStream_t s = stream();
   nccl_check(ncclAllReduce(dev, dev, (size_t)n, ncclFloat, ncclSum, g_comm, s), "ncclAllReduce");
+  return wait_stream(s, timeout_s, signal);
+}
+
+NcclWait nccl_alltoallv(const float* send, const int64_t* send_n, float* recv, const int64_t* recv_n, int members,
+                        int first, double timeout_s, const std::atomic<int>* signal) {
+  if (!g_comm) throw vm::Error("nccl: no communicator (nccl_init first)");
+  cudaStream_t s = stream();
+  nccl_check(ncclGroupStart(), "ncclGroupStart");
+  int64_t so = 0, ro = 0;
+  for (int q = 0; q < members; ++q) {
+    if (send_n[q] > 0)
+      nccl_check(ncclSend(send + so, (size_t)send_n[q], ncclFloat, first + q, g_comm, s), "ncclSend");
+    if (recv_n[q] > 0)
+      nccl_check(ncclRecv(recv + ro, (size_t)recv_n[q], ncclFloat, first + q, g_comm, s), "ncclRecv");
+    so += send_n[q];
+    ro += recv_n[q];
+  }
+  nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+  return wait_stream(s, timeout_s, signal);
+}
+
+namespace {
+// Polls the stream and the communicator's asynchronous error until the
+// collective completes; on failure, timeout or signal aborts the communicator.
+NcclWait wait_stream(cudaStream_t s, double timeout_s, const std::atomic<int>* signal) {
+  NcclWait w;
   const auto t0 = std::chrono::steady_clock::now();
   double sig_at = -1;
   for (;;) {
@@ -83,6 +112,7 @@ NcclWait nccl_allreduce_sum(float* dev, int64_t n, double timeout_s, const std::
   g_comm = nullptr;
   return w;
 }
+}  // namespace
 
 void nccl_finalize() {
   if (g_comm) ncclCommDestroy(g_comm);
@@ -96,6 +126,10 @@ std::string nccl_unique_id() { throw vm::Error("nccl: this build has no NCCL (VM
 void nccl_init(const std::string&, int, int) { throw vm::Error("nccl: this build has no NCCL (VMOER_NCCL=OFF)"); }
 bool nccl_ready() { return false; }
 NcclWait nccl_allreduce_sum(float*, int64_t, double, const std::atomic<int>*) {
+  throw vm::Error("nccl: this build has no NCCL (VMOER_NCCL=OFF)");
+}
+NcclWait nccl_alltoallv(const float*, const int64_t*, float*, const int64_t*, int, int, double,
+                        const std::atomic<int>*) {
   throw vm::Error("nccl: this build has no NCCL (VMOER_NCCL=OFF)");
 }
 void nccl_finalize() {}

@@ -27,6 +27,12 @@ struct NcclWait {
 // and the communicator's asynchronous error; gives up (and aborts the
 // communicator) after timeout_s, or 0.3 s after *signal becomes non-zero.
 NcclWait nccl_allreduce_sum(float* dev, int64_t n, double timeout_s, const std::atomic<int>* signal);
+// Expert parallelism's all-to-all on device rows (ncclSend/ncclRecv of every
+// pair in one ncclGroupStart/End, the member itself included): send holds
+// send_n[q] floats for group member q (world rank first + q), members in
+// order; recv gets recv_n[q] floats from member q. Bounded like the all-reduce.
+NcclWait nccl_alltoallv(const float* send, const int64_t* send_n, float* recv, const int64_t* recv_n, int members,
+                        int first, double timeout_s, const std::atomic<int>* signal);
 void nccl_finalize();
 
 }  // namespace vm::kernels::cuda
