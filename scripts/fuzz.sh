@@ -36,7 +36,7 @@ command -v "$CXX" >/dev/null || die "$CXX: not found (apt-get install clang libc
 # Project sources each target links (only the parser under test and what it needs).
 sources_of() {
   case "$1" in
-    safetensors) echo "nn/checkpoint.cpp" ;;
+    safetensors) echo "nn/checkpoint.cpp core/dist.cpp" ;;  # checkpoint writes on rank 0 only (core/dist, one rank here)
     idx)         echo "data/io.cpp data/vision.cpp" ;;
     wordnet)     echo "data/io.cpp data/wordnet.cpp" ;;
     dict)        echo "data/io.cpp data/dict.cpp" ;;
