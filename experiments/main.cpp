@@ -53,7 +53,7 @@ static int run_main(int argc, char** argv) {
     // typo), exit code 2.
     std::string guess = vm::cli::suggest_for(app, argc, argv);
     if (!guess.empty()) return report(guess, 2);
-    if (argc <= 1 || dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty())
+    if (argc <= 1 || (dynamic_cast<const CLI::RequiredError*>(&e) && app.get_subcommands().empty()))
       return report("a command is required: data, metrics, train, eval, reproduce or inspect (vmoer --help)", 2);
     return report(e.what(), 2);
   } catch (const vm::Error& e) {

@@ -29,7 +29,10 @@ NVCC="${CUDACXX:-/usr/local/cuda/bin/nvcc}"
 command -v patchelf >/dev/null || { echo "gpu-bundle: patchelf not found (apt-get install patchelf)" >&2; exit 1; }
 
 BINS=(vmoer vmoer_tests bench_cuda bench_ops bench_train bench_routers)
-cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DVMOER_NATIVE=OFF -DVMOER_CUDA=ON \
+# Without NCCL: the kit's machine has one GPU, and NCCL needs a GPU per rank
+# (with one GPU the multi-rank tests sum on the host, as a build without NCCL
+# does); libnccl.so.2 alone is ~190 MB, four times what may travel.
+cmake -S "$ROOT" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DVMOER_NATIVE=OFF -DVMOER_CUDA=ON -DVMOER_NCCL=OFF \
   -DCMAKE_CUDA_ARCHITECTURES=90 >/dev/null
 grep -q '^VMOER_CUDA:BOOL=ON' "$BUILD/CMakeCache.txt" || { echo "gpu-bundle: CMake did not enable CUDA" >&2; exit 1; }
 cmake --build "$BUILD" -j "$JOBS" --target "${BINS[@]}"
@@ -59,7 +62,7 @@ echo "$ROOT" >"$OUT/source_dir"
   echo "vmoer GPU bundle"
   echo "commit: $(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)$(git -C "$ROOT" diff --quiet 2>/dev/null || echo ' (dirty tree)')"
   echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -n), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
-  echo "flags: Release, VMOER_NATIVE=OFF (-march=x86-64-v3), VMOER_CUDA=ON, CMAKE_CUDA_ARCHITECTURES=90, $("$NVCC" --version | tail -n 1)"
+  echo "flags: Release, VMOER_NATIVE=OFF (-march=x86-64-v3), VMOER_CUDA=ON, VMOER_NCCL=OFF, CMAKE_CUDA_ARCHITECTURES=90, $("$NVCC" --version | tail -n 1)"
   echo "source dir compiled in: $ROOT"
   echo "expected from the GPU machine: libcuda (driver), libcublas.so.13 + libcublasLt.so.13 (CUDA image)"
   echo
@@ -76,5 +79,7 @@ size_mb=$(( ($(stat -c %s "$KIT/bundle.tar.gz") + 1048575) / 1048576 ))
 echo "gpu-bundle: $OUT ($(du -sm "$OUT" | cut -f1) MiB), to carry: $KIT/bundle.tar.gz (${size_mb} MiB)"
 if [ "$size_mb" -gt 50 ]; then
   echo "gpu-bundle: the tarball is over 50 MiB; the GPU machine takes at most 64 MiB with the working tree" >&2
+  echo "gpu-bundle: largest files:" >&2
+  find "$OUT" -type f -printf '%s %p\n' | sort -rn | head -n 5 | awk '{printf "  %6.1f MiB  %s\n", $1 / 1048576, $2}' >&2
   exit 1
 fi
