@@ -52,24 +52,37 @@ static Tensor mc_mean_probs(const Tensor& mean, const Tensor& scale, bool full, 
   {
     // one token at a time: its S samples side by side, (S, E) row-major
     std::vector<float> eps((size_t)S * E), l((size_t)S * E), acc((size_t)E);
+    std::vector<float> eps_t(full ? (size_t)S * E : 0), l_t(full ? (size_t)S * E : 0);  // (E, S): FCVR only
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       const float* mu = mean.data() + n * E;
       philox_normals(seed, stream, philox_sample_counter(row0 + n, S, 0, E), (uint64_t)S * E, eps.data());  // ε (S, E)
+      if (full) {
+        // L ε for all S samples at once, over the samples as the vector
+        // lanes: ε transposed to (E, S), then row i of (L ε)ᵀ is
+        // Σ_{j ≤ i} L_ij ε_j, summed j = 0, 1, ..., i as in tril_matvec.
+        const float* Ln = scale.data() + n * E * E;
+        for (int s = 0; s < S; ++s)
+          for (int j = 0; j < E; ++j) eps_t[(size_t)j * S + s] = eps[(size_t)s * E + j];
+        for (int i = 0; i < E; ++i) {
+          float* li = l_t.data() + (size_t)i * S;
+          std::fill(li, li + S, 0.0f);
+          for (int j = 0; j <= i; ++j) {
+            const float a = Ln[i * E + j];
+            const float* ej = eps_t.data() + (size_t)j * S;
+            for (int s = 0; s < S; ++s) li[s] += a * ej[s];
+          }
+        }
+        for (int s = 0; s < S; ++s)
+          for (int i = 0; i < E; ++i) l[(size_t)s * E + i] = l_t[(size_t)i * S + s];
+      }
       for (int s = 0; s < S; ++s) {
         const float* es = eps.data() + (size_t)s * E;
         float* ls = l.data() + (size_t)s * E;
         if (!full) {
           const float* sg = scale.data() + n * E;
           for (int e = 0; e < E; ++e) ls[e] = sg[e] * es[e];  // σ ⊙ ε
-        } else {
-          const float* Ln = scale.data() + n * E * E;
-          for (int i = 0; i < E; ++i) {  // L ε, lower triangle only
-            float t = 0;
-            for (int j = 0; j <= i; ++j) t += Ln[i * E + j] * es[j];
-            ls[i] = t;
-          }
-        }
+        }  // FCVR: ls = (L ε)_s, above
         float m = -std::numeric_limits<float>::infinity();
         for (int e = 0; e < E; ++e) {
           ls[e] = mu[e] + ls[e];  // l*_s = mean + noise
