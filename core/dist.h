@@ -129,8 +129,9 @@ void on_root(const char* what, const std::function<void()>& fn);
 // The N ranks form N/P expert groups of P consecutive ranks: group g is ranks
 // [g·P, (g+1)·P), and member q of a group (ep_rank() = rank mod P) owns the
 // experts [q·E/P, (q+1)·E/P) of every MoE layer. The tokens of one micro-batch
-// shard travel only inside its group; the gradient all-reduce still runs over
-// every rank (the expert weights are replicated: see docs/SCALE.md §8).
+// shard travel only inside its group; the non-expert gradients are summed
+// over every rank, an expert's over its replica set {q, q + P, ...} only
+// (allreduce_sum_among; docs/SCALE.md §8).
 // P must divide size() (the caller checks; set once, before any exchange).
 void set_expert_parallel(int P);
 int ep_size();   // P; 1 = no expert parallelism
