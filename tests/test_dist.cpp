@@ -758,3 +758,24 @@ TEST_CASE("expert sharding: a one-process checkpoint resumes under --expert-para
   CHECK(slurp(d / "full/last.safetensors") == slurp(d / "part/last.safetensors"));
   CHECK(slurp(d / "full/best.safetensors") == slurp(d / "part/best.safetensors"));
 }
+
+TEST_CASE("expert sharding: a rank's stale copy of another member's expert is never read") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  // Rank 1 owns experts 2, 3; a NaN put into its copy of expert 0 (element 0
+  // of the tensor, rank 0's) at step 3 is read by nothing in training and is
+  // overwritten by the owner's weights at the next gather: the run ends as
+  // the one without it, byte for byte. (Replicated weights updated on every
+  // rank would carry the NaN into rank 1's checkpoint hash.)
+  const std::string args = kPretrain + " --steps 4 --eval-every 2 --expert-parallel 2";
+  Out clean = vmoer(args + " --out " + d / "clean", 2);
+  REQUIRE_MESSAGE(clean.rc == 0, clean.text);
+  Out nan = sh("VMOER_TEST_INJECT_NAN=3:param:layers.1.moe.experts.w2 VMOER_TEST_INJECT_RANK=1 " + kMpirun +
+               "-x VMOER_TEST_INJECT_NAN -x VMOER_TEST_INJECT_RANK " + kBin + " " + args + " --threads 1 --out " +
+               d / "nan");
+  REQUIRE_MESSAGE(nan.rc == 0, nan.text);
+  CHECK_MESSAGE(nan.text.find("NaN into the value of 'layers.1.moe.experts.w2' at step 3") != std::string::npos,
+                nan.text);
+  CHECK(steps_of(d / "nan") == steps_of(d / "clean"));
+  CHECK(slurp(d / "nan/last.safetensors") == slurp(d / "clean/last.safetensors"));
+}
