@@ -113,11 +113,12 @@ ExpertShard expert_shard(const GradLayout& L, int E, int P, int q) {
   ExpertShard x;
   x.P = P, x.q = q, x.E = E;
   x.expert.assign(L.names.size(), 0);
+  const int held = P > 1 ? E / P : E;  // the experts an entry holds (sharded: this member's)
   for (size_t k = 0; k < L.names.size(); ++k) {
     x.expert[k] = is_expert_tensor(L.names[k]);
-    VM_CHECK(!x.expert[k] || L.numel[k] % E == 0, "expert_shard: '" + L.names[k] + "' is not " + std::to_string(E) +
-                                                      " experts' blocks");
-    if (x.expert[k]) x.owned += L.numel[k] / P;
+    VM_CHECK(!x.expert[k] || L.numel[k] % held == 0, "expert_shard: '" + L.names[k] + "' is not " +
+                                                         std::to_string(held) + " experts' blocks");
+    if (x.expert[k]) x.owned += P > 1 ? L.numel[k] : 0;
     else x.dense += L.numel[k];
   }
   return x;
@@ -141,10 +142,30 @@ std::map<std::string, nn::OwnedSlice> owned_slices(nn::ParamStore& ps, int E, in
   return out;
 }
 
-// The floats of entry k this rank owns: [first, first + count) within the entry.
-static std::pair<int64_t, int64_t> owned_range(const GradLayout& L, const ExpertShard& x, size_t k) {
-  const int64_t c = L.numel[k] / x.P;
-  return {(int64_t)x.q * c, c};
+// The floats of entry k this rank owns: with the weights sharded, the whole entry.
+static std::pair<int64_t, int64_t> owned_range(const GradLayout& L, const ExpertShard&, size_t k) {
+  return {0, L.numel[k]};
+}
+
+void shard_expert_weights(nn::ParamStore& ps, int E, int P, int q) {
+  if (P <= 1) return;
+  const int El = E / P;
+  for (auto& [name, v] : ps.all()) {
+    if (!is_expert_tensor(name) || v.value().size(0) != E) continue;
+    const Tensor h = v.value().to(Device::CPU);
+    const int64_t c = h.numel() / P;
+    Shape s = h.shape();
+    s[0] = El;
+    Tensor mine(s);  // experts [q·El, (q+1)·El): floats [q·c, (q+1)·c)
+    std::copy(h.data() + q * c, h.data() + (q + 1) * c, mine.data());
+    v.value() = mine.to(v.value().device());  // the full tensor is freed here
+  }
+}
+
+bool expert_weights_sharded(nn::ParamStore& ps, int E) {
+  for (auto& [name, v] : ps.all())
+    if (is_expert_tensor(name) && v.value().size(0) != E) return true;
+  return false;
 }
 
 void allreduce_grads_sharded(Tensor& g, const GradLayout& L, const ExpertShard& x, int64_t bucket,
@@ -194,7 +215,8 @@ double grad_norm(const Tensor& g, const GradLayout& L, const std::vector<uint8_t
     for (int64_t i = 0; i < n; ++i) s += (double)p[i] * p[i];
     return s;
   };
-  // s_k,b for every entry and block (the others' experts: 0 until exchanged)
+  // s_k,b for every entry and block (the others' experts: 0 until exchanged);
+  // a sharded entry holds this member's El experts, global e = q·El + i
   const int El = x.E / x.P;
   std::vector<std::vector<double>> blocks(L.names.size());
   std::vector<int64_t> mine;  // this rank's experts' block sums, as raw bits, for the exchange
@@ -203,11 +225,12 @@ double grad_norm(const Tensor& g, const GradLayout& L, const std::vector<uint8_t
       blocks[k] = {sq(L.offset[k], L.numel[k])};
       continue;
     }
-    const int64_t blk = L.numel[k] / x.E;
+    const int64_t blk = L.numel[k] / (x.on() ? El : x.E);
     blocks[k].assign((size_t)x.E, 0.0);
     for (int e = 0; e < x.E; ++e) {
       if (x.on() && e / El != x.q) continue;
-      blocks[k][(size_t)e] = sq(L.offset[k] + e * blk, blk);
+      const int64_t local = x.on() ? e - x.q * El : e;
+      blocks[k][(size_t)e] = sq(L.offset[k] + local * blk, blk);
       if (x.on()) {
         int64_t bits;
         std::memcpy(&bits, &blocks[k][(size_t)e], 8);
@@ -239,17 +262,19 @@ double grad_norm(const Tensor& g, const GradLayout& L, const std::vector<uint8_t
 
 void gather_expert_weights(nn::ParamStore& ps, const ExpertShard& x) {
   if (!x.on()) return;
+  const int El = x.E / x.P;
   for (auto& [name, v] : ps.all()) {
-    if (!v.requires_grad() || !is_expert_tensor(name)) continue;  // a frozen expert is never stale
-    const bool host = !v.value().is_cuda();
-    Tensor h = host ? v.value() : v.value().to(Device::CPU);  // the weights themselves on the CPU
-    const int64_t c = h.numel() / x.P;                          // one member's slice
+    if (!is_expert_tensor(name) || v.value().size(0) != El) continue;  // sharded ones only
+    const Tensor mine = v.value().to(Device::CPU);  // (El, a, b)
+    const int64_t c = mine.numel();                 // one member's slice
+    Shape s = mine.shape();
+    s[0] = x.E;
+    Tensor full(s, Device::CPU, false);  // (E, a, b): member q's slice at [q·c, (q+1)·c)
     std::vector<float> send((size_t)(c * x.P));
-    for (int q = 0; q < x.P; ++q) std::copy(h.data() + x.q * c, h.data() + (x.q + 1) * c, send.data() + q * c);
+    for (int q = 0; q < x.P; ++q) std::copy(mine.data(), mine.data() + c, send.data() + q * c);
     const std::vector<int64_t> rows((size_t)x.P, c);
-    // member q's slice lands at q·c: the tensor's own layout
-    dist::ep_alltoallv(send.data(), rows, h.data(), rows, 1, "expert weight gather");
-    if (!host) v.value() = h.to(Device::CUDA);
+    dist::ep_alltoallv(send.data(), rows, full.data(), rows, 1, "expert weight gather");
+    v.value() = full.to(v.value().device());
   }
 }
 

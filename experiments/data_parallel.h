@@ -71,9 +71,12 @@ bool is_expert_tensor(const std::string& name);
 struct ExpertShard {
   int P = 1, q = 0, E = 1;       // P members per group, this rank member q, E experts per MoE layer
   std::vector<uint8_t> expert;   // per GradLayout entry: an expert tensor
-  int64_t dense = 0, owned = 0;  // floats all-reduced over every rank / over the replica set (Σ numel·(1/P))
+  // floats all-reduced over every rank / over the replica set (the sharded
+  // expert entries, each this member's E/P experts: Σ numel/P of the full tensors)
+  int64_t dense = 0, owned = 0;
   bool on() const { return P > 1; }
 };
+// L: the layout of the sharded parameters when P > 1 (shard_expert_weights first).
 ExpertShard expert_shard(const GradLayout& L, int E, int P, int q);
 // This rank's slice of every expert tensor, for nn::AdamW::set_owned.
 std::map<std::string, nn::OwnedSlice> owned_slices(nn::ParamStore& ps, int E, int P, int q);
@@ -91,11 +94,17 @@ void allreduce_grads_sharded(Tensor& g, const GradLayout& L, const ExpertShard& 
 // bytes per rank for T_x trainable expert tensors), so every rank sums the
 // same numbers in the same order as one process does.
 double grad_norm(const Tensor& g, const GradLayout& L, const std::vector<uint8_t>& defined, const ExpertShard& x);
-// Every member of the group gets the other members' experts (their current
-// weights) into its stale copies: after it, every rank holds every expert, as
-// in one process. Before anything reads all weights (validation, the
-// parameter hash, a checkpoint). 4 (P − 1)/P · X_t bytes per rank for X_t
-// trainable expert floats.
+// Sharded weights: every expert tensor (E, a, b) of ps becomes this member's
+// (E/P, a, b) (experts [q·E/P, (q+1)·E/P)); the rest of it is freed. Training
+// (forward_ep) reads only these; a full forward refuses them (nn/moe.cpp).
+void shard_expert_weights(nn::ParamStore& ps, int E, int P, int q);
+// Whether some expert tensor of ps holds fewer than E experts.
+bool expert_weights_sharded(nn::ParamStore& ps, int E);
+// The inverse, through the group: every member sends its experts to every
+// member, and each expert tensor becomes the full (E, a, b) again, as in one
+// process. Before anything reads all weights (validation, the parameter
+// hash, a checkpoint); shard_expert_weights frees them again before the
+// next step. 4 (P − 1)/P · X bytes per rank for X expert floats.
 void gather_expert_weights(nn::ParamStore& ps, const ExpertShard& x);
 // The AdamW state of one process, on rank 0 (every rank calls it; the others
 // get an empty map): the sliced expert moments of the members of group 0

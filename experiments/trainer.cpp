@@ -892,6 +892,10 @@ int run_train(RunConfig cfg) {
   select_trainable(ps, cfg, rc);
   dist::on_root("setup", [&] { reserve_checkpoint_space(cfg.out, ps); });
   NanInjection inject = nan_injection(ps);
+  // Expert sharding: each rank keeps only its experts' weights (E/P of every
+  // MoE layer's, dp::shard_expert_weights); the model's counts are the full ones.
+  const int64_t n_params = ps.count(), n_trainable = ps.count(true);
+  if (dist::ep_size() > 1) dp::shard_expert_weights(ps, mc.n_experts, dist::ep_size(), dist::ep_rank());
   // Data parallelism (docs/SCALE.md): the batch in S shards, this rank's share of them.
   const bool sharded = cfg.batch_shards > 1 || dist::active();
   DataParallel dp_;
@@ -926,12 +930,12 @@ int run_train(RunConfig cfg) {
   std::ofstream log;  // rank 0 writes the log
   if (dist::root()) log.open(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
   json start{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
-             {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
+             {"params", n_params}, {"trainable", n_trainable}, {"seed", cfg.seed}, {"threads", cfg.threads}};
   if (sharded) start["ranks"] = dist::size(), start["batch_shards"] = cfg.batch_shards;
   if (dist::ep_size() > 1) start["expert_parallel"] = dist::ep_size();
   log << start.dump() << "\n";
   std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads%s\n", cfg.stage.str().c_str(),
-               (long long)ps.count(), (long long)ps.count(true), cfg.threads,
+               (long long)n_params, (long long)n_trainable, cfg.threads,
                sharded ? (", " + std::to_string(dist::size()) + " rank(s), " + std::to_string(cfg.batch_shards) +
                           " batch shards").c_str()
                        : "");
@@ -942,14 +946,14 @@ int run_train(RunConfig cfg) {
   int exit_code = 0;
   Tensor G;                         // sharded: the step's gradient (all micro-batches)
   std::vector<uint8_t> G_defined;
-  // Expert sharding: after an update the other members' experts are stale on
-  // this rank (only forward_ep reads experts in training, and only its own);
-  // before anything reads every weight they are gathered (every rank alike).
-  bool experts_stale = false;
+  // Expert sharding: in a step each rank holds its own experts only (forward_ep
+  // reads no other); before anything reads every weight the group gathers
+  // them (every rank alike), and they are freed again at the next step.
   auto experts_current = [&] {
-    if (!experts_stale) return;
-    dp::gather_expert_weights(ps, dp_.x);
-    experts_stale = false;
+    if (dp_.x.on()) dp::gather_expert_weights(ps, dp_.x);
+  };
+  auto experts_own = [&] {
+    if (dp_.x.on()) dp::shard_expert_weights(ps, mc.n_experts, dist::ep_size(), dist::ep_rank());
   };
   // last.safetensors: the whole optimizer state (rank 0 gathers the expert moments of group 0)
   auto save_last = [&] {
@@ -973,6 +977,7 @@ int run_train(RunConfig cfg) {
     dp_.expert_grad_bytes = 0;
     dp_.ep_rows = 0;
     ps.zero_grad();
+    experts_own();
     if (step == inject.step && !inject.grad && inject_here) {
       Tensor& pv = ps.get(inject.param).value();
       Tensor h = pv.to(Device::CPU).clone();
@@ -1051,7 +1056,7 @@ int run_train(RunConfig cfg) {
     }
     // → update (the same gradient on every rank: the same update)
     double gnorm = opt.step(ps, gnorm_pre);
-    experts_stale = dp_.x.on();
+    const int64_t param_floats = ps.count();  // what this rank holds in the step (sharded: its experts only)
     st.step = step;
 
     // → log, validation, checkpoint
@@ -1096,6 +1101,7 @@ int run_train(RunConfig cfg) {
       rec["comm_grad_bytes"] = dp_.grad_bytes;
       // the AdamW moments this rank holds (floats): with expert sharding its experts' only
       rec["adam_state_floats"] = opt.state_floats();
+      rec["param_floats"] = param_floats;
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
       if (dist::ep_size() > 1) {
         rec["comm_ep_bytes"] = dist::ep_bytes_sent() - ep_bytes0;  // the expert all-to-alls (a part of comm_bytes)

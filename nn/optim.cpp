@@ -88,7 +88,12 @@ std::vector<AdamWRow> AdamW::table(ParamStore& params) {
     // an owned slice (expert sharding): the update reads and writes those floats only
     auto own = owned_.find(name);
     const bool sliced = own != owned_.end();
-    const int64_t first = sliced ? own->second.first : 0, n = sliced ? own->second.count : v.numel();
+    // (the parameter holds the full tensor, or only the slice: then all of it)
+    const int64_t first = sliced && v.numel() != own->second.count ? own->second.first : 0;
+    const int64_t n = sliced ? own->second.count : v.numel();
+    VM_CHECK(!sliced || v.numel() == own->second.full || v.numel() == own->second.count,
+             "adamw: '" + name + "' holds " + std::to_string(v.numel()) + " floats, neither the tensor's " +
+                 std::to_string(own->second.full) + " nor the owned slice's " + std::to_string(own->second.count));
     const Shape& sshape = sliced ? own->second.shape : v.shape();
     if (it == state_.end()) it = state_.emplace(name, std::make_pair(Tensor(sshape, dev), Tensor(sshape, dev))).first;
     VM_CHECK(it->second.first.numel() == n, "adamw: state of '" + name + "' holds " +

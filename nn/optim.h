@@ -61,7 +61,8 @@ double lr_at(const AdamWConfig& c, int64_t step);
 // tensor (E, a, b) this rank updates only its own experts' floats
 // [first, first + count) — member q of P: first = q·(E/P)·a·b, count =
 // (E/P)·a·b — and keeps (m, v) for those alone, each shaped `shape`
-// ((E/P, a, b)); `full` is the tensor's numel.
+// ((E/P, a, b)); `full` is the tensor's numel. The parameter may hold the
+// full tensor or only the slice (sharded weights: then all of its floats).
 struct OwnedSlice {
   int64_t first = 0, count = 0, full = 0;
   Shape shape;
