@@ -1057,6 +1057,7 @@ int run_train(RunConfig cfg) {
     // → update (the same gradient on every rank: the same update)
     double gnorm = opt.step(ps, gnorm_pre);
     const int64_t param_floats = ps.count();  // what this rank holds in the step (sharded: its experts only)
+    const PoolStats pool = pool_stats();       // the allocator's bytes in use after the update
     st.step = step;
 
     // → log, validation, checkpoint
@@ -1102,6 +1103,8 @@ int run_train(RunConfig cfg) {
       // the AdamW moments this rank holds (floats): with expert sharding its experts' only
       rec["adam_state_floats"] = opt.state_floats();
       rec["param_floats"] = param_floats;
+      rec["mem_live_bytes"] = pool.live;       // tensors alive after the update (weights, moments, ...)
+      rec["mem_peak_live_bytes"] = pool.peak_live;  // the most alive at once so far (activations included)
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
       if (dist::ep_size() > 1) {
         rec["comm_ep_bytes"] = dist::ep_bytes_sent() - ep_bytes0;  // the expert all-to-alls (a part of comm_bytes)

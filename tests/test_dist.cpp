@@ -99,7 +99,8 @@ std::vector<json> steps_of(const std::string& dir) {
     json j = json::parse(line);
     if (!j.contains("step") || j.contains("event")) continue;
     for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes", "comm_seconds", "comm_ep_bytes",
-                          "ep_rows", "comm_expert_grad_bytes", "adam_state_floats", "param_floats"})
+                          "ep_rows", "comm_expert_grad_bytes", "adam_state_floats", "param_floats", "mem_live_bytes",
+                          "mem_peak_live_bytes"})
       j.erase(k);
     out.push_back(j);
   }
