@@ -764,3 +764,34 @@ TEST_CASE("expert sharding: a one-process checkpoint resumes under --expert-para
   CHECK(slurp(d / "full/last.safetensors") == slurp(d / "part/last.safetensors"));
   CHECK(slurp(d / "full/best.safetensors") == slurp(d / "part/best.safetensors"));
 }
+
+TEST_CASE("expert sharding: sharded weights are this member's experts; a full forward refuses them in one line") {
+  nn::ModelConfig cfg;
+  cfg.d_model = 8, cfg.n_experts = 4, cfg.top_k = 2, cfg.d_expert = 6;
+  nn::RouterConfig rc;
+  nn::ParamStore ps;
+  nn::MoELayer moe(cfg, rc, false, ps, "layers.0.moe.", 3);
+  const Tensor full = ps.get("layers.0.moe.experts.w2").value().clone();  // (4, 6, 8)
+  exp::dp::shard_expert_weights(ps, 4, 2, 1);                             // member 1 of 2: experts 2, 3
+  CHECK(exp::dp::expert_weights_sharded(ps, 4));
+  const Tensor& mine = ps.get("layers.0.moe.experts.w2").value();
+  REQUIRE(mine.shape() == Shape{2, 6, 8});
+  for (int64_t i = 0; i < mine.numel(); ++i) REQUIRE(mine[i] == full[2 * 6 * 8 + i]);
+  CHECK(ps.get("layers.0.moe.w_router").value().shape() == Shape{8, 4});  // the router stays whole
+  // AdamW on a parameter that holds only its slice: the whole of it, state of the slice's shape
+  nn::AdamWConfig c;
+  nn::AdamW opt(c);
+  opt.set_owned({{"layers.0.moe.experts.w2", nn::OwnedSlice{96, 96, 192, Shape{2, 6, 8}}}});
+  for (auto& [name, v] : ps.all()) v.grad() = Tensor::full(v.shape(), 0.5f);
+  opt.step(ps);
+  CHECK(opt.state().at("layers.0.moe.experts.w2").first.shape() == Shape{2, 6, 8});
+  CHECK(ps.get("layers.0.moe.experts.w2").value()[0] != full[96]);  // updated
+  // a forward of the whole layer (evaluation) needs every expert
+  Tensor xt({5, 8});
+  for (int64_t i = 0; i < xt.numel(); ++i) xt[i] = 0.1f * (float)(i % 7);
+  std::vector<uint8_t> mask(5, 1);
+  nn::RouteCtx ctx;
+  nn::MoEAux aux;
+  CHECK_THROWS_WITH_AS(moe.forward(Var(xt), mask, ctx, aux),
+                       doctest::Contains("the expert weights hold 2 of the 4 experts (sharded: gather them"), Error);
+}
