@@ -881,7 +881,8 @@ int run_train(RunConfig cfg) {
   // Expert sharding: AdamW updates (and keeps moments for) this rank's experts
   // only; a resumed checkpoint's full moments are cut to this rank's shard
   // (every rank reads the file: the scatter of each shard to its owner).
-  if (dist::ep_size() > 1) opt.set_owned(dp::owned_slices(model.params(), mc.n_experts, dist::ep_size(), dist::ep_rank()));
+  if (dist::ep_size() > 1)
+    opt.set_owned(dp::owned_slices(model.params(), mc.n_experts, dist::ep_size(), dist::ep_rank()));
   // --device cuda: parameters and optimizer state move to the GPU once the
   // checkpoints are loaded (load_checkpoint writes host tensors).
   if (cfg.device == Device::CUDA) {
@@ -1108,7 +1109,7 @@ int run_train(RunConfig cfg) {
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
       if (dist::ep_size() > 1) {
         rec["comm_ep_bytes"] = dist::ep_bytes_sent() - ep_bytes0;  // the expert all-to-alls (a part of comm_bytes)
-        rec["comm_expert_grad_bytes"] = dp_.expert_grad_bytes;      // the replica-set all-reduce (a part of comm_grad_bytes)
+        rec["comm_expert_grad_bytes"] = dp_.expert_grad_bytes;  // the replica-set all-reduce (in comm_grad_bytes)
         rec["ep_rows"] = dp_.ep_rows;
       }
       rec["comm_seconds"] = dist::exchange_seconds() - xs0;  // inside exchanges, waiting for slower ranks included
