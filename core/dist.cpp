@@ -400,9 +400,19 @@ std::string broadcast(const std::string& from_root, const char* what) {
 
 void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what) {
   if (g_size == 1 || n == 0) return;
+  std::vector<int> all((size_t)g_size);
+  for (int j = 0; j < g_size; ++j) all[(size_t)j] = j;
+  allreduce_sum_among(x, n, bucket, all, what);
+}
+
+void allreduce_sum_among(float* x, int64_t n, int64_t bucket, const std::vector<int>& members, const char* what) {
+  const int N = (int)members.size();
+  const int r = (int)(std::find(members.begin(), members.end(), g_rank) - members.begin());
+  VM_CHECK(r < N, "dist::allreduce_sum_among: rank " + std::to_string(g_rank) + " is not a member");
+  if (N == 1 || n == 0) return;
   VM_CHECK(bucket > 0, "dist::allreduce_sum: bucket must be positive");
   ExchangeTimer timer;
-  const int N = g_size, r = g_rank;
+  // chunk j of a bucket is reduced by members[j]; j, r below are places in `members`
   for (int64_t b0 = 0; b0 < n; b0 += bucket) {
     const int64_t L = std::min(bucket, n - b0);
     auto lo = [&](int j) { return b0 + (int64_t)j * L / N; };  // chunk j: [lo(j), lo(j+1))
@@ -415,9 +425,9 @@ void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what) {
       for (int j = 0; j < N; ++j) {
         if (j == r) continue;
         got[(size_t)j].resize((size_t)myn);
-        if (myn) post_recv(p, got[(size_t)j].data(), (size_t)myn * 4, j, tag);
+        if (myn) post_recv(p, got[(size_t)j].data(), (size_t)myn * 4, members[(size_t)j], tag);
         int64_t jn = lo(j + 1) - lo(j);
-        if (jn) post_send(p, x + lo(j), (size_t)jn * 4, j, tag);
+        if (jn) post_send(p, x + lo(j), (size_t)jn * 4, members[(size_t)j], tag);
       }
       wait_all(p, what);
     }
@@ -433,8 +443,8 @@ void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what) {
     for (int j = 0; j < N; ++j) {
       if (j == r) continue;
       int64_t jn = lo(j + 1) - lo(j);
-      if (jn) post_recv(p, x + lo(j), (size_t)jn * 4, j, tag);
-      if (myn) post_send(p, x + my0, (size_t)myn * 4, j, tag);
+      if (jn) post_recv(p, x + lo(j), (size_t)jn * 4, members[(size_t)j], tag);
+      if (myn) post_send(p, x + my0, (size_t)myn * 4, members[(size_t)j], tag);
     }
     wait_all(p, what);
   }
@@ -495,6 +505,7 @@ std::vector<int64_t> ep_alltoall_ints(const std::vector<int64_t>& send, int k, c
 std::vector<std::string> allgather(const std::string& mine, const char*) { return {mine}; }
 std::string broadcast(const std::string& from_root, const char*) { return from_root; }
 void allreduce_sum(float*, int64_t, int64_t, const char*) {}
+void allreduce_sum_among(float*, int64_t, int64_t, const std::vector<int>&, const char*) {}
 void ep_alltoallv(const float* send, const std::vector<int64_t>& send_rows, float* recv,
                   const std::vector<int64_t>& recv_rows, int64_t width, const char*) {
   VM_CHECK(send_rows.size() == 1 && recv_rows.size() == 1 && send_rows[0] == recv_rows[0],

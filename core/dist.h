@@ -102,6 +102,15 @@ void barrier(const char* what);
 // all-gather over N chunks ([j·L/N, (j+1)·L/N) of a bucket of L floats):
 // rank r sends 4·((L − L_r) + (N − 1)·L_r) bytes per bucket (L_r its chunk).
 void allreduce_sum(float* x, int64_t n, int64_t bucket, const char* what);
+// The same among `members` only (ranks in increasing order, this rank one of
+// them): the tree runs over the members in their order, member j reducing
+// chunk j. Every rank makes the same call at the same point, each with its own
+// set (sets that partition the ranks, the same n), so that the exchanges'
+// tags stay in step on every rank. Bytes: those
+// of allreduce_bytes(n, bucket, members.size(), this rank's place). The
+// expert gradients of --expert-parallel P run in the replica set
+// {q, q + P, q + 2P, ...} of their owners (docs/SCALE.md §8).
+void allreduce_sum_among(float* x, int64_t n, int64_t bucket, const std::vector<int>& members, const char* what);
 // Bytes rank r sends in allreduce_sum(n, bucket) (the formula above).
 uint64_t allreduce_bytes(int64_t n, int64_t bucket, int ranks, int r);
 // Rank 0's value of a decision (a file exists, the clock passed a limit), so
@@ -120,8 +129,9 @@ void on_root(const char* what, const std::function<void()>& fn);
 // The N ranks form N/P expert groups of P consecutive ranks: group g is ranks
 // [g·P, (g+1)·P), and member q of a group (ep_rank() = rank mod P) owns the
 // experts [q·E/P, (q+1)·E/P) of every MoE layer. The tokens of one micro-batch
-// shard travel only inside its group; the gradient all-reduce still runs over
-// every rank (the expert weights are replicated: see docs/SCALE.md §8).
+// shard travel only inside its group; the non-expert gradients are summed
+// over every rank, an expert's over its replica set {q, q + P, ...} only
+// (allreduce_sum_among; docs/SCALE.md §8).
 // P must divide size() (the caller checks; set once, before any exchange).
 void set_expert_parallel(int P);
 int ep_size();   // P; 1 = no expert parallelism

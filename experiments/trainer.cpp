@@ -618,6 +618,11 @@ struct DataParallel {
   // the other members of its group in the forward dispatch (this step),
   // from the exchanged kept counts of every shard (docs/SCALE.md §8).
   uint64_t ep_rows = 0;
+  // Expert sharding (docs/SCALE.md §8): which gradient entries are expert
+  // tensors and which slice this rank owns; the bytes of the expert
+  // gradients' all-reduce within the replica set (this step, a part of grad_bytes).
+  dp::ExpertShard x;
+  uint64_t expert_grad_bytes = 0;
   int inject_rank = -1;       // VMOER_TEST_INJECT_RANK: the test hooks act on this rank only (-1: every rank)
 };
 
@@ -766,7 +771,10 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
   }
   // the micro-batch's gradient: Σ over the ranks in the fixed tree
   const uint64_t b0 = dist::bytes_sent();
-  dp::allreduce_grads(partial, dp_.bucket);
+  if (dp_.x.on())  // expert tensors: each slice over its owners' replica set only
+    dp::allreduce_grads_sharded(partial, dp_.grads, dp_.x, dp_.bucket, dp_.expert_grad_bytes);
+  else
+    dp::allreduce_grads(partial, dp_.bucket);
   dp_.grad_bytes += dist::bytes_sent() - b0;
   if (first_micro) G = partial;
   else dp::add_into(G, partial);
@@ -870,6 +878,11 @@ int run_train(RunConfig cfg) {
     // Stage 2 adds router heads the fine-tuned checkpoint does not have.
     load_checkpoint(cfg.init, model, nullptr, cfg.stage == Stage::router ? "\\.router\\." : "");
   }
+  // Expert sharding: AdamW updates (and keeps moments for) this rank's experts
+  // only; a resumed checkpoint's full moments are cut to this rank's shard
+  // (every rank reads the file: the scatter of each shard to its owner).
+  if (dist::ep_size() > 1)
+    opt.set_owned(dp::owned_slices(model.params(), mc.n_experts, dist::ep_size(), dist::ep_rank()));
   // --device cuda: parameters and optimizer state move to the GPU once the
   // checkpoints are loaded (load_checkpoint writes host tensors).
   if (cfg.device == Device::CUDA) {
@@ -880,6 +893,10 @@ int run_train(RunConfig cfg) {
   select_trainable(ps, cfg, rc);
   dist::on_root("setup", [&] { reserve_checkpoint_space(cfg.out, ps); });
   NanInjection inject = nan_injection(ps);
+  // Expert sharding: each rank keeps only its experts' weights (E/P of every
+  // MoE layer's, dp::shard_expert_weights); the model's counts are the full ones.
+  const int64_t n_params = ps.count(), n_trainable = ps.count(true);
+  if (dist::ep_size() > 1) dp::shard_expert_weights(ps, mc.n_experts, dist::ep_size(), dist::ep_rank());
   // Data parallelism (docs/SCALE.md): the batch in S shards, this rank's share of them.
   const bool sharded = cfg.batch_shards > 1 || dist::active();
   DataParallel dp_;
@@ -887,6 +904,7 @@ int run_train(RunConfig cfg) {
     dp_.S = cfg.batch_shards;
     dp_.mine = dp::shard_range(dp_.S, dist::size(), dist::rank());
     dp_.grads = dp::grad_layout(ps);
+    dp_.x = dp::expert_shard(dp_.grads, mc.n_experts, dist::ep_size(), dist::ep_rank());
     dp_.bucket = std::max<int64_t>(1, (int64_t)(cfg.bucket_mb * (1 << 20) / 4));
     if (const char* r = std::getenv("VMOER_TEST_INJECT_RANK"); r && *r) dp_.inject_rank = std::atoi(r);
   }
@@ -913,12 +931,12 @@ int run_train(RunConfig cfg) {
   std::ofstream log;  // rank 0 writes the log
   if (dist::root()) log.open(cfg.out + "/log.jsonl", cfg.resume ? std::ios::app : std::ios::trunc);
   json start{{"event", "start"}, {"stage", cfg.stage}, {"model", mc}, {"router", rc},
-             {"params", ps.count()}, {"trainable", ps.count(true)}, {"seed", cfg.seed}, {"threads", cfg.threads}};
+             {"params", n_params}, {"trainable", n_trainable}, {"seed", cfg.seed}, {"threads", cfg.threads}};
   if (sharded) start["ranks"] = dist::size(), start["batch_shards"] = cfg.batch_shards;
   if (dist::ep_size() > 1) start["expert_parallel"] = dist::ep_size();
   log << start.dump() << "\n";
   std::fprintf(stderr, "%s: %lld parameters (%lld trainable), %d threads%s\n", cfg.stage.str().c_str(),
-               (long long)ps.count(), (long long)ps.count(true), cfg.threads,
+               (long long)n_params, (long long)n_trainable, cfg.threads,
                sharded ? (", " + std::to_string(dist::size()) + " rank(s), " + std::to_string(cfg.batch_shards) +
                           " batch shards").c_str()
                        : "");
@@ -929,6 +947,27 @@ int run_train(RunConfig cfg) {
   int exit_code = 0;
   Tensor G;                         // sharded: the step's gradient (all micro-batches)
   std::vector<uint8_t> G_defined;
+  // Expert sharding: in a step each rank holds its own experts only (forward_ep
+  // reads no other); before anything reads every weight the group gathers
+  // them (every rank alike), and they are freed again at the next step.
+  auto experts_current = [&] {
+    if (dp_.x.on()) dp::gather_expert_weights(ps, dp_.x);
+  };
+  auto experts_own = [&] {
+    if (dp_.x.on()) dp::shard_expert_weights(ps, mc.n_experts, dist::ep_size(), dist::ep_rank());
+  };
+  // last.safetensors: the whole optimizer state (rank 0 gathers the expert moments of group 0)
+  auto save_last = [&] {
+    experts_current();
+    if (!dp_.x.on()) {
+      ck.save(ck.last_path, model, &opt, st);
+      return;
+    }
+    nn::AdamW full(opt.config());
+    full.set_steps_done(opt.steps_done());
+    full.state() = dp::full_optimizer_state(opt, dp_.x);
+    ck.save(ck.last_path, model, &full, st);
+  };
   for (int64_t step = st.step + 1; step <= cfg.steps; ++step) {
     // what a lost peer's line says (core/dist.h): the step, the last good checkpoint
     if (dist::active()) dist::set_context("step " + std::to_string(step), "stopped, last good checkpoint: " + ck.last_good());
@@ -936,8 +975,10 @@ int run_train(RunConfig cfg) {
     const uint64_t bytes0 = dist::bytes_sent(), ep_bytes0 = dist::ep_bytes_sent();
     const double xs0 = dist::exchange_seconds();
     dp_.grad_bytes = 0;
+    dp_.expert_grad_bytes = 0;
     dp_.ep_rows = 0;
     ps.zero_grad();
+    experts_own();
     if (step == inject.step && !inject.grad && inject_here) {
       Tensor& pv = ps.get(inject.param).value();
       Tensor h = pv.to(Device::CPU).clone();
@@ -996,8 +1037,18 @@ int run_train(RunConfig cfg) {
     // → guards: a non-finite gradient stops the run before the update; the
     // gradients are searched only when their global norm is not finite
     // (sharded: each rank checked its own part above, so this finds nothing new)
-    const double gnorm_pre = nn::global_grad_norm(ps);
+    // (sharded: per parameter, and per expert of an expert tensor, then summed
+    // in order — dp::grad_norm — the same double in one process and on every
+    // rank whichever experts it owns)
+    const double gnorm_pre = sharded ? dp::grad_norm(G, dp_.grads, G_defined, dp_.x) : nn::global_grad_norm(ps);
     std::string bad = nonfinite_grad_given_norm(ps, gnorm_pre);
+    if (dp_.x.on() && !std::isfinite(gnorm_pre)) {  // the owner of the bad expert names it, for every rank
+      for (const std::string& b : dist::allgather(bad, "gradient check"))
+        if (!b.empty()) {
+          bad = b;
+          break;
+        }
+    }
     if (!bad.empty()) {
       std::string bad_value = first_nonfinite_param(ps);  // the likely origin, if a value is already bad
       dist::fail_all("step " + std::to_string(step) + ": non-finite gradient in parameter " + tensor_and_layer(bad) +
@@ -1006,6 +1057,8 @@ int run_train(RunConfig cfg) {
     }
     // → update (the same gradient on every rank: the same update)
     double gnorm = opt.step(ps, gnorm_pre);
+    const int64_t param_floats = ps.count();  // what this rank holds in the step (sharded: its experts only)
+    const PoolStats pool = pool_stats();       // the allocator's bytes in use after the update
     st.step = step;
 
     // → log, validation, checkpoint
@@ -1024,6 +1077,7 @@ int run_train(RunConfig cfg) {
     bool do_eval = cfg.eval_every > 0 && (step % cfg.eval_every == 0 || step == cfg.steps);
     bool stop = false;
     if (do_eval) {
+      experts_current();
       double v = validation_nll(model, data, cfg);  // several ranks: each its share, gathered
       rec["val_nll"] = v;
       if (v < st.best_val) {
@@ -1047,9 +1101,15 @@ int run_train(RunConfig cfg) {
     // checkpoint's, below, are not included).
     if (dist::active()) {
       rec["comm_grad_bytes"] = dp_.grad_bytes;
+      // the AdamW moments this rank holds (floats): with expert sharding its experts' only
+      rec["adam_state_floats"] = opt.state_floats();
+      rec["param_floats"] = param_floats;
+      rec["mem_live_bytes"] = pool.live;       // tensors alive after the update (weights, moments, ...)
+      rec["mem_peak_live_bytes"] = pool.peak_live;  // the most alive at once so far (activations included)
       rec["comm_bytes"] = dist::bytes_sent() - bytes0;
       if (dist::ep_size() > 1) {
         rec["comm_ep_bytes"] = dist::ep_bytes_sent() - ep_bytes0;  // the expert all-to-alls (a part of comm_bytes)
+        rec["comm_expert_grad_bytes"] = dp_.expert_grad_bytes;  // the replica-set all-reduce (in comm_grad_bytes)
         rec["ep_rows"] = dp_.ep_rows;
       }
       rec["comm_seconds"] = dist::exchange_seconds() - xs0;  // inside exchanges, waiting for slower ranks included
@@ -1061,7 +1121,7 @@ int run_train(RunConfig cfg) {
       progress_bar(step, start_step + 1, cfg.steps, s.loss / ga, tps, eta);
     }
     if (do_eval || stop || timed_out || step == cfg.steps || sig || step % 100 == 0) {
-      ck.save(ck.last_path, model, &opt, st);
+      save_last();
       ck.saved_step = step;
     }
     if (sig) {
@@ -1085,6 +1145,7 @@ int run_train(RunConfig cfg) {
   }
   progress_break(cfg.progress);
   if (dist::active()) dist::set_context("end of training", "");
+  experts_current();
   if (dist::root_says(!fs::exists(ck.best_path), "end"))
     dist::on_root("checkpoint", [&] { save_checkpoint(ck.best_path, model, nullptr, st); });
   std::string best = st.best_val < 1e299 ? std::to_string(st.best_val) : std::string("n/a (no evaluation ran)");

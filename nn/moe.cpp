@@ -258,13 +258,21 @@ Var MoELayer::forward_ep(const Var& x, const std::vector<uint8_t>& mask, const R
   //    its weight gradient is a product of its own (not accumulated into
   //    another source's inside the GEMM) and the sources' gradients are added
   //    afterwards, as the data-parallel sum of shards adds them
+  //    The weights hold either every expert (E, ·, ·) or, sharded (the
+  //    trainer's --expert-parallel), only this member's (E/P, ·, ·): then the
+  //    groups are the owned experts alone (the same products per expert).
+  const bool sliced = w1_.size(0) == El && El != E;
+  VM_CHECK(sliced || w1_.size(0) == E, "moe: expert weights of " + std::to_string(w1_.size(0)) + " experts, not " +
+                                           std::to_string(E) + " or this member's " + std::to_string(El));
   std::vector<Var> ys_parts;
   int64_t at = 0;
   for (int s = 0; s < P; ++s) {
-    std::vector<int64_t> off((size_t)E + 1, 0);
-    for (int e = 0; e < E; ++e) {
+    std::vector<int64_t> off((size_t)(sliced ? El : E) + 1, 0);
+    for (int e = 0, i = 0; e < E; ++e) {
       const bool mine = e >= me * El && e < (me + 1) * El;
-      off[(size_t)e + 1] = off[(size_t)e] + (mine ? kept[(size_t)s * E + (size_t)e] : 0);
+      if (sliced && !mine) continue;
+      off[(size_t)i + 1] = off[(size_t)i] + (mine ? kept[(size_t)s * E + (size_t)e] : 0);
+      ++i;
     }
     Var xs_s = ops::slice(recv, 0, at, at + recv_rows[s]);
     Var w1 = ops::reshape(w1_, w1_.shape()), w2 = ops::reshape(w2_, w2_.shape());
@@ -309,6 +317,9 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   std::vector<int64_t> wanted;
   Var out;
   if (ctx.expert_parallel && dist::ep_size() > 1) out = forward_ep(x, mask, r, aux, wanted);
+  else
+    VM_CHECK(w1_.size(0) == E, "moe: the expert weights hold " + std::to_string(w1_.size(0)) + " of the " +
+                                   std::to_string(E) + " experts (sharded: gather them before a full forward)");
 #ifdef VMOER_HAVE_CUDA
   if (!out.defined() && x.value().is_cuda() && E <= 2048 && K <= 16) {  // the plan on the GPU (see device_plan)
     DevicePlan plan = device_plan(r.experts, mask, N, K, E, cfg_.capacity_factor);

@@ -1,5 +1,6 @@
 #include "nn/optim.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "autodiff/ops.h"
@@ -55,19 +56,54 @@ void AdamW::to(Device dev) {
 
 double AdamW::step(ParamStore& params) { return step(params, global_grad_norm(params)); }
 
+void AdamW::set_owned(std::map<std::string, OwnedSlice> owned) {
+  owned_ = std::move(owned);
+  for (auto& [name, mv] : state_) {
+    auto o = owned_.find(name);
+    if (o == owned_.end() || mv.first.numel() == o->second.count) continue;
+    VM_CHECK(mv.first.numel() == o->second.full, "adamw: state of '" + name + "' has " +
+                                                     std::to_string(mv.first.numel()) + " floats, the parameter " +
+                                                     std::to_string(o->second.full));
+    for (Tensor* t : {&mv.first, &mv.second}) {  // keep [first, first + count)
+      const Tensor h = t->to(Device::CPU);
+      Tensor cut(o->second.shape);
+      std::copy(h.data() + o->second.first, h.data() + o->second.first + o->second.count, cut.data());
+      *t = cut.to(t->device());
+    }
+  }
+}
+
+int64_t AdamW::state_floats() const {
+  int64_t n = 0;
+  for (auto& [name, mv] : state_) n += mv.first.numel() + mv.second.numel();
+  return n;
+}
+
 std::vector<AdamWRow> AdamW::table(ParamStore& params) {
   std::vector<AdamWRow> rows;
   for (auto& [name, v] : params.all()) {
     if (!v.requires_grad() || !v.grad().defined()) continue;
     auto it = state_.find(name);
     Device dev = v.value().device();
-    if (it == state_.end())
-      it = state_.emplace(name, std::make_pair(Tensor(v.shape(), dev), Tensor(v.shape(), dev))).first;
+    // an owned slice (expert sharding): the update reads and writes those floats only
+    auto own = owned_.find(name);
+    const bool sliced = own != owned_.end();
+    // (the parameter holds the full tensor, or only the slice: then all of it)
+    const int64_t first = sliced && v.numel() != own->second.count ? own->second.first : 0;
+    const int64_t n = sliced ? own->second.count : v.numel();
+    VM_CHECK(!sliced || v.numel() == own->second.full || v.numel() == own->second.count,
+             "adamw: '" + name + "' holds " + std::to_string(v.numel()) + " floats, neither the tensor's " +
+                 std::to_string(own->second.full) + " nor the owned slice's " + std::to_string(own->second.count));
+    const Shape& sshape = sliced ? own->second.shape : v.shape();
+    if (it == state_.end()) it = state_.emplace(name, std::make_pair(Tensor(sshape, dev), Tensor(sshape, dev))).first;
+    VM_CHECK(it->second.first.numel() == n, "adamw: state of '" + name + "' holds " +
+                                                std::to_string(it->second.first.numel()) + " floats, the update " +
+                                                std::to_string(n));
     VM_CHECK(it->second.first.device() == dev && v.grad().device() == dev,
              "adamw: state of '" + name + "' is on " + device_name(it->second.first.device()) + ", parameter on " +
                  device_name(dev) + " (move the optimizer state with AdamW::to)");
-    kernels::AdamWTensor t{v.value().data(), v.grad().data(), it->second.first.data(), it->second.second.data(),
-                           v.numel(), no_decay(name) ? 0.0f : (float)cfg_.weight_decay};
+    kernels::AdamWTensor t{v.value().data() + first, v.grad().data() + first, it->second.first.data(),
+                           it->second.second.data(), n, no_decay(name) ? 0.0f : (float)cfg_.weight_decay};
     rows.push_back({name, dev, t});
   }
   return rows;

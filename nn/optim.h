@@ -57,6 +57,17 @@ struct AdamWRow {
 // lr at step s (1-based): linear warm-up to lr, then cosine to lr·min_lr_ratio.
 double lr_at(const AdamWConfig& c, int64_t step);
 
+// Expert sharding (--expert-parallel P; docs/SCALE.md §8): of an expert
+// tensor (E, a, b) this rank updates only its own experts' floats
+// [first, first + count) — member q of P: first = q·(E/P)·a·b, count =
+// (E/P)·a·b — and keeps (m, v) for those alone, each shaped `shape`
+// ((E/P, a, b)); `full` is the tensor's numel. The parameter may hold the
+// full tensor or only the slice (sharded weights: then all of its floats).
+struct OwnedSlice {
+  int64_t first = 0, count = 0, full = 0;
+  Shape shape;
+};
+
 class AdamW {
  public:
   explicit AdamW(AdamWConfig cfg) : cfg_(cfg) {}
@@ -76,6 +87,13 @@ class AdamW {
   int64_t steps_done() const { return t_; }
   void set_steps_done(int64_t t) { t_ = t; }
   std::map<std::string, std::pair<Tensor, Tensor>>& state() { return state_; }  // name -> (m, v)
+  // From now on the parameters named in `owned` are updated on their slice
+  // only; a full-size state already held for one (a loaded checkpoint's) is
+  // cut to the slice (the checkpoint's shard of this rank).
+  void set_owned(std::map<std::string, OwnedSlice> owned);
+  const std::map<std::string, OwnedSlice>& owned() const { return owned_; }
+  // Floats of (m, v) state this rank holds (2 per updated float).
+  int64_t state_floats() const;
   const AdamWConfig& config() const { return cfg_; }
   double last_lr() const { return last_lr_; }
 
@@ -84,6 +102,7 @@ class AdamW {
   int64_t t_ = 0;
   double last_lr_ = 0;
   std::map<std::string, std::pair<Tensor, Tensor>> state_;
+  std::map<std::string, OwnedSlice> owned_;
 };
 
 // sqrt(Σ grad²) over trainable parameters with a gradient (double accumulation, fixed order).

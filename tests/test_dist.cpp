@@ -30,6 +30,7 @@
 #include "core/cuda/device.h"
 #endif
 #include "experiments/checkpoint_io.h"
+#include "experiments/data_parallel.h"
 #include "nn/checkpoint.h"
 #include "nn/moe.h"
 
@@ -98,7 +99,8 @@ std::vector<json> steps_of(const std::string& dir) {
     json j = json::parse(line);
     if (!j.contains("step") || j.contains("event")) continue;
     for (const char* k : {"seconds", "tokens_per_s", "comm_bytes", "comm_grad_bytes", "comm_seconds", "comm_ep_bytes",
-                          "ep_rows"})
+                          "ep_rows", "comm_expert_grad_bytes", "adam_state_floats", "param_floats", "mem_live_bytes",
+                          "mem_peak_live_bytes"})
       j.erase(k);
     out.push_back(j);
   }
@@ -554,9 +556,15 @@ TEST_CASE("expert parallel: bytes per step match docs/SCALE.md's formulae") {
   const int64_t P = start["trainable"];
   nn::SafeTensors ck = nn::load_safetensors(d / "b/best.safetensors");
   const int64_t Tn = (int64_t)ck.tensors.size();
-  const int64_t N = 2, A = 2, Sr = 1, L = 2, E = 4, LT = 0, C = 16, EP = 2;
+  const int64_t N = 2, A = 2, Sr = 1, L = 2, E = 4, LT = 0, C = 16, EP = 2, Tx = 2 * L;  // GELU: w1, w2 per layer
   const int64_t bucket = 4 << 20 >> 2;
-  const uint64_t grad = A * dist::allreduce_bytes(P, bucket, N, 0);
+  // the non-expert floats D over both ranks; the experts' slices over their
+  // replica sets of N/P = 1 rank: nothing (docs/SCALE.md §8)
+  int64_t D = 0;
+  for (auto& [name, t] : ck.tensors)
+    if (!exp::dp::is_expert_tensor(name)) D += t.numel();
+  REQUIRE(D < P);
+  const uint64_t grad = A * dist::allreduce_bytes(D, bucket, N, 0);
   const uint64_t ex1 = 8 * (N - 1) + (N - 1) * Sr * L * (24 + 16 * E);
   const uint64_t ex2 = 8 * (N - 1) + (N - 1) * (8 + 8 + Tn + Sr * (56 + 8 + 32 * LT));
   int n = 0;
@@ -566,8 +574,9 @@ TEST_CASE("expert parallel: bytes per step match docs/SCALE.md's formulae") {
     const uint64_t rows = j["ep_rows"];
     // per micro-batch, shard and MoE layer: E + 1 counts to each other member;
     // per routed row that crosses: 4 C bytes in the dispatch, the combine,
-    // and the two backward exchanges, counted once each way
-    const uint64_t ep = A * Sr * L * 8 * (E + 1) * (EP - 1) + 8 * C * rows;
+    // and the two backward exchanges, counted once each way; per step the
+    // gradient norm's block sums of the owned experts (8 bytes each) to each other member
+    const uint64_t ep = A * Sr * L * 8 * (E + 1) * (EP - 1) + 8 * C * rows + 8 * (EP - 1) * Tx * (E / EP);
     CHECK(j["comm_ep_bytes"].get<uint64_t>() == ep);
     CHECK(j["comm_grad_bytes"].get<uint64_t>() == grad);
     CHECK(j["comm_bytes"].get<uint64_t>() == grad + A * (ex1 + ex2) + 2 * 9 * (N - 1) + ep);
@@ -600,4 +609,189 @@ TEST_CASE("expert parallel on GPUs: --device cuda --expert-parallel 2 at np = 2 
   CHECK(steps_of(d / "ep2") == steps_of(d / "s2"));
   CHECK(slurp(d / "ep2/last.safetensors") == slurp(d / "s2/last.safetensors"));
 #endif
+}
+
+TEST_CASE("expert sharding: AdamW updates and keeps moments for the owned experts' slice only") {
+  // Two experts of (2, 3) in one tensor; member 1 of 2 owns expert 1: floats [6, 12).
+  nn::ParamStore full_ps, shard_ps;
+  for (nn::ParamStore* ps : {&full_ps, &shard_ps}) {
+    ps->normal("layers.0.moe.experts.w1", {2, 2, 3}, 1.0, 7);
+    ps->normal("layers.0.norm1.g", {3}, 1.0, 8);
+  }
+  CHECK(exp::dp::is_expert_tensor("layers.0.moe.experts.w1"));
+  CHECK(exp::dp::is_expert_tensor("layers.3.moe.experts.w_up"));
+  CHECK(!exp::dp::is_expert_tensor("layers.0.moe.shared.w1"));
+  CHECK(!exp::dp::is_expert_tensor("layers.0.moe.w_router"));
+  const std::map<std::string, nn::OwnedSlice> owned = exp::dp::owned_slices(shard_ps, 2, 2, 1);
+  REQUIRE(owned.size() == 1);
+  const nn::OwnedSlice& o = owned.at("layers.0.moe.experts.w1");
+  CHECK(o.first == 6);
+  CHECK(o.count == 6);
+  CHECK(o.shape == Shape{1, 2, 3});
+  const Tensor before = shard_ps.get("layers.0.moe.experts.w1").value().clone();
+  nn::AdamWConfig c;
+  c.clip = 0;
+  nn::AdamW full(c), shard(c);
+  shard.set_owned(owned);
+  for (int step = 0; step < 3; ++step) {
+    for (nn::ParamStore* ps : {&full_ps, &shard_ps})
+      for (auto& [name, v] : ps->all()) {
+        Tensor g(v.shape());
+        for (int64_t i = 0; i < g.numel(); ++i) g[i] = 0.1f * (float)(i + 1) * (step % 2 ? -1.0f : 1.0f);
+        v.grad() = g;
+      }
+    full.step(full_ps);
+    shard.step(shard_ps);
+  }
+  CHECK(full.state_floats() == 2 * (12 + 3));
+  CHECK(shard.state_floats() == 2 * (6 + 3));
+  const Tensor a = full_ps.get("layers.0.moe.experts.w1").value(), b = shard_ps.get("layers.0.moe.experts.w1").value();
+  for (int64_t i = 0; i < 12; ++i) {
+    INFO(i);
+    if (i >= 6) CHECK(a[i] == b[i]);  // the owned expert: the full update's bits
+    else CHECK(b[i] == before[i]);    // the other expert: untouched (its owner updates it)
+  }
+  const Tensor& ms = shard.state().at("layers.0.moe.experts.w1").first;
+  const Tensor& mf = full.state().at("layers.0.moe.experts.w1").first;
+  CHECK(ms.shape() == Shape{1, 2, 3});
+  for (int64_t i = 0; i < 6; ++i) CHECK(ms[i] == mf[6 + i]);
+  // a loaded full state is cut to the slice; a state of another size is refused in one line
+  nn::AdamW loaded(c);
+  loaded.state()["layers.0.moe.experts.w1"] = {mf.clone(), mf.clone()};
+  loaded.set_owned(owned);
+  CHECK(loaded.state().at("layers.0.moe.experts.w1").first.numel() == 6);
+  CHECK(loaded.state().at("layers.0.moe.experts.w1").first[0] == mf[6]);
+  nn::AdamW bad(c);
+  bad.state()["layers.0.moe.experts.w1"] = {Tensor({5}), Tensor({5})};
+  CHECK_THROWS_WITH_AS(bad.set_owned(owned), doctest::Contains("has 5 floats, the parameter 12"), Error);
+}
+
+TEST_CASE("expert sharding: weights and optimizer state per rank halve for the experts; no expert all-reduce at N = P") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  const std::string args = kPretrain + " --steps 3 --eval-every 100 --grad-accum 2";
+  Out ep = vmoer(args + " --expert-parallel 2 --out " + d / "ep", 2);
+  REQUIRE_MESSAGE(ep.rc == 0, ep.text);
+  Out dp2 = vmoer(args + " --out " + d / "dp", 2);
+  REQUIRE_MESSAGE(dp2.rc == 0, dp2.text);
+  // the parameters by kind, from the checkpoint (every one trains in pretraining)
+  int64_t dense = 0, experts = 0;
+  nn::SafeTensors ck = nn::load_safetensors(d / "ep/best.safetensors");
+  for (auto& [name, t] : ck.tensors) (exp::dp::is_expert_tensor(name) ? experts : dense) += t.numel();
+  REQUIRE(experts > 0);
+  // last.safetensors holds every expert's moments at full size (rank 0 gathered them)
+  nn::SafeTensors last = nn::load_safetensors(d / "ep/last.safetensors");
+  const Tensor* m = last.find("__adam_m__.layers.1.moe.experts.w2");
+  REQUIRE(m != nullptr);
+  CHECK(m->shape() == Shape{4, 16, 16});
+  auto records = [&](const std::string& dir) {
+    std::vector<json> out;
+    std::ifstream f(dir + "/log.jsonl");
+    std::string line;
+    while (std::getline(f, line)) {
+      json j = json::parse(line);
+      if (j.contains("step") && !j.contains("event")) out.push_back(j);
+    }
+    return out;
+  };
+  const int64_t A = 2, bucket = 4 << 20 >> 2;
+  int n = 0;
+  for (const json& j : records(d / "ep")) {
+    // rank 0 holds the weights and (m, v) of the non-expert parameters and of experts 0, 1 of 4
+    CHECK(j["param_floats"].get<int64_t>() == dense + experts / 2);
+    CHECK(j["adam_state_floats"].get<int64_t>() == 2 * (dense + experts / 2));
+    CHECK(j["comm_expert_grad_bytes"].get<uint64_t>() == 0);  // N = P: one owner per expert, nothing to sum
+    CHECK(j["comm_grad_bytes"].get<uint64_t>() == A * dist::allreduce_bytes(dense, bucket, 2, 0));
+    ++n;
+  }
+  CHECK(n == 3);
+  for (const json& j : records(d / "dp")) {
+    CHECK(j["param_floats"].get<int64_t>() == dense + experts);
+    CHECK(j["adam_state_floats"].get<int64_t>() == 2 * (dense + experts));
+  }
+}
+
+TEST_CASE("expert sharding: np = 4 with 2 expert shards sums expert gradients over the 2-rank replica set") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  std::string mp4 = kMpirun;
+  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
+  // --batch 4: one example per shard; the replica sets {0, 2} and {1, 3}
+  const std::string args = kPretrain + " --steps 3 --eval-every 2 --grad-accum 2 --router-jitter 0.1";
+  Out four = sh(mp4 + kBin + " " + args + " --threads 1 --expert-parallel 2 --out " + d / "ep4");
+  REQUIRE_MESSAGE(four.rc == 0, four.text);
+  Out one = vmoer(args + " --batch-shards 4 --out " + d / "s4");
+  REQUIRE_MESSAGE(one.rc == 0, one.text);
+  // the one-process bits: the expert gradient of group g's owner is its two
+  // shards' sum, the replica all-reduce adds the groups' in the tree
+  CHECK(steps_of(d / "ep4") == steps_of(d / "s4"));
+  CHECK(slurp(d / "ep4/last.safetensors") == slurp(d / "s4/last.safetensors"));
+  CHECK(slurp(d / "ep4/best.safetensors") == slurp(d / "s4/best.safetensors"));
+  int64_t dense = 0, experts = 0;
+  nn::SafeTensors ck = nn::load_safetensors(d / "ep4/best.safetensors");
+  for (auto& [name, t] : ck.tensors) (exp::dp::is_expert_tensor(name) ? experts : dense) += t.numel();
+  const int64_t A = 2, bucket = 4 << 20 >> 2;
+  std::ifstream f(d / "ep4/log.jsonl");
+  std::string line;
+  int n = 0;
+  while (std::getline(f, line)) {
+    json j = json::parse(line);
+    if (!j.contains("step") || j.contains("event") || j["step"] != 1) continue;
+    // docs/SCALE.md §8: rank 0 sends A · allreduce_bytes(X/P, bucket, N/P, 0) for the experts
+    // (its slice, over the replica set of N/P = 2) and A · allreduce_bytes(D, bucket, N, 0) for the rest
+    const uint64_t xb = A * dist::allreduce_bytes(experts / 2, bucket, 2, 0);
+    CHECK(j["comm_expert_grad_bytes"].get<uint64_t>() == xb);
+    CHECK(xb == A * 4 * (uint64_t)(experts / 2));  // two replicas: 4 bytes per owned float per micro-batch
+    CHECK(j["comm_grad_bytes"].get<uint64_t>() == xb + A * dist::allreduce_bytes(dense, bucket, 4, 0));
+    CHECK(j["adam_state_floats"].get<int64_t>() == 2 * (dense + experts / 2));
+    CHECK(j["param_floats"].get<int64_t>() == dense + experts / 2);
+    ++n;
+  }
+  CHECK(n == 1);
+}
+
+TEST_CASE("expert sharding: a one-process checkpoint resumes under --expert-parallel 2 with the uninterrupted bytes") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  const std::string args = kPretrain + " --eval-every 3 --min-lr-ratio 1";
+  // 3 steps in one process with 2 shards, then 3 more at np = 2 with 2
+  // expert shards (each rank keeps its experts' moments of the file): the
+  // bytes of 6 steps in one process
+  REQUIRE(vmoer(args + " --steps 3 --batch-shards 2 --out " + d / "part").rc == 0);
+  Out r = vmoer(args + " --steps 6 --resume --expert-parallel 2 --out " + d / "part", 2);
+  REQUIRE_MESSAGE(r.rc == 0, r.text);
+  REQUIRE(vmoer(args + " --steps 6 --batch-shards 2 --out " + d / "full").rc == 0);
+  CHECK(slurp(d / "full/last.safetensors") == slurp(d / "part/last.safetensors"));
+  CHECK(slurp(d / "full/best.safetensors") == slurp(d / "part/best.safetensors"));
+}
+
+TEST_CASE("expert sharding: sharded weights are this member's experts; a full forward refuses them in one line") {
+  nn::ModelConfig cfg;
+  cfg.d_model = 8, cfg.n_experts = 4, cfg.top_k = 2, cfg.d_expert = 6;
+  nn::RouterConfig rc;
+  nn::ParamStore ps;
+  nn::MoELayer moe(cfg, rc, false, ps, "layers.0.moe.", 3);
+  const Tensor full = ps.get("layers.0.moe.experts.w2").value().clone();  // (4, 6, 8)
+  exp::dp::shard_expert_weights(ps, 4, 2, 1);                             // member 1 of 2: experts 2, 3
+  CHECK(exp::dp::expert_weights_sharded(ps, 4));
+  const Tensor& mine = ps.get("layers.0.moe.experts.w2").value();
+  REQUIRE(mine.shape() == Shape{2, 6, 8});
+  for (int64_t i = 0; i < mine.numel(); ++i) REQUIRE(mine[i] == full[2 * 6 * 8 + i]);
+  CHECK(ps.get("layers.0.moe.w_router").value().shape() == Shape{8, 4});  // the router stays whole
+  // AdamW on a parameter that holds only its slice: the whole of it, state of the slice's shape
+  nn::AdamWConfig c;
+  nn::AdamW opt(c);
+  opt.set_owned({{"layers.0.moe.experts.w2", nn::OwnedSlice{96, 96, 192, Shape{2, 6, 8}}}});
+  for (auto& [name, v] : ps.all()) v.grad() = Tensor::full(v.shape(), 0.5f);
+  opt.step(ps);
+  CHECK(opt.state().at("layers.0.moe.experts.w2").first.shape() == Shape{2, 6, 8});
+  CHECK(ps.get("layers.0.moe.experts.w2").value()[0] != full[96]);  // updated
+  // a forward of the whole layer (evaluation) needs every expert
+  Tensor xt({5, 8});
+  for (int64_t i = 0; i < xt.numel(); ++i) xt[i] = 0.1f * (float)(i % 7);
+  std::vector<uint8_t> mask(5, 1);
+  nn::RouteCtx ctx;
+  nn::MoEAux aux;
+  CHECK_THROWS_WITH_AS(moe.forward(Var(xt), mask, ctx, aux),
+                       doctest::Contains("the expert weights hold 2 of the 4 experts (sharded: gather them"), Error);
 }
