@@ -511,9 +511,18 @@ struct RunCheckpoints {
   }
 };
 
-// What one optimisation step logs: sums over its micro-batches.
-struct StepStats {
+// The summed terms of a step: one micro-batch's (or one batch shard's), and
+// their sum over the step (added in micro-batch / shard order).
+struct StepTerms {
   double loss = 0, task = 0, kl = 0, lb = 0, z = 0, penalty = 0, tokens = 0;
+  StepTerms& operator+=(const StepTerms& o) {
+    loss += o.loss, task += o.task, kl += o.kl, lb += o.lb, z += o.z, penalty += o.penalty, tokens += o.tokens;
+    return *this;
+  }
+};
+
+// What one optimisation step logs: sums over its micro-batches.
+struct StepStats : StepTerms {
   std::vector<json> layers;  // expert load of the last micro-batch, per MoE layer
   std::vector<json> temperature;  // vtsr: learned T of the last micro-batch, per Bayesian layer
 };
@@ -683,10 +692,7 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
       }
   }
   // → objective → backward, shard by shard; each shard's gradient is a leaf of the tree
-  struct Vals {
-    double loss, task, kl, lb, z, penalty, tokens;
-  };
-  std::vector<Vals> vals;
+  std::vector<StepTerms> vals;
   std::vector<std::vector<TempSums>> temps;
   dp::GradTree tree;
   std::vector<uint8_t> defined(dp_.grads.names.size(), 0);
@@ -755,14 +761,7 @@ static void sharded_micro_batch(nn::Model& model, const StageData& data, const R
     std::vector<uint8_t> d = u.get_vec<uint8_t>();
     for (size_t k = 0; k < d.size(); ++k) G_defined[k] |= d[k];
     while (!u.done()) {
-      Vals v = u.get<Vals>();
-      s.loss += v.loss;
-      s.task += v.task;
-      s.kl += v.kl;
-      s.lb += v.lb;
-      s.z += v.z;
-      s.penalty += v.penalty;
-      s.tokens += v.tokens;
+      s += u.get<StepTerms>();
       std::vector<TempSums> t = u.get_vec<TempSums>();
       if (tsum.empty()) tsum = t;
       else
@@ -1021,13 +1020,7 @@ int run_train(RunConfig cfg) {
           v.grad() = h.to(v.grad().device());
         }
       }
-      s.loss += sc.loss;
-      s.task += sc.task;
-      s.kl += sc.kl_term;
-      s.lb += sc.lb;
-      s.z += sc.z;
-      s.penalty += sc.penalty;
-      s.tokens += f.tokens;
+      s += StepTerms{sc.loss, sc.task, sc.kl_term, sc.lb, sc.z, sc.penalty, (double)f.tokens};
       if (micro == cfg.grad_accum - 1) {
         s.layers = layer_load(f.res);
         s.temperature = layer_temperature(f.res, f.mask);
