@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "autodiff/ops.h"
+#include "kernels/cpu/rowwise.h"
 #ifdef VMOER_HAVE_CUDA
 #include "core/cuda/device.h"
 #endif
@@ -209,12 +210,7 @@ void allreduce_grads_sharded(Tensor& g, const GradLayout& L, const ExpertShard& 
 
 double grad_norm(const Tensor& g, const GradLayout& L, const std::vector<uint8_t>& defined, const ExpertShard& x) {
   const Tensor h = g.to(Device::CPU);
-  auto sq = [&](int64_t from, int64_t n) {
-    double s = 0;
-    const float* p = h.data() + from;
-    for (int64_t i = 0; i < n; ++i) s += (double)p[i] * p[i];
-    return s;
-  };
+  auto sq = [&](int64_t from, int64_t n) { return kernels::sum_squares(h.data() + from, n); };
   // s_k,b for every entry and block (the others' experts: 0 until exchanged);
   // a sharded entry holds this member's El experts, global e = q·El + i
   const int El = x.E / x.P;

@@ -20,8 +20,13 @@ double lr_at(const AdamWConfig& c, int64_t step) {
   return minlr + 0.5 * (c.lr - minlr) * (1.0 + std::cos(M_PI * prog));
 }
 
+// ‖g‖ = sqrt(Σ_p Σ_b s_p,b), s_p,b = Σ_{i ∈ block b of p} g_i² (double,
+// kernels::sum_squares), blocks of kNormBlock floats; the blocks are summed
+// in parallel and added in parameter and block order, so the norm does not
+// depend on the thread count.
 double global_grad_norm(ParamStore& params) {
-  double s = 0;
+  constexpr int64_t kNormBlock = 1 << 16;
+  std::vector<std::pair<const float*, int64_t>> blocks;  // (first float, length)
 #ifdef VMOER_HAVE_CUDA
   std::vector<kernels::cuda::GradSpan> dev;  // device gradients: Σ g² in double on the GPU, one transfer
 #endif
@@ -34,8 +39,15 @@ double global_grad_norm(ParamStore& params) {
     }
 #endif
     const float* g = v.grad().data();
-    for (int64_t i = 0; i < v.numel(); ++i) s += (double)g[i] * g[i];
+    const int64_t n = v.grad().numel();
+    for (int64_t b = 0; b < n; b += kNormBlock) blocks.push_back({g + b, std::min(kNormBlock, n - b)});
   }
+  std::vector<double> part(blocks.size());
+#pragma omp parallel for schedule(dynamic, 4) if (blocks.size() > 8)
+  for (int64_t k = 0; k < (int64_t)blocks.size(); ++k)
+    part[(size_t)k] = kernels::sum_squares(blocks[(size_t)k].first, blocks[(size_t)k].second);
+  double s = 0;
+  for (double x : part) s += x;
 #ifdef VMOER_HAVE_CUDA
   if (!dev.empty()) s += kernels::cuda::sum_squares(dev);
 #endif

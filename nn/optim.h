@@ -105,7 +105,8 @@ class AdamW {
   std::map<std::string, OwnedSlice> owned_;
 };
 
-// sqrt(Σ grad²) over trainable parameters with a gradient (double accumulation, fixed order).
+// sqrt(Σ grad²) over trainable parameters with a gradient (double accumulation
+// per block, blocks added in a fixed order: the same for any thread count).
 double global_grad_norm(ParamStore& params);
 
 }  // namespace vm::nn

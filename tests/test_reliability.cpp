@@ -37,6 +37,7 @@
 #include "experiments/train_guards.h"
 #include "experiments/trainer.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/rowwise.h"
 #include "nn/checkpoint.h"
 #include "nn/optim.h"
 #ifdef VMOER_HAVE_CUDA
@@ -467,6 +468,42 @@ TEST_CASE("reliability: the gradient check searches only when the global norm is
   b.grad()[2] = 0.25f;
   // a non-finite norm from finite gradients (a float Σg² overflowing on the GPU): nothing to name, as before
   CHECK(exp::nonfinite_grad_given_norm(ps, INFINITY).empty());
+}
+
+// nn::global_grad_norm sums blocks of 65536 floats in parallel
+// (kernels::sum_squares: eight fixed lanes) and adds them in order: close to
+// an exact sum, and the same double for any thread count.
+TEST_CASE("reliability: the global gradient norm is the same double at 1-4 threads and within 1e-13 of an exact sum") {
+  using namespace vm;
+  nn::ParamStore ps;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  long double exact = 0;
+  int k = 0;
+  for (int64_t n : {int64_t(1), int64_t(7), int64_t(9), int64_t(65536), int64_t(65536 * 3 + 5), int64_t(200003)}) {
+    Var v = ps.normal("p" + std::to_string(k++), {n}, 1.0, 1);
+    Tensor g({n});
+    for (int64_t i = 0; i < n; ++i) g[i] = nd(rng) * (i % 97 == 0 ? 1e3f : 1.f);
+    for (int64_t i = 0; i < n; ++i) exact += (long double)g[i] * (long double)g[i];
+    v.grad() = g;
+  }
+  const int before = omp_get_max_threads();
+  std::vector<double> norms;
+  for (int t : {1, 2, 3, 4}) {
+    omp_set_num_threads(t);
+    norms.push_back(nn::global_grad_norm(ps));
+  }
+  omp_set_num_threads(before);
+  for (double x : norms) CHECK(std::memcmp(&x, &norms[0], sizeof x) == 0);
+  CHECK(std::fabs(norms[0] - (double)std::sqrt(exact)) <= 1e-13 * (double)std::sqrt(exact));
+  // the kernel alone, tails included, against the same exact sum
+  std::vector<float> x(1003);
+  for (float& xi : x) xi = nd(rng);
+  for (int64_t n : {0, 1, 8, 15, 1003}) {
+    long double e = 0;
+    for (int64_t i = 0; i < n; ++i) e += (long double)x[(size_t)i] * x[(size_t)i];
+    CHECK(std::fabs(kernels::sum_squares(x.data(), n) - (double)e) <= 1e-14 * (double)e + 1e-300);
+  }
 }
 
 TEST_CASE("reliability: NaN stops the run naming step, layer and tensor; resuming the kept checkpoint is exact") {

@@ -275,10 +275,24 @@ void adamw_step(float* param, const float* grad, float* m, float* v, int64_t n, 
   }
 }
 
+double sum_squares(const float* p, int64_t n) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const int64_t n8 = n / 8 * 8;
+  for (int64_t i = 0; i < n8; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += (double)p[i + j] * (double)p[i + j];
+  double s = 0;
+  for (int j = 0; j < 8; ++j) s += lane[j];
+  for (int64_t i = n8; i < n; ++i) s += (double)p[i] * (double)p[i];
+  return s;
+}
+
 void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWHyper& h) {
   for (const AdamWTensor& t : ts) {
-    if (h.grad_scale != 1.0f)
-      for (int64_t i = 0; i < t.n; ++i) t.grad[i] *= h.grad_scale;
+    if (h.grad_scale != 1.0f) {
+      float* g = t.grad;
+#pragma omp parallel for schedule(static) if (t.n > 65536)
+      for (int64_t i = 0; i < t.n; ++i) g[i] *= h.grad_scale;
+    }
     adamw_step(t.param, t.grad, t.m, t.v, t.n, h.lr, h.beta1, h.beta2, h.eps, t.weight_decay, h.step);
   }
 }

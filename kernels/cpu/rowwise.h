@@ -15,4 +15,10 @@ double cross_entropy_sum(const T* logits, const int32_t* targets, T* probs, int6
 template <class T>
 void cross_entropy_bwd_scaled(const T* probs, const int32_t* targets, T* dlogits, int64_t rows, int64_t C,
                               int32_t ignore_index, T scale);
+
+// Σ_i p_i² in double on the calling thread, in a fixed order whatever the
+// instruction set: eight partial sums (lane j takes i ≡ j mod 8, in index
+// order), added lane 0 to 7, then the tail. The gradient norms (nn/optim.cpp,
+// experiments/data_parallel.cpp) run it per block, the blocks in parallel.
+double sum_squares(const float* p, int64_t n);
 }  // namespace vm::kernels
