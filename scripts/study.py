@@ -373,11 +373,13 @@ def fig_reliability(folder, regime, out):
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             n = int(r["count"])
-            b = agg[r["method"]][float(r["bin_lo"])]
+            b = agg[r["method"].split(":")[-1]][float(r["bin_lo"])]  # "vision:det" in a vision run
             b[0] += n
             b[1] += n * float(r["confidence"])
             b[2] += n * float(r["accuracy"])
     methods = [m for m in BASELINES + BAYES if m in agg]
+    if not methods:
+        return
     fig, axes = plt.subplots(1, len(methods), figsize=(2.3 * len(methods), 2.6), squeeze=False)
     for ax, m in zip(axes[0], methods):
         lo = sorted(agg[m])
