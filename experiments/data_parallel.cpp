@@ -6,6 +6,7 @@
 
 #include "autodiff/ops.h"
 #include "kernels/cpu/rowwise.h"
+#include "nn/moe.h"
 #ifdef VMOER_HAVE_CUDA
 #include "core/cuda/device.h"
 #endif
@@ -99,7 +100,7 @@ void allreduce_grads(Tensor& g, int64_t bucket) {
 }
 
 bool is_expert_tensor(const std::string& name) {
-  for (const char* t : {"experts.w1", "experts.w2", "experts.w_up"}) {
+  for (const char* t : nn::kExpertTensors) {
     const size_t n = std::strlen(t);
     if (name.size() >= n && name.compare(name.size() - n, n, t) == 0 &&
         (name.size() == n || name[name.size() - n - 1] == '.'))
@@ -143,11 +144,6 @@ std::map<std::string, nn::OwnedSlice> owned_slices(nn::ParamStore& ps, int E, in
   return out;
 }
 
-// The floats of entry k this rank owns: with the weights sharded, the whole entry.
-static std::pair<int64_t, int64_t> owned_range(const GradLayout& L, const ExpertShard&, size_t k) {
-  return {0, L.numel[k]};
-}
-
 void shard_expert_weights(nn::ParamStore& ps, int E, int P, int q) {
   if (P <= 1) return;
   const int El = E / P;
@@ -182,9 +178,8 @@ void allreduce_grads_sharded(Tensor& g, const GradLayout& L, const ExpertShard& 
       std::copy(src, src + L.numel[k], dense.data() + at_d);
       at_d += L.numel[k];
     } else {
-      auto [f, c] = owned_range(L, x, k);
-      std::copy(src + f, src + f + c, own.data() + at_o);
-      at_o += c;
+      std::copy(src, src + L.numel[k], own.data() + at_o);  // sharded weights: the entry is this rank's slice
+      at_o += L.numel[k];
     }
   }
   dist::allreduce_sum(dense.data(), x.dense, bucket, "gradient all-reduce");
@@ -200,9 +195,8 @@ void allreduce_grads_sharded(Tensor& g, const GradLayout& L, const ExpertShard& 
       std::copy(dense.data() + at_d, dense.data() + at_d + L.numel[k], dst);
       at_d += L.numel[k];
     } else {
-      auto [f, c] = owned_range(L, x, k);
-      std::copy(own.data() + at_o, own.data() + at_o + c, dst + f);
-      at_o += c;
+      std::copy(own.data() + at_o, own.data() + at_o + L.numel[k], dst);
+      at_o += L.numel[k];
     }
   }
   if (g.is_cuda()) g = h.to(g.device());

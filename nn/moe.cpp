@@ -156,9 +156,9 @@ MoELayer::MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_
   int C = cfg.d_model, E = cfg.n_experts, F = cfg.d_expert;
   double std_in = 0.02, std_out = 0.02 / std::sqrt(2.0 * cfg.n_layers);  // GPT-2 style residual scaling
   w_router_ = params.normal(prefix + "w_router", {C, E}, std_in, seed);
-  w1_ = params.normal(prefix + "experts.w1", {E, C, F}, std_in, seed);
-  if (cfg.act == Act::swiglu) w_up_ = params.normal(prefix + "experts.w_up", {E, C, F}, std_in, seed);
-  w2_ = params.normal(prefix + "experts.w2", {E, F, C}, std_out, seed);
+  w1_ = params.normal(prefix + kExpertTensors[0], {E, C, F}, std_in, seed);
+  if (cfg.act == Act::swiglu) w_up_ = params.normal(prefix + kExpertTensors[1], {E, C, F}, std_in, seed);
+  w2_ = params.normal(prefix + kExpertTensors[2], {E, F, C}, std_out, seed);
   if (cfg.shared_expert) {
     s_w1_ = params.normal(prefix + "shared.w1", {C, F}, std_in, seed);
     if (cfg.act == Act::swiglu) s_up_ = params.normal(prefix + "shared.w_up", {C, F}, std_in, seed);

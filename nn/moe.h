@@ -72,6 +72,10 @@ struct PlanSizes {
               std::vector<int64_t>& wanted, int64_t& dropped) const;
 };
 
+// The per-expert weight tensors' names inside a layer's prefix, (E, ·, ·)
+// each: what expert parallelism shards (experiments/data_parallel.cpp).
+inline constexpr const char* kExpertTensors[] = {"experts.w1", "experts.w_up", "experts.w2"};
+
 class MoELayer {
  public:
   MoELayer(const ModelConfig& cfg, const RouterConfig& rcfg, bool bayes_layer, ParamStore& params,
