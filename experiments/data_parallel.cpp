@@ -99,6 +99,20 @@ void allreduce_grads(Tensor& g, int64_t bucket) {
   g = h.to(g.device());
 }
 
+void resolve_expert_parallel(int P, int E) {
+  const int N = dist::size();
+  if (P == 1) {
+    dist::set_expert_parallel(1);
+    return;
+  }
+  const std::string f = "--expert-parallel " + std::to_string(P);
+  if (N % P != 0)
+    dist::fail_all(f + " does not divide the " + std::to_string(N) + " rank" + (N == 1 ? "" : "s") +
+                   " (mpirun -np N with N a multiple of P: N/P data-parallel groups of P expert shards)");
+  if (E % P != 0) dist::fail_all(f + " does not divide the " + std::to_string(E) + " experts of each MoE layer");
+  dist::set_expert_parallel(P);
+}
+
 bool is_expert_tensor(const std::string& name) {
   for (const char* t : nn::kExpertTensors) {
     const size_t n = std::strlen(t);

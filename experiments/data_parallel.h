@@ -68,6 +68,11 @@ void allreduce_grads(Tensor& g, int64_t bucket);
 // state for them only), and their gradient is summed only over the replica
 // set {q, q + P, q + 2P, ...} of the ranks that own them.
 bool is_expert_tensor(const std::string& name);
+// --expert-parallel P for a model of E experts per MoE layer: P must divide
+// the ranks and E; sets dist::set_expert_parallel(P). One clear line (exit 2)
+// on every rank alike otherwise, before any work. train, eval and reproduce's
+// evaluations call it.
+void resolve_expert_parallel(int P, int E);
 struct ExpertShard {
   int P = 1, q = 0, E = 1;       // P members per group, this rank member q, E experts per MoE layer
   std::vector<uint8_t> expert;   // per GradLayout entry: an expert tensor

@@ -10,6 +10,7 @@
 
 #include "core/dist.h"
 #include "experiments/build_info.h"
+#include "experiments/data_parallel.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
 #include "experiments/flops.h"
@@ -432,6 +433,12 @@ int run_eval(RunConfig cfg) {
   if (!fs::exists(cfg.init)) fail("--ckpt: no such file '" + cfg.init + "'");
   inherit_eval_protocol(cfg, cfg.init);  // before the model: --seed keys its router draws
   auto model = load_model_for_eval(cfg);
+  // --expert-parallel P: this rank keeps its group member's E/P experts of
+  // every MoE layer; every pass sends the routed rows to their experts' owners
+  // and back (mc_eval.cpp), with the bits of one process.
+  const int E = model->config().n_experts;
+  dp::resolve_expert_parallel(cfg.expert_parallel, E);
+  dp::shard_expert_weights(model->params(), E, dist::ep_size(), dist::ep_rank());
   inherit_data_settings(cfg, cfg.init);
   bool vit = model->config().kind == nn::ModelKind::vit;
   // A cap on the ID prompts caps the OOD sets too (they would cost most of the run).
@@ -463,6 +470,9 @@ int run_eval(RunConfig cfg) {
                                 std::to_string(cfg.stability_draws) + ") passes").c_str()
                              : "",
                cfg.sensitivity ? ", sensitivity: one pass per MoE layer + 1" : "");
+  if (dist::ep_size() > 1)
+    std::fprintf(stderr, "eval: experts sharded over %d ranks per group (%d of %d per MoE layer on this rank)\n",
+                 dist::ep_size(), E / dist::ep_size(), E);
   EvalFn evaluator = vit ? image_evaluator(*model, iset, cfg) : mc_evaluator(*model, set, cfg);
   RoutingTrace trace;
   // the main pass, with the predictive arm when --mi-samples > 0 (the evaluator's passes skip it)
@@ -521,6 +531,8 @@ int run_eval(RunConfig cfg) {
   prov["config"] = fields_to_json<json>(cfg);
   prov["paths_relative_to"] = "cwd";
   prov["finished"] = utc_now();
+  if (dist::ep_size() > 1)  // rank 0's expert-parallel exchanges over the whole eval (docs/SCALE.md §8)
+    prov["expert_parallel"] = {{"ranks_per_group", dist::ep_size()}, {"bytes_sent_rank0", dist::ep_bytes_sent()}};
   out["provenance"] = prov;
   write_probs_csv(cfg.out + "/probs_" + cfg.split.str() + ".csv", ev);
   {

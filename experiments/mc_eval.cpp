@@ -126,9 +126,29 @@ static void finish_eval(McEval& ev) {
 // one process); the per-example results and routing traces are then gathered
 // in batch order, so every rank holds the McEval one process computes, bit
 // for bit (raw doubles), and the metrics follow from it as in one process.
-static std::pair<int64_t, int64_t> my_batches(int64_t nb) {
+// Under expert parallelism (--expert-parallel P, dist::ep_size() > 1) every
+// MoE layer of a forward exchanges rows with the other members of this rank's
+// expert group (nn::MoELayer::forward_ep), so the members must make the same
+// number of forwards — and so must every rank, since the exchanges of all
+// groups draw their message tags from one sequence (core/dist.cpp): a rank
+// with fewer than ⌈nb/N⌉ batches pads with forwards of one of its batches
+// (batch 0 if it has none) whose results are discarded. Each member keeps
+// its own batch's capacity (RouteCtx::ep_own_capacity), so the padding
+// changes nothing and every batch gives the bits one process gives it.
+struct PassBatches {
+  int64_t first = 0, last = 0;  // this rank's batches [first, last)
+  int64_t calls = 0;            // forwards to make: last - first, or ⌈nb/N⌉ under expert parallelism
+  // the batch of call i, and whether it is padding
+  std::pair<int64_t, bool> batch(int64_t i) const {
+    if (first + i < last) return {first + i, false};
+    return {last > first ? first : 0, true};
+  }
+};
+static PassBatches my_batches(int64_t nb) {
   const int64_t N = dist::size(), r = dist::rank();
-  return {r * nb / N, (r + 1) * nb / N};
+  PassBatches p{r * nb / N, (r + 1) * nb / N, 0};
+  p.calls = dist::ep_size() > 1 ? (nb + N - 1) / N : p.last - p.first;  // the most any rank has
+  return p;
 }
 
 static void gather_pass(McEval& ev, RoutingTrace* trace, const McEval& local, const RoutingTrace& ltrace) {
@@ -190,6 +210,8 @@ static nn::ForwardOptions eval_options(nn::Model& model, const RunConfig& cfg, c
   fo.samples = samples > 0 ? samples : model.router_config().samples;
   fo.embed_noise = noise;
   fo.noise_seed = cfg.seed + 7919;  // the input noise: the same in every draw (keyed by batch)
+  fo.expert_parallel = dist::ep_size() > 1;  // the experts sharded over the group (dp::resolve_expert_parallel)
+  fo.ep_own_capacity = true;                 // each batch's own capacity, as in one process
   return fo;
 }
 
@@ -264,13 +286,16 @@ static McEval mc_pass(nn::Model& model, const McSet& set, const RunConfig& cfg, 
   RoutingTrace ltrace;
   McEval& out = dist::active() ? local : ev;
   RoutingTrace* tr = dist::active() ? (trace ? &ltrace : nullptr) : trace;
-  auto [b0, b1] = my_batches((n + B - 1) / B);
-  for (int64_t s = b0 * B; s < std::min(n, b1 * B); s += B) {
+  const PassBatches pb = my_batches((n + B - 1) / B);
+  for (int64_t call = 0; call < pb.calls; ++call) {
+    const auto [b, padding] = pb.batch(call);
+    const int64_t s = b * B;
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
     McBatch mb = make_mc_batch(set, idx, model.config().max_seq);
     auto res = model.forward_lm(mb.ids, mb.B, mb.T, mb.mask, mb.last,
-                                eval_options(model, cfg, set.name, s / B, embed_noise, samples, draw));
+                                eval_options(model, cfg, set.name, b, embed_noise, samples, draw));
+    if (padding) continue;  // expert parallelism: a forward the group's exchanges needed
     host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, V)
     int64_t V = lg.size(1);
@@ -322,11 +347,14 @@ static McEval image_pass(nn::Model& model, const ImgSet& set, const RunConfig& c
   RoutingTrace ltrace;
   McEval& out = dist::active() ? local : ev;
   RoutingTrace* tr = dist::active() ? (trace ? &ltrace : nullptr) : trace;
-  auto [b0, b1] = my_batches((n + B - 1) / B);
-  for (int64_t s = b0 * B; s < std::min(n, b1 * B); s += B) {
+  const PassBatches pb = my_batches((n + B - 1) / B);
+  for (int64_t call = 0; call < pb.calls; ++call) {
+    const auto [b, padding] = pb.batch(call);
+    const int64_t s = b * B;
     std::vector<int64_t> idx;
     for (int64_t i = s; i < std::min(n, s + B); ++i) idx.push_back(i);
-    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, set.name, s / B, embed_noise, samples, draw));
+    auto res = model.forward_vit(image_batch(set, idx), eval_options(model, cfg, set.name, b, embed_noise, samples, draw));
+    if (padding) continue;  // as in mc_pass
     host_diagnostics(res);
     const Tensor& lg = res.logits.value();  // (B, classes)
     for (size_t r = 0; r < idx.size(); ++r) {

@@ -23,6 +23,7 @@
 #include "experiments/build_info.h"
 #include "experiments/cli_fields.h"
 #include "experiments/commands.h"
+#include "experiments/data_parallel.h"
 #include "experiments/datasets.h"
 #include "experiments/evaluation.h"
 #include "experiments/flops.h"
@@ -403,6 +404,9 @@ static json run_method(const std::string& method, const ReproConfig& r, const Ru
   nn::Model model(mc, rc, c.seed);
   load_checkpoint(ckpt, model, nullptr);
   if (c.device == Device::CUDA) model.to(Device::CUDA);
+  // --expert-parallel P: evaluated with the experts sharded, as `vmoer eval` does
+  dp::resolve_expert_parallel(c.expert_parallel, mc.n_experts);
+  dp::shard_expert_weights(model.params(), mc.n_experts, dist::ep_size(), dist::ep_rank());
   auto t0 = std::chrono::steady_clock::now();
   McEval test = td.vit ? evaluate_images(model, td.img.test, c) : evaluate_mc(model, td.text.test, c);
   double eval_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -903,6 +907,8 @@ static int run_reproduce(ReproConfig r) {
           nn::Model probe(mc, nn::RouterConfig{}, tc.seed);
           load_checkpoint(fin, probe, nullptr);
           if (tc.device == Device::CUDA) probe.to(Device::CUDA);
+          dp::resolve_expert_parallel(tc.expert_parallel, mc.n_experts);
+          dp::shard_expert_weights(probe.params(), mc.n_experts, dist::ep_size(), dist::ep_rank());
           RunConfig pc = tc;
           pc.max_eval_examples = 200;
           if (vit) {

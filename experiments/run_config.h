@@ -285,10 +285,12 @@ struct FieldTable<exp::RunConfig> {
                "compute each batch as S shards whose gradients are summed in a fixed order; under mpirun -np N each "
                "rank computes S/N of them (default: one per rank; --resume: the checkpoint's), and the run has the "
                "same bits at any N that divides S into powers of two (docs/SCALE.md)"),
-      VM_FIELD(expert_parallel, "--expert-parallel", Group::optimisation, Use::train | Use::repro | Use::key_if_set,
-               "training under mpirun -np N: shard each MoE layer's experts over P ranks (P divides N and the "
-               "experts); the routed tokens go to the rank that owns their expert and back (all-to-all), the "
-               "capacity is applied over the P ranks' tokens together (docs/SCALE.md)"),
+      VM_FIELD(expert_parallel, "--expert-parallel", Group::optimisation,
+               Use::train | Use::eval | Use::repro | Use::key_if_set,
+               "under mpirun -np N: shard each MoE layer's experts over P ranks (P divides N and the experts); "
+               "the routed tokens go to the rank that owns their expert and back (all-to-all); training applies "
+               "the capacity over the P ranks' tokens together, evaluation per batch as one process does "
+               "(docs/SCALE.md)"),
       VM_FIELD(dist_timeout, "--dist-timeout", Group::run, Use::train | Use::eval | Use::repro | Use::runtime,
                "multi-process runs: seconds a rank waits for the others at an exchange before it stops the job, "
                "naming the rank that did not answer"),

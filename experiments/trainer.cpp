@@ -812,23 +812,6 @@ static void resolve_batch_shards(RunConfig& cfg, const std::string& last_path) {
                          "differ from a run with another number of ranks (docs/SCALE.md)\n", per);
 }
 
-// --expert-parallel P: P divides the ranks and every MoE layer's experts; one
-// clear line (exit 2) otherwise, on every rank alike, before any work.
-static void resolve_expert_parallel(const RunConfig& cfg, const nn::ModelConfig& mc) {
-  const int P = cfg.expert_parallel, N = dist::size();
-  if (P == 1) {
-    dist::set_expert_parallel(1);
-    return;
-  }
-  const std::string f = "--expert-parallel " + std::to_string(P);
-  if (N % P != 0)
-    dist::fail_all(f + " does not divide the " + std::to_string(N) + " rank" + (N == 1 ? "" : "s") +
-                   " (mpirun -np N with N a multiple of P: N/P data-parallel groups of P expert shards)");
-  if (mc.n_experts % P != 0)
-    dist::fail_all(f + " does not divide the " + std::to_string(mc.n_experts) + " experts of each MoE layer");
-  dist::set_expert_parallel(P);
-}
-
 int run_train(RunConfig cfg) {
   // setup: output folder, model, trainable parameters, optimiser, data
   cfg.validate();
@@ -855,7 +838,7 @@ int run_train(RunConfig cfg) {
   StageData data = load_stage_data(cfg, mc);
   apply_epochs(cfg, data);
   resolve_batch_shards(cfg, ck.last_path);
-  resolve_expert_parallel(cfg, mc);
+  dp::resolve_expert_parallel(cfg.expert_parallel, mc.n_experts);
   dist::on_root("setup", [&] { prepare_out_dir(cfg.out); });
   nn::Model model(mc, rc, cfg.seed);
   nn::AdamWConfig oc = cfg.optim;

@@ -57,6 +57,17 @@ std::vector<int64_t> ep_kept_counts(const std::vector<std::vector<int64_t>>& wan
   return kept;
 }
 
+std::vector<int64_t> ep_kept_counts_own(const std::vector<std::vector<int64_t>>& wanted,
+                                        const std::vector<int64_t>& n_real, int K, int E, double capacity_factor) {
+  const size_t P = wanted.size();
+  std::vector<int64_t> kept(P * (size_t)E, 0);
+  for (size_t q = 0; q < P; ++q) {
+    const int64_t cap = capacity_of(capacity_factor, n_real[q], K, E);
+    for (int e = 0; e < E; ++e) kept[q * (size_t)E + (size_t)e] = std::min(wanted[q][(size_t)e], cap);
+  }
+  return kept;
+}
+
 DispatchPlan plan_dispatch_capped(const std::vector<int32_t>& experts, int64_t N, int K, int E,
                                   const std::vector<uint8_t>& mask, const std::vector<int64_t>& cap) {
   VM_CHECK((int)cap.size() == E, "plan_dispatch: " + std::to_string(cap.size()) + " capacities for " +
@@ -216,14 +227,15 @@ Var ep_exchange(const Var& x, const std::vector<int64_t>& send_rows, const std::
 }
 }  // namespace
 
-Var MoELayer::forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, MoEAux& aux,
-                         std::vector<int64_t>& wanted) {
+Var MoELayer::forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, bool own_capacity,
+                         MoEAux& aux, std::vector<int64_t>& wanted) {
   const int64_t N = x.size(0);
   const int E = cfg_.n_experts, K = cfg_.top_k, P = dist::ep_size(), me = dist::ep_rank();
   const int El = E / P;  // experts per member: member q owns [q·El, (q+1)·El)
   const std::vector<int32_t>& experts = r.experts.host();
   // 1. every member's wanted counts and real tokens -> the kept counts of every
-  //    member (global capacity, decided identically on every member)
+  //    member (global capacity, or each member's own in evaluation: decided
+  //    identically on every member)
   int64_t n_real = 0;
   std::vector<int64_t> my_wanted = wanted_of(experts, N, K, E, mask, n_real);
   std::vector<int64_t> send((size_t)P * (E + 1));
@@ -238,7 +250,8 @@ Var MoELayer::forward_ep(const Var& x, const std::vector<uint8_t>& mask, const R
     w_all[q].assign(all.begin() + (ptrdiff_t)q * (E + 1), all.begin() + (ptrdiff_t)q * (E + 1) + E);
     n_all[q] = all[(size_t)q * (E + 1) + E];
   }
-  const std::vector<int64_t> kept = ep_kept_counts(w_all, n_all, K, E, cfg_.capacity_factor);
+  const std::vector<int64_t> kept = own_capacity ? ep_kept_counts_own(w_all, n_all, K, E, cfg_.capacity_factor)
+                                                 : ep_kept_counts(w_all, n_all, K, E, cfg_.capacity_factor);
   // 2. this member's plan: its assignments grouped by expert, hence by owner
   DispatchPlan plan = plan_dispatch_capped(
       experts, N, K, E, mask, std::vector<int64_t>(kept.begin() + (ptrdiff_t)me * E, kept.begin() + (ptrdiff_t)(me + 1) * E));
@@ -316,7 +329,7 @@ Var MoELayer::forward(const Var& x, const std::vector<uint8_t>& mask, const Rout
   // ---- dispatch: group (token, slot) assignments by expert -------------------------
   std::vector<int64_t> wanted;
   Var out;
-  if (ctx.expert_parallel && dist::ep_size() > 1) out = forward_ep(x, mask, r, aux, wanted);
+  if (ctx.expert_parallel && dist::ep_size() > 1) out = forward_ep(x, mask, r, ctx.ep_own_capacity, aux, wanted);
   else
     VM_CHECK(w1_.size(0) == E, "moe: the expert weights hold " + std::to_string(w1_.size(0)) + " of the " +
                                    std::to_string(E) + " experts (sharded: gather them before a full forward)");

@@ -60,6 +60,11 @@ DispatchPlan plan_dispatch_capped(const std::vector<int32_t>& experts, int64_t N
 // every assignment is kept.
 std::vector<int64_t> ep_kept_counts(const std::vector<std::vector<int64_t>>& wanted,
                                     const std::vector<int64_t>& n_real, int K, int E, double capacity_factor);
+// The same with each member's own capacity (RouteCtx::ep_own_capacity): member
+// q keeps min(wanted[q][e], ⌈cf · n_real[q] · K / E⌉) of expert e, what
+// plan_dispatch keeps for q's tokens in one process.
+std::vector<int64_t> ep_kept_counts_own(const std::vector<std::vector<int64_t>>& wanted,
+                                        const std::vector<int64_t>& n_real, int K, int E, double capacity_factor);
 
 // Where the sizes of a dispatch plan lie in the one buffer the GPU's plan
 // writes them to and the host downloads in one transfer: offsets (E+1),
@@ -90,7 +95,7 @@ class MoELayer {
   // Expert parallelism (RouteCtx::expert_parallel, dist::ep_size() > 1): the
   // routed rows go to the members of the expert group that own their experts
   // and come back (docs/SCALE.md); returns Σ_k g_k E_k(x) like the local path.
-  Var forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, MoEAux& aux,
+  Var forward_ep(const Var& x, const std::vector<uint8_t>& mask, const RouterOut& r, bool own_capacity, MoEAux& aux,
                  std::vector<int64_t>& wanted);
   const ModelConfig& cfg_;
   RouterConfig rcfg_;

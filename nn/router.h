@@ -184,8 +184,13 @@ struct RouteCtx {
   // layers send their routed rows to the members of this rank's expert group
   // that own the experts (nn::MoELayer::forward_ep). Every member of the group
   // must make the same calls in the same order (training shards: yes;
-  // evaluation, whose ranks hold different batches: no, it stays local).
+  // evaluation: its passes pad a member short of batches with discarded
+  // forwards, experiments/mc_eval.cpp).
   bool expert_parallel = false;
+  // With expert_parallel: the capacity of each member's tokens alone (as one
+  // process forwarding that member's batch; evaluation), not the group's
+  // global capacity (training: the whole batch's, docs/SCALE.md).
+  bool ep_own_capacity = false;
   int64_t rows_or(int64_t N) const { return rows > 0 ? rows : N; }
   bool whole(int64_t N) const { return row0 == 0 && rows_or(N) == N; }
 };

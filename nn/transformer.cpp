@@ -128,6 +128,7 @@ Var Model::blocks_forward(Var x, int B, int T, bool causal, const std::vector<ui
       ctx.rows = opt.rows_total;
       ctx.n_real = opt.n_real_total;
       ctx.expert_parallel = opt.expert_parallel;
+      ctx.ep_own_capacity = opt.ep_own_capacity;
       MoEAux aux;
       f = b.moe->forward(h, mask, ctx, aux);
       res.moe.push_back(std::move(aux));

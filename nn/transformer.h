@@ -33,6 +33,7 @@ struct ForwardOptions {
   int64_t row0 = 0, rows_total = 0;
   double n_real_total = 0;
   bool expert_parallel = false;  // RouteCtx::expert_parallel
+  bool ep_own_capacity = false;  // RouteCtx::ep_own_capacity
 };
 
 struct ForwardResult {

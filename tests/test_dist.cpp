@@ -437,6 +437,11 @@ TEST_CASE("data parallel: vmoer reproduce under mpirun runs every stage on both 
   auto body = [](const std::string& t) { return t.substr(0, t.find("Built as:")); };
   CHECK(body(slurp(d / "one/table.md")) == body(slurp(d / "two/table.md")));
   CHECK(json::parse(slurp(d / "two/results.json"))["provenance"]["ranks"].get<std::string>().rfind("2 ranks", 0) == 0);
+  // With the experts sharded over the 2 ranks (every stage, and the
+  // evaluations): the same table again.
+  Out ep = vmoer(r + " --expert-parallel 2 --out " + d / "ep", 2);
+  REQUIRE_MESSAGE(ep.rc == 0, ep.text);
+  CHECK(body(slurp(d / "one/table.md")) == body(slurp(d / "ep/table.md")));
 }
 
 // ---- expert parallelism (--expert-parallel P; docs/SCALE.md §8) --------------------------------------
@@ -525,6 +530,48 @@ TEST_CASE("expert parallel: an --expert-parallel 2 checkpoint resumes in one pro
     CHECK(std::abs(a[i]["loss"].get<double>() - b[i]["loss"].get<double>()) <= 1e-5 * std::abs(b[i]["loss"].get<double>()));
   }
   CHECK(dropped > 0);  // the capacity bit
+}
+
+TEST_CASE("expert parallel: vmoer eval with the experts sharded over 2 and 4 ranks gives one process's predictions and metrics") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  // A capacity (0.75) that drops assignments: each batch keeps its own, as in
+  // one process (RouteCtx::ep_own_capacity), however the group's batches differ.
+  REQUIRE(vmoer("train --stage finetune --steps 2 --eval-every 2 --capacity-factor 0.75" + kTask + " --out " + d / "ft").rc == 0);
+  REQUIRE(vmoer("train --stage router --router mfvr --bayes-layers 1 --steps 2 --eval-every 2 --init " +
+                d / "ft/best.safetensors" + kTask + " --out " + d / "r").rc == 0);
+  // --batch 5: 3 batches of the 12 test prompts and 2 of each OOD set of 10,
+  // so some ranks have fewer batches than others of their group and pad;
+  // S = 3 router samples, the predictive arm, stability, sensitivity: every
+  // pass goes through the sharded experts
+  const std::string e = "eval --ckpt " + d / "r/best.safetensors" + " --data-dir " + kFix +
+                        " --samples 3 --mi-samples 2 --stability --gammas 0.01 --ood-size 10 --batch 5 --sensitivity";
+  Out one = vmoer(e + " --out " + d / "e1");
+  REQUIRE_MESSAGE(one.rc == 0, one.text);
+  json a = json::parse(slurp(d / "e1/eval.json"));
+  a.erase("provenance");
+  CHECK(a["ood"].size() >= 2);
+  CHECK(a.contains("stability"));
+  CHECK(a.contains("predictive"));
+  std::string mp4 = kMpirun;
+  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
+  // np = 2 with P = 2; np = 4 with P = 4 (one expert per rank) and with P = 2 (2 groups)
+  for (auto [np, P] : {std::pair{2, 2}, std::pair{4, 4}, std::pair{4, 2}}) {
+    const std::string tag = "np" + std::to_string(np) + "-ep" + std::to_string(P);
+    INFO(tag);
+    Out r = sh((np == 4 ? mp4 : kMpirun) + kBin + " " + e + " --threads 1 --expert-parallel " + std::to_string(P) +
+               " --out " + d / tag);
+    REQUIRE_MESSAGE(r.rc == 0, r.text);
+    CHECK(r.text.find("eval: experts sharded over " + std::to_string(P) + " ranks per group (" + std::to_string(4 / P) +
+                      " of 4 per MoE layer on this rank)") != std::string::npos);
+    CHECK(slurp(d / "e1/probs_test.csv") == slurp(d / (tag + "/probs_test.csv")));
+    CHECK(slurp(d / "e1/scores.csv") == slurp(d / (tag + "/scores.csv")));
+    json b = json::parse(slurp(d / (tag + "/eval.json")));
+    CHECK(b["provenance"]["expert_parallel"]["ranks_per_group"] == P);
+    CHECK(b["provenance"]["expert_parallel"]["bytes_sent_rank0"].get<uint64_t>() > 0);
+    b.erase("provenance");
+    CHECK(a == b);
+  }
 }
 
 TEST_CASE("expert parallel: bad layouts stop in one line with exit code 2") {
@@ -748,6 +795,34 @@ TEST_CASE("expert sharding: np = 4 with 2 expert shards sums expert gradients ov
     ++n;
   }
   CHECK(n == 1);
+}
+
+TEST_CASE("expert sharding: P = 4 (one expert per rank) is deterministic run to run and one process with 4 shards to rounding") {
+  if (!mpi_ready()) return;
+  Scratch d;
+  std::string mp4 = kMpirun;
+  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
+  // At P > 2 an owner adds its P sources' weight gradients in the tape's
+  // order, not the summation tree's (docs/SCALE.md §8): the same bits run to
+  // run, one process's to rounding.
+  const std::string args = kPretrain + " --steps 3 --eval-every 3 --grad-accum 2 --router-jitter 0.1 --threads 1";
+  Out a = sh(mp4 + kBin + " " + args + " --expert-parallel 4 --out " + d / "a");
+  REQUIRE_MESSAGE(a.rc == 0, a.text);
+  Out b = sh(mp4 + kBin + " " + args + " --expert-parallel 4 --out " + d / "b");
+  REQUIRE_MESSAGE(b.rc == 0, b.text);
+  CHECK(steps_of(d / "a") == steps_of(d / "b"));
+  CHECK(slurp(d / "a/last.safetensors") == slurp(d / "b/last.safetensors"));
+  Out one = vmoer(kPretrain + " --steps 3 --eval-every 3 --grad-accum 2 --router-jitter 0.1 --batch-shards 4 --out " + d / "s4");
+  REQUIRE_MESSAGE(one.rc == 0, one.text);
+  auto x = steps_of(d / "a"), y = steps_of(d / "s4");
+  REQUIRE(x.size() == y.size());
+  REQUIRE(x.size() >= 3);
+  for (size_t i = 0; i < x.size(); ++i)
+    if (x[i].contains("loss"))
+      CHECK(std::abs(x[i]["loss"].get<double>() - y[i]["loss"].get<double>()) <= 1e-5 * std::abs(y[i]["loss"].get<double>()));
+  CHECK(max_rel_diff(d / "a/last.safetensors", d / "s4/last.safetensors") < 1e-4);
+  json first = json::parse(slurp(d / "a/log.jsonl").substr(0, slurp(d / "a/log.jsonl").find('\n')));
+  CHECK(first["expert_parallel"] == 4);
 }
 
 TEST_CASE("expert sharding: a one-process checkpoint resumes under --expert-parallel 2 with the uninterrupted bytes") {
