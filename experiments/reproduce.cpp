@@ -226,6 +226,8 @@ static void apply_plan(RunConfig& c, const StagePlan& p) {
 static void reset_stage2_fields(RunConfig& c, bool keep_data) {
   const RunConfig d;
   c.router_loss = d.router_loss;
+  c.beta = d.beta;        // β and the KL's normalisation: only a stage-2 router has a KL
+  c.kl_norm = d.kl_norm;  // (before 2026-12-01 they were kept, so --ablate kl_norm retrained pretraining and fine-tuning)
   c.epochs = d.epochs;
   if (keep_data) return;
   c.train_size = d.train_size;

@@ -371,6 +371,9 @@ TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
   for (auto& r : res["runs"]) values.insert(r["ablation"]["beta"].get<std::string>());
   CHECK(values == std::set<std::string>{"0", "0.5"});
   CHECK(count_stages(d.out, "router-mfvr") == 2);
+  // β is read by stage 2 alone: one pretraining and one fine-tuning for both values
+  CHECK(count_stages(d.out, "pretrain") == 1);
+  CHECK(count_stages(d.out, "finetune") == 1);
   CHECK(run(base + " --ablate gamma=1 --out " + d.root + "/bad", &log) != 0);
   CHECK(log.find("--ablate: unknown key 'gamma'") != std::string::npos);
   CHECK(run(base + " --ablate beta=x --out " + d.root + "/bad", &log) != 0);
