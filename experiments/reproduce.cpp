@@ -5,7 +5,10 @@
 //   parameters -> evaluation on ID test, near- and far-OOD -> stability vs γ
 //   -> FLOPs; over --seeds seeds (mean ± std). Stages whose inputs did not
 //   change are reused from the stage cache (--stages, default <out>/stages/).
+#include <fcntl.h>
 #include <omp.h>
+#include <sys/file.h>
+#include <unistd.h>
 
 #include <charconv>
 #include <chrono>
@@ -15,6 +18,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -260,6 +264,41 @@ std::string stage_key(const RunConfig& c) {
   return std::string(buf).substr(0, 12);
 }
 
+// Two reproduce runs that share one --stages folder must not train the same
+// stage at once: both would append to its log.jsonl and write its
+// checkpoints in turn (it happened in the study of issue 17). Rank 0 holds an
+// advisory lock (flock(2)) on <stage folder>/.lock while it looks the stage up
+// and trains it; the lock goes with the process, so a killed run leaves none
+// behind. A second process waits for it and then finds the stage done (one
+// process), or stops in one line (several ranks: the others would wait past
+// --dist-timeout).
+class StageLock {
+ public:
+  StageLock(const std::string& path, const std::string& name) {
+    bool busy = false;
+    if (dist::root()) {
+      fs::create_directories(fs::path(path).parent_path());
+      fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      if (fd_ < 0) fail("reproduce: cannot open the stage lock '" + path + "': " + std::strerror(errno));
+      busy = ::flock(fd_, LOCK_EX | LOCK_NB) != 0;
+      if (busy && errno != EWOULDBLOCK) fail("reproduce: cannot lock '" + path + "': " + std::strerror(errno));
+    }
+    if (!dist::root_says(busy, "reproduce stage lock")) return;
+    const std::string msg = "stage " + name + " is being trained by another process sharing --stages (" + path + ")";
+    if (dist::active()) dist::fail_all("reproduce: " + msg + "; run again when it has finished");
+    std::fprintf(stderr, "[reproduce] %s: waiting for it\n", msg.c_str());
+    if (::flock(fd_, LOCK_EX) != 0) fail("reproduce: cannot lock '" + path + "': " + std::strerror(errno));
+  }
+  ~StageLock() {
+    if (fd_ >= 0) ::close(fd_);  // releases the lock
+  }
+  StageLock(const StageLock&) = delete;
+  StageLock& operator=(const StageLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
+
 // Train one stage unless a finished copy with the same inputs exists. Returns
 // the best checkpoint, or with `last` the last one.
 // `stages` is the cache folder. A stage that starts from another stage's
@@ -276,6 +315,7 @@ static std::string train_stage(RunConfig c, const std::string& stages, const std
   if (keyed.init.rfind(stages + "/", 0) == 0) keyed.init = "<stages>/" + keyed.init.substr(stages.size() + 1);
   json inputs = stage_inputs(keyed);
   std::string dir = stages + "/" + name + "-" + stage_key(keyed);
+  StageLock lock(dir + "/.lock", name);  // held until the stage is done or found done
   std::string done = dir + "/done.json";
   std::string best = dir + "/best.safetensors";
   const std::string result = last ? dir + "/last.safetensors" : best;

@@ -354,6 +354,48 @@ TEST_CASE("pipeline: the test set depends on --split-seed only, and eval follows
   CHECK(log.find("--bayes-layers") != std::string::npos);
 }
 
+// Two runs sharing one stage cache at the same time (the study's queues did):
+// each stage is trained once, by whichever run locks it first; the other
+// waits and reuses it (StageLock in experiments/reproduce.cpp).
+TEST_CASE("pipeline: two reproduce runs sharing --stages at once train each stage once") {
+  PipelineDirs d;
+  make_cache(d);
+  const std::string base = d.bin + " reproduce --smoke --seeds 1 --methods det,mfvr --data-dir " + d.cache +
+                           " --stages " + d.root + "/stages";
+  const std::string la = d.root + "/a.log", lb = d.root + "/b.log";
+  std::string log;
+  REQUIRE_MESSAGE(run("sh -c '" + base + " --out " + d.root + "/a > " + la + " 2>&1 & p=$!; " + base + " --out " +
+                          d.root + "/b > " + lb + " 2>&1; r=$?; wait $p; exit $(( $? | r ))'", &log) == 0,
+                  std::string(log + slurp(la) + slurp(lb)));
+  const std::string both = slurp(la) + slurp(lb);
+  int trained = 0, stages = 0;
+  for (size_t at = both.find(" done: step"); at != std::string::npos; at = both.find(" done: step", at + 1)) ++trained;
+  for (auto& e : fs::directory_iterator(d.root + "/stages")) {
+    if (!e.is_directory()) continue;
+    ++stages;
+    // one writer: every line of its log is one JSON record, no step twice
+    std::ifstream f(e.path() / "log.jsonl");
+    std::string line;
+    std::set<int64_t> steps;
+    int records = 0;
+    while (std::getline(f, line)) {
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      REQUIRE_MESSAGE(!j.is_discarded(), std::string(e.path().string() + ": " + line));
+      if (j.contains("step") && !j.contains("event") && j.contains("loss")) {
+        steps.insert(j["step"].get<int64_t>());
+        ++records;
+      }
+    }
+    CHECK_MESSAGE((int)steps.size() == records, e.path().string());
+  }
+  CHECK(stages == 3);  // pretrain, finetune, router-mfvr
+  CHECK_MESSAGE(trained == stages, both);
+  auto ra = nlohmann::json::parse(slurp(d.root + "/a/results.json"));
+  auto rb = nlohmann::json::parse(slurp(d.root + "/b/results.json"));
+  REQUIRE(ra["runs"].size() == rb["runs"].size());
+  for (size_t i = 0; i < ra["runs"].size(); ++i) CHECK(ra["runs"][i]["id"] == rb["runs"][i]["id"]);
+}
+
 // --ablate key=v1,v2: a full run of the methods per value, one table each, and
 // separate stage-2 trainings (the value is part of each stage's inputs).
 TEST_CASE("pipeline: reproduce --ablate sweeps one knob") {
