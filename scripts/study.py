@@ -120,6 +120,40 @@ def metrics(rec):
     return m
 
 
+def load_best(study, regime):
+    """The best combination: <regime>-best, or one folder per router set
+    (<regime>-best-<router>, when the screening kept different levels per
+    router), merged; baselines missing from them (sample-k, mc-dropout: no
+    stage 2) come from <regime>-main where they evaluated the same fine-tuned
+    model (the det record's checkpoint; --router-data heldout changes the
+    fine-tuning in the quick plan, and then nothing is borrowed).
+    Returns (results, [how each part was made])."""
+    folders = sorted(f for f in glob.glob(os.path.join(study, f"{regime}-best*"))
+                     if os.path.exists(os.path.join(f, "results.json")))
+    if not folders:
+        return None, None
+    merged, made_by = None, []
+    for f in folders:
+        r = load(f)
+        made_by.append(f"`{r['provenance']['command']}` — built as "
+                       f"{r['provenance']['build'].get('version', r['provenance']['build'].get('commit'))}; "
+                       f"wall time {r['seconds'] / 60:.0f} min")
+        if merged is None:
+            merged = dict(r, runs=[])
+        have = {(x["method"], x["seed"]) for x in merged["runs"]}
+        merged["runs"] += [x for x in r["runs"] if (x["method"], x["seed"]) not in have]
+    main = os.path.join(study, f"{regime}-main")
+    if os.path.exists(os.path.join(main, "results.json")):
+        have = {x["method"] for x in merged["runs"]}
+        ft = {x["seed"]: x["checkpoint"] for x in merged["runs"] if x["method"] == "det"}
+        borrowed = [x for x in load(main)["runs"]
+                    if x["method"] in BASELINES and x["method"] not in have and ft.get(x["seed"]) == x.get("checkpoint")]
+        if borrowed:
+            merged["runs"] += borrowed
+            made_by.append(f"{', '.join(sorted({x['method'] for x in borrowed}))} from {regime}-main (same seeds)")
+    return merged, made_by
+
+
 def by_method_seed(res, track="text"):
     out = defaultdict(dict)  # method -> seed -> metrics
     for r in res["runs"]:
@@ -316,15 +350,31 @@ def screening_md(sc):
 
 
 # ---- stage wall times ----------------------------------------------------------------------
-def stage_times(study):
-    t = defaultdict(list)
+def stage_times(study, out):
+    """Per-stage wall times: the stage cache's done.json files, merged into
+    out/stage_times.csv (one row per stage folder, kept across sessions: a
+    stage cache does not outlive its machine)."""
+    rows = {}
+    csv_path = os.path.join(out, "stage_times.csv")
+    if os.path.exists(csv_path):
+        with open(csv_path) as f:
+            for r in csv.DictReader(f):
+                rows[r["stage"]] = r
     for done in glob.glob(os.path.join(study, "stages", "*", "done.json")):
         name = os.path.basename(os.path.dirname(done))
         with open(done) as f:
             j = json.load(f)
         kind = re.sub(r"-seed\d+-[0-9a-f]+$", "", name)
         plan = "overconfident" if j["inputs"].get("epochs", 0) and kind.startswith(("finetune", "router")) else "quick"
-        t[(plan, kind)].append(j["seconds"])
+        rows[name] = {"stage": name, "plan": plan, "kind": kind, "seconds": f"{j['seconds']:.1f}"}
+    with open(csv_path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["stage", "plan", "kind", "seconds"])
+        w.writeheader()
+        for name in sorted(rows):
+            w.writerow(rows[name])
+    t = defaultdict(list)
+    for r in rows.values():
+        t[(r["plan"], r["kind"])].append(float(r["seconds"]))
     lines = ["| plan | stage | runs | wall time per run (min) |", "|---|---|---|---|"]
     for (plan, kind), v in sorted(t.items()):
         m, s = mean_std(v)
@@ -438,15 +488,19 @@ def main():
     for regime in REGIMES:
         for tag in ("main", "best"):
             folder = os.path.join(a.study, f"{regime}-{tag}")
-            if not os.path.exists(os.path.join(folder, "results.json")):
-                continue
-            res = load(folder)
+            res, made_by = load_best(a.study, regime) if tag == "best" else (None, None)
+            if tag == "main" or res is None:
+                if not os.path.exists(os.path.join(folder, "results.json")):
+                    continue
+                res = load(folder)
+                made_by = [f"`{res['provenance']['command']}` — built as "
+                           f"{res['provenance']['build'].get('version', res['provenance']['build'].get('commit'))}; "
+                           f"wall time {res['seconds'] / 60:.0f} min"]
             tab = by_method_seed(res, TRACK[regime])
             tabs[(regime, tag)] = tab
             seeds = sorted({s for m in tab.values() for s in m})
             md += [f"## {REGIMES[regime]}: {'default configuration' if tag == 'main' else 'best screened combination'}",
-                   "", f"`{res['provenance']['command']}` — built as {res['provenance']['build'].get('version', res['provenance']['build'].get('commit'))};"
-                   f" seeds {seeds} (fine-tuning seeds: --reseed-from {res['reseed_from']}); wall time {res['seconds'] / 60:.0f} min.",
+                   "", "; ".join(made_by) + f"; seeds {seeds} (fine-tuning seeds: --reseed-from {res['reseed_from']}).",
                    "", "Mean ± std over seeds (test split; J = Jaccard of top-K sets at γ = 0.01, all MoE layers):", "",
                    main_table(tab, BASELINES + BAYES), "",
                    "Paired differences against det (and det+ts for ECE), mean ± std over seeds; * = beyond 2 std:", "",
@@ -462,7 +516,12 @@ def main():
             summary[f"{regime}-screening"] = sc
     md += ["## Stage wall times as run", "",
            "Threads and machine load varied (see each run's command.txt and the study's queue.log): "
-           "not idle timings.", "", stage_times(a.study), ""]
+           "not idle timings. Stages recorded since 2026-12-01 10:00 UTC (stage_times.csv):", "",
+           stage_times(a.study, a.out), ""]
+    older = os.path.join(a.out, "stage_times_sessions7-9.md")
+    if os.path.exists(older):
+        with open(older) as f:
+            md += [f.read()]
     if tabs:
         fig_ece(tabs, a.out)
     with open(os.path.join(a.out, "study.md"), "w") as f:

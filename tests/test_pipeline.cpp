@@ -288,6 +288,10 @@ TEST_CASE("pipeline: reproduce --seeds 2 shares the stages before --reseed-from"
     std::string table = slurp(out + "/table.md");
     CHECK((table.find("Shared across seeds") != std::string::npos) == (std::string(c.from) != "pretrain"));
   }
+  // The default: every seed fine-tunes its own model from one pretrained model.
+  REQUIRE_MESSAGE(run(base + " --out " + d.root + "/reseed-default", &log) == 0, log);
+  CHECK(nlohmann::json::parse(slurp(d.root + "/reseed-default/results.json"))["reseed_from"] == "finetune");
+  CHECK(count_stages(d.root + "/reseed-default", "finetune-seed") == 2);
   // A stage without done.json (stopped part-way) is resumed from its last checkpoint, not restarted.
   std::string out = d.root + "/reseed-router";
   std::string table = slurp(out + "/table.md");
