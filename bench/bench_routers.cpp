@@ -121,7 +121,7 @@ int main(int argc, char** argv) {
       continue;
     rc.samples = samples;
     rc.bayes_layers = {1, 2};
-    Entry e{name, std::make_unique<nn::Model>(mc, rc, 1)};
+    Entry e{name, std::make_unique<nn::Model>(mc, rc, 1), 0.0, {}};
     e.model->to(dev);
     e.flops = exp::flops_json(*e.model, T)["per_token"].get<double>();
     es.push_back(std::move(e));

@@ -56,7 +56,7 @@ double global_grad_norm(ParamStore& params) {
 
 static bool no_decay(const std::string& name) {
   // norm gains/biases, biases and embeddings' positional table keep no decay
-  return name.find("norm") != std::string::npos || name.size() >= 2 && name.compare(name.size() - 2, 2, ".b") == 0;
+  return name.find("norm") != std::string::npos || (name.size() >= 2 && name.compare(name.size() - 2, 2, ".b") == 0);
 }
 
 void AdamW::to(Device dev) {

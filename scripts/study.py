@@ -9,7 +9,13 @@ STUDY_DIR holds one folder per `vmoer reproduce` run, named by convention:
   <regime>-s<k>-...   the screening: seed 1, one factor per run (--ablate);
                       its default is <regime>-s0-default if present, else
                       the main run's seed 1 (the same stages: --stages)
-  <regime>-best       the best combination per router, several seeds
+  <regime>-best       the best combination per router, several seeds; or
+  <regime>-best-*     one folder per router (their kept levels differ),
+                      merged; baselines without stage 2 (sample-k,
+                      mc-dropout) borrowed from <regime>-main where they
+                      evaluated the same fine-tuned models
+  <regime>-single-*   the best single factor per router (by validation NLL),
+                      merged the same way (a follow-up, see RESULTS.md)
 <regime> is "std" (the standard quick plan) or "oc" (--plan overconfident).
 
 Writes OUT_DIR/study.md (every table below), OUT_DIR/study.json (the same
@@ -120,7 +126,7 @@ def metrics(rec):
     return m
 
 
-def load_best(study, regime):
+def load_best(study, regime, tag="best"):
     """The best combination: <regime>-best, or one folder per router set
     (<regime>-best-<router>, when the screening kept different levels per
     router), merged; baselines missing from them (sample-k, mc-dropout: no
@@ -128,7 +134,7 @@ def load_best(study, regime):
     model (the det record's checkpoint; --router-data heldout changes the
     fine-tuning in the quick plan, and then nothing is borrowed).
     Returns (results, [how each part was made])."""
-    folders = sorted(f for f in glob.glob(os.path.join(study, f"{regime}-best*"))
+    folders = sorted(f for f in glob.glob(os.path.join(study, f"{regime}-{tag}*"))
                      if os.path.exists(os.path.join(f, "results.json")))
     if not folders:
         return None, None
@@ -486,9 +492,9 @@ def main():
     summary = {}
     tabs = {}
     for regime in REGIMES:
-        for tag in ("main", "best"):
+        for tag in ("main", "best", "single"):
             folder = os.path.join(a.study, f"{regime}-{tag}")
-            res, made_by = load_best(a.study, regime) if tag == "best" else (None, None)
+            res, made_by = load_best(a.study, regime, tag) if tag != "main" else (None, None)
             if tag == "main" or res is None:
                 if not os.path.exists(os.path.join(folder, "results.json")):
                     continue
@@ -499,7 +505,10 @@ def main():
             tab = by_method_seed(res, TRACK[regime])
             tabs[(regime, tag)] = tab
             seeds = sorted({s for m in tab.values() for s in m})
-            md += [f"## {REGIMES[regime]}: {'default configuration' if tag == 'main' else 'best screened combination'}",
+            title = {"main": "default configuration", "best": "best screened combination",
+                     "single": "best single screened factor per router (added after the combination failed on "
+                               "validation; see RESULTS.md)"}[tag]
+            md += [f"## {REGIMES[regime]}: {title}",
                    "", "; ".join(made_by) + f"; seeds {seeds} (fine-tuning seeds: --reseed-from {res['reseed_from']}).",
                    "", "Mean ± std over seeds (test split; J = Jaccard of top-K sets at γ = 0.01, all MoE layers):", "",
                    main_table(tab, BASELINES + BAYES), "",
