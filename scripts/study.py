@@ -151,9 +151,14 @@ def load_best(study, regime, tag="best"):
     main = os.path.join(study, f"{regime}-main")
     if os.path.exists(os.path.join(main, "results.json")):
         have = {x["method"] for x in merged["runs"]}
-        ft = {x["seed"]: x["checkpoint"] for x in merged["runs"] if x["method"] == "det"}
+        mine = {x["seed"]: x for x in merged["runs"] if x["method"] == "det"}
+        theirs = {x["seed"]: x for x in load(main)["runs"] if x["method"] == "det"}
+        # the same fine-tuned model: the same stage, or det's test predictions' metrics identical to the last bit
+        # (a stage trained again under another key, e.g. binary 123eb7f keyed fine-tuning by --kl-norm)
+        same = {s for s, d in mine.items() if s in theirs and
+                (d["checkpoint"] == theirs[s]["checkpoint"] or (d["id"] == theirs[s]["id"] and d["ood"] == theirs[s]["ood"]))}
         borrowed = [x for x in load(main)["runs"]
-                    if x["method"] in BASELINES and x["method"] not in have and ft.get(x["seed"]) == x.get("checkpoint")]
+                    if x["method"] in BASELINES and x["method"] not in have and x["seed"] in same]
         if borrowed:
             merged["runs"] += borrowed
             made_by.append(f"{', '.join(sorted({x['method'] for x in borrowed}))} from {regime}-main (same seeds)")
