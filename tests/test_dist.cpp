@@ -79,7 +79,9 @@ Out sh(const std::string& cmd) {
   return o;
 }
 Out vmoer(const std::string& args, int ranks = 1) {
-  return sh((ranks > 1 ? kMpirun : std::string()) + kBin + " " + args + " --threads 1");
+  std::string mp = kMpirun;
+  mp.replace(mp.find("-np 2"), 5, "-np " + std::to_string(ranks));
+  return sh((ranks > 1 ? mp : std::string()) + kBin + " " + args + " --threads 1");
 }
 
 std::string slurp(const std::string& p) {
@@ -283,25 +285,31 @@ TEST_CASE("data parallel: a checkpoint of np = 2 resumes with np = 1 and gives t
   CHECK(slurp(d / "full/last.safetensors") == slurp(d / "part/last.safetensors"));
   CHECK(slurp(d / "full/best.safetensors") == slurp(d / "part/best.safetensors"));
   // Three ranks cannot split 2 shards: one line, before any work.
-  std::string mp3 = kMpirun;
-  mp3.replace(mp3.find("-np 2"), 5, "-np 3");
-  Out bad = sh(mp3 + kBin + " " + args + " --threads 1 --steps 8 --resume --out " + d / "part");
+  Out bad = vmoer(args + " --steps 8 --resume --out " + d / "part", 3);
   CHECK(bad.rc != 0);
   CHECK_MESSAGE(bad.text.find("vmoer: --batch-shards 2 (the checkpoint's) is not a multiple of the 3 ranks") !=
                     std::string::npos, bad.text);
 }
 
+// A fine-tuned model (fine-tuning flags ft_flags) with an mfvr stage 2 on
+// layer 1, in d; returns the `vmoer eval` command of its checkpoint with
+// --batch B: S = 3 router samples, the predictive arm, stability and
+// sensitivity, OOD sets of 10 (every kind of pass an evaluation makes).
+static std::string mfvr_eval(const Scratch& d, const std::string& ft_flags, int B) {
+  REQUIRE(vmoer("train --stage finetune --steps 2 --eval-every 2" + ft_flags + kTask + " --out " + d / "ft").rc == 0);
+  REQUIRE(vmoer("train --stage router --router mfvr --bayes-layers 1 --steps 2 --eval-every 2 --init " +
+                d / "ft/best.safetensors" + kTask + " --out " + d / "r").rc == 0);
+  return "eval --ckpt " + d / "r/best.safetensors" + " --data-dir " + kFix +
+         " --samples 3 --mi-samples 2 --stability --gammas 0.01 --ood-size 10 --batch " + std::to_string(B) +
+         " --sensitivity";
+}
+
 TEST_CASE("data parallel: vmoer eval split over 2 ranks gives one process's predictions and metrics") {
   if (!mpi_ready()) return;
   Scratch d;
-  REQUIRE(vmoer("train --stage finetune --steps 2 --eval-every 2" + kTask + " --out " + d / "ft").rc == 0);
-  REQUIRE(vmoer("train --stage router --router mfvr --bayes-layers 1 --steps 2 --eval-every 2 --init " +
-                d / "ft/best.safetensors" + kTask + " --out " + d / "r").rc == 0);
   // --batch 1: every prompt its own batch, so both ranks have batches of every
-  // set (the fixture's test split is small); S = 3 router samples, the
-  // predictive arm, stability and sensitivity: every pass is split
-  const std::string e = "eval --ckpt " + d / "r/best.safetensors" + " --data-dir " + kFix +
-                        " --samples 3 --mi-samples 2 --stability --gammas 0.01 --ood-size 10 --batch 1 --sensitivity";
+  // set (the fixture's test split is small): every pass is split
+  const std::string e = mfvr_eval(d, "", 1);
   Out one = vmoer(e + " --out " + d / "e1");
   REQUIRE_MESSAGE(one.rc == 0, one.text);
   Out two = vmoer(e + " --out " + d / "e2", 2);
@@ -537,15 +545,10 @@ TEST_CASE("expert parallel: vmoer eval with the experts sharded over 2 and 4 ran
   Scratch d;
   // A capacity (0.75) that drops assignments: each batch keeps its own, as in
   // one process (RouteCtx::ep_own_capacity), however the group's batches differ.
-  REQUIRE(vmoer("train --stage finetune --steps 2 --eval-every 2 --capacity-factor 0.75" + kTask + " --out " + d / "ft").rc == 0);
-  REQUIRE(vmoer("train --stage router --router mfvr --bayes-layers 1 --steps 2 --eval-every 2 --init " +
-                d / "ft/best.safetensors" + kTask + " --out " + d / "r").rc == 0);
-  // --batch 5: 3 batches of the 12 test prompts and 2 of each OOD set of 10,
-  // so some ranks have fewer batches than others of their group and pad;
-  // S = 3 router samples, the predictive arm, stability, sensitivity: every
-  // pass goes through the sharded experts
-  const std::string e = "eval --ckpt " + d / "r/best.safetensors" + " --data-dir " + kFix +
-                        " --samples 3 --mi-samples 2 --stability --gammas 0.01 --ood-size 10 --batch 5 --sensitivity";
+  // --batch 5: the fixture's 3 test prompts are one batch and each OOD set of
+  // 10 two, so most ranks have fewer batches than others and pad; every pass
+  // goes through the sharded experts
+  const std::string e = mfvr_eval(d, " --capacity-factor 0.75", 5);
   Out one = vmoer(e + " --out " + d / "e1");
   REQUIRE_MESSAGE(one.rc == 0, one.text);
   json a = json::parse(slurp(d / "e1/eval.json"));
@@ -553,14 +556,11 @@ TEST_CASE("expert parallel: vmoer eval with the experts sharded over 2 and 4 ran
   CHECK(a["ood"].size() >= 2);
   CHECK(a.contains("stability"));
   CHECK(a.contains("predictive"));
-  std::string mp4 = kMpirun;
-  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
   // np = 2 with P = 2; np = 4 with P = 4 (one expert per rank) and with P = 2 (2 groups)
   for (auto [np, P] : {std::pair{2, 2}, std::pair{4, 4}, std::pair{4, 2}}) {
     const std::string tag = "np" + std::to_string(np) + "-ep" + std::to_string(P);
     INFO(tag);
-    Out r = sh((np == 4 ? mp4 : kMpirun) + kBin + " " + e + " --threads 1 --expert-parallel " + std::to_string(P) +
-               " --out " + d / tag);
+    Out r = vmoer(e + " --expert-parallel " + std::to_string(P) + " --out " + d / tag, np);
     REQUIRE_MESSAGE(r.rc == 0, r.text);
     CHECK(r.text.find("eval: experts sharded over " + std::to_string(P) + " ranks per group (" + std::to_string(4 / P) +
                       " of 4 per MoE layer on this rank)") != std::string::npos);
@@ -761,11 +761,9 @@ TEST_CASE("expert sharding: weights and optimizer state per rank halve for the e
 TEST_CASE("expert sharding: np = 4 with 2 expert shards sums expert gradients over the 2-rank replica set") {
   if (!mpi_ready()) return;
   Scratch d;
-  std::string mp4 = kMpirun;
-  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
   // --batch 4: one example per shard; the replica sets {0, 2} and {1, 3}
   const std::string args = kPretrain + " --steps 3 --eval-every 2 --grad-accum 2 --router-jitter 0.1";
-  Out four = sh(mp4 + kBin + " " + args + " --threads 1 --expert-parallel 2 --out " + d / "ep4");
+  Out four = vmoer(args + " --expert-parallel 2 --out " + d / "ep4", 4);
   REQUIRE_MESSAGE(four.rc == 0, four.text);
   Out one = vmoer(args + " --batch-shards 4 --out " + d / "s4");
   REQUIRE_MESSAGE(one.rc == 0, one.text);
@@ -800,19 +798,17 @@ TEST_CASE("expert sharding: np = 4 with 2 expert shards sums expert gradients ov
 TEST_CASE("expert sharding: P = 4 (one expert per rank) is deterministic run to run and one process with 4 shards to rounding") {
   if (!mpi_ready()) return;
   Scratch d;
-  std::string mp4 = kMpirun;
-  mp4.replace(mp4.find("-np 2"), 5, "-np 4");
   // At P > 2 an owner adds its P sources' weight gradients in the tape's
   // order, not the summation tree's (docs/SCALE.md §8): the same bits run to
   // run, one process's to rounding.
-  const std::string args = kPretrain + " --steps 3 --eval-every 3 --grad-accum 2 --router-jitter 0.1 --threads 1";
-  Out a = sh(mp4 + kBin + " " + args + " --expert-parallel 4 --out " + d / "a");
+  const std::string args = kPretrain + " --steps 3 --eval-every 3 --grad-accum 2 --router-jitter 0.1";
+  Out a = vmoer(args + " --expert-parallel 4 --out " + d / "a", 4);
   REQUIRE_MESSAGE(a.rc == 0, a.text);
-  Out b = sh(mp4 + kBin + " " + args + " --expert-parallel 4 --out " + d / "b");
+  Out b = vmoer(args + " --expert-parallel 4 --out " + d / "b", 4);
   REQUIRE_MESSAGE(b.rc == 0, b.text);
   CHECK(steps_of(d / "a") == steps_of(d / "b"));
   CHECK(slurp(d / "a/last.safetensors") == slurp(d / "b/last.safetensors"));
-  Out one = vmoer(kPretrain + " --steps 3 --eval-every 3 --grad-accum 2 --router-jitter 0.1 --batch-shards 4 --out " + d / "s4");
+  Out one = vmoer(args + " --batch-shards 4 --out " + d / "s4");
   REQUIRE_MESSAGE(one.rc == 0, one.text);
   auto x = steps_of(d / "a"), y = steps_of(d / "s4");
   REQUIRE(x.size() == y.size());
@@ -821,7 +817,8 @@ TEST_CASE("expert sharding: P = 4 (one expert per rank) is deterministic run to 
     if (x[i].contains("loss"))
       CHECK(std::abs(x[i]["loss"].get<double>() - y[i]["loss"].get<double>()) <= 1e-5 * std::abs(y[i]["loss"].get<double>()));
   CHECK(max_rel_diff(d / "a/last.safetensors", d / "s4/last.safetensors") < 1e-4);
-  json first = json::parse(slurp(d / "a/log.jsonl").substr(0, slurp(d / "a/log.jsonl").find('\n')));
+  const std::string log = slurp(d / "a/log.jsonl");
+  json first = json::parse(log.substr(0, log.find('\n')));
   CHECK(first["expert_parallel"] == 4);
 }
 
