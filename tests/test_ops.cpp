@@ -24,6 +24,7 @@
 
 #include "core/philox.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_packed.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/rowwise.h"
 #include "nn/moe.h"
@@ -770,8 +771,11 @@ TEST_CASE_TEMPLATE("kernels::gemm / gemm_single: guard zones, all transposes, ac
   };
   // The last three are cut into several tiles (rows only; rows and columns,
   // with partial edge tiles; a long reduction); the check below says so.
+  // (40, 20, 600) and (300, 8, 300) are narrower than the packed kernel's
+  // register block (its transposed orientation, or BLIS where installed).
   for (Size s : {Size{5, 7, 3}, Size{13, 1, 17}, Size{1, 1, 1}, Size{33, 65, 17}, Size{64, 48, 80}, Size{4, 3, 0},
-                 Size{0, 3, 4}, Size{600, 300, 70}, Size{520, 1100, 40}, Size{530, 61, 1000}}) {
+                 Size{0, 3, 4}, Size{40, 20, 600}, Size{300, 8, 300}, Size{600, 300, 70}, Size{520, 1100, 40},
+                 Size{530, 61, 1000}}) {
     const kernels::GemmTiling g = kernels::gemm_tiling(s.M, s.N, s.K);
     if (s.M >= 520) CHECK_MESSAGE(g.tm * g.tn > 1, "M=" << s.M << " N=" << s.N << " K=" << s.K << " is one tile");
     for (int single = 0; single < 2; ++single)
@@ -796,6 +800,49 @@ TEST_CASE_TEMPLATE("kernels::gemm / gemm_single: guard zones, all transposes, ac
           }
   }
 }
+
+#ifdef VMOER_PACKED_GEMM
+// The packed fp32 kernel's claims (kernels/cpu/gemm_packed.h): each element
+// of C is summed the same way wherever it sits, so (1) a block of C computed
+// on its own equals the same block of the whole product bit for bit, and (2)
+// the transposed orientation it takes for narrow products gives the bits of
+// the direct one. Sizes straddle the register block, kMC and kKC.
+TEST_CASE("packed fp32 GEMM: a tile's bits do not depend on where it is cut or on the orientation") {
+  using namespace kernels::packed;
+  const int64_t M = 2 * kMC + 7, N = 3 * kNR + 5, K = 2 * kKC + 9;
+  TensorD ad = rnd({M * K}, 41), bd = rnd({K * N}, 42);
+  std::vector<float> A(ad.data(), ad.data() + M * K), B(bd.data(), bd.data() + K * N);
+  for (int ta = 0; ta < 2; ++ta)
+    for (int tb = 0; tb < 2; ++tb) {
+      INFO("transA=" << ta << " transB=" << tb);
+      // op(A)(i,k), op(B)(k,j) as strides; A stored (M,K) or (K,M), B (K,N) or (N,K).
+      const int64_t rsa = ta ? 1 : K, csa = ta ? M : 1, rsb = tb ? 1 : N, csb = tb ? K : 1;
+      std::vector<float> whole(M * N, kNaN), part(M * N, kNaN);
+      gemm_tile(whole.data(), N, 1, A.data(), rsa, csa, B.data(), rsb, csb, M, N, K, false);
+      // (1) the same product as four blocks cut off the register grid
+      const int64_t mi = kMR + 5, nj = kNR + 3;
+      for (int64_t i0 : {int64_t(0), mi})
+        for (int64_t j0 : {int64_t(0), nj}) {
+          const int64_t m = i0 ? M - mi : mi, n = j0 ? N - nj : nj;
+          gemm_tile(part.data() + i0 * N + j0, N, 1, A.data() + i0 * rsa, rsa, csa, B.data() + j0 * csb, rsb, csb, m,
+                    n, K, false);
+        }
+      CHECK(std::memcmp(whole.data(), part.data(), sizeof(float) * whole.size()) == 0);
+      // (2) C[:, 0:w] with w < kNR goes through the transposed orientation;
+      // the wide product's first w columns have the same bits.
+      const int64_t w = kNR / 2 + 1;
+      std::vector<float> narrow(M * w, kNaN);
+      gemm_tile(narrow.data(), w, 1, A.data(), rsa, csa, B.data(), rsb, csb, M, w, K, false);
+      bool same = true;
+      for (int64_t i = 0; i < M; ++i) same = same && std::memcmp(&narrow[i * w], &whole[i * N], sizeof(float) * w) == 0;
+      CHECK(same);
+      // and accumulating adds the product to C in one rounding per kKC block
+      std::vector<float> acc(M * N, 0.f);
+      gemm_tile(acc.data(), N, 1, A.data(), rsa, csa, B.data(), rsb, csb, M, N, K, true);
+      CHECK(std::memcmp(acc.data(), whole.data(), sizeof(float) * whole.size()) == 0);  // 0 + x = x
+    }
+}
+#endif
 
 TEST_CASE_TEMPLATE("kernels: softmax / log_softmax fwd+bwd with guard zones", T, float, double) {
   const int64_t rows = 7, C = 13;

@@ -1,5 +1,8 @@
 // kernels/cpu/gemm.cpp — the deterministic tiled GEMM (see gemm.h for the
-// promise). Each tile is one single-threaded product by one of two engines:
+// promise). Each tile is one single-threaded product. In fp32 (the model's
+// products) that is our packed kernel (kernels/cpu/gemm_packed.h; any AVX2 +
+// FMA build) unless the product is narrower than its register block (the
+// router's (T,C)·(C,E)) and BLIS is there; otherwise, and in fp64, one of:
 //   * BLIS (VMOER_HAVE_BLIS; Debian's serial libblis): bli_?gemm on the
 //     tile, strides passed as they are (no copies). Its block sizes are
 //     constants of the sub-configuration it selects from the CPU at start-up
@@ -10,8 +13,10 @@
 //     `c += a * b`) with a blocking we fix, so Eigen's OpenMP path and its
 //     cache-size detection never decide how a sum is formed.
 // Why BLIS: docs/PERF.md "GEMM engine" (Eigen reached ~65-70% of the FMA
-// peak on the model's shapes, BLIS 81-92% on most of them).
+// peak on the model's shapes, BLIS 81-92% on most of them). Why the packed
+// kernel over BLIS in fp32: docs/PERF.md "Packed GEMM".
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_packed.h"
 #include "kernels/gemm_groups.h"
 
 #include <omp.h>
@@ -153,6 +158,17 @@ void run_block(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bo
   // op(B) columns j0..: B (K,N) row-major, or stored (N,K): column-major (K,N) with stride K.
   const T* b = tb ? B + j0 * K : B + j0;
   const Index ldb = tb ? K : N;
+#ifdef VMOER_PACKED_GEMM
+  if constexpr (std::is_same_v<T, float>) {
+#ifdef VMOER_HAVE_BLIS
+    if (!(n < packed::kNR && m > n))  // BLIS keeps the narrow ones (docs/PERF.md "Packed GEMM")
+#endif
+    {
+      packed::gemm_tile(c, N, 1, a, ta ? 1 : lda, ta ? lda : 1, b, tb ? 1 : ldb, tb ? ldb : 1, m, n, K, accumulate);
+      return;
+    }
+  }
+#endif
 #ifdef VMOER_HAVE_BLIS
   blis_product<T>(c, N, a, lda, b, ldb, m, n, K, ta, tb, accumulate);  // beta 0 writes C: no zero fill
 #else
@@ -217,13 +233,6 @@ GemmTiling gemm_tiling(int64_t M, int64_t N, int64_t K) {
     if (best_tm) return make(best_tm, c / best_tm);
   }
   return GemmTiling{M, N, 1, 1};
-}
-
-template <class T>
-int64_t gemm_kc(int64_t K) {
-  Index k = K, m = 1024, n = 1024;  // kc depends on K alone (m, n only choose mc, nc)
-  blocking_sizes<T>(k, m, n);
-  return k;
 }
 
 // Empty, vector-shaped and tiny products: done here, true returned. Empty
@@ -303,7 +312,5 @@ VM_INSTANTIATE_KERNELS(VM_GEMM_KERNELS)
 template void gemm_single<float>(float*, const float*, const float*, int64_t, int64_t, int64_t, bool, bool, bool);
 template void gemm_single<double>(double*, const double*, const double*, int64_t, int64_t, int64_t, bool, bool,
                                   bool);
-template int64_t gemm_kc<float>(int64_t);
-template int64_t gemm_kc<double>(int64_t);
 
 }  // namespace vm::kernels

@@ -6,12 +6,17 @@
 // what:
 //   * the output is cut into tiles by gemm_tiling(M, N, K), a pure function of
 //     the shape (never of the thread count or the caches);
-//   * each tile is one single-threaded product over the whole K: the serial
-//     BLIS (VMOER_HAVE_BLIS; block sizes are constants of the sub-configuration
-//     it picks from the CPU at start-up), or else Eigen's GEBP with
-//     a blocking (kc, mc, nc) fixed by gemm_blocking(), a pure function of the
-//     tile's shape and the scalar type (Eigen's own heuristic would read the
-//     detected cache sizes, and its multi-threaded path caps kc at 320);
+//   * each tile is one single-threaded product over the whole K. In fp32 our
+//     packed kernel (kernels/cpu/gemm_packed.h, AVX2 + FMA builds): each
+//     element is summed in blocks of a fixed kKC in k order, whatever the
+//     tile; the register block and kKC are constants of the build's
+//     instruction set. Products narrower than its register block, fp64, and
+//     builds without AVX2: the serial BLIS (VMOER_HAVE_BLIS; block sizes are
+//     constants of the sub-configuration it picks from the CPU at start-up),
+//     or else Eigen's GEBP with a blocking (kc, mc, nc) fixed by
+//     blocking_sizes(), a pure function of the tile's shape and the scalar
+//     type (Eigen's own heuristic would read the detected cache sizes, and
+//     its multi-threaded path caps kc at 320);
 //   * threads only decide *who* computes a tile, never how it is summed.
 // So a run is bitwise identical for any --threads on one binary, and the
 // remaining differences across machines come from the instruction set the
@@ -42,11 +47,5 @@ struct GemmTiling {
   int64_t mb, nb, tm, tn;
 };
 GemmTiling gemm_tiling(int64_t M, int64_t N, int64_t K);
-
-// The depth block kc of one tile product (every kc-long slice of the
-// reduction is summed in registers, then added to C): a function of K and the
-// scalar type only.
-template <class T>
-int64_t gemm_kc(int64_t K);
 
 }  // namespace vm::kernels
