@@ -1,6 +1,7 @@
 // kernels/gemm.h — matrix products: one signature for both devices
-// (kernels/table.h), defined in kernels/cpu/gemm.cpp (Eigen GEBP tiles, see
-// kernels/cpu/gemm.h) and kernels/cuda/gemm.cu (cuBLAS, see kernels/cuda/gemm.h).
+// (kernels/table.h), defined in kernels/cpu/gemm.cpp (fixed tiles of packed,
+// BLIS or Eigen products, see kernels/cpu/gemm.h) and kernels/cuda/gemm.cu
+// (cuBLAS, see kernels/cuda/gemm.h).
 // Row-major buffers; op = identity or transpose; A stored (M,K) or (K,M) when
 // transA, B likewise.
 #pragma once

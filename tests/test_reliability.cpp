@@ -37,6 +37,7 @@
 #include "experiments/train_guards.h"
 #include "experiments/trainer.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/gemm_packed.h"
 #include "kernels/cpu/rowwise.h"
 #include "nn/checkpoint.h"
 #include "nn/optim.h"
@@ -1122,3 +1123,49 @@ TEST_CASE("cli: log.jsonl records carry wall time, and scripts/plot.py --train d
   CHECK(sh("/usr/bin/python3 " + kSrc + "/scripts/plot.py --train " + d / "nothing", &out) != 0);
   CHECK(has(out, "log.jsonl is missing"));
 }
+
+#ifdef VMOER_PACKED_GEMM
+// The packed fp32 GEMM sums every element as FMA chains over fixed blocks of
+// K, whatever the register block, so an AVX2 + FMA build and an AVX-512 build
+// give the same bits (docs/RELIABILITY.md §1). Pinned here: `make test`
+// (native) and `make test-portable` (x86-64-v3) check the same hashes, so CI
+// compares the two instruction sets on every run. Inputs: 24-bit fractions
+// from an LCG (exact in fp32, no math library), so every product and sum
+// rounds and another summation order gives other bits. A deliberate change of the kernel's summation (kKC, the chain order) must
+// update these numbers.
+TEST_CASE("reliability: the packed fp32 GEMM gives the same bits under AVX2 and AVX-512 (pinned hashes)") {
+  struct Case {
+    int64_t M, N, K;
+    bool ta, tb, acc;
+    uint64_t want;
+  };
+  const Case cases[] = {
+      {300, 200, 700, false, false, false, 0x68a69568c0689ed7ull}, {300, 200, 700, true, false, false, 0x49f5dec53b792de1ull},
+      {300, 200, 700, false, true, false, 0x32d5cafa4ba8c08cull},  {300, 200, 700, true, true, true, 0x9e36ecd232934e06ull},
+      {1000, 64, 3000, true, false, false, 0xba542516b4909e1full}, {77, 1100, 40, false, true, true, 0x3295a352d531cf86ull},
+  };
+  auto fill = [](std::vector<float>& v, uint32_t seed) {
+    uint32_t s = seed;
+    for (float& x : v) {
+      s = s * 1664525u + 1013904223u;
+      x = (float)((int32_t)(s >> 8) - (1 << 23)) / (float)(1 << 23);  // 24 significant bits in [-1, 1)
+    }
+  };
+  for (const Case& c : cases) {
+    std::vector<float> A(c.M * c.K), B(c.K * c.N), C(c.M * c.N);
+    fill(A, 1), fill(B, 2), fill(C, 3);
+    vm::kernels::gemm<float>(C.data(), A.data(), B.data(), c.M, c.N, c.K, c.ta, c.tb, c.acc);
+    uint64_t h = 1469598103934665603ull;  // FNV-1a over the bits of C
+    for (float f : C) {
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      h = (h ^ u) * 1099511628211ull;
+    }
+    char hex[32];
+    std::snprintf(hex, sizeof hex, "0x%016llxull", (unsigned long long)h);
+    INFO("M=" << c.M << " N=" << c.N << " K=" << c.K << " transA=" << c.ta << " transB=" << c.tb
+              << " acc=" << c.acc << " hash " << hex);
+    CHECK(h == c.want);
+  }
+}
+#endif

@@ -67,8 +67,8 @@ int main(int argc, char** argv) {
   };
   omp_set_num_threads(1);
   const double peak = vm::bench::fma_peak_gflops(1);
-  std::printf("cpu: %s | build: %s | packed kernel %dx%d, kc %lld | FMA peak 1 thread %.1f GFLOP/s\n",
-              vm::bench::cpu_line().c_str(), vm::bench::build_vector_isa(), vm::kernels::packed::kMR,
+  std::printf("cpu: %s | packed kernel %dx%d, kc %lld | FMA peak 1 thread %.1f GFLOP/s\n",
+              vm::bench::cpu_line().c_str(), vm::kernels::packed::kMR,
               vm::kernels::packed::kNR, (long long)vm::kernels::packed::kKC, peak);
   std::printf("%-34s %9s %9s %7s %7s %7s %10s\n", "product", "BLIS", "packed", "pk/BLIS", "BLIS/pk", "pk/FMA",
               "max|d|/|C|");
