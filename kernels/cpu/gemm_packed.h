@@ -146,25 +146,17 @@ inline void transpose8(float* __restrict dst, const float* __restrict src, int64
   _mm256_storeu_ps(dst + 7 * P, _mm256_permute2f128_ps(r3, r7, 0x31));
 }
 
-// One micro-panel: dst(k, l) = src[l·ls + k·ks] for l < w, 0 for w <= l < P;
-// dst is (kc, P) row-major. Lanes contiguous (ls = 1): row copies; else,
-// with ks = 1 (each lane contiguous in k), 8 x 8 register transposes. Only
-// data moves here: the packing never changes a value.
+// One micro-panel of lanes that are not contiguous (ls != 1; pack_block
+// copies contiguous ones row by row): dst(k, l) = src[l·ls + k·ks] for l < w,
+// 0 for w <= l < P; dst is (kc, P) row-major. With ks = 1 (each lane
+// contiguous in k, the usual case) 8 x 8 register transposes. Only data
+// moves here: the packing never changes a value.
 template <int P>
 inline void pack_panel(float* __restrict dst, const float* __restrict src, int64_t ls, int64_t ks, int64_t kc,
                        int64_t w) {
-  if (ls == 1 && w == P) {
-    for (int64_t k = 0; k < kc; ++k) copy_lanes<P>(dst + k * P, src + k * ks);
-    return;
-  }
   if (w < P)
     for (int64_t k = 0; k < kc; ++k)
       for (int64_t l = w; l < P; ++l) dst[k * P + l] = 0.f;
-  if (ls == 1) {
-    for (int64_t k = 0; k < kc; ++k)
-      for (int64_t l = 0; l < w; ++l) dst[k * P + l] = src[k * ks + l];
-    return;
-  }
   int64_t l = 0;
   if (ks == 1) {
     const int64_t k8 = kc / 8 * 8;
