@@ -161,7 +161,7 @@ void run_block(T* C, const T* A, const T* B, int64_t M, int64_t N, int64_t K, bo
 #ifdef VMOER_PACKED_GEMM
   if constexpr (std::is_same_v<T, float>) {
 #ifdef VMOER_HAVE_BLIS
-    if (!(n < packed::kNR && m > n))  // BLIS keeps the narrow ones (docs/PERF.md "Packed GEMM")
+    if (!packed::narrow(m, n))  // BLIS keeps the narrow ones (docs/PERF.md "Packed GEMM")
 #endif
     {
       packed::gemm_tile(c, N, 1, a, ta ? 1 : lda, ta ? lda : 1, b, tb ? 1 : ldb, tb ? ldb : 1, m, n, K, accumulate);

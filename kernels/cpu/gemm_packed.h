@@ -244,10 +244,14 @@ inline void micro_kernel(int64_t kc, const float* __restrict a, const float* __r
     }
 }
 
+// Narrower than a register block: gemm_tile computes it transposed; the
+// product's gemm.cpp hands such tiles to BLIS where it is installed.
+inline bool narrow(int64_t m, int64_t n) { return n < kNR && m > n; }
+
 // C (m,n) [+]= op(A) op(B) with the strides above; m, n, K > 0.
 inline void gemm_tile(float* C, int64_t rsc, int64_t csc, const float* A, int64_t rsa, int64_t csa, const float* B,
                       int64_t rsb, int64_t csb, int64_t m, int64_t n, int64_t K, bool accumulate) {
-  if (n < kNR && m > n) {  // narrow: Cᵀ (n,m) = op(B)ᵀ op(A)ᵀ
+  if (narrow(m, n)) {  // Cᵀ (n,m) = op(B)ᵀ op(A)ᵀ
     std::swap(m, n);
     std::swap(rsc, csc);
     std::swap(A, B);
